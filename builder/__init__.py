@@ -1,0 +1,3 @@
+"""dxbuild: recipes + matrix -> engine -> runtime bundle -> minted executable -> release."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from dxbuild.cli import main
+
+main()

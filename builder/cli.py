@@ -1,0 +1,20 @@
+"""The `dxbuild` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dxbuild import __version__
+from dxverify.cli_errors import run_cli
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dxbuild")
+def cli() -> None:
+    """dxbuild — mint self-contained LLM executables."""
+
+
+def main() -> None:
+    sys.exit(run_cli(cli, "dxbuild"))

@@ -1,0 +1,50 @@
+"""The mint pipeline: an ordered list of steps, each one small module.
+
+Every step has ``name`` and ``run(ctx)``; a step that does not apply raises
+``Skip(reason)``, which the runner prints. Adding a step is one module plus one
+line in ``STEPS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import click
+
+from dxbuild.context import BuildContext
+
+
+class Skip(Exception):
+    """Raised by a step that does not apply to this build; the message says why."""
+
+
+class Step(Protocol):
+    name: str
+
+    def run(self, ctx: BuildContext) -> None: ...
+
+
+def default_steps() -> list[Step]:
+    """The release pipeline in order. Imported lazily so `dxbuild --help` is fast."""
+    steps: list[Step] = []
+    # Each entry: one module under dxbuild.steps, one line here.
+    return steps
+
+
+def run_steps(
+    ctx: BuildContext,
+    steps: Sequence[Step],
+    echo: Callable[[str], None] = lambda s: click.echo(s, err=True),
+) -> None:
+    total = len(steps)
+    for i, step in enumerate(steps, 1):
+        t0 = time.monotonic()
+        echo(f"[{i}/{total}] {step.name} ...")
+        try:
+            step.run(ctx)
+        except Skip as s:
+            echo(f"[{i}/{total}] {step.name}: skipped — {s}")
+            continue
+        echo(f"[{i}/{total}] {step.name}: done in {time.monotonic() - t0:.1f}s")

@@ -1,0 +1,3 @@
+from dx.cli import main
+
+main()

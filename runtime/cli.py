@@ -1,0 +1,26 @@
+"""The `dx` command line. Subcommands import their heavy parts lazily."""
+
+from __future__ import annotations
+
+import click
+
+from dx import __version__
+from dxverify.cli_errors import run_cli
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dx")
+def cli() -> None:
+    """dx — a tiny Ollama- and OpenAI-compatible LLM server on llama.cpp."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the dx version."""
+    click.echo(f"dx {__version__}")
+
+
+def main() -> None:
+    import sys
+
+    sys.exit(run_cli(cli, "dx"))

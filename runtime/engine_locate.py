@@ -1,0 +1,97 @@
+"""Find the `llama-server` binary the runtime supervises.
+
+Order (first hit wins), so a minted executable always uses the engine it was
+built with and a developer checkout falls back to what is at hand:
+
+1. bundled: ``engine/bin/llama-server`` next to the ``dx`` package (inside a
+   Nuitka onefile bundle the engine directory is shipped as data there);
+2. ``$DX_ENGINE`` (a path to a llama-server binary or an engine directory);
+3. the dxbuild engine cache: ``$DX_CACHE_DIR`` or ``~/.cache/dx`` →
+   ``engines/cpu-linux-<arch>-*/bin/llama-server``, the newest ``engine.json``
+   (the builder is not imported: the runtime must not depend on it);
+4. ``llama-server`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from dxverify.errors import ConfigurationError
+
+_BINARY = "llama-server"
+
+
+def _bundled_engine() -> Path | None:
+    here = Path(__file__).resolve().parent
+    candidates = [here / "engine" / "bin" / _BINARY, here.parent / "engine" / "bin" / _BINARY]
+    compiled = globals().get("__compiled__")
+    if compiled is not None:  # Nuitka: data files sit in the bundle's containing dir
+        containing = Path(getattr(compiled, "containing_dir", here))
+        candidates.insert(0, containing / "engine" / "bin" / _BINARY)
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _from_env() -> Path | None:
+    value = os.environ.get("DX_ENGINE")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "bin" / _BINARY
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ConfigurationError(
+            f"DX_ENGINE={value} is not an executable llama-server",
+            hint="point it at a llama-server binary or an engine directory with bin/llama-server",
+        )
+    return path
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("DX_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dx"
+
+
+def _machine() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _from_cache() -> Path | None:
+    engines = _cache_dir() / "engines"
+    if not engines.is_dir():
+        return None
+    best: tuple[float, Path] | None = None
+    for entry in engines.glob(f"cpu-linux-{_machine()}-*"):
+        marker = entry / "engine.json"
+        binary = entry / "bin" / _BINARY
+        if not (marker.is_file() and binary.is_file() and os.access(binary, os.X_OK)):
+            continue
+        mtime = marker.stat().st_mtime
+        if best is None or mtime > best[0]:
+            best = (mtime, binary)
+    return best[1] if best else None
+
+
+def locate_engine() -> Path:
+    """Return the llama-server to run, or raise a ConfigurationError saying where we looked."""
+    for finder in (_bundled_engine, _from_env, _from_cache):
+        found = finder()
+        if found is not None:
+            return found
+    on_path = shutil.which(_BINARY)
+    if on_path:
+        return Path(on_path)
+    raise ConfigurationError(
+        "no llama-server engine found (looked in the bundle, $DX_ENGINE, "
+        f"{_cache_dir() / 'engines'} and PATH)",
+        hint="build one with `dxbuild engine --tier cpu` or set DX_ENGINE=/path/to/llama-server",
+    )

@@ -1,0 +1,171 @@
+"""Checking DX release signatures: detached Ed25519 and sigstore bundles.
+
+Why these two: an Ed25519 ``.sig`` is 64 raw bytes over the file, so the same
+signature is checkable by this module, by ``openssl pkeyutl -verify -rawin``
+(what ``install.sh`` uses, no Python needed) and by anyone with the public
+key. A sigstore bundle ties the file to a CI identity instead of a key we must
+guard; it is made online in CI, but verifying it needs only the bundle and a
+pinned trusted root, so it works offline here.
+
+Both verifiers raise :class:`IntegrityError` naming the file that failed, and
+:class:`MalformedInputError` for a key or signature file that is not one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
+
+ED25519_SIGNATURE_LEN = 64
+
+#: The OIDC issuer of GitHub Actions workflow identities.
+GITHUB_ACTIONS_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+@contextmanager
+def file_bytes(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """The file's bytes without copying them: executables with a model are GBs."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 — closed by the with below
+    except OSError as e:
+        raise MalformedInputError(f"cannot read {path}: {e.strerror}") from e
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            yield m
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed (never the whole file in memory)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise MalformedInputError(f"cannot read {path}: {e.strerror}") from e
+    return h.hexdigest()
+
+
+def load_public_key(path: Path):  # -> Ed25519PublicKey (import kept lazy for the runtime)
+    """Read a PEM SubjectPublicKeyInfo Ed25519 key (``dx-release.pub``)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MalformedInputError(f"cannot read public key {path}: {e.strerror}") from e
+    try:
+        key = load_pem_public_key(data)
+    except ValueError as e:
+        raise MalformedInputError(
+            f"{path} is not a PEM public key",
+            hint="expected the dx-release.pub written by `dxbuild keygen`",
+        ) from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise MalformedInputError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
+    return key
+
+
+def read_signature(sig_path: Path) -> bytes:
+    """A detached signature: exactly 64 raw bytes."""
+    sig_path = Path(sig_path)
+    try:
+        sig = sig_path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"signature {sig_path} cannot be read: {e.strerror}") from e
+    if len(sig) != ED25519_SIGNATURE_LEN:
+        raise IntegrityError(
+            f"signature {sig_path} is {len(sig)} bytes, an Ed25519 signature is {ED25519_SIGNATURE_LEN}",
+            hint="re-download it or re-sign with `dxbuild sign`",
+        )
+    return sig
+
+
+def verify_file(path: Path, sig_path: Path, pubkey) -> None:
+    """Check ``sig_path`` is ``pubkey``'s Ed25519 signature over ``path``'s bytes.
+
+    ``pubkey`` is a path to a PEM public key or an already loaded key. Raises
+    IntegrityError naming ``path`` when the signature does not match.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    path, sig_path = Path(path), Path(sig_path)
+    key = load_public_key(Path(pubkey)) if isinstance(pubkey, (str, os.PathLike)) else pubkey
+    sig = read_signature(sig_path)
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; {sig_path.name} signs a file that is not there")
+    with file_bytes(path) as data:
+        try:
+            key.verify(sig, data)
+        except InvalidSignature:
+            raise IntegrityError(
+                f"{path}: signature {sig_path.name} does not match this file and key",
+                hint="the file, its signature or the key was altered; do not run it",
+            ) from None
+
+
+def default_trusted_root_path() -> Path:
+    """The sigstore public-good trusted root pinned for offline verification.
+
+    We pin the copy that the installed ``sigstore`` package ships (it is what
+    its own ``--offline`` mode bootstraps from), so no network is needed.
+    """
+    import sigstore
+
+    root = Path(sigstore.__file__).parent / "_store" / "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"
+    return root / "trusted_root.json"
+
+
+def verify_sigstore_bundle(
+    path: Path,
+    bundle_path: Path,
+    *,
+    identity: str,
+    issuer: str = GITHUB_ACTIONS_ISSUER,
+    trusted_root: Path | None = None,
+) -> None:
+    """Check a sigstore bundle over ``path`` offline, for an expected identity.
+
+    ``identity`` is the certificate's subject (for GitHub Actions the workflow
+    ref URL, e.g. ``https://github.com/o/r/.github/workflows/release.yml@refs/tags/v1``).
+    """
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.hashes import Hashed
+    from sigstore.models import Bundle, TrustedRoot
+    from sigstore.verify import Verifier
+    from sigstore.verify.policy import Identity
+    from sigstore_models.common.v1 import HashAlgorithm
+
+    path, bundle_path = Path(path), Path(bundle_path)
+    root_path = Path(trusted_root) if trusted_root else default_trusted_root_path()
+    try:
+        root = TrustedRoot.from_file(str(root_path))
+    except (OSError, ValueError, SigstoreError) as e:
+        raise ConfigurationError(f"sigstore trusted root {root_path} cannot be loaded: {e}") from e
+    try:
+        bundle = Bundle.from_json(bundle_path.read_bytes())
+    except OSError as e:
+        raise IntegrityError(f"sigstore bundle {bundle_path} cannot be read: {e.strerror}") from e
+    except (ValueError, SigstoreError) as e:
+        raise IntegrityError(f"{bundle_path} is not a valid sigstore bundle: {e}") from e
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; {bundle_path.name} signs a file that is not there")
+    digest = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(sha256_file(path)))
+    try:
+        Verifier(trusted_root=root).verify_artifact(digest, bundle, Identity(identity=identity, issuer=issuer))
+    except SigstoreError as e:
+        raise IntegrityError(
+            f"{path}: sigstore bundle {bundle_path.name} does not verify: {e}",
+            hint=f"expected identity {identity} from {issuer}",
+        ) from None

@@ -53,13 +53,32 @@ MIN_TENSOR_INFO_BYTES = 25
 # GGUF metadata value types.
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
 VALUE_TYPE_NAMES = {
-    UINT8: "UINT8", INT8: "INT8", UINT16: "UINT16", INT16: "INT16", UINT32: "UINT32", INT32: "INT32",
-    FLOAT32: "FLOAT32", BOOL: "BOOL", STRING: "STRING", ARRAY: "ARRAY", UINT64: "UINT64",
-    INT64: "INT64", FLOAT64: "FLOAT64",
+    UINT8: "UINT8",
+    INT8: "INT8",
+    UINT16: "UINT16",
+    INT16: "INT16",
+    UINT32: "UINT32",
+    INT32: "INT32",
+    FLOAT32: "FLOAT32",
+    BOOL: "BOOL",
+    STRING: "STRING",
+    ARRAY: "ARRAY",
+    UINT64: "UINT64",
+    INT64: "INT64",
+    FLOAT64: "FLOAT64",
 }
 _SCALAR_FORMAT = {
-    UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i", FLOAT32: "f",
-    BOOL: "B", UINT64: "Q", INT64: "q", FLOAT64: "d",
+    UINT8: "B",
+    INT8: "b",
+    UINT16: "H",
+    INT16: "h",
+    UINT32: "I",
+    INT32: "i",
+    FLOAT32: "f",
+    BOOL: "B",
+    UINT64: "Q",
+    INT64: "q",
+    FLOAT64: "d",
 }
 _SCALAR_STRUCT = {t: struct.Struct("<" + f) for t, f in _SCALAR_FORMAT.items()}
 INTEGER_TYPES = frozenset({UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64})
@@ -283,7 +302,9 @@ class _Parser:
     def need(self, n: int, field: str) -> None:
         remain = self.end - self.pos
         if n > remain:
-            raise self.fail("truncated", f"needs {n} bytes but only {remain} remain before the end of the file", field)
+            raise self.fail(
+                "truncated", f"needs {n} bytes but only {remain} remain before the end of the file", field
+            )
 
     def u32(self, field: str) -> int:
         self.need(4, field)
@@ -301,10 +322,17 @@ class _Parser:
         at = self.pos
         n = self.u64(field + ".length")
         if n > max_len:
-            raise self.fail("string_too_long", f"string length {n} exceeds the limit of {max_len} bytes", field, at)
+            raise self.fail(
+                "string_too_long", f"string length {n} exceeds the limit of {max_len} bytes", field, at
+            )
         remain = self.end - self.pos
         if n > remain:
-            raise self.fail("truncated", f"string of {n} bytes but only {remain} remain before the end of the file", field, at)
+            raise self.fail(
+                "truncated",
+                f"string of {n} bytes but only {remain} remain before the end of the file",
+                field,
+                at,
+            )
         data = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return data
@@ -315,7 +343,9 @@ class _Parser:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise self.fail("invalid_utf8", f"string is not valid UTF-8 ({e.reason} at index {e.start})", field, at) from None
+            raise self.fail(
+                "invalid_utf8", f"string is not valid UTF-8 ({e.reason} at index {e.start})", field, at
+            ) from None
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -338,23 +368,48 @@ class _Parser:
         at_type = self.pos
         etype = self.u32(field + ".type")
         if etype == ARRAY:
-            raise self.fail("nested_array", "arrays of arrays are not accepted (llama.cpp rejects them)", field + ".type", at_type)
+            raise self.fail(
+                "nested_array",
+                "arrays of arrays are not accepted (llama.cpp rejects them)",
+                field + ".type",
+                at_type,
+            )
         if etype not in VALUE_TYPE_NAMES:
-            raise self.fail("bad_array_type", f"array element type {etype} is not a GGUF type (0..12)", field + ".type", at_type)
+            raise self.fail(
+                "bad_array_type",
+                f"array element type {etype} is not a GGUF type (0..12)",
+                field + ".type",
+                at_type,
+            )
         at_count = self.pos
         count = self.u64(field + ".count")
         if count > MAX_ARRAY_ELEMENTS:
-            raise self.fail("count_too_large", f"array of {count} elements exceeds the limit of {MAX_ARRAY_ELEMENTS}", field + ".count", at_count)
+            raise self.fail(
+                "count_too_large",
+                f"array of {count} elements exceeds the limit of {MAX_ARRAY_ELEMENTS}",
+                field + ".count",
+                at_count,
+            )
         remain = self.end - self.pos
         start = self.pos
         if etype == STRING:
             if count * 8 > remain:
-                raise self.fail("truncated", f"array of {count} strings needs at least {count * 8} bytes but only {remain} remain", field + ".count", at_count)
+                raise self.fail(
+                    "truncated",
+                    f"array of {count} strings needs at least {count * 8} bytes but only {remain} remain",
+                    field + ".count",
+                    at_count,
+                )
             self.pos = self._walk_strings(count, field)
         else:
             size = _SCALAR_STRUCT[etype].size
             if count * size > remain:
-                raise self.fail("truncated", f"array of {count} {VALUE_TYPE_NAMES[etype]} needs {count * size} bytes but only {remain} remain", field + ".count", at_count)
+                raise self.fail(
+                    "truncated",
+                    f"array of {count} {VALUE_TYPE_NAMES[etype]} needs {count * size} bytes but only {remain} remain",
+                    field + ".count",
+                    at_count,
+                )
             self.pos += count * size
             if etype == BOOL and bytes(self.buf[start : self.pos]).translate(None, b"\x00\x01"):
                 raise self.fail("bad_bool", "boolean array holds a value other than 0 or 1", field, start)
@@ -365,10 +420,20 @@ class _Parser:
         unpack = _U64.unpack_from
         for i in range(count):
             if end - pos < 8:
-                raise self.fail("truncated", f"string {i} of {count}: its length runs past the end of the file", f"{field}[{i}]", pos)
+                raise self.fail(
+                    "truncated",
+                    f"string {i} of {count}: its length runs past the end of the file",
+                    f"{field}[{i}]",
+                    pos,
+                )
             n = unpack(buf, pos)[0]
             if n > MAX_STRING_LENGTH or n > end - pos - 8:
-                raise self.fail("truncated", f"string {i} of {count} declares {n} bytes, more than remain in the file", f"{field}[{i}]", pos)
+                raise self.fail(
+                    "truncated",
+                    f"string {i} of {count} declares {n} bytes, more than remain in the file",
+                    f"{field}[{i}]",
+                    pos,
+                )
             pos += 8 + n
         return pos
 
@@ -381,25 +446,49 @@ class _Parser:
         self.need(4, "header.magic")
         magic = bytes(self.buf[self.pos : self.pos + 4])
         if magic != GGUF_MAGIC:
-            raise self.fail("bad_magic", f"magic is {magic!r}, expected b'GGUF' (is this a GGUF file?)", "header.magic")
+            raise self.fail(
+                "bad_magic", f"magic is {magic!r}, expected b'GGUF' (is this a GGUF file?)", "header.magic"
+            )
         self.pos += 4
         at = self.pos
         version = self.u32("header.version")
         if version & 0xFFFF == 0:
-            raise self.fail("bad_version", f"version {version:#x} looks byte-swapped; big-endian GGUF files are not supported", "header.version", at)
+            raise self.fail(
+                "bad_version",
+                f"version {version:#x} looks byte-swapped; big-endian GGUF files are not supported",
+                "header.version",
+                at,
+            )
         if version not in SUPPORTED_VERSIONS:
-            raise self.fail("bad_version", f"GGUF version {version} is not supported (only 2 and 3)", "header.version", at)
+            raise self.fail(
+                "bad_version", f"GGUF version {version} is not supported (only 2 and 3)", "header.version", at
+            )
         at_nt = self.pos
         n_tensors = self.u64("header.tensor_count")
         at_nkv = self.pos
         n_kv = self.u64("header.kv_count")
         remain = self.end - self.pos
         if n_tensors * MIN_TENSOR_INFO_BYTES > remain:
-            raise self.fail("count_too_large", f"{n_tensors} tensors cannot fit in the {remain} bytes that remain", "header.tensor_count", at_nt)
+            raise self.fail(
+                "count_too_large",
+                f"{n_tensors} tensors cannot fit in the {remain} bytes that remain",
+                "header.tensor_count",
+                at_nt,
+            )
         if n_kv * MIN_KV_BYTES > remain:
-            raise self.fail("count_too_large", f"{n_kv} key-value pairs cannot fit in the {remain} bytes that remain", "header.kv_count", at_nkv)
+            raise self.fail(
+                "count_too_large",
+                f"{n_kv} key-value pairs cannot fit in the {remain} bytes that remain",
+                "header.kv_count",
+                at_nkv,
+            )
         if n_tensors * MIN_TENSOR_INFO_BYTES + n_kv * MIN_KV_BYTES > remain:
-            raise self.fail("count_too_large", f"{n_kv} key-value pairs and {n_tensors} tensors cannot fit in the {remain} bytes that remain", "header.kv_count", at_nkv)
+            raise self.fail(
+                "count_too_large",
+                f"{n_kv} key-value pairs and {n_tensors} tensors cannot fit in the {remain} bytes that remain",
+                "header.kv_count",
+                at_nkv,
+            )
 
         kvs = self.key_values(n_kv)
         alignment = self.alignment(kvs)
@@ -411,14 +500,29 @@ class _Parser:
             rel = header_end - self.start
             data_offset = self.start + _pad(rel, alignment)
             if data_offset > self.end:
-                raise self.fail("missing_data", "the file ends before the data section starts", "data_section", header_end)
+                raise self.fail(
+                    "missing_data", "the file ends before the data section starts", "data_section", header_end
+                )
             if bytes(self.buf[header_end:data_offset]).strip(b"\0"):
-                raise self.fail("padding_not_zero", "padding before the data section holds non-zero bytes", "data_section.padding", header_end)
+                raise self.fail(
+                    "padding_not_zero",
+                    "padding before the data section holds non-zero bytes",
+                    "data_section.padding",
+                    header_end,
+                )
         tensors, data_size = self.place_tensors(tensors_raw, alignment, data_offset)
         gf = GGUFFile(
-            path=None, offset=self.start, length=total, version=version, alignment=alignment, kv=kvs,
-            tensors=tensors, header_size=header_end - self.start, data_offset=data_offset,
-            data_size=data_size, _buf=self.buf,
+            path=None,
+            offset=self.start,
+            length=total,
+            version=version,
+            alignment=alignment,
+            kv=kvs,
+            tensors=tensors,
+            header_size=header_end - self.start,
+            data_offset=data_offset,
+            data_size=data_size,
+            _buf=self.buf,
         )
         check_semantics(gf)
         return gf
@@ -432,11 +536,18 @@ class _Parser:
                 raise self.fail("empty_key", f"key-value pair {i} has an empty key", f"kv[{i}].key", at)
             fname = f"kv[{i}] {key!r}"
             if key in kvs:
-                raise self.fail("duplicate_key", f"key {key!r} appears twice (first at byte {kvs[key].offset})", fname, at)
+                raise self.fail(
+                    "duplicate_key", f"key {key!r} appears twice (first at byte {kvs[key].offset})", fname, at
+                )
             at_type = self.pos
             vtype = self.u32(fname + ".type")
             if vtype not in VALUE_TYPE_NAMES:
-                raise self.fail("bad_value_type", f"value type {vtype} is not a GGUF type (0..12)", fname + ".type", at_type)
+                raise self.fail(
+                    "bad_value_type",
+                    f"value type {vtype} is not a GGUF type (0..12)",
+                    fname + ".type",
+                    at_type,
+                )
             kvs[key] = KeyValue(key, vtype, self.value(vtype, fname + ".value"), at)
         return kvs
 
@@ -445,10 +556,20 @@ class _Parser:
         if kv is None:
             return DEFAULT_ALIGNMENT
         if kv.type != UINT32:
-            raise self.fail("alignment_type", f"general.alignment must be UINT32 but is {kv.type_name}", "general.alignment", kv.offset)
+            raise self.fail(
+                "alignment_type",
+                f"general.alignment must be UINT32 but is {kv.type_name}",
+                "general.alignment",
+                kv.offset,
+            )
         a = kv.value
         if a == 0 or a & (a - 1) or a > MAX_ALIGNMENT:
-            raise self.fail("bad_alignment", f"general.alignment is {a}, must be a power of two from 1 to {MAX_ALIGNMENT}", "general.alignment", kv.offset)
+            raise self.fail(
+                "bad_alignment",
+                f"general.alignment is {a}, must be a power of two from 1 to {MAX_ALIGNMENT}",
+                "general.alignment",
+                kv.offset,
+            )
         return a
 
     def tensor_infos(self, n_tensors: int) -> list[tuple[Any, ...]]:
@@ -461,47 +582,96 @@ class _Parser:
             if not name:
                 raise self.fail("empty_tensor_name", f"tensor {i} has an empty name", base + ".name", at)
             if len(name.encode()) > MAX_TENSOR_NAME:
-                raise self.fail("tensor_name_too_long", f"tensor name {name[:80]!r} is {len(name.encode())} bytes, at most {MAX_TENSOR_NAME} are allowed", base + ".name", at)
+                raise self.fail(
+                    "tensor_name_too_long",
+                    f"tensor name {name[:80]!r} is {len(name.encode())} bytes, at most {MAX_TENSOR_NAME} are allowed",
+                    base + ".name",
+                    at,
+                )
             if name in seen:
-                raise self.fail("duplicate_tensor", f"tensor name {name!r} appears twice (first at byte {seen[name]})", base + ".name", at)
+                raise self.fail(
+                    "duplicate_tensor",
+                    f"tensor name {name!r} appears twice (first at byte {seen[name]})",
+                    base + ".name",
+                    at,
+                )
             seen[name] = at
             base = f"tensor {name!r}"
             at_nd = self.pos
             n_dims = self.u32(base + ".n_dims")
             if n_dims > MAX_DIMS:
-                raise self.fail("bad_n_dims", f"{n_dims} dimensions, at most {MAX_DIMS} are allowed", base + ".n_dims", at_nd)
+                raise self.fail(
+                    "bad_n_dims",
+                    f"{n_dims} dimensions, at most {MAX_DIMS} are allowed",
+                    base + ".n_dims",
+                    at_nd,
+                )
             shape = []
             n_elements = 1
             for d in range(n_dims):
                 at_d = self.pos
                 ne = self.u64(f"{base}.ne[{d}]")
                 if ne > INT64_MAX:
-                    raise self.fail("bad_dimension", f"dimension {d} is negative ({ne - (1 << 64)})", f"{base}.ne[{d}]", at_d)
+                    raise self.fail(
+                        "bad_dimension",
+                        f"dimension {d} is negative ({ne - (1 << 64)})",
+                        f"{base}.ne[{d}]",
+                        at_d,
+                    )
                 if ne == 0:
-                    raise self.fail("zero_dimension", f"dimension {d} is 0; tensors must have at least one element", f"{base}.ne[{d}]", at_d)
+                    raise self.fail(
+                        "zero_dimension",
+                        f"dimension {d} is 0; tensors must have at least one element",
+                        f"{base}.ne[{d}]",
+                        at_d,
+                    )
                 n_elements *= ne
                 if n_elements > INT64_MAX:
-                    raise self.fail("element_overflow", f"element count {n_elements} (so far) exceeds INT64_MAX", f"{base}.ne[{d}]", at_d)
+                    raise self.fail(
+                        "element_overflow",
+                        f"element count {n_elements} (so far) exceeds INT64_MAX",
+                        f"{base}.ne[{d}]",
+                        at_d,
+                    )
                 shape.append(ne)
             at_t = self.pos
             type_id = self.u32(base + ".type")
             gt = ggml_type(type_id)
             if gt is None:
-                raise self.fail("bad_ggml_type", f"ggml type {type_id} is unknown to the pinned llama.cpp", base + ".type", at_t)
+                raise self.fail(
+                    "bad_ggml_type",
+                    f"ggml type {type_id} is unknown to the pinned llama.cpp",
+                    base + ".type",
+                    at_t,
+                )
             if gt.removed:
-                raise self.fail("removed_ggml_type", f"ggml type {type_id} ({gt.name}) was removed from llama.cpp", base + ".type", at_t)
+                raise self.fail(
+                    "removed_ggml_type",
+                    f"ggml type {type_id} ({gt.name}) was removed from llama.cpp",
+                    base + ".type",
+                    at_t,
+                )
             ne0 = shape[0] if shape else 1
             if ne0 % gt.block_size:
-                raise self.fail("row_not_block_multiple", f"row length {ne0} is not a multiple of the {gt.name} block size {gt.block_size}", f"{base}.ne[0]", at_nd + 4)
+                raise self.fail(
+                    "row_not_block_multiple",
+                    f"row length {ne0} is not a multiple of the {gt.name} block size {gt.block_size}",
+                    f"{base}.ne[0]",
+                    at_nd + 4,
+                )
             n_bytes = (n_elements // gt.block_size) * gt.type_size
             if n_bytes > SIZE_MAX:
-                raise self.fail("size_overflow", f"{n_bytes} bytes exceeds the largest size_t", base + ".type", at_t)
+                raise self.fail(
+                    "size_overflow", f"{n_bytes} bytes exceeds the largest size_t", base + ".type", at_t
+                )
             at_off = self.pos
             offset = self.u64(base + ".offset")
             out.append((name, tuple(shape), type_id, offset, n_elements, n_bytes, at, at_off))
         return out
 
-    def place_tensors(self, raw: list[tuple[Any, ...]], alignment: int, data_offset: int) -> tuple[list[TensorInfo], int]:
+    def place_tensors(
+        self, raw: list[tuple[Any, ...]], alignment: int, data_offset: int
+    ) -> tuple[list[TensorInfo], int]:
         """Each tensor must start where the previous one's padded bytes end, as gguf.cpp demands."""
         tensors: list[TensorInfo] = []
         expected = 0
@@ -509,23 +679,55 @@ class _Parser:
         for name, shape, type_id, offset, n_elements, n_bytes, at, at_off in raw:
             f = f"tensor {name!r}.offset"
             if offset % alignment:
-                raise self.fail("tensor_misaligned", f"offset {offset} is not a multiple of the alignment {alignment}", f, at_off)
+                raise self.fail(
+                    "tensor_misaligned",
+                    f"offset {offset} is not a multiple of the alignment {alignment}",
+                    f,
+                    at_off,
+                )
             if offset < expected:
-                raise self.fail("tensor_overlap", f"offset {offset} overlaps tensor {previous!r}, which ends at {expected}", f, at_off)
+                raise self.fail(
+                    "tensor_overlap",
+                    f"offset {offset} overlaps tensor {previous!r}, which ends at {expected}",
+                    f,
+                    at_off,
+                )
             if offset > expected:
-                raise self.fail("tensor_gap", f"offset {offset} leaves a gap after the previous tensor; expected {expected}", f, at_off)
+                raise self.fail(
+                    "tensor_gap",
+                    f"offset {offset} leaves a gap after the previous tensor; expected {expected}",
+                    f,
+                    at_off,
+                )
             padded = _pad(n_bytes, alignment)
             if padded > SIZE_MAX or expected + padded > SIZE_MAX:
-                raise self.fail("size_overflow", f"data section size {expected + padded} exceeds the largest size_t", f, at_off)
+                raise self.fail(
+                    "size_overflow",
+                    f"data section size {expected + padded} exceeds the largest size_t",
+                    f,
+                    at_off,
+                )
             start = data_offset + offset
             if n_bytes > self.end - start:
                 missing = start + n_bytes - self.end
-                raise self.fail("tensor_out_of_bounds", f"tensor's {n_bytes} bytes run {missing} bytes past the end of the file", f, at_off)
-            tensors.append(TensorInfo(name, shape, type_id, _type_name(type_id), offset, n_elements, n_bytes, at, start))
+                raise self.fail(
+                    "tensor_out_of_bounds",
+                    f"tensor's {n_bytes} bytes run {missing} bytes past the end of the file",
+                    f,
+                    at_off,
+                )
+            tensors.append(
+                TensorInfo(name, shape, type_id, _type_name(type_id), offset, n_elements, n_bytes, at, start)
+            )
             expected += padded
             previous = name
         if expected > self.end - data_offset:
-            raise self.fail("data_truncated", f"the data section needs {expected} bytes but only {self.end - data_offset} remain", "data_section", data_offset)
+            raise self.fail(
+                "data_truncated",
+                f"the data section needs {expected} bytes but only {self.end - data_offset} remain",
+                "data_section",
+                data_offset,
+            )
         return tensors, expected
 
 
@@ -553,7 +755,9 @@ def check_semantics(gf: GGUFFile) -> None:
         if item is None:
             return None
         if not isinstance(item.value, ArrayValue) or item.value.elem_type != elem:
-            raise fail("tokenizer_type", f"must be ARRAY[{VALUE_TYPE_NAMES[elem]}] but is {item.type_name}", item)
+            raise fail(
+                "tokenizer_type", f"must be ARRAY[{VALUE_TYPE_NAMES[elem]}] but is {item.type_name}", item
+            )
         return item.value
 
     tokens = array_of("tokenizer.ggml.tokens", STRING)
@@ -561,16 +765,28 @@ def check_semantics(gf: GGUFFile) -> None:
     for key, elem in (("tokenizer.ggml.scores", FLOAT32), ("tokenizer.ggml.token_type", INT32)):
         arr = array_of(key, elem)
         if arr is not None and arr.count != n_vocab:
-            raise fail("tokenizer_length", f"has {arr.count} entries but tokenizer.ggml.tokens has {n_vocab}", kv[key])
+            raise fail(
+                "tokenizer_length",
+                f"has {arr.count} entries but tokenizer.ggml.tokens has {n_vocab}",
+                kv[key],
+            )
     array_of("tokenizer.ggml.merges", STRING)
     for key, item in kv.items():
         if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
             if item.type not in INTEGER_TYPES:
                 raise fail("token_id_type", f"must be an integer but is {item.type_name}", item)
             if n_vocab is None:
-                raise fail("token_id_range", f"token id {item.value} given but the file has no tokenizer.ggml.tokens", item)
+                raise fail(
+                    "token_id_range",
+                    f"token id {item.value} given but the file has no tokenizer.ggml.tokens",
+                    item,
+                )
             if not 0 <= item.value < n_vocab:
-                raise fail("token_id_range", f"token id {item.value} is outside the vocabulary of {n_vocab} tokens", item)
+                raise fail(
+                    "token_id_range",
+                    f"token id {item.value} is outside the vocabulary of {n_vocab} tokens",
+                    item,
+                )
     arch = kv.get("general.architecture")
     if arch is not None and arch.type != STRING:
         raise fail("bad_metadata_type", f"must be STRING but is {arch.type_name}", arch)
@@ -588,7 +804,11 @@ def check_semantics(gf: GGUFFile) -> None:
             values = item.value.to_list() if isinstance(item.value, ArrayValue) else [item.value]
             elem = item.value.elem_type if isinstance(item.value, ArrayValue) else item.type
             if elem not in INTEGER_TYPES:
-                raise fail("bad_metadata_type", f"must be an integer (or integer array) but is {item.type_name}", item)
+                raise fail(
+                    "bad_metadata_type",
+                    f"must be an integer (or integer array) but is {item.type_name}",
+                    item,
+                )
             if suffix == "attention.head_count" and any(v <= 0 for v in values):
                 raise fail("bad_hparam", "head_count must be positive", item)
             if any(v < 0 for v in values):
@@ -606,7 +826,12 @@ def read_gguf_buffer(data: Any, offset: int = 0, length: int | None = None) -> G
     size = len(data)
     end = size if length is None else offset + length
     if offset < 0 or end > size or end < offset:
-        raise GGUFError("region_out_of_file", f"region [{offset}, {end}) is outside the {size}-byte input", field="region", offset=offset)
+        raise GGUFError(
+            "region_out_of_file",
+            f"region [{offset}, {end}) is outside the {size}-byte input",
+            field="region",
+            offset=offset,
+        )
     return _Parser(data, offset, end).parse()
 
 

@@ -83,6 +83,16 @@ _SCALAR_FORMAT = {
 _SCALAR_STRUCT = {t: struct.Struct("<" + f) for t, f in _SCALAR_FORMAT.items()}
 INTEGER_TYPES = frozenset({UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64})
 
+# llama_ftype names (include/llama.h of the pinned commit), for general.file_type.
+FILE_TYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M",
+    30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4",
+    40: "Q1_0", 41: "Q2_0",
+}  # fmt: skip
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -183,6 +193,7 @@ class GGUFSummary:
     name: str | None
     parameters: int
     quantization: dict[str, int]  # bytes by ggml type name
+    file_type: str | None  # general.file_type as llama.cpp names it, else the type holding most bytes
     context_length: int | None
     vocab_size: int | None
     chat_template: bool
@@ -199,6 +210,7 @@ class GGUFSummary:
             "name": self.name,
             "parameters": self.parameters,
             "quantization": dict(self.quantization),
+            "file_type": self.file_type,
             "context_length": self.context_length,
             "vocab_size": self.vocab_size,
             "chat_template": self.chat_template,
@@ -208,6 +220,10 @@ class GGUFSummary:
             "data_offset": self.data_offset,
             "file_size": self.file_size,
         }
+
+    @property
+    def parameter_count(self) -> int:
+        return self.parameters
 
 
 @dataclass
@@ -234,16 +250,12 @@ class GGUFFile:
         return kv.value.to_list() if isinstance(kv.value, ArrayValue) else kv.value
 
     def metadata(self, max_array: int | None = None) -> dict[str, Any]:
-        """Every key -> value (what /api/show needs); arrays longer than ``max_array`` are left out."""
-        out: dict[str, Any] = {}
-        for key, kv in self.kv.items():
-            if isinstance(kv.value, ArrayValue):
-                if max_array is not None and kv.value.count > max_array:
-                    continue
-                out[key] = kv.value.to_list()
-            else:
-                out[key] = kv.value
-        return out
+        """Every key -> value (what /api/show needs); arrays longer than ``max_array`` are left out undecoded."""
+        return {
+            k: self.get(k)
+            for k, kv in self.kv.items()
+            if max_array is None or not isinstance(kv.value, ArrayValue) or kv.value.count <= max_array
+        }
 
     def summary(self) -> GGUFSummary:
         arch = self.kv.get("general.architecture")
@@ -259,12 +271,19 @@ class GGUFFile:
             vocab = tokens.value.count
         elif arch_name and isinstance(self.get(f"{arch_name}.vocab_size"), int):
             vocab = self.get(f"{arch_name}.vocab_size")
+        ftype_kv = self.kv.get("general.file_type")
+        file_type = None
+        if ftype_kv is not None and ftype_kv.type in INTEGER_TYPES:
+            file_type = FILE_TYPE_NAMES.get(ftype_kv.value)
+        if file_type is None and quant:
+            file_type = max(quant.items(), key=lambda kv: kv[1])[0]
         return GGUFSummary(
             version=self.version,
             architecture=arch_name,
             name=name.value if name is not None and name.type == STRING else None,
             parameters=sum(t.n_elements for t in self.tensors),
             quantization=dict(sorted(quant.items(), key=lambda kv: -kv[1])),
+            file_type=file_type,
             context_length=ctx.value if ctx is not None and ctx.type in INTEGER_TYPES else None,
             vocab_size=vocab,
             chat_template="tokenizer.chat_template" in self.kv,

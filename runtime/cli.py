@@ -20,6 +20,13 @@ def version() -> None:
     click.echo(f"dx {__version__}")
 
 
+# dxverify.verify_cli imports only click at module level; the checks load when a command runs.
+from dxverify.verify_cli import inspect_cmd, verify_cmd  # noqa: E402
+
+cli.add_command(verify_cmd, "verify")
+cli.add_command(inspect_cmd, "inspect")
+
+
 def main() -> None:
     import sys
 

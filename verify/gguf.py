@@ -102,13 +102,15 @@ _HINT = "the file is not a valid GGUF model; re-download or re-convert it"
 class GGUFError(MalformedInputError):
     """One rejection: ``code`` (stable, for tools), ``field`` and ``offset`` (bytes from the file start)."""
 
-    def __init__(self, code: str, detail: str, *, field: str, offset: int, path: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, *, field: str, offset: int, path: str | None = None, hint: str = _HINT
+    ) -> None:
         self.code = code
         self.detail = detail
         self.field = field
         self.offset = offset
         self.path = path
-        super().__init__(self._compose(), hint=_HINT)
+        super().__init__(self._compose(), hint=hint)
 
     def _compose(self) -> str:
         where = f"{self.path}: " if self.path else ""
@@ -864,7 +866,9 @@ def read_gguf(path: str | os.PathLike[str], offset: int = 0, length: int | None 
     p = os.fspath(path)
 
     def err(code: str, detail: str) -> GGUFError:
-        return GGUFError(code, detail, field="file", offset=offset, path=p)
+        return GGUFError(
+            code, detail, field="file", offset=offset, path=p, hint="check the path and its permissions"
+        )
 
     try:
         st = os.stat(p)

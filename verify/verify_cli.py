@@ -1,0 +1,264 @@
+"""`dx verify` and `dx inspect`: check a model (or a minted executable) before trusting it.
+
+The check is a small pipeline over one ``VerifyResult``: detect what the file
+is, run that kind's structure check, then the hash. New kinds (a minted
+executable) and new checks (signatures) are one function each, so the command
+grows without growing branches. Exit codes: 0 valid, 3 malformed
+(MalformedInputError), 4 hash mismatch (IntegrityError), 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dxverify.errors import DXError, IntegrityError, MalformedInputError
+
+
+@dataclass
+class VerifyResult:
+    """Everything `dx verify` learned about one file; ``--json`` prints it as is."""
+
+    path: str
+    kind: str = "unknown"
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    sha256: str | None = None
+    expected_sha256: str | None = None
+    expected_from: str | None = None
+    summary: dict[str, Any] | None = None
+    # Where the GGUF lies inside the file (a minted executable carries it at an offset).
+    offset: int = 0
+    length: int | None = None
+    exit_code: int = 0
+    first_error: DXError | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def fail(self, err: DXError, *, code: str | None = None, offset: int | None = None) -> None:
+        """Record a failure; the first failure's exit code is the command's."""
+        entry = {
+            "code": code or getattr(err, "code", type(err).__name__),
+            "message": getattr(err, "detail", None) or err.message,
+            "offset": offset if offset is not None else getattr(err, "offset", None),
+        }
+        if getattr(err, "field", None):
+            entry["field"] = err.field  # type: ignore[attr-defined]
+        self.errors.append(entry)
+        if self.first_error is None:
+            self.first_error = err
+            self.exit_code = err.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "path": self.path,
+            "kind": self.kind,
+            "errors": self.errors,
+            "sha256": self.sha256,
+            "expected_sha256": self.expected_sha256,
+            "expected_from": self.expected_from,
+            "summary": self.summary,
+        }
+
+
+def detect_kind(path: str) -> str:
+    """'gguf' by magic, 'executable' when a DX trailer is found, else 'gguf' (which then says why not)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return "gguf"
+    if head == b"GGUF":
+        return "gguf"
+    try:
+        from dxverify.trailer import find_trailer
+
+        if find_trailer(path) is not None:
+            return "executable"
+    except (DXError, OSError, ImportError):
+        pass
+    return "gguf"
+
+
+def _check_gguf(result: VerifyResult) -> None:
+    from dxverify.gguf import GGUFError, read_gguf
+
+    try:
+        with read_gguf(result.path, result.offset, result.length) as gf:
+            result.summary = gf.summary().to_dict()
+    except GGUFError as e:
+        result.fail(e)
+
+
+def _check_executable(result: VerifyResult) -> None:
+    """A minted executable: the trailer says where the GGUF is and what its SHA-256 must be."""
+    from dxverify.trailer import find_trailer
+
+    try:
+        em = find_trailer(result.path)
+    except DXError as e:
+        result.fail(e, code="bad_trailer")
+        return
+    if em is None:
+        result.fail(MalformedInputError(f"{result.path}: no DX trailer found"), code="bad_trailer")
+        return
+    result.offset, result.length = em.offset, em.length
+    if result.expected_sha256 is None:
+        result.expected_sha256, result.expected_from = em.sha256, "trailer"
+    _check_gguf(result)
+    if result.summary is not None:
+        result.summary["embedded_at"] = em.offset
+
+
+# kind -> structure check. A new kind is one function and one line here.
+STRUCTURE_CHECKS: dict[str, Callable[[VerifyResult], None]] = {
+    "gguf": _check_gguf,
+    "executable": _check_executable,
+}
+
+
+def _check_hash(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
+    from dxverify.hashing import sha256_file
+
+    try:
+        result.sha256 = sha256_file(result.path, result.offset, result.length, progress)
+    except DXError as e:
+        result.fail(e, code="unreadable")
+        return
+    if result.expected_sha256 and result.sha256 != result.expected_sha256:
+        err = IntegrityError(
+            f"{result.path}: SHA-256 mismatch: expected {result.expected_sha256} ({result.expected_from}), "
+            f"got {result.sha256}",
+            hint="the file is corrupt or not the one you meant; download it again",
+        )
+        result.fail(err, code="sha256_mismatch", offset=result.offset)
+
+
+def verify_path(
+    path: str | os.PathLike[str],
+    expected_sha256: str | None = None,
+    *,
+    hash_mode: str = "always",
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Run every check that applies to ``path``; never raises for a bad file, records it instead.
+
+    ``hash_mode``: "always" hashes, "expected" only when an expected hash is known, "never" skips it.
+    """
+    from dxverify.hashing import expected_sha256_for, normalize_sha256
+
+    p = os.fspath(path)
+    result = VerifyResult(path=p)
+    if expected_sha256:
+        result.expected_sha256, result.expected_from = normalize_sha256(expected_sha256), "--sha256"
+    else:
+        try:
+            found = expected_sha256_for(p)
+        except DXError as e:
+            result.fail(e, code="bad_sha256sums")
+            return result
+        if found:
+            name = Path(p).name
+            result.expected_sha256 = found
+            result.expected_from = "file name" if found in name.lower() else "SHA256SUMS"
+    result.kind = detect_kind(p)
+    STRUCTURE_CHECKS[result.kind](result)
+    if result.ok and (hash_mode == "always" or (hash_mode == "expected" and result.expected_sha256)):
+        _check_hash(result, progress)
+    return result
+
+
+def _human_report(result: VerifyResult) -> str:
+    from dxverify.gguf import GGUFSummary, format_summary
+
+    lines = []
+    if result.summary is not None:
+        fields = {k: v for k, v in result.summary.items() if k in GGUFSummary.__dataclass_fields__}
+        lines.append(format_summary(GGUFSummary(**fields), result.path))
+    if result.sha256:
+        how = f"matches {result.expected_from}" if result.expected_sha256 else "no expected hash known"
+        lines.append(f"sha256:         {result.sha256} ({how})")
+    return "\n".join(lines)
+
+
+def _progress_printer() -> Callable[[int, int], None] | None:
+    if not click.get_text_stream("stderr").isatty():
+        return None
+    last = [-1]
+
+    def show(done: int, total: int) -> None:
+        pct = done * 100 // max(total, 1)
+        if pct != last[0]:
+            last[0] = pct
+            click.echo(f"\rhashing {pct:3d}%", err=True, nl=pct == 100)
+
+    return show
+
+
+@click.command("verify")
+@click.argument("path", type=click.Path(dir_okay=True, path_type=str))
+@click.option(
+    "--sha256",
+    "sha256",
+    metavar="HEX",
+    help="Expected SHA-256 (else from a sha256-<hex> name or SHA256SUMS).",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "errors", "sha256", "summary"} as JSON.')
+@click.option("--inspect", is_flag=True, help="Also print what the model is (as `dx inspect`).")
+@click.option(
+    "--no-hash", is_flag=True, help="Structure only; skip SHA-256 unless an expected hash is known."
+)
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context, path: str, sha256: str | None, as_json: bool, inspect: bool, no_hash: bool
+) -> None:
+    """Check that PATH is a well-formed GGUF model (or DX executable) and its SHA-256 matches.
+
+    Exit 0 when valid, 3 when malformed, 4 when the hash does not match.
+    """
+    result = verify_path(
+        path,
+        sha256,
+        hash_mode="expected" if no_hash else "always",
+        progress=None if as_json else _progress_printer(),
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        ctx.exit(result.exit_code)
+    err = result.first_error
+    if err is not None:
+        raise err
+    if inspect:
+        click.echo(_human_report(result))
+    elif result.sha256:
+        how = f"matches {result.expected_from}" if result.expected_sha256 else "no expected hash known"
+        click.echo(f"sha256 {result.sha256} ({how})")
+    s = result.summary or {}
+    click.echo(
+        f"{path}: OK — GGUF v{s.get('version')}, {s.get('tensor_count')} tensors, {s.get('kv_count')} keys"
+        + (f", embedded at byte {result.offset}" if result.kind == "executable" else "")
+    )
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def inspect_cmd(ctx: click.Context, path: str, as_json: bool) -> None:
+    """Show what model PATH holds (architecture, size, quantization...) without loading weights."""
+    result = verify_path(path, hash_mode="never")
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        ctx.exit(result.exit_code)
+    err = result.first_error
+    if err is not None:
+        raise err
+    click.echo(_human_report(result))

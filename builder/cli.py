@@ -7,6 +7,7 @@ import sys
 import click
 
 from dxbuild import __version__
+from dxbuild.trust_cli import register as register_trust_commands
 from dxverify.cli_errors import run_cli
 
 
@@ -14,6 +15,9 @@ from dxverify.cli_errors import run_cli
 @click.version_option(__version__, prog_name="dxbuild")
 def cli() -> None:
     """dxbuild — mint self-contained LLM executables."""
+
+
+register_trust_commands(cli)  # keygen, sign, verify-release, manifest, bench, repro
 
 
 def main() -> None:

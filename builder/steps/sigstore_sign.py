@@ -1,0 +1,74 @@
+"""Step: sigstore keyless signatures (``<file>.sigstore.json``) in CI.
+
+Keyless signing binds each executable to the CI workflow's OIDC identity via
+Fulcio and records it in Rekor, so users can check *which workflow* built a
+file without DX guarding a key. It needs the network and an OIDC token, so it
+runs only where one is available (GitHub Actions with ``id-token: write``, or
+``SIGSTORE_ID_TOKEN``); everywhere else it is skipped and says so. Verifying the
+bundles later needs neither (dxverify.signatures.verify_sigstore_bundle).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dxbuild.context import ArtifactType, BuildContext
+from dxbuild.pipeline import Skip
+from dxverify.errors import ToolError
+from dxverify.signatures import sha256_file
+
+name = "sigstore"
+BUNDLE_SUFFIX = ".sigstore.json"
+
+
+def detect_identity_token() -> str | None:
+    """An OIDC token for sigstore, or None: ``SIGSTORE_ID_TOKEN``, else sigstore's ambient detection."""
+    token = os.environ.get("SIGSTORE_ID_TOKEN")
+    if token:
+        return token
+    from sigstore.oidc import IdentityError, detect_credential
+
+    try:
+        return detect_credential()
+    except IdentityError as e:
+        raise ToolError(f"an OIDC identity seems configured but could not be fetched: {e}") from e
+
+
+def sign_files(files: list[Path], token: str) -> list[Path]:
+    """Sign each file with one short-lived Fulcio certificate; write ``<file>.sigstore.json``."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.hashes import Hashed
+    from sigstore.models import ClientTrustConfig
+    from sigstore.oidc import IdentityToken
+    from sigstore.sign import SigningContext
+    from sigstore_models.common.v1 import HashAlgorithm
+
+    written = []
+    try:
+        signing = SigningContext.from_trust_config(ClientTrustConfig.production())
+        with signing.signer(IdentityToken(token)) as signer:
+            for f in files:
+                digest = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(sha256_file(f)))
+                bundle = signer.sign_artifact(digest)
+                dest = f.with_name(f.name + BUNDLE_SUFFIX)
+                tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+                tmp.write_text(bundle.to_json(), encoding="utf-8")
+                os.replace(tmp, dest)
+                written.append(dest)
+    except SigstoreError as e:
+        raise ToolError(f"sigstore signing failed: {e}", hint="check network access to Fulcio/Rekor") from e
+    return written
+
+
+def run(ctx: BuildContext) -> None:
+    if ctx.options.get("sigstore") is False:
+        raise Skip("disabled with --no-sigstore")
+    token = detect_identity_token()
+    if not token:
+        raise Skip("no OIDC identity here (runs in CI with id-token: write, or set SIGSTORE_ID_TOKEN)")
+    exes = [a.path for a in ctx.of(ArtifactType.EXECUTABLE)]
+    if not exes:
+        raise Skip("no executables were minted")
+    for b in sign_files(exes, token):
+        ctx.add(ArtifactType.SIGSTORE_BUNDLE, b)

@@ -1,0 +1,90 @@
+"""`dxbuild` commands for trust and reports: keygen, sign, verify-release, manifest, bench, repro.
+
+Kept apart from dxbuild.cli so that file stays a short list of groups; each
+command imports its module lazily so `dxbuild --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write dx-release.key and dx-release.pub.")
+@click.option("--passphrase", is_flag=True, help="Protect the private key with a passphrase (asked twice, "
+              "or taken from DX_SIGNING_KEY_PASSPHRASE).")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def keygen(out_dir: Path, passphrase: bool, force: bool) -> None:
+    """Write an Ed25519 release key pair (private key mode 0600)."""
+    from dxbuild.keys import ENV_PASSPHRASE
+    from dxbuild.keys import keygen as make_keys
+
+    secret = None
+    if passphrase:
+        secret = (os.environ.get(ENV_PASSPHRASE) or click.prompt(
+            "passphrase", hide_input=True, confirmation_prompt=True)).encode()
+    priv, pub = make_keys(out_dir, passphrase=secret, force=force)
+    click.echo(f"private key: {priv} (mode 0600; keep it secret, e.g. as the CI secret DX_SIGNING_KEY_PEM)")
+    click.echo(f"public key:  {pub} (publish it; install.sh and `dx verify --key` check against it)")
+
+
+@click.command()
+@click.argument("directory", type=_DIR)
+@click.option("--key", "key_path", type=_FILE, help="Private key (default: DX_SIGNING_KEY / DX_SIGNING_KEY_PEM).")
+@click.option("--sigstore/--no-sigstore", default=True, show_default=True,
+              help="Also make sigstore bundles when an OIDC identity is available.")
+def sign(directory: Path, key_path: Path | None, sigstore: bool) -> None:
+    """Write SHA256SUMS and signatures for every file already in DIRECTORY."""
+    from dxbuild.keys import find_signing_key
+    from dxbuild.steps import sigstore_sign
+    from dxbuild.steps.sign import is_release_file, sign_directory
+
+    key = find_signing_key(key_path)
+    written = sign_directory(directory, key)
+    for p in written:
+        click.echo(f"wrote {p}")
+    if key is None:
+        click.echo("signing skipped: no key (pass --key or set DX_SIGNING_KEY / DX_SIGNING_KEY_PEM)", err=True)
+    token = sigstore_sign.detect_identity_token() if sigstore else None
+    if token:
+        files = sorted(p for p in directory.iterdir() if is_release_file(p))
+        for p in sigstore_sign.sign_files(files, token):
+            click.echo(f"wrote {p}")
+    elif sigstore:
+        click.echo("sigstore skipped: no OIDC identity here (CI only)", err=True)
+
+
+@click.command("verify-release")
+@click.argument("directory", type=_DIR)
+@click.option("--key", "public_key", type=_FILE, help="Public key to trust (default: DIR/dx-release.pub).")
+@click.option("--identity", help="Expected sigstore signer identity (e.g. the release workflow URL).")
+@click.option("--issuer", default=None, help="Expected OIDC issuer (default: GitHub Actions).")
+@click.option("--trusted-root", type=_FILE, help="sigstore trusted_root.json (default: the pinned one).")
+@click.option("--allow-unsigned", is_flag=True, help="Accept a release with checksums but no signatures.")
+def verify_release_cmd(directory: Path, public_key: Path | None, identity: str | None, issuer: str | None,
+                       trusted_root: Path | None, allow_unsigned: bool) -> None:
+    """Check every artifact in DIRECTORY against SHA256SUMS, signatures and the manifest."""
+    from dxbuild.release_verify import verify_release
+    from dxverify.signatures import GITHUB_ACTIONS_ISSUER
+
+    report = verify_release(directory, public_key=public_key, identity=identity,
+                            issuer=issuer or GITHUB_ACTIONS_ISSUER, trusted_root=trusted_root,
+                            require_signatures=not allow_unsigned)
+    for line in report.notes:
+        click.echo(f"note: {line}", err=True)
+    for line in report.ok:
+        click.echo(f"ok  {line}")
+    click.echo(f"release {directory}: all {len(report.ok)} checks passed")
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to the `dxbuild` group."""
+    for cmd in (keygen, sign, verify_release_cmd):
+        group.add_command(cmd)

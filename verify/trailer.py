@@ -187,24 +187,42 @@ def check_model_hash(model: EmbeddedModel, progress: Callable[[int], None] | Non
 
 def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
                      metadata: dict[str, Any], expected_sha256: str | None = None,
-                     progress: Callable[[int], None] | None = None) -> EmbeddedModel:
+                     progress: Callable[[int], None] | None = None,
+                     file_hasher: Any = None) -> EmbeddedModel:
     """Write runtime + padding + model + metadata + trailer to the open file ``dest``.
 
     The model is hashed while it is copied (one read), and if ``expected_sha256``
     is given a mismatch raises IntegrityError before the trailer is written, so
     a model that changed after verification never gets sealed. The caller owns
     ``dest`` (a temporary file it renames into place on success).
+
+    ``file_hasher`` (a hashlib object), when given, is fed every byte written, so
+    the whole executable's SHA-256 comes out of the same single pass; it runs in
+    a second thread, next to the model's hasher (hashlib releases the GIL).
     """
     dest.seek(0)
     dest.truncate()
-    with open(runtime, "rb") as src:
-        runtime_size = _copy(src, dest, None, None)
-    offset = aligned_offset(runtime_size)
-    dest.write(b"\0" * (offset - runtime_size))
-    h = hashlib.sha256()
-    with open(model, "rb", buffering=0) as src:
-        length = _copy(src, dest, h, progress)
-    sha_hex = h.hexdigest()
+    with _Feeder(dest, file_hasher) as out:
+        with open(runtime, "rb") as src:
+            runtime_size = _copy(src, out, None, None)
+        offset = aligned_offset(runtime_size)
+        out.write(b"\0" * (offset - runtime_size))
+        h = hashlib.sha256()
+        with open(model, "rb", buffering=0) as src:
+            length = _copy(src, out, h, progress)
+        tail = _seal(model, h.hexdigest(), expected_sha256, metadata, offset, length)
+        out.write(tail)
+    dest.flush()
+    meta = json.loads(tail[: -TRAILER_SIZE])
+    total = offset + length + len(tail)
+    name = Path(dest.name) if isinstance(getattr(dest, "name", None), str) else Path()
+    return EmbeddedModel(path=name, offset=offset, length=length, sha256=meta["sha256"],
+                         metadata=meta, file_size=total)
+
+
+def _seal(model: Path | str, sha_hex: str, expected_sha256: str | None, metadata: dict[str, Any],
+          offset: int, length: int) -> bytes:
+    """Metadata JSON + trailer for a model that hashed to ``sha_hex``."""
     if expected_sha256 is not None and sha_hex != expected_sha256.lower():
         raise IntegrityError(
             f"{model}: SHA-256 {sha_hex} while embedding, expected {expected_sha256}",
@@ -219,27 +237,58 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
     if len(meta_bytes) > MAX_METADATA:
         raise ValueError("metadata too large")
-    dest.write(meta_bytes)
-    dest.write(pack_trailer(offset, length, meta_bytes, sha_hex))
-    dest.flush()
-    total = offset + length + len(meta_bytes) + TRAILER_SIZE
-    name = Path(getattr(dest, "name", "")) if isinstance(getattr(dest, "name", None), str) else Path()
-    return EmbeddedModel(path=name, offset=offset, length=length, sha256=sha_hex,
-                         metadata=meta, file_size=total)
+    return meta_bytes + pack_trailer(offset, length, meta_bytes, sha_hex)
 
 
-def _copy(src: BinaryIO, dest: BinaryIO, h: Any, progress: Callable[[int], None] | None) -> int:
+class _Feeder:
+    """A writer that also feeds an optional hasher in a helper thread, in order."""
+
+    def __init__(self, dest: BinaryIO, hasher: Any) -> None:
+        self.dest = dest
+        self.hasher = hasher
+        self._pool: Any = None
+        self._pending: Any = None
+
+    def __enter__(self) -> _Feeder:
+        if self.hasher is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dx-file-hash")
+        return self
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Start hashing ``data`` and write it; call sync() before reusing its buffer."""
+        self.sync()
+        if self._pool is not None:
+            self._pending = self._pool.submit(self.hasher.update, data)
+        self.dest.write(data)
+
+    def sync(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _copy(src: BinaryIO, out: _Feeder, h: Any, progress: Callable[[int], None] | None) -> int:
+    """Copy src to out; the model hash runs while out's hasher works on the same chunk."""
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     total = 0
     while True:
         n = src.readinto(view)
         if not n:
+            out.sync()
             return total
         chunk = view[:n]
+        out.write(chunk)
         if h is not None:
             h.update(chunk)
-        dest.write(chunk)
+        out.sync()
         total += n
         if progress:
             progress(n)

@@ -166,3 +166,17 @@ def test_any_damage_near_the_end_is_a_dx_error_or_detected(tmp_path: Path, pos: 
     if found is not None and bytes(data) != (tmp_path / "orig").read_bytes():
         with pytest.raises(IntegrityError):
             trailer.check_model_hash(found)
+
+
+def test_file_hasher_sees_exactly_the_written_file(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "rt").write_bytes(os.urandom(70_000))
+    (tmp_path / "m").write_bytes(b"GGUF" + os.urandom(20_000_000))
+    fh = hashlib.sha256()
+    with open(tmp_path / "exe", "wb") as f:
+        em = trailer.write_executable(tmp_path / "rt", tmp_path / "m", f, dict(META), file_hasher=fh)
+    data = (tmp_path / "exe").read_bytes()
+    assert fh.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert em.file_size == len(data)
+    assert em.offset == 2 * trailer.ALIGNMENT

@@ -26,6 +26,11 @@ from dxverify.verify_cli import inspect_cmd, verify_cmd  # noqa: E402
 cli.add_command(verify_cmd, "verify")
 cli.add_command(inspect_cmd, "inspect")
 
+# dx.serve_cmd imports only click at module level; the server loads when `dx serve` runs.
+from dx.serve_cmd import serve_cmd  # noqa: E402
+
+cli.add_command(serve_cmd, "serve")
+
 
 def main() -> None:
     import sys

@@ -1,0 +1,119 @@
+"""`dx serve [MODEL]`: the Ollama/OpenAI-compatible server.
+
+Kept out of ``dx.cli`` so that ``dx --help`` and the other commands never
+import the server; inside this module heavy parts load when the command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+
+
+def embedded_model_source():  # type: ignore[no-untyped-def]
+    """The model appended to this very executable (a minted ``dx``), if any."""
+    from dxverify.trailer import find_trailer
+
+    exe = Path(sys.argv[0])
+    if not exe.is_file() or exe.suffix == ".py":
+        return None
+    found = find_trailer(exe.resolve())
+    if found is None:
+        return None
+    from dx.supervisor import ModelSource
+
+    name = str(found.metadata.get("model") or exe.name)
+    return ModelSource(path=found.path, offset=found.offset, length=found.length, name=name, sha256=found.sha256)
+
+
+@click.command("serve")
+@click.argument("model", required=False)
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--no-auth", is_flag=True, help="Serve without an API key (loopback addresses only).")
+@click.option("--keep-alive", default="5m", show_default=True,
+              help="Default idle time before an engine is unloaded (Ollama syntax; -1: never).")
+@click.option("--ctx", "ctx", default=4096, show_default=True, type=click.IntRange(256, 1 << 20),
+              help="Context length per parallel slot.")
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Parallel request slots per engine.")
+@click.option("--max-connections", default=128, show_default=True, type=click.IntRange(1, 10000),
+              help="Open connections before new ones get 503.")
+@click.option("--max-body", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Largest request body, MiB.")
+@click.option("--no-preload", is_flag=True, help="Load the default model at the first request, not at start.")
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+def serve_cmd(
+    model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int, parallel: int,
+    max_connections: int, max_body: int, no_preload: bool, access_log: bool,
+) -> None:
+    """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
+
+    Without MODEL a minted executable serves its embedded model; a plain dx
+    serves the models in its store. The API key lives in $DX_HOME/api_key
+    (~/.dx/api_key), created at first start with mode 0600.
+    """
+    import signal
+    import threading
+
+    from dx.auth import api_key_path, check_bind_policy, load_or_create_api_key
+    from dx.server import App, ModelResolver, ServerLimits, make_server
+    from dx.supervisor import EngineManager, parse_keep_alive, verify_source
+    from dxverify.errors import ConfigurationError
+
+    check_bind_policy(host, auth_enabled=not no_auth)
+    try:
+        default_keep = parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise ConfigurationError(f"--keep-alive: {exc}") from None
+
+    if model:
+        from dx.store import Store
+
+        source = Store().resolve(model)  # pulls hf: files; verifies structure + SHA-256 (cached)
+    else:
+        source = embedded_model_source()
+    if source is not None:
+        verify_source(source)  # refused here, with the verifier's reason, before anything listens
+
+    api_key = None if no_auth else load_or_create_api_key()
+    resolver = ModelResolver(source)
+    manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep)
+    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections)
+    app = App(manager, resolver, api_key, limits, access_log=access_log)
+    server = make_server(host, port, app)
+    bound_host, bound_port = server.server_address[:2]
+    shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    what = source.display_name if source is not None else "the models in the store"
+    click.echo(f"dx: serving {what} on http://{shown_host}:{bound_port}")
+    if api_key:
+        click.echo(f"dx: API key {api_key} (in {api_key_path()}; send `Authorization: Bearer <key>`)")
+    else:
+        click.echo("dx: no API key required (--no-auth, loopback only)")
+    sys.stdout.flush()
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    if source is not None and not no_preload:
+        def preload() -> None:
+            try:
+                manager.get(source.display_name)
+            except Exception as exc:  # the first request will report it in the API's shape
+                print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
+
+        threading.Thread(target=preload, name="dx-preload", daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        manager.close()

@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite from a fresh machine: install DX with its test extras,
-# then run pytest (lint, unit, integration with the real engine, Nuitka and clients).
+# The whole test suite from a fresh machine: the system tools the tests drive
+# (ccache, dash, busybox, openssl, curl), DX with its test extras, then ruff and
+# pytest (unit, integration with the real engine, Nuitka and clients).
 set -euo pipefail
 cd "$(dirname "$0")"
-python3 -m pip install -q -e '.[test]'
+
+need=()
+for tool in ccache dash busybox openssl curl; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "+ apt-get install ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "note: missing ${need[*]}; the tests that need them will be skipped" >&2
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check .
 python3 -m pytest "$@"

@@ -8,7 +8,6 @@ at every start.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 from dxverify.errors import IntegrityError, MalformedInputError
 
-_CHUNK = 1 << 20
 # Metadata arrays this long are tokenizer tables: useless in /api/show, huge in JSON.
 _MAX_LISTED_ARRAY = 64
 
@@ -40,26 +38,14 @@ class ModelFacts:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "metadata"}
-        return d
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "metadata"}
 
 
 def sha256_of(path: Path, offset: int = 0, length: int | None = None) -> str:
-    """Stream a SHA-256 over ``length`` bytes of ``path`` from ``offset``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left is None or left > 0:
-            chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    if left:
-        raise MalformedInputError(f"{path}: ends {left} bytes short of the model's recorded length")
-    return h.hexdigest()
+    """Streamed SHA-256 of the model's bytes (``dxverify.hashing``)."""
+    from dxverify.hashing import sha256_file
+
+    return sha256_file(path, offset, length)
 
 
 def read_facts(path: Path, offset: int = 0, length: int | None = None) -> ModelFacts:
@@ -69,53 +55,41 @@ def read_facts(path: Path, offset: int = 0, length: int | None = None) -> ModelF
     """
     from dxverify.gguf import read_gguf
 
-    gguf = read_gguf(path, offset=offset, length=length)
-    return facts_from_gguf(gguf)
+    with read_gguf(path, offset=offset, length=length) as gguf:
+        return facts_from_gguf(gguf)
 
 
 def facts_from_gguf(gguf: Any) -> ModelFacts:
-    meta = dict(gguf.metadata)
-    arch = str(meta.get("general.architecture", ""))
+    """Pick the fields DX uses out of a checked ``dxverify.gguf.GGUFFile``."""
+    meta = gguf.metadata(max_array=_MAX_LISTED_ARRAY)
+    summary = gguf.summary()
+    arch = summary.architecture or ""
 
     def arch_int(key: str) -> int:
-        v = meta.get(f"{arch}.{key}", 0)
-        if isinstance(v, (list, tuple)):  # per-layer arrays (e.g. head_count_kv on some models)
-            v = max(v) if v else 0
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return 0
+        v = gguf.get(f"{arch}.{key}", 0)
+        if isinstance(v, (list, tuple)):  # per-layer arrays (head_count_kv on some models)
+            v = max((x for x in v if isinstance(x, int)), default=0)
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
-    summary = getattr(gguf, "summary", None)
-    summary = summary() if callable(summary) else summary
-    params = int(_get(summary, "parameter_count", 0) or _get(summary, "params", 0) or 0)
-    quant = str(_get(summary, "file_type", "") or _get(summary, "quant", "") or "")
+    params = int(summary.parameters or 0)
+    # The quantisation that holds most of the bytes names the model ("Q4_1"), as Ollama shows it.
+    quant = next(iter(summary.quantization), "") if summary.quantization else ""
     head_count = arch_int("attention.head_count")
     return ModelFacts(
         arch=arch,
-        name=str(meta.get("general.name", "")),
+        name=summary.name or "",
         family=arch,
         quant=quant,
-        parameter_size=_human_params(params) if params else str(meta.get("general.size_label", "")),
+        parameter_size=_human_params(params) if params else "",
         parameter_count=params,
-        context_length=arch_int("context_length"),
+        context_length=int(summary.context_length or 0),
         block_count=arch_int("block_count"),
         embedding_length=arch_int("embedding_length"),
         head_count=head_count,
         head_count_kv=arch_int("attention.head_count_kv") or head_count,
-        has_chat_template="tokenizer.chat_template" in meta,
-        metadata={
-            k: v for k, v in meta.items() if not (isinstance(v, (list, tuple)) and len(v) > _MAX_LISTED_ARRAY)
-        },
+        has_chat_template=bool(summary.chat_template),
+        metadata=meta,
     )
-
-
-def _get(obj: Any, key: str, default: Any) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
 
 
 def _human_params(n: int) -> str:
@@ -146,11 +120,11 @@ def verify_model(
     except OSError as e:
         raise MalformedInputError(f"cannot read model {path}: {e.strerror}") from None
     read_facts(path, offset, length)
-    digest = verified_cache.lookup(path, offset=offset, length=length, cache_dir=cache_dir)
+    digest = verified_cache.lookup(cache_dir, path, offset, length) if cache_dir else None
     if digest is None:
         digest = sha256_of(path, offset, length)
-        if os.stat(path).st_mtime_ns == st.st_mtime_ns:
-            verified_cache.remember(path, digest, offset=offset, length=length, cache_dir=cache_dir)
+        if cache_dir and os.stat(path).st_mtime_ns == st.st_mtime_ns:
+            verified_cache.remember(cache_dir, path, digest, offset, length)
     if expected_sha256 and digest != expected_sha256.lower():
         raise IntegrityError(
             f"model {path} has SHA-256 {digest}, expected {expected_sha256.lower()}",

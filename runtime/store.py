@@ -244,8 +244,9 @@ class Store:
             else:
                 digest = _copy_hashing(src, tmp_fd)
             if sha256 is not None and digest != sha256:
+                what = source if source and not source.startswith("file:") else str(src)
                 raise IntegrityError(
-                    f"{src} has SHA-256 {digest}, expected {sha256}",
+                    f"{what} has SHA-256 {digest}, expected {sha256}",
                     hint="the download is corrupt or the checksum is wrong; nothing was stored",
                 )
             facts = read_facts(tmp)
@@ -415,7 +416,7 @@ class Store:
         with contextlib.suppress(Exception):
             from dxverify import verified_cache
 
-            verified_cache.remember(blob, digest, cache_dir=self.root / "cache")
+            verified_cache.remember(self.root / "cache", blob, digest)
 
 
 def _check_hex(value: str) -> str:

@@ -1,0 +1,262 @@
+"""``dx pull hf:OWNER/REPO/FILE.gguf``: fetch through huggingface_hub into the store.
+
+huggingface_hub does the HTTP part (HF_ENDPOINT, HF_TOKEN, retries that resume
+with Range requests, its progress bar). The file lands in the store's own
+download cache on the store's filesystem, is hashed and structure-checked, and
+only then renamed into ``blobs/``. The expected SHA-256 is, in this order: the
+``--sha256`` given, a ``FILE.gguf.sha256`` sidecar in the repository, or the
+Hub's LFS digest (the ETag of an LFS file is its SHA-256). With
+``HF_HUB_OFFLINE=1`` nothing touches the network: a model already pulled is
+used from the store, else one in the user's Hugging Face cache is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dx.model_names import HFFile, parse_name
+from dxverify.errors import ConfigurationError, DXError
+
+if TYPE_CHECKING:
+    from dx.store import ModelEntry, ProgressCallback, Store
+
+_SHA256 = re.compile(r"\b([0-9a-fA-F]{64})\b")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class DownloadError(DXError):
+    """The Hub (or HF_ENDPOINT) could not be reached or answered with an error."""
+
+    exit_code = 7
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE read now, not at import (huggingface_hub caches it at import time)."""
+    return (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
+
+
+def endpoint() -> str | None:
+    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+
+
+def pull_hf(
+    store: Store,
+    hf: HFFile,
+    *,
+    name: str | None = None,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> ModelEntry:
+    """Make ``hf`` a verified model in ``store`` under ``name`` (default ``hf.co/OWNER/REPO:STEM``)."""
+    from dx.store import _check_hex
+
+    target = parse_name(name) if name else hf.default_name()
+    expected = _check_hex(sha256) if sha256 else None
+    say = progress or (lambda status, completed, total: None)
+    existing = store.find_by_source(str(hf))
+
+    if offline():
+        if existing is not None:
+            _check_expected(existing.sha256, expected, hf)
+            say("success (offline: already in the store)", existing.size, existing.size)
+            return _named(store, existing, str(target))
+        return _import_from_hf_cache(store, hf, str(target), expected, say)
+
+    remote_sha = _remote_lfs_sha256(hf)
+    if existing is not None and (expected or remote_sha) == existing.sha256:
+        say("success (up to date)", existing.size, existing.size)
+        return _named(store, existing, str(target))
+
+    expected = expected or _sidecar_sha256(store, hf) or remote_sha
+    say(f"pulling {hf}", None, None)
+    path = _download(store, hf, progress)
+    try:
+        say("verifying sha256 digest", None, None)
+        entry = store.import_file(path, str(target), sha256=expected, source=str(hf), move=True)
+    finally:
+        _forget_download(store, hf)
+    say("success", entry.size, entry.size)
+    return entry
+
+
+def _named(store: Store, entry: ModelEntry, name: str) -> ModelEntry:
+    return entry if entry.name == name else store.copy(entry.name, name)
+
+
+def _check_expected(actual: str, expected: str | None, hf: HFFile) -> None:
+    if expected and actual != expected:
+        from dxverify.errors import IntegrityError
+
+        raise IntegrityError(f"{hf} in the store has SHA-256 {actual}, expected {expected}")
+
+
+def _hub() -> Any:
+    """huggingface_hub is imported only when a pull happens (it is slow to import)."""
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Path:
+    hub = _hub()
+    store.downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        got = hub.hf_hub_download(
+            hf.repo_id,
+            hf.filename,
+            revision=hf.revision,
+            cache_dir=store.downloads,
+            endpoint=endpoint(),
+            tqdm_class=_forwarding_bar(progress) if progress else None,
+        )
+    except Exception as e:  # huggingface_hub and httpx raise many types; each becomes one line
+        raise _as_dx_error(e, hf) from None
+    return Path(os.path.realpath(got))
+
+
+def _remote_lfs_sha256(hf: HFFile) -> str | None:
+    """The Hub's ETag for an LFS file is its SHA-256; None for non-LFS files or no answer."""
+    hub = _hub()
+    url = hub.hf_hub_url(hf.repo_id, hf.filename, revision=hf.revision, endpoint=endpoint())
+    try:
+        meta = hub.get_hf_file_metadata(url)
+    except Exception as e:
+        raise _as_dx_error(e, hf) from None
+    etag = (meta.etag or "").strip('"').lower()
+    return etag if len(etag) == 64 and _SHA256.fullmatch(etag) else None
+
+
+def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
+    """A ``FILE.gguf.sha256`` next to the model in the repository, if the publisher put one there."""
+    hub = _hub()
+    try:
+        got = hub.hf_hub_download(
+            hf.repo_id,
+            hf.filename + ".sha256",
+            revision=hf.revision,
+            cache_dir=store.downloads,
+            endpoint=endpoint(),
+        )
+    except Exception as e:
+        if _status(e) == 404 or isinstance(e, hub.errors.EntryNotFoundError):
+            return None
+        raise _as_dx_error(e, hf) from None
+    try:
+        text = Path(got).read_text(errors="replace")[:4096]
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.realpath(got))
+    m = _SHA256.search(text)
+    if not m:
+        raise ConfigurationError(f"{hf}.sha256 holds no SHA-256", hint="pass --sha256 HEX instead")
+    return m.group(1).lower()
+
+
+def _import_from_hf_cache(
+    store: Store, hf: HFFile, name: str, expected: str | None, say: ProgressCallback
+) -> ModelEntry:
+    hub = _hub()
+    try:
+        got = hub.hf_hub_download(
+            hf.repo_id, hf.filename, revision=hf.revision, local_files_only=True, cache_dir=_user_hf_cache()
+        )
+    except Exception:
+        from dx.store import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"{hf} is not in the store or the Hugging Face cache, and HF_HUB_OFFLINE is set",
+            hint="pull it once with the network on (unset HF_HUB_OFFLINE)",
+        ) from None
+    say(f"importing {hf} from the Hugging Face cache", None, None)
+    entry = store.import_file(Path(got), name, sha256=expected, source=str(hf))
+    say("success", entry.size, entry.size)
+    return entry
+
+
+def _user_hf_cache() -> Path:
+    """The user's Hugging Face cache as the environment says now (HF_HUB_CACHE, HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def _forget_download(store: Store, hf: HFFile) -> None:
+    """The bytes now live in blobs/ (or were refused): drop huggingface_hub's bookkeeping for the repo."""
+    repo_dir = store.downloads / ("models--" + hf.repo_id.replace("/", "--"))
+    shutil.rmtree(repo_dir, ignore_errors=True)
+
+
+def _status(e: BaseException) -> int | None:
+    resp = getattr(e, "response", None)
+    return getattr(resp, "status_code", None)
+
+
+def _as_dx_error(e: BaseException, hf: HFFile) -> DXError:
+    hub = _hub()
+    from dx.store import ModelNotFoundError
+
+    errors = hub.errors
+    # "cannot find the requested files in the local cache" hides the real (network) cause.
+    while isinstance(e, errors.LocalEntryNotFoundError) and e.__cause__ is not None:
+        e = e.__cause__
+    where = endpoint() or "https://huggingface.co"
+    if isinstance(e, DXError):
+        return e
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return ModelNotFoundError(f"repository {hf.repo_id} not found at {where}", hint="check OWNER/REPO")
+    if isinstance(e, errors.RevisionNotFoundError):
+        return ModelNotFoundError(f"revision {hf.revision!r} of {hf.repo_id} not found at {where}")
+    if isinstance(e, errors.EntryNotFoundError) or _status(e) == 404:
+        return ModelNotFoundError(f"{hf.filename} not found in {hf.repo_id} at {where}", hint="check the file name")
+    if _status(e) in (401, 403):
+        return DownloadError(
+            f"{where} refused {hf} (HTTP {_status(e)})", hint="a gated or private repo needs HF_TOKEN"
+        )
+    if isinstance(e, errors.OfflineModeIsEnabled):
+        return DownloadError(f"cannot fetch {hf}: offline mode is on", hint="unset HF_HUB_OFFLINE")
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return DownloadError(
+        f"downloading {hf} from {where} failed: {first_line}",
+        hint="check the network or HF_ENDPOINT and run the pull again; nothing was stored",
+    )
+
+
+def _forwarding_bar(progress: ProgressCallback) -> type:
+    """A tqdm stand-in that forwards byte counts to ``progress`` (for /api/pull streams)."""
+
+    class _Forward:
+        def __init__(self, *args: Any, total: int | None = None, initial: int = 0, desc: str = "", **_: Any):
+            self.total = total
+            self.n = initial
+            self.desc = desc
+            self._last = 0.0
+
+        def __enter__(self) -> _Forward:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+        def update(self, k: int = 1) -> None:
+            self.n += k
+            now = time.monotonic()
+            if now - self._last >= 0.1 or (self.total is not None and self.n >= self.total):
+                self._last = now
+                progress("downloading", self.n, self.total)
+
+        def close(self) -> None:
+            progress("downloading", self.n, self.total)
+
+        def set_description(self, desc: str) -> None:
+            self.desc = desc
+
+    return _Forward

@@ -84,7 +84,17 @@ def verify_release_cmd(directory: Path, public_key: Path | None, identity: str |
     click.echo(f"release {directory}: all {len(report.ok)} checks passed")
 
 
+@click.command("manifest")
+@click.argument("directory", type=_DIR)
+def manifest_cmd(directory: Path) -> None:
+    """(Re)build manifest.json and manifest.txt from the <artifact>.json facts files in DIRECTORY."""
+    from dxbuild.steps.manifest import manifest_for_directory
+
+    for p in manifest_for_directory(directory):
+        click.echo(f"wrote {p}")
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to the `dxbuild` group."""
-    for cmd in (keygen, sign, verify_release_cmd):
+    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd):
         group.add_command(cmd)

@@ -518,8 +518,10 @@ class _Parser:
 
         data_offset = header_end
         if n_tensors > 0:
-            rel = header_end - self.start
-            data_offset = self.start + _pad(rel, alignment)
+            data_offset = self.start + _pad(header_end - self.start, alignment)
+        # Layout first (offsets, sizes), so a bad offset is named as such even when data is missing too.
+        data_size = self.check_layout(tensors_raw, alignment)
+        if n_tensors > 0:
             if data_offset > self.end:
                 raise self.fail(
                     "missing_data", "the file ends before the data section starts", "data_section", header_end
@@ -531,7 +533,7 @@ class _Parser:
                     "data_section.padding",
                     header_end,
                 )
-        tensors, data_size = self.place_tensors(tensors_raw, alignment, data_offset)
+        tensors = self.place_tensors(tensors_raw, data_offset, data_size)
         gf = GGUFFile(
             path=None,
             offset=self.start,
@@ -690,14 +692,15 @@ class _Parser:
             out.append((name, tuple(shape), type_id, offset, n_elements, n_bytes, at, at_off))
         return out
 
-    def place_tensors(
-        self, raw: list[tuple[Any, ...]], alignment: int, data_offset: int
-    ) -> tuple[list[TensorInfo], int]:
-        """Each tensor must start where the previous one's padded bytes end, as gguf.cpp demands."""
-        tensors: list[TensorInfo] = []
+    def check_layout(self, raw: list[tuple[Any, ...]], alignment: int) -> int:
+        """Each tensor must start where the previous one's padded bytes end, as gguf.cpp demands.
+
+        That one rule rules out misalignment, overlaps and gaps; each gets its own code.
+        Returns the size of the data section.
+        """
         expected = 0
         previous = None
-        for name, shape, type_id, offset, n_elements, n_bytes, at, at_off in raw:
+        for name, _shape, _type_id, offset, _n_elements, n_bytes, _at, at_off in raw:
             f = f"tensor {name!r}.offset"
             if offset % alignment:
                 raise self.fail(
@@ -721,35 +724,40 @@ class _Parser:
                     at_off,
                 )
             padded = _pad(n_bytes, alignment)
-            if padded > SIZE_MAX or expected + padded > SIZE_MAX:
+            if expected + padded > SIZE_MAX:
                 raise self.fail(
                     "size_overflow",
                     f"data section size {expected + padded} exceeds the largest size_t",
                     f,
                     at_off,
                 )
+            expected += padded
+            previous = name
+        return expected
+
+    def place_tensors(self, raw: list[tuple[Any, ...]], data_offset: int, data_size: int) -> list[TensorInfo]:
+        """Every tensor's bytes, and the whole data section, must lie inside the file."""
+        tensors: list[TensorInfo] = []
+        for name, shape, type_id, offset, n_elements, n_bytes, at, at_off in raw:
             start = data_offset + offset
             if n_bytes > self.end - start:
-                missing = start + n_bytes - self.end
                 raise self.fail(
                     "tensor_out_of_bounds",
-                    f"tensor's {n_bytes} bytes run {missing} bytes past the end of the file",
-                    f,
+                    f"tensor's {n_bytes} bytes run {start + n_bytes - self.end} bytes past the end of the file",
+                    f"tensor {name!r}.offset",
                     at_off,
                 )
             tensors.append(
                 TensorInfo(name, shape, type_id, _type_name(type_id), offset, n_elements, n_bytes, at, start)
             )
-            expected += padded
-            previous = name
-        if expected > self.end - data_offset:
+        if data_size > self.end - data_offset:
             raise self.fail(
                 "data_truncated",
-                f"the data section needs {expected} bytes but only {self.end - data_offset} remain",
+                f"the data section needs {data_size} bytes but only {self.end - data_offset} remain",
                 "data_section",
                 data_offset,
             )
-        return tensors, expected
+        return tensors
 
 
 def _type_name(type_id: int) -> str:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from dxbuild import __version__
+from dxbuild.engine_cli import register as register_engine_commands
 from dxbuild.trust_cli import register as register_trust_commands
 from dxverify.cli_errors import run_cli
 
@@ -18,6 +19,7 @@ def cli() -> None:
 
 
 register_trust_commands(cli)  # keygen, sign, verify-release, manifest, bench, repro
+register_engine_commands(cli)  # engine, matrix, schema
 
 
 def main() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,10 +15,86 @@ from dxbuild.trust_cli import register as register_trust_commands
 from dxverify.cli_errors import run_cli
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The mint options, shared by ``dxbuild [OPTIONS]`` and ``dxbuild mint [OPTIONS]``."""
+    f = click.option("--key", "signing_key", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+                     help="Ed25519 signing key (else DX_SIGNING_KEY; unsigned without one).")(f)
+    f = click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the model (hf: and local paths).")(f)
+    f = click.option("-o", "--output", "out_dir", type=click.Path(file_okay=True, path_type=Path),
+                     default=Path("dist"), show_default=True, help="Directory to write the executable to.")(f)
+    f = click.option("--model", metavar="MODEL",
+                     help="Recipe name (smollm2, llama3.2), hf:OWNER/REPO/FILE.gguf, or a .gguf path;"
+                          " without it the bare runtime is written.")(f)
+    f = click.option("--gpu", "tier", metavar="TIER", default=None,
+                     help="Tier: cpu (default), cuda13, cuda12, vulkan, rocm, metal, or auto.")(f)
+    return f
+
+
+def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
+              signing_key: Path | None) -> None:
+    from dxbuild.mint import DEFAULT_TIER, mint
+
+    result = mint(tier or DEFAULT_TIER, model, out_dir, sha256=sha256, signing_key=signing_key)
+    click.echo(str(result.path))
+    click.echo(f"  size   {result.size} bytes ({result.size / 1e6:.1f} MB)")
+    click.echo(f"  sha256 {result.sha256}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="dxbuild")
-def cli() -> None:
-    """dxbuild — mint self-contained LLM executables."""
+@_mint_options
+@click.pass_context
+def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
+        signing_key: Path | None) -> None:
+    """dxbuild — mint self-contained LLM executables.
+
+    `dxbuild --gpu TIER --model MODEL [-o DIR]` mints DIR/dx-MODEL-TIER-OS-ARCH;
+    without --model it writes the bare runtime DIR/dx-TIER-OS-ARCH. With no
+    options at all it prints this help.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    given = [p for p in ("tier", "model", "out_dir", "sha256", "signing_key")
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    if not given:
+        click.echo(ctx.get_help())
+        return
+    _run_mint(tier, model, out_dir, sha256, signing_key)
+
+
+@cli.command("mint")
+@_mint_options
+def mint_cmd(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
+             signing_key: Path | None) -> None:
+    """Mint one executable (same as the options on `dxbuild` itself)."""
+    _run_mint(tier, model, out_dir, sha256, signing_key)
+
+
+@cli.command("install-script")
+@click.option("--base-url", envvar="DX_RELEASE_BASE_URL", metavar="URL",
+              help="Where the release files live (env DX_RELEASE_BASE_URL).")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              envvar="DX_RELEASE_PUBLIC_KEY", help="Ed25519 public key (dx-release.pub) to bake in.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write here (mode 755) instead of standard output.")
+def install_script(base_url: str | None, public_key: Path | None, output: Path | None) -> None:
+    """Render install.sh for one release (URL and public key baked in)."""
+    from dxbuild.ci_templates import write_atomically
+    from dxbuild.install_script import load_public_key_pem, render_install_script
+    from dxverify.errors import ConfigurationError
+
+    if not base_url:
+        raise ConfigurationError("no release URL", hint="pass --base-url URL (or set DX_RELEASE_BASE_URL)")
+    pem = load_public_key_pem(public_key) if public_key else None
+    if pem is None:
+        click.echo("dxbuild: warning: no --public-key: the script will install without checking signatures",
+                   err=True)
+    text = render_install_script(base_url, pem)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomically(output, text, mode=0o755)
+        click.echo(f"wrote {output}", err=True)
 
 
 register_trust_commands(cli)  # keygen, sign, verify-release, manifest, bench, repro

@@ -28,8 +28,22 @@ class Step(Protocol):
 
 def default_steps() -> list[Step]:
     """The release pipeline in order. Imported lazily so `dxbuild --help` is fast."""
-    steps: list[Step] = []
+    import importlib
+
+    names = [
+        "resolve_model",   # --model → a local GGUF (recipe, hf:, path), hash-checked on download
+        "verify_model",    # strict GGUF structure + SHA-256 against the pin (cached)
+        "engine",          # the tier's llama.cpp engine: cache hit or CMake build
+        "bundle",          # Nuitka onefile runtime + engine, cached by content key
+        "embed",           # append the GGUF at 64 KiB + metadata + trailer (temp file)
+        "write_output",    # rename into DIR/dx-[model-]tier-os-arch; path, size, SHA-256
+        "checksums",       # SHA256SUMS
+        "sign",            # Ed25519 .sig (skipped without a key)
+        "sigstore_sign",   # sigstore bundles (CI with an OIDC identity only)
+        "manifest",        # manifest.json + manifest.txt
+    ]
     # Each entry: one module under dxbuild.steps, one line here.
+    steps: list[Step] = [importlib.import_module(f"dxbuild.steps.{n}") for n in names]  # type: ignore[misc]
     return steps
 
 

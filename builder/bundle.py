@@ -1,0 +1,236 @@
+"""Compile the `dx` runtime with Nuitka into one onefile binary, cached by content.
+
+The bundle is the runtime (packages ``dx`` and ``dxverify``) plus the tier's
+engine directory as data (``dx_engine/bin/llama-server``, ``dx_engine/lib/*.so``).
+Its cache key is the hash of everything that goes into it — the runtime source
+files, the engine's key, the Nuitka and Python versions and the exact Nuitka
+options — so minting twice with the same inputs compiles nothing.
+
+The onefile unpacks to a persistent directory under the user's cache
+(``{CACHE_DIR}/dx/run/<version>-<tier>-<key16>``) in Nuitka's ``cached`` mode
+with the ``--onefile-as-archive`` layout: only the first start pays for
+unpacking. Nuitka itself makes this safe against a killed first start: at every
+start it compares each unpacked file's CRC-32 with the payload's and rewrites
+any file that differs or is missing, so a half-written directory is repaired
+on the next start (tests/mint prove it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dxbuild.paths import cache_dir as default_cache_dir
+from dxbuild.run_cmd import run_cmd
+from dxverify.errors import ConfigurationError, ToolError
+
+NUITKA_VERSION = "4.3.3"
+# Folder name of the engine inside the bundle; dx's engine locator looks here first.
+ENGINE_DATA_DIR = "engine"
+# Packages that make the runtime. dxbuild is never part of it.
+RUNTIME_PACKAGES = ("dx", "dxverify")
+# Heavy imports the runtime can do without: an optional feature that needs one
+# says so at run time instead of growing every executable.
+NOFOLLOW = (
+    "dxbuild", "dxmatrix", "numpy", "gguf", "huggingface_hub", "sigstore", "openai", "ollama",
+    "httpx", "jinja2", "cyclonedx", "pytest", "hypothesis", "setuptools", "pip", "pkg_resources",
+    "tkinter", "pydoc", "unittest", "doctest", "xmlrpc", "lib2to3", "distutils", "zstandard",
+    "IPython", "rich", "pygments", "yaml", "requests", "urllib3", "certifi", "idna",
+)
+# From the engine directory only what serving needs travels in the bundle.
+ENGINE_FILES = ("bin/llama-server", "engine.json")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A cached runtime onefile and how we got it."""
+
+    path: Path
+    key: str
+    reused: bool
+    seconds: float
+    unpack_spec: str
+
+
+def runtime_sources() -> dict[str, bytes]:
+    """``{"dx/cli.py": bytes, ...}`` for every source file of the runtime packages."""
+    import importlib
+
+    files: dict[str, bytes] = {}
+    for pkg in RUNTIME_PACKAGES:
+        root = Path(importlib.import_module(pkg).__file__ or "").parent
+        for p in sorted(root.rglob("*.py")):
+            if "__pycache__" in p.parts:
+                continue
+            files[f"{pkg}/{p.relative_to(root).as_posix()}"] = p.read_bytes()
+    return files
+
+
+def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
+    """(source, path inside the bundle) for the engine files the runtime needs.
+
+    Shared libraries are taken by their real names with symlinks resolved
+    (``libllama.so`` → its target's bytes), because the loader only ever asks for
+    the names recorded in NEEDED / by the backend loader.
+    """
+    out: list[tuple[Path, str]] = []
+    for rel in ENGINE_FILES:
+        src = engine_dir / rel
+        if not src.is_file():
+            raise ConfigurationError(f"engine directory {engine_dir} lacks {rel}",
+                                     hint="rebuild the engine (delete its cache entry)")
+        out.append((src, f"{ENGINE_DATA_DIR}/{rel}"))
+    lib = engine_dir / "lib"
+    if lib.is_dir():
+        for p in sorted(lib.iterdir()):
+            if ".so" in p.name and p.is_file():
+                out.append((p.resolve(), f"{ENGINE_DATA_DIR}/lib/{p.name}"))
+    return out
+
+
+def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list[tuple[Path, str]],
+                   unpack_spec: str, jobs: int = 2) -> list[str]:
+    """The exact Nuitka command line (pure: unit-tested, and part of the cache key)."""
+    opts = [
+        "--mode=onefile",
+        f"--jobs={jobs}",
+        "--assume-yes-for-downloads",
+        f"--output-dir={out_dir}",
+        f"--output-filename={output_name}",
+        f"--onefile-tempdir-spec={unpack_spec}",
+        "--onefile-cache-mode=cached",
+        "--onefile-as-archive",
+        "--python-flag=no_site",
+        "--python-flag=isolated",
+        "--include-package=dx",
+        "--include-package=dxverify",
+        "--remove-output",
+        "--no-progressbar",
+    ]
+    opts += [f"--nofollow-import-to={m}" for m in NOFOLLOW]
+    opts += [f"--include-data-files={src}={dest}" for src, dest in engine]
+    opts.append(str(stage / "dx_main.py"))
+    return opts
+
+
+ENTRY = '''"""Entry point of a compiled dx runtime (generated by dxbuild.bundle)."""
+from dx.cli import main
+
+main()
+'''
+
+
+def _nuitka_version() -> str:
+    try:
+        from nuitka.Version import getNuitkaVersion
+    except ImportError:
+        raise ToolError("Nuitka is not installed",
+                        hint=f"python3 -m pip install nuitka=={NUITKA_VERSION}") from None
+    return getNuitkaVersion()
+
+
+def _check_build_deps() -> None:
+    version = _nuitka_version()
+    if version != NUITKA_VERSION:
+        raise ToolError(f"Nuitka {version} is installed; DX bundles are built and tested with {NUITKA_VERSION}",
+                        hint=f"python3 -m pip install nuitka=={NUITKA_VERSION}")
+    try:
+        import zstandard  # noqa: F401  (Nuitka compresses the onefile payload with it)
+    except ImportError:
+        raise ToolError("the Python package 'zstandard' is missing: without it Nuitka writes an "
+                        "uncompressed onefile about 3x larger",
+                        hint="python3 -m pip install zstandard") from None
+
+
+def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: list[tuple[Path, str]],
+               dx_version: str) -> str:
+    """Hash of every input of the bundle. Same inputs → same key → cache hit."""
+    h = hashlib.sha256()
+
+    def part(label: str, data: bytes) -> None:
+        h.update(label.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+
+    part("format", b"dx-bundle-1")
+    part("engine-key", engine_key.encode())
+    part("tier", tier.encode())
+    part("dx-version", dx_version.encode())
+    part("nuitka", _nuitka_version().encode())
+    part("python", sys.version.encode())
+    part("entry", ENTRY.encode())
+    part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR]).encode())
+    for name in sorted(sources):
+        part("src:" + name, sources[name])
+    for _src, dest in engine:
+        part("engine-file", dest.encode())
+    return h.hexdigest()
+
+
+def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path | None = None,
+                  echo: Echo | None = None) -> Bundle:
+    """The runtime onefile for this engine: from the cache, or compiled now (minutes)."""
+    from dx import __version__ as dx_version
+
+    t0 = time.monotonic()
+    cache = cache or default_cache_dir()
+    sources = runtime_sources()
+    engine = engine_files(engine_dir)
+    key = bundle_key(engine_key, tier, sources, engine, dx_version)
+    entry_dir = cache / "bundles" / key[:16]
+    binary = entry_dir / "dx"
+    meta_path = entry_dir / "bundle.json"
+    unpack_spec = f"{{CACHE_DIR}}/dx/run/{dx_version}-{tier}-{key[:16]}"
+    if binary.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            meta = {}
+        if meta.get("key") == key and meta.get("size") == binary.stat().st_size:
+            return Bundle(binary, key, True, time.monotonic() - t0, unpack_spec)
+    _check_build_deps()
+    (cache / "bundles").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=cache / "bundles"))
+    try:
+        stage = work / "src"
+        for name, data in sources.items():
+            dest = stage / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        (stage / "dx_main.py").write_text(ENTRY)
+        out = work / "out"
+        cmd = [sys.executable, "-m", "nuitka", *nuitka_options(
+            stage=stage, out_dir=out, output_name="dx", engine=engine, unpack_spec=unpack_spec)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(stage)
+        env.pop("PYTHONSTARTUP", None)
+        log = cache / "bundles" / f"{key[:16]}.log"
+        if echo:
+            echo(f"compiling the dx runtime with Nuitka {NUITKA_VERSION} (minutes the first time; log: {log})")
+        run_cmd(cmd, log=log, cwd=stage, env=env, echo=echo, what="Nuitka (runtime bundle)")
+        built = out / "dx"
+        if not built.is_file():
+            raise ToolError(f"Nuitka finished but wrote no {built}; see {log}")
+        final = work / "entry"
+        final.mkdir()
+        os.replace(built, final / "dx")
+        (final / "bundle.json").write_text(json.dumps({
+            "key": key, "tier": tier, "engine_key": engine_key, "dx_version": dx_version,
+            "nuitka": NUITKA_VERSION, "python": sys.version.split()[0], "unpack_spec": unpack_spec,
+            "size": (final / "dx").stat().st_size,
+            "engine_bytes": sum(src.stat().st_size for src, _ in engine),
+        }, indent=2))
+        if entry_dir.exists():
+            shutil.rmtree(entry_dir)
+        os.replace(final, entry_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Bundle(binary, key, False, time.monotonic() - t0, unpack_spec)

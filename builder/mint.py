@@ -1,0 +1,112 @@
+"""Plan and run one mint: ``dxbuild --gpu TIER --model MODEL -o DIR``.
+
+Everything that can be wrong with the request (tier, output directory) is
+checked before any download or compile starts, so a bad flag costs a second,
+not a build. The pipeline then runs its steps (dxbuild.pipeline); if any step
+fails, the temporary file it was writing in the output directory is removed —
+the directory never holds a half-written executable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from dxbuild.context import ArtifactType, BuildContext
+from dxverify.errors import ConfigurationError
+
+DEFAULT_TIER = "cpu"
+
+
+@dataclass(frozen=True)
+class MintResult:
+    path: Path
+    size: int
+    sha256: str
+    context: BuildContext
+
+
+def pick_tier() -> str:
+    """``--gpu auto``: the best tier this host can both build and run.
+
+    A GPU tier needs a working NVIDIA driver new enough for it; everything
+    else gets cpu, which runs everywhere (the GPU tiers carry CPU kernels too,
+    but a cpu build is far smaller and quicker to make).
+    """
+    from dxbuild.recipes import load_tiers
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return DEFAULT_TIER
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_TIER
+    if out.returncode != 0 or not out.stdout.strip():
+        return DEFAULT_TIER
+    try:
+        driver = int(out.stdout.split()[0].split(".")[0])
+    except ValueError:
+        return DEFAULT_TIER
+    tiers = load_tiers()
+    for name in ("cuda13", "cuda12"):
+        t = tiers.get(name)
+        need = t.runtime.min_nvidia_driver if t else None
+        if t and need is not None and driver >= need:
+            return name
+    return DEFAULT_TIER
+
+
+def check_output_dir(out_dir: Path) -> Path:
+    """Create ``out_dir`` if needed and prove we can write there, before any work."""
+    out_dir = out_dir.expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigurationError(f"output directory {out_dir} is a file, not a directory",
+                                 hint="pass -o with a directory path")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".dx-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigurationError(f"output directory {out_dir} is not writable ({e.strerror or e})",
+                                 hint="choose another -o directory or fix its permissions") from None
+    return out_dir.resolve()
+
+
+def plan_cell(tier: str) -> object:
+    """The frozen build cell for ``tier`` on this host (unknown tier → one clear line)."""
+    from dxbuild.recipes import get_tier, load_engine_recipe
+    from dxmatrix.definition import load_matrix
+    from dxmatrix.expand import host_cell
+
+    return host_cell(get_tier(tier), load_engine_recipe(), runners=load_matrix().runners)
+
+
+def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = None,
+         signing_key: Path | None = None, steps: list | None = None) -> MintResult:
+    """Run the whole pipeline and return the executable that was written."""
+    from dxbuild.pipeline import default_steps, run_steps
+
+    if tier == "auto":
+        tier = pick_tier()
+        click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
+    cell = plan_cell(tier)
+    out_dir = check_output_dir(out_dir)
+    ctx = BuildContext(cell=cell, out_dir=out_dir, model=model,
+                       options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None})
+    try:
+        run_steps(ctx, steps if steps is not None else default_steps())
+    finally:
+        staged = ctx.facts.pop("staged", None)
+        if staged is not None:
+            Path(staged).unlink(missing_ok=True)
+    exe = ctx.one(ArtifactType.EXECUTABLE)
+    return MintResult(exe.path, int(exe.extra["size"]), str(exe.extra["sha256"]), ctx)

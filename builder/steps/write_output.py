@@ -1,0 +1,71 @@
+"""Step: put the executable at ``DIR/dx-[<model>-]<tier>-<os>-<arch>`` atomically.
+
+Everything is written under a temporary name in the output directory and
+renamed into place, so the directory never holds a half-written executable.
+Prints the path, size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from dxbuild.context import ArtifactType, BuildContext
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+name = "write output"
+
+
+def output_name(cell: object, model: str | None) -> str:
+    """``dx-smollm2-cpu-linux-x86_64`` with a model, ``dx-cpu-linux-x86_64`` without."""
+    tier, os_name, arch = cell.tier, cell.os, cell.arch  # type: ignore[attr-defined]
+    stem = f"{tier}-{os_name}-{arch}"
+    return f"dx-{safe_model_name(model)}-{stem}" if model else f"dx-{stem}"
+
+
+def safe_model_name(model: str) -> str:
+    """A model name as it may appear in a file name (``llama3.2`` stays, ``a/b`` does not)."""
+    keep = "".join(c if (c.isalnum() or c in "._-") else "-" for c in model).strip(".-")
+    return keep or "model"
+
+
+def run(ctx: BuildContext) -> None:
+    resolved = ctx.facts.get("model")
+    final = ctx.out_dir / output_name(ctx.cell, resolved.name if resolved else None)
+    staged: Path | None = ctx.facts.get("staged")
+    if staged is None:
+        staged, digest = _stage_copy(ctx.one(ArtifactType.BUNDLE).path, ctx.out_dir)
+        ctx.facts["staged"] = staged
+    else:
+        digest = ctx.facts["staged_sha256"]
+    os.replace(staged, final)
+    ctx.facts.pop("staged", None)
+    size = final.stat().st_size
+    ctx.add(ArtifactType.EXECUTABLE, final, sha256=digest, size=size, tier=ctx.cell.tier,
+            os=ctx.cell.os, arch=ctx.cell.arch, model=resolved.name if resolved else None)
+    ctx.facts["executable"] = final
+    _echo(f"    {final}")
+    _echo(f"    size {size} bytes ({size / 1e6:.1f} MB)")
+    _echo(f"    sha256 {digest}")
+
+
+def _stage_copy(src: Path, out_dir: Path) -> tuple[Path, str]:
+    fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=out_dir)
+    h = hashlib.sha256()
+    with os.fdopen(fd, "wb") as dst, open(src, "rb") as s:
+        while chunk := s.read(8 << 20):
+            h.update(chunk)
+            dst.write(chunk)
+        os.fchmod(dst.fileno(), 0o755)
+    return Path(tmp), h.hexdigest()
+
+
+

@@ -1,0 +1,101 @@
+"""The model a minted executable carries inside itself.
+
+A minted ``dx-<model>-<tier>-<os>-<arch>`` is the Nuitka onefile runtime with a
+GGUF appended at a 64 KiB boundary and a trailer at the very end
+(``dxverify.trailer``). Inside the compiled program ``sys.argv[0]`` is the
+absolute path of that onefile binary (also when started through PATH or a
+symlink), so the runtime reads the trailer from the end of its own file and
+hands the engine ``FILE#offset=N``: the model is mmapped in place, never
+extracted or copied.
+
+Before anything is served the model is checked: its GGUF structure at every
+start (milliseconds) and its SHA-256 against the trailer on the first start,
+then remembered by (path, size, mtime, inode) in ``dxverify.verified_cache``.
+A byte changed anywhere in the model makes the executable refuse to serve.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dxverify.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from dx.supervisor import ModelSource
+    from dxverify.trailer import EmbeddedModel
+
+# Lets a developer or test point an uncompiled `python -m dx` at a minted file.
+SELF_ENV = "DX_SELF_EXECUTABLE"
+
+
+def running_compiled_onefile() -> bool:
+    """True inside a Nuitka onefile binary (``__compiled__.onefile``)."""
+    compiled = globals().get("__compiled__")
+    return bool(compiled is not None and getattr(compiled, "onefile", False))
+
+
+def self_executable() -> Path | None:
+    """The file this program was started from, when that file can carry a model."""
+    override = os.environ.get(SELF_ENV)
+    if override:
+        return Path(override).resolve()
+    if running_compiled_onefile() and sys.argv and sys.argv[0]:
+        return Path(sys.argv[0]).resolve()
+    return None
+
+
+def find_embedded(path: Path | None = None) -> EmbeddedModel | None:
+    """The trailer's view of the embedded model, or None for a bare runtime.
+
+    Raises MalformedInputError / IntegrityError when a trailer is present but
+    damaged (truncated file, forged offsets, metadata that disagrees).
+    """
+    path = path or self_executable()
+    if path is None:
+        return None
+    from dxverify.trailer import find_trailer
+
+    return find_trailer(path)
+
+
+def model_source(em: EmbeddedModel) -> ModelSource:
+    """The supervisor's handle on the embedded model (path + offset + length + hash)."""
+    from dx.supervisor import ModelSource
+
+    return ModelSource(path=em.path, offset=em.offset, length=em.length,
+                       name=model_name(em), sha256=em.sha256)
+
+
+def model_name(em: EmbeddedModel) -> str:
+    """The name clients use for the embedded model (``smollm2``)."""
+    return str(em.metadata.get("model") or "embedded")
+
+
+def verify_embedded(em: EmbeddedModel) -> None:
+    """Refuse a damaged embedded model: structure every time, SHA-256 once (cached).
+
+    The verifier's own errors name the field and byte offset; a hash mismatch is
+    re-raised naming the executable, so the user knows which file to replace.
+    """
+    from dx.supervisor import verify_source
+
+    try:
+        verify_source(model_source(em))
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"{em.path}: the embedded model '{model_name(em)}' does not match its recorded SHA-256"
+            f" {em.sha256} ({e.message})",
+            hint="the executable was altered or damaged; refusing to serve — download it again",
+        ) from None
+
+
+def embedded_source(path: Path | None = None) -> ModelSource | None:
+    """The verified embedded model as a ModelSource, or None when there is none."""
+    em = find_embedded(path)
+    if em is None:
+        return None
+    verify_embedded(em)
+    return model_source(em)

@@ -47,11 +47,13 @@ def embedded_model_source():  # type: ignore[no-untyped-def]
               help="Open connections before new ones get 503.")
 @click.option("--max-body", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Largest request body, MiB.")
+@click.option("--request-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a client has to send a request's headers (slow clients are cut off).")
 @click.option("--no-preload", is_flag=True, help="Load the default model at the first request, not at start.")
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 def serve_cmd(
     model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int, parallel: int,
-    max_connections: int, max_body: int, no_preload: bool, access_log: bool,
+    max_connections: int, max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
 ) -> None:
     """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
 
@@ -85,7 +87,7 @@ def serve_cmd(
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)
     manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep)
-    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections)
+    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, header_timeout=request_timeout)
     app = App(manager, resolver, api_key, limits, access_log=access_log)
     server = make_server(host, port, app)
     bound_host, bound_port = server.server_address[:2]

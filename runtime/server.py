@@ -247,7 +247,9 @@ class Handler(BaseHTTPRequestHandler):
     server: DXHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = f"dx/{__version__}"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
 
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:

@@ -1,0 +1,144 @@
+"""Start a real `python -m dx serve` subprocess for tests, on a free loopback port.
+
+Each server gets its own DX_HOME/HOME (so the API key, store and logs are
+isolated) and is found by the URL it prints. ``children()`` lists the engine
+processes it started, read from /proc, so tests can kill them or check none is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+_URL = re.compile(r"on (http://\S+)")
+_KEY = re.compile(r"API key (\S+)")
+
+
+def engine_binary(request: pytest.FixtureRequest) -> Path:
+    """The cpu engine from the shared fixture; DX_TEST_ENGINE only until that fixture exists."""
+    try:
+        engine_dir = Path(request.getfixturevalue("cpu_engine"))
+        return engine_dir / "bin" / "llama-server"
+    except pytest.FixtureLookupError:
+        pass
+    env = os.environ.get("DX_TEST_ENGINE")
+    if env and Path(env).is_file():
+        return Path(env)
+    pytest.skip("no cpu engine: the cpu_engine fixture is missing and DX_TEST_ENGINE is not set")
+
+
+@dataclass
+class DXServer:
+    proc: subprocess.Popen
+    url: str
+    api_key: str | None
+    home: Path
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def children(self, name: str = "llama-server") -> list[int]:
+        """PIDs of processes named ``name`` whose parent is this server."""
+        return [pid for pid, ppid, comm in _processes() if ppid == self.proc.pid and comm == name]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                out.append((int(entry), int(fields[1]), comm))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
+def dx_env(home: Path, engine: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DX_HOME=str(home), HOME=str(home), PYTHONUNBUFFERED="1", OLLAMA_MODELS=str(home / "no-ollama"))
+    if engine is not None:
+        env["DX_ENGINE"] = str(engine)
+    else:
+        env.pop("DX_ENGINE", None)
+    env.pop("DX_DEBUG", None)
+    return env
+
+
+def start_dx(
+    tmp: Path, *args: str, engine: Path | None = None, model: str | None = None, timeout: float = 60.0,
+) -> DXServer:
+    """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL."""
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    stderr_path = tmp / "dx-serve.stderr"
+    cmd = [sys.executable, "-m", "dx", "serve", *([model] if model else []), "--port", "0", *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), env=dx_env(home, engine), text=True,  # noqa: SIM115
+    )
+    deadline = time.monotonic() + timeout
+    url, key, lines = None, None, []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if (m := _URL.search(line)) and url is None:
+            url = m.group(1)
+        if m := _KEY.search(line):
+            key = m.group(1)
+        if url and (key or "no API key" in line):
+            return DXServer(proc, url, key, home, stderr_path, lines)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"dx serve did not start: {''.join(lines)} {stderr_path.read_text(errors='replace')}")
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

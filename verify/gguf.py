@@ -437,8 +437,25 @@ class _Parser:
         return ArrayValue(etype, count, start, self.pos, self.buf)
 
     def _walk_strings(self, count: int, field: str) -> int:
+        """Step over ``count`` strings; the hottest loop (a vocabulary is ~100k strings), kept minimal.
+
+        ``pos`` only grows, so one comparison with ``end`` per string bounds every length;
+        a length read from past ``end`` only ever moves ``pos`` further past it.
+        """
         buf, end, pos = self.buf, self.end, self.pos
         unpack = _U64.unpack_from
+        if end - pos <= MAX_STRING_LENGTH:  # no string can reach the limit: skip that test
+            try:
+                for _ in range(count):
+                    pos += 8 + unpack(buf, pos)[0]
+                    if pos > end:
+                        break
+                else:
+                    return pos
+            except struct.error:  # fewer than 8 bytes left in the buffer itself
+                pass
+        # Slow path: a string is bad (or the file is over 1 GiB); walk again, naming the culprit.
+        pos = self.pos
         for i in range(count):
             if end - pos < 8:
                 raise self.fail(
@@ -448,7 +465,14 @@ class _Parser:
                     pos,
                 )
             n = unpack(buf, pos)[0]
-            if n > MAX_STRING_LENGTH or n > end - pos - 8:
+            if n > MAX_STRING_LENGTH:
+                raise self.fail(
+                    "string_too_long",
+                    f"string {i} of {count} declares {n} bytes, over the 1 GiB limit",
+                    f"{field}[{i}]",
+                    pos,
+                )
+            if n > end - pos - 8:
                 raise self.fail(
                     "truncated",
                     f"string {i} of {count} declares {n} bytes, more than remain in the file",

@@ -14,10 +14,32 @@ from typing import Any
 
 # GGUF value types
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
-FMT = {U8: "B", I8: "b", U16: "H", I16: "h", U32: "I", I32: "i", F32: "f", BOOL: "B", U64: "Q", I64: "q", F64: "d"}
+FMT = {
+    U8: "B",
+    I8: "b",
+    U16: "H",
+    I16: "h",
+    U32: "I",
+    I32: "i",
+    F32: "f",
+    BOOL: "B",
+    U64: "Q",
+    I64: "q",
+    F64: "d",
+}
 # (block size, bytes per block) of the ggml types the tiny model uses, from the pinned llama.cpp;
 # other types go by a table passed to build() (tests cross-check dxverify's table separately).
-GGML = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144), 24: (1, 1), 27: (1, 8), 30: (1, 2)}
+GGML = {
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    8: (32, 34),
+    12: (256, 144),
+    24: (1, 1),
+    27: (1, 8),
+    30: (1, 2),
+}
 
 
 @dataclass
@@ -41,7 +63,9 @@ class GGUFCraft:
 
     magic: bytes = b"GGUF"
     version: int = 3
-    kvs: list[tuple[str, int, Any]] = field(default_factory=list)  # (key, type, value); arrays: (elem_type, list)
+    kvs: list[tuple[str, int, Any]] = field(
+        default_factory=list
+    )  # (key, type, value); arrays: (elem_type, list)
     tensors: list[Tensor] = field(default_factory=list)
     alignment: int = 32
     n_tensors: int | None = None  # override the header count

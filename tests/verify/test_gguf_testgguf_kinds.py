@@ -16,7 +16,19 @@ from dxverify.ggml_types import GGML_TYPE_COUNT, GGML_TYPES
 from dxverify.gguf import GGUFError, read_gguf_buffer
 
 SIZES = {t.id: (t.block_size, t.type_size) for t in GGML_TYPES.values() if not t.removed}
-SCALARS = {U8: 7, I8: -7, U16: 700, I16: -700, U32: 70000, I32: -70000, F32: 1.5, BOOL: 1, U64: 2**40, I64: -(2**40), F64: 2.25}
+SCALARS = {
+    U8: 7,
+    I8: -7,
+    U16: 700,
+    I16: -700,
+    U32: 70000,
+    I32: -70000,
+    F32: 1.5,
+    BOOL: 1,
+    U64: 2**40,
+    I64: -(2**40),
+    F64: 2.25,
+}
 
 
 def random_kvs(rng: random.Random) -> list[tuple[str, int, object]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dxbuild.keys import PUBLIC_KEY_NAME
+from dxbuild.paths import project_root
 from dxbuild.steps.checksums import SUMS_NAME, parse_sums
 from dxbuild.steps.sigstore_sign import BUNDLE_SUFFIX
 from dxverify.errors import DXError, IntegrityError
@@ -24,6 +25,9 @@ from dxverify.signatures import (
     verify_file,
     verify_sigstore_bundle,
 )
+
+#: The sigstore trusted root DX pins (a reviewed copy of sigstore's public-good root).
+PINNED_TRUSTED_ROOT = project_root() / "ci" / "sigstore" / "trusted_root.json"
 
 
 @dataclass
@@ -117,6 +121,8 @@ def verify_release(
 
     # 3. sigstore bundles, offline against the pinned trusted root, for the expected identity.
     bundles = sorted(directory.glob("*" + BUNDLE_SUFFIX))
+    if trusted_root is None and PINNED_TRUSTED_ROOT.is_file():
+        trusted_root = PINNED_TRUSTED_ROOT
     if bundles and not identity:
         report.notes.append(
             f"{len(bundles)} sigstore bundle(s) not checked: pass --identity (the signing workflow's URL)"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
+from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError, UnsupportedError
 
 ED25519_SIGNATURE_LEN = 64
 
@@ -116,11 +116,16 @@ def verify_file(path: Path, sig_path: Path, pubkey) -> None:
 
 
 def default_trusted_root_path() -> Path:
-    """The sigstore public-good trusted root pinned for offline verification.
+    """The sigstore public-good trusted root used for offline verification.
 
-    We pin the copy that the installed ``sigstore`` package ships (it is what
-    its own ``--offline`` mode bootstraps from), so no network is needed.
+    ``DX_SIGSTORE_TRUSTED_ROOT`` overrides. dxbuild passes the copy committed
+    under ``ci/sigstore/trusted_root.json`` (pinned: reviewed when sigstore
+    rotates its keys); without one, the copy the installed ``sigstore`` package
+    ships (what its own ``--offline`` mode bootstraps from).
     """
+    env = os.environ.get("DX_SIGSTORE_TRUSTED_ROOT")
+    if env:
+        return Path(env)
     import sigstore
 
     root = Path(sigstore.__file__).parent / "_store" / "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"
@@ -140,12 +145,17 @@ def verify_sigstore_bundle(
     ``identity`` is the certificate's subject (for GitHub Actions the workflow
     ref URL, e.g. ``https://github.com/o/r/.github/workflows/release.yml@refs/tags/v1``).
     """
-    from sigstore.errors import Error as SigstoreError
-    from sigstore.hashes import Hashed
-    from sigstore.models import Bundle, TrustedRoot
-    from sigstore.verify import Verifier
-    from sigstore.verify.policy import Identity
-    from sigstore_models.common.v1 import HashAlgorithm
+    try:  # only `sigstore` itself: the compiled runtime leaves it (and pydantic) out
+        from sigstore import hashes as sigstore_hashes
+        from sigstore.errors import Error as SigstoreError
+        from sigstore.models import Bundle, TrustedRoot
+        from sigstore.verify import Verifier
+        from sigstore.verify.policy import Identity
+    except ImportError as e:
+        raise UnsupportedError(
+            f"checking sigstore bundles needs the `sigstore` package: {e}",
+            hint="run `dxbuild verify-release` or `pip install sigstore`, or check the Ed25519 .sig instead",
+        ) from e
 
     path, bundle_path = Path(path), Path(bundle_path)
     root_path = Path(trusted_root) if trusted_root else default_trusted_root_path()
@@ -161,7 +171,7 @@ def verify_sigstore_bundle(
         raise IntegrityError(f"{bundle_path} is not a valid sigstore bundle: {e}") from e
     if not path.is_file():
         raise IntegrityError(f"{path} is missing; {bundle_path.name} signs a file that is not there")
-    digest = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(sha256_file(path)))
+    digest = sigstore_hashes.Hashed(algorithm=sigstore_hashes.HashAlgorithm.SHA2_256, digest=bytes.fromhex(sha256_file(path)))
     try:
         Verifier(trusted_root=root).verify_artifact(digest, bundle, Identity(identity=identity, issuer=issuer))
     except SigstoreError as e:

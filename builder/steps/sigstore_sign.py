@@ -38,11 +38,10 @@ def detect_identity_token() -> str | None:
 def sign_files(files: list[Path], token: str) -> list[Path]:
     """Sign each file with one short-lived Fulcio certificate; write ``<file>.sigstore.json``."""
     from sigstore.errors import Error as SigstoreError
-    from sigstore.hashes import Hashed
+    from sigstore.hashes import HashAlgorithm, Hashed
     from sigstore.models import ClientTrustConfig
     from sigstore.oidc import IdentityToken
     from sigstore.sign import SigningContext
-    from sigstore_models.common.v1 import HashAlgorithm
 
     written = []
     try:

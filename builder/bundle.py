@@ -79,9 +79,8 @@ def runtime_sources() -> dict[str, bytes]:
 def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
     """(source, path inside the bundle) for the engine files the runtime needs.
 
-    Shared libraries are taken by their real names with symlinks resolved
-    (``libllama.so`` → its target's bytes), because the loader only ever asks for
-    the names recorded in NEEDED / by the backend loader.
+    Symlinked library names (``libllama.so`` → ``libllama.so.0``) are carried as
+    copies of their target's bytes: onefile payloads hold plain files.
     """
     out: list[tuple[Path, str]] = []
     for rel in ENGINE_FILES:
@@ -90,11 +89,14 @@ def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
             raise ConfigurationError(f"engine directory {engine_dir} lacks {rel}",
                                      hint="rebuild the engine (delete its cache entry)")
         out.append((src, f"{ENGINE_DATA_DIR}/{rel}"))
-    lib = engine_dir / "lib"
-    if lib.is_dir():
-        for p in sorted(lib.iterdir()):
-            if ".so" in p.name and p.is_file():
-                out.append((p.resolve(), f"{ENGINE_DATA_DIR}/lib/{p.name}"))
+    # bin/ also holds ggml's loadable backends (libggml-cpu-haswell.so …): ggml looks
+    # for them next to the executable; lib/ holds the shared libraries.
+    for sub in ("bin", "lib"):
+        folder = engine_dir / sub
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if ".so" in p.name and p.is_file():
+                    out.append((p.resolve(), f"{ENGINE_DATA_DIR}/{sub}/{p.name}"))
     return out
 
 

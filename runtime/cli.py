@@ -8,10 +8,24 @@ from dx import __version__
 from dxverify.cli_errors import run_cli
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="dx")
-def cli() -> None:
-    """dx — a tiny Ollama- and OpenAI-compatible LLM server on llama.cpp."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """dx — a tiny Ollama- and OpenAI-compatible LLM server on llama.cpp.
+
+    A minted executable with a model inside serves it when started with no arguments.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from dx.embedded import find_embedded
+
+    if find_embedded() is None:
+        click.echo(ctx.get_help())
+        return
+    from dx.serve_cmd import serve_cmd
+
+    ctx.invoke(serve_cmd)
 
 
 @cli.command()

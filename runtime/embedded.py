@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dxverify.errors import IntegrityError
+from dxverify.errors import IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.supervisor import ModelSource
@@ -38,13 +38,23 @@ def running_compiled_onefile() -> bool:
 
 
 def self_executable() -> Path | None:
-    """The file this program was started from, when that file can carry a model."""
+    """The file this program was started from, when that file can carry a model.
+
+    Compiled: ``sys.argv[0]`` (Nuitka sets it to the onefile binary's absolute
+    path). Uncompiled (``python -m dx``, the ``dx`` console script): only a
+    binary argv[0] can carry a model, never a ``.py`` file.
+    """
     override = os.environ.get(SELF_ENV)
     if override:
         return Path(override).resolve()
-    if running_compiled_onefile() and sys.argv and sys.argv[0]:
-        return Path(sys.argv[0]).resolve()
-    return None
+    if not (sys.argv and sys.argv[0]):
+        return None
+    exe = Path(sys.argv[0])
+    if running_compiled_onefile():
+        return exe.resolve()
+    if exe.suffix == ".py" or not exe.is_file():
+        return None
+    return exe.resolve()
 
 
 def find_embedded(path: Path | None = None) -> EmbeddedModel | None:
@@ -75,7 +85,12 @@ def model_name(em: EmbeddedModel) -> str:
 
 
 def verify_embedded(em: EmbeddedModel) -> None:
-    """Refuse a damaged embedded model: structure every time, SHA-256 once (cached).
+    """Refuse a damaged embedded model: structure every time, SHA-256 once (cached)."""
+    verify_embedded_source(model_source(em))
+
+
+def verify_embedded_source(source: ModelSource) -> None:
+    """verify_source for an embedded model, naming the executable on a mismatch.
 
     The verifier's own errors name the field and byte offset; a hash mismatch is
     re-raised naming the executable, so the user knows which file to replace.
@@ -83,11 +98,17 @@ def verify_embedded(em: EmbeddedModel) -> None:
     from dx.supervisor import verify_source
 
     try:
-        verify_source(model_source(em))
+        verify_source(source)
     except IntegrityError as e:
         raise IntegrityError(
-            f"{em.path}: the embedded model '{model_name(em)}' does not match its recorded SHA-256"
-            f" {em.sha256} ({e.message})",
+            f"{source.path}: the embedded model '{source.display_name}' does not match its recorded"
+            f" SHA-256 {source.sha256} ({e.message})",
+            hint="the executable was altered or damaged; refusing to serve — download it again",
+        ) from None
+    except MalformedInputError as e:
+        raise MalformedInputError(
+            f"{source.path}: the embedded model '{source.display_name}' (at offset {source.offset})"
+            f" is damaged: {e.message}",
             hint="the executable was altered or damaged; refusing to serve — download it again",
         ) from None
 

@@ -27,10 +27,9 @@ _BINARY = "llama-server"
 def _bundled_engine() -> Path | None:
     here = Path(__file__).resolve().parent
     candidates = [here / "engine" / "bin" / _BINARY, here.parent / "engine" / "bin" / _BINARY]
-    compiled = globals().get("__compiled__")
-    if compiled is not None:  # Nuitka: data files sit in the bundle's containing dir
-        containing = Path(getattr(compiled, "containing_dir", here))
-        candidates.insert(0, containing / "engine" / "bin" / _BINARY)
+    # Nuitka: the data files unpack next to the `dx` package (here.parent). Not
+    # `__compiled__.containing_dir`: in onefile mode that is the folder holding the
+    # executable, where anyone could drop an `engine/` of their own.
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path

@@ -7,7 +7,6 @@ import the server; inside this module heavy parts load when the command runs.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -16,19 +15,11 @@ DEFAULT_PORT = 11434
 
 
 def embedded_model_source():  # type: ignore[no-untyped-def]
-    """The model appended to this very executable (a minted ``dx``), if any."""
-    from dxverify.trailer import find_trailer
+    """The model appended to this very executable (a minted ``dx``), if any (see dx.embedded)."""
+    from dx.embedded import find_embedded, model_source
 
-    exe = Path(sys.argv[0])
-    if not exe.is_file() or exe.suffix == ".py":
-        return None
-    found = find_trailer(exe.resolve())
-    if found is None:
-        return None
-    from dx.supervisor import ModelSource
-
-    name = str(found.metadata.get("model") or exe.name)
-    return ModelSource(path=found.path, offset=found.offset, length=found.length, name=name, sha256=found.sha256)
+    found = find_embedded()
+    return model_source(found) if found is not None else None
 
 
 @click.command("serve")
@@ -82,7 +73,12 @@ def serve_cmd(
     else:
         source = embedded_model_source()
     if source is not None:
-        verify_source(source)  # refused here, with the verifier's reason, before anything listens
+        if model:
+            verify_source(source)  # refused here, with the verifier's reason, before anything listens
+        else:
+            from dx.embedded import verify_embedded_source
+
+            verify_embedded_source(source)  # the same check, naming the executable on a mismatch
 
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)

@@ -45,6 +45,12 @@ from dx.serve_cmd import serve_cmd  # noqa: E402
 
 cli.add_command(serve_cmd, "serve")
 
+# dx.model_cmds imports only click at module level: run, list, show, pull, rm, cp, ps, doctor.
+from dx.model_cmds import COMMANDS as _MODEL_COMMANDS  # noqa: E402
+
+for _cmd in _MODEL_COMMANDS:
+    cli.add_command(_cmd)
+
 
 def main() -> None:
     import sys

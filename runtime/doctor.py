@@ -21,6 +21,7 @@ VRAM_USABLE = 0.90               # leave room for the display and other processe
 RAM_USABLE = 0.85
 MAX_SUGGESTED_CTX = 32768
 MIN_CTX = 2048
+PARTIAL_OFFLOAD_CTX = 8192
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,10 @@ def plan_model(hw: Hardware, tier: TierChoice, name: str, model_bytes: int, fact
         context, gpu_layers = ctx_for(vram), layers + 1
         notes.append(f"fits entirely in VRAM ({_gib(vram)} usable)")
     elif vram and layers:
-        context = ctx_for(vram + ram) or MIN_CTX
-        per_layer = model_bytes / layers
-        room = vram - ENGINE_OVERHEAD - kv * context
+        # Split between GPU and CPU: a modest context, and as many layers (weights + their KV) as VRAM holds.
+        context = min(ctx_for(vram + ram) or MIN_CTX, PARTIAL_OFFLOAD_CTX)
+        per_layer = (model_bytes + kv * context) / layers
+        room = vram - ENGINE_OVERHEAD
         gpu_layers = max(0, min(layers, int(room // per_layer))) if room > 0 else 0
         notes.append(f"does not fit in VRAM ({_gib(vram)} usable): {gpu_layers} of {layers} layers on the GPU, "
                      "the rest on the CPU")

@@ -94,10 +94,31 @@ def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
     for sub in ("bin", "lib"):
         folder = engine_dir / sub
         if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if ".so" in p.name and p.is_file():
-                    out.append((p.resolve(), f"{ENGINE_DATA_DIR}/{sub}/{p.name}"))
+            out += [(src, f"{ENGINE_DATA_DIR}/{sub}/{name}") for src, name in loader_names(folder)]
     return out
+
+
+def loader_names(folder: Path) -> list[tuple[Path, str]]:
+    """(real file, name to carry it under) for the shared libraries in ``folder``.
+
+    A library installed as ``libx.so -> libx.so.0 -> libx.so.0.1.2`` is carried
+    once, under the name the dynamic loader asks for: the link that points
+    straight at the real file (its SONAME, ``libx.so.0``). A library nothing
+    links to (ggml's backend modules) keeps its own name. Onefile payloads hold
+    plain files, so carrying every alias would triple the size.
+    """
+    libs = [p for p in sorted(folder.iterdir()) if ".so" in p.name]
+    real = {p.name: p for p in libs if p.is_file() and not p.is_symlink()}
+    out: list[tuple[Path, str]] = []
+    pointed: set[str] = set()
+    for link in libs:
+        if link.is_symlink():
+            target = os.readlink(link)
+            if target in real:
+                out.append((real[target], link.name))
+                pointed.add(target)
+    out += [(p, name) for name, p in real.items() if name not in pointed]
+    return sorted(out, key=lambda t: t[1])
 
 
 def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list[tuple[Path, str]],

@@ -17,6 +17,7 @@ executable). What it adds in front of llama-server is policy:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import sys
@@ -277,6 +278,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.send_error(431, "Request Header Fields Too Large")
             return False
+        self.server.deadlines.clear(self.connection)  # headers are in; the body has its own deadline
         return ok
 
     def end_headers(self) -> None:
@@ -291,7 +293,7 @@ class Handler(BaseHTTPRequestHandler):
         return "ollama" if self.path.startswith("/api/") else "openai"
 
     def send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(doc, separators=(",", ":")).encode()
+        body = json.dumps(doc, separators=(",", ":"), default=str).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -551,6 +553,8 @@ class Handler(BaseHTTPRequestHandler):
                                           _mtime(default), {}))
         with contextlib.suppress(DXError, OSError):
             for e in self.app.resolver.store.list():
+                if default is not None and e.name == default.display_name:
+                    continue
                 facts = e.facts
                 models.append(self._tag_entry(e.name, e.size, e.sha256, e.modified, {
                     "family": facts.family, "parameter_size": facts.parameter_size,
@@ -684,7 +688,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 try:
                     answer = json.loads(resp.read())
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, http.client.HTTPException) as exc:
                     raise _EngineError(503, f"the engine stopped while answering ({type(exc).__name__}); retry") \
                         from None
                 self.send_json(200, self._ollama_final(name, answer, started, load, key, now_iso()))

@@ -595,6 +595,18 @@ class EngineManager:
             slot.engine = None
             return True
 
+    def _reap_slot(self, slot: _Slot) -> None:
+        """Unload an idle slot, re-checked under both locks so a request arriving now is not cut off."""
+        with slot.lock:
+            with self._lock:
+                if slot.in_use or slot.keep_alive is None:
+                    return
+                if time.monotonic() - slot.last_used < slot.keep_alive:
+                    return
+            if slot.engine is not None:
+                slot.engine.stop()
+                slot.engine = None
+
     def unload(self, model: str) -> bool:
         """Stop the engine for ``model`` now (Ollama's ``keep_alive: 0``)."""
         source = self._resolve(model)
@@ -629,7 +641,7 @@ class EngineManager:
                 if engine is None or slot.in_use:
                     continue
                 if slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive:
-                    self._unload_slot(slot)
+                    self._reap_slot(slot)
                 elif not engine.alive() and not engine.stopping and len(slot.crash_times) < 3:
                     # died while idle: bring it back so the next request does not wait
                     with contextlib.suppress(DXError):

@@ -24,9 +24,10 @@ def embedded_model_source():  # type: ignore[no-untyped-def]
 
 @click.command("serve")
 @click.argument("model", required=False)
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port).")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, envvar="DX_HOST",
+              help="Address to listen on (env DX_HOST).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), envvar="DX_PORT",
+              help="Port to listen on (0: any free port; env DX_PORT).")
 @click.option("--no-auth", is_flag=True, help="Serve without an API key (loopback addresses only).")
 @click.option("--keep-alive", default="5m", show_default=True,
               help="Default idle time before an engine is unloaded (Ollama syntax; -1: never).")

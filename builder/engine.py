@@ -327,3 +327,19 @@ def configure_only(cell: Cell, recipe: EngineRecipe, *, cache: Path | None = Non
     run_cmd(_cmake_configure_cmd(plan, toolchain, src.path, build), log=log,
             env=_build_env(toolchain, src.path, build), echo=echo, what="CMake configure")
     return build
+
+
+def host_engine(tier: str = "cpu", *, cuda_archs: tuple[str, ...] | None = None, cache: Path | None = None,
+                echo: Echo | None = stderr_echo) -> Path:
+    """The engine directory for ``tier`` on this machine, from the cache or built now.
+
+    The one call other parts use (``dxbuild engine``, the mint pipeline, the
+    ``cpu_engine`` test fixture): recipe + matrix resolve into a Cell here.
+    """
+    from dxbuild.recipes import get_tier, load_engine_recipe
+    from dxmatrix.definition import load_matrix
+    from dxmatrix.expand import host_cell
+
+    recipe = load_engine_recipe()
+    cell = host_cell(get_tier(tier), recipe, cuda_archs=cuda_archs, runners=load_matrix().runners)
+    return build_engine(cell, recipe, cache=cache, echo=echo)

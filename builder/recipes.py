@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -120,8 +121,15 @@ class Tier:
         "doc": "CMAKE_CUDA_ARCHITECTURES for release builds (narrow locally with --cuda-archs)",
         "pattern": r"[0-9]{2,3}[a-z]?(?:-(?:real|virtual))?", "pattern_doc": "like 90, 120a or 86-real"})
     runtime: TierRuntime = field(default_factory=TierRuntime)
+    toolkit_wheels: dict[str, tuple[str, ...]] = field(default_factory=dict, metadata={
+        "doc": "cuda13-pypi: pinned toolkit wheels, \"name==version\" -> allowed SHA-256s (one per platform)",
+        "pattern": SHA256_PATTERN, "pattern_doc": "64 lowercase hex digits (a SHA-256)"})
 
     def __post_init__(self) -> None:
+        for spec in self.toolkit_wheels:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][0-9A-Za-z.]*", spec):
+                raise ConfigurationError(f"toolkit_wheels: {spec!r} is not a pinned requirement",
+                                         hint='write it as "name==version"')
         for table, allowed in (("cmake_by_arch", ARCH_NAMES), ("cmake_by_os", OS_NAMES)):
             for key in getattr(self, table):
                 if key not in allowed:

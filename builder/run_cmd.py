@@ -32,7 +32,7 @@ TAIL_LINES = 25
 Echo = Callable[[str], None]
 
 
-def _stderr_echo(line: str) -> None:
+def stderr_echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
@@ -72,7 +72,7 @@ def run_cmd(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
-    echo: Echo | None = _stderr_echo,
+    echo: Echo | None = stderr_echo,
     what: str | None = None,
 ) -> None:
     """Run ``cmd``, appending its combined output to ``log``; raise ToolError on failure.
@@ -87,7 +87,7 @@ def run_cmd(
         echo(f"+ {shown}")
     log.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    with open(log, "a", encoding="utf-8", errors="replace") as logf:
+    with open(log, "a", encoding="utf-8", errors="replace", buffering=1) as logf:
         logf.write(f"+ {shown}\n")
         if cwd:
             logf.write(f"  (in {cwd})\n")

@@ -122,7 +122,9 @@ def _convert(value: Any, tp: Any, where: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigurationError(f"{where}: expected a table, got {_toml_type(value)}")
         key_field = _key_field(val_tp)
         if key_field:
-            return {str(k): load_dataclass(val_tp, v, f"{where}.{k}", **{key_field: str(k)})
+            key_tp = _hints(val_tp)[key_field]
+            return {str(k): load_dataclass(val_tp, v, f"{where}.{k}",
+                                           **{key_field: _convert(str(k), key_tp, f"{where}.{k}", {})})
                     for k, v in value.items()}
         return {str(k): _convert(v, val_tp, f"{where}.{k}", meta) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -228,7 +230,8 @@ def _schema_of(tp: Any, meta: Mapping[str, Any] | None = None, skip: set[str] | 
     elif origin is tuple:
         out = {"type": "array", "items": _schema_of(get_args(tp)[0], {k: v for k, v in meta.items() if k != "doc"})}
     elif origin is dict:
-        out = {"type": "object", "additionalProperties": _schema_of(get_args(tp)[1])}
+        out = {"type": "object",
+               "additionalProperties": _schema_of(get_args(tp)[1], {k: v for k, v in meta.items() if k != "doc"})}
     elif dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         props: dict[str, Any] = {}

@@ -15,6 +15,17 @@ def smollm2_gguf() -> Path:
     return resolve("smollm2").path
 
 
+@pytest.fixture(scope="session")
+def cpu_engine() -> Path:
+    """The real cpu llama.cpp engine (DX's patches applied), built on first use, cached in the DX cache.
+
+    A cold build takes several minutes on 2 cores; later sessions hit the cache in about a second.
+    """
+    from dxbuild.engine import host_engine
+
+    return host_engine("cpu")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The full CUDA compile takes tens of minutes on 2 cores: only with DX_TEST_CUDA=1."""
     import os

@@ -249,7 +249,11 @@ class Store:
                     f"{what} has SHA-256 {digest}, expected {sha256}",
                     hint="the download is corrupt or the checksum is wrong; nothing was stored",
                 )
-            facts = read_facts(tmp)
+            try:
+                facts = read_facts(tmp)
+            except MalformedInputError as e:  # name the user's file, not our temporary copy
+                with_path = getattr(e, "with_path", None)
+                raise (with_path(source or str(src)) if with_path else e) from None
             os.chmod(tmp, 0o644)
             with self._lock():
                 blob = self._adopt_blob(tmp, digest)
@@ -279,8 +283,6 @@ class Store:
             if name is None:
                 stem = path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
                 name = stem.lower()
-            if progress:
-                progress(f"importing {path}", None, None)
             entry = self.import_file(path, name, sha256=sha256)
             if progress:
                 progress("success", entry.size, entry.size)

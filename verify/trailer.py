@@ -225,8 +225,8 @@ def _seal(model: Path | str, sha_hex: str, expected_sha256: str | None, metadata
     """Metadata JSON + trailer for a model that hashed to ``sha_hex``."""
     if expected_sha256 is not None and sha_hex != expected_sha256.lower():
         raise IntegrityError(
-            f"{model}: SHA-256 {sha_hex} while embedding, expected {expected_sha256}",
-            hint="the model changed after it was verified; mint again",
+            f"model {model} has SHA-256 {sha_hex}, expected {expected_sha256}",
+            hint="the file is corrupt or was replaced; nothing was written",
         )
     meta = dict(metadata)
     meta["sha256"] = sha_hex

@@ -57,5 +57,14 @@ def run(ctx: BuildContext) -> None:
                               expected_sha256=resolved.sha256, file_hasher=whole)
         os.fchmod(f.fileno(), 0o755)
     ctx.facts["staged_sha256"] = whole.hexdigest()
+    _remember_verified(resolved.path, em.sha256)
     ctx.facts["embedded"] = em
     _echo(f"    model at offset {em.offset} ({em.length / 1e6:.1f} MB), trailer sealed")
+
+
+def _remember_verified(model: Path, digest: str) -> None:
+    """The model just hashed to its pin: the next mint's verify step can skip the hash."""
+    from dxbuild.steps.verify_model import verified_cache_dir
+    from dxverify import verified_cache
+
+    verified_cache.remember(verified_cache_dir(), model, digest)

@@ -1,10 +1,11 @@
 """Step: check the model before anything is built around it.
 
-The strict GGUF reader checks every count, length and offset (milliseconds);
-the SHA-256 is compared with the pinned one (recipe or ``--sha256``), computed
-once per (path, size, mtime, inode) and cached in ``dxverify.verified_cache``.
-The embed step hashes the bytes again as it copies them, so what is sealed
-into the executable is exactly what was verified.
+The strict GGUF reader checks every count, length and offset (milliseconds).
+The SHA-256 must equal the pin (recipe or ``--sha256``): when this exact file
+state (path, size, mtime, inode) was hashed before, the remembered digest is
+compared now; otherwise the embed step hashes the bytes as it copies them and
+refuses a mismatch before the executable is sealed — one read of the model,
+not two, and what is sealed is exactly what was checked.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 
 from dxbuild.context import BuildContext
 from dxbuild.pipeline import Skip
+from dxverify.errors import IntegrityError
 
 
 def _echo(line: str) -> None:
@@ -22,16 +24,29 @@ def _echo(line: str) -> None:
 name = "verify model"
 
 
+def verified_cache_dir():  # type: ignore[no-untyped-def]
+    from dxbuild.paths import cache_dir
+
+    return cache_dir() / "verified"
+
+
 def run(ctx: BuildContext) -> None:
     resolved = ctx.facts.get("model")
     if resolved is None:
         raise Skip("no model")
-    from dx.model_check import read_facts, verify_model
+    from dx.model_check import read_facts
+    from dxverify import verified_cache
 
     facts = read_facts(resolved.path)
-    digest = verify_model(resolved.path, expected_sha256=resolved.sha256)
     ctx.facts["model_facts"] = facts
-    ctx.facts["model_sha256"] = digest
-    pin = "pinned" if resolved.pinned else "not pinned: computed now"
-    _echo(f"    GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params,"
-             f" {facts.quant or '?'}); SHA-256 {digest[:16]}… ({pin})")
+    _echo(f"    GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params, {facts.quant or '?'})")
+    known = verified_cache.lookup(verified_cache_dir(), resolved.path)
+    if known is not None:
+        if known != resolved.sha256:
+            raise IntegrityError(f"model {resolved.path} has SHA-256 {known}, expected {resolved.sha256}",
+                                 hint="the file is corrupt or was replaced; delete it and mint again")
+        ctx.facts["model_sha256_checked"] = True
+        _echo(f"    SHA-256 {known[:16]}… matches the pin (hashed before, file unchanged)")
+    else:
+        pin = "the pin" if resolved.pinned else "the digest computed when it was resolved"
+        _echo(f"    SHA-256 is compared with {pin} while the model is embedded")

@@ -15,6 +15,7 @@ Layout: ``bin/`` holds the executables and ggml's loadable backend modules
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +240,6 @@ def build_engine(
     *,
     cache: Path | None = None,
     echo: Echo | None = stderr_echo,
-    on_step: Callable[[str], None] | None = None,
 ) -> Path:
     """The engine directory for ``cell``: from the cache, or built now."""
     cache = cache or cache_dir()
@@ -257,7 +257,39 @@ def build_engine(
         if echo:
             echo(f"engine {cell.name}: cache hit ({plan.key[:16]})")
         return hit
+    with _build_lock(cache / "engines" / f".{plan.dir_name}.lock", cell.name, echo):
+        hit = cached_engine(plan, cache)
+        if hit:   # another process built it while we waited
+            if echo:
+                echo(f"engine {cell.name}: built by another process ({plan.key[:16]})")
+            return hit
+        return _build_new(plan, cell, recipe, toolchain, cache, log, progress, echo, t0)
 
+
+@contextlib.contextmanager
+def _build_lock(path: Path, what: str, echo: Echo | None) -> Iterator[None]:
+    """One build per engine key at a time across processes; the others wait, then hit the cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock; the atomic rename still keeps entries whole
+            yield
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if echo:
+                echo(f"engine {what}: another process is building it; waiting")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: Toolchain, cache: Path,
+               log: Path, progress: Progress, echo: Echo | None, t0: float) -> Path:
     if echo:
         echo(f"engine {cell.name}: building (key {plan.key[:16]}); log: {log}")
     progress.start("fetch and verify source")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from dx.supervisor import ModelSource
 
 MANIFEST_SCHEMA = 1
+STALE_AFTER = 24 * 3600.0  # a partial file this old belongs to no running import
 _HEX = frozenset("0123456789abcdef")
 
 # progress(status, completed_bytes, total_bytes); the server streams it as /api/pull lines.
@@ -232,6 +233,7 @@ class Store:
         if sha256 is not None:
             sha256 = _check_hex(sha256)
         self._ensure_dirs()
+        self.sweep_stale()
         tmp_fd, tmp_name = tempfile.mkstemp(prefix="import-", suffix=".partial", dir=self.tmp)
         tmp = Path(tmp_name)
         try:
@@ -340,12 +342,25 @@ class Store:
         return self.manifests / (quote(str(mn), safe="") + ".json")
 
     def _adopt_blob(self, tmp: Path, digest: str) -> Path:
+        """Rename the verified bytes into place. Always replace: an engine that has the old
+        blob mapped keeps its inode, and a damaged blob of the same name heals."""
         blob = self.blobs / f"sha256-{digest}"
-        if blob.is_file() and blob.stat().st_size == tmp.stat().st_size:
-            tmp.unlink()
-        else:
-            os.replace(tmp, blob)
+        os.replace(tmp, blob)
         return blob
+
+    def sweep_stale(self, max_age: float = STALE_AFTER) -> int:
+        """Remove leftovers of imports and downloads killed mid-way (SIGKILL, power loss)."""
+        cutoff = time.time() - max_age
+        removed = 0
+        candidates = list(self.tmp.glob("*.partial")) if self.tmp.is_dir() else []
+        if self.downloads.is_dir():
+            candidates += list(self.downloads.rglob("*.incomplete"))
+        for p in candidates:
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+        return removed
 
     def _write_manifest(
         self, mn: ModelName, digest: str, size: int, source: str, facts: ModelFacts

@@ -212,3 +212,18 @@ def test_ollama_models_dir_comes_from_the_environment(
     store = Store()
     assert store.root == tmp_path / "dxhome"
     assert "smollm2:135m" in [e.name for e in store.list()]
+
+
+def test_stale_leftovers_of_killed_imports_are_swept(store: Store, smollm2_gguf: Path) -> None:
+    store.import_file(smollm2_gguf, "smollm2")
+    old = store.tmp / "import-dead.partial"
+    old.write_bytes(b"half a model")
+    os.utime(old, (1, 1))
+    fresh = store.tmp / "import-running.partial"  # another process's import in progress: left alone
+    fresh.write_bytes(b"x")
+    hf_left = store.downloads / "models--a--b" / "blobs" / "abc.1234.incomplete"
+    hf_left.parent.mkdir(parents=True)
+    hf_left.write_bytes(b"y")
+    os.utime(hf_left, (1, 1))
+    assert store.sweep_stale() == 2
+    assert not old.exists() and not hf_left.exists() and fresh.exists()

@@ -122,9 +122,23 @@ def show_cmd(model: str, as_json: bool, template: bool) -> None:
 def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
     """Fetch hf:OWNER/REPO/FILE.gguf[@REV] (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply) or import a GGUF file."""
 
+    tty = sys.stderr.isatty()
+    drawn = False
+
     def say(status: str, completed: int | None, total: int | None) -> None:
-        if status != "downloading":
-            click.echo(status, err=True)
+        nonlocal drawn
+        if status == "downloading":
+            if tty and completed is not None:
+                pct = f"{100 * completed // total:3d}% " if total else ""
+                of = f" / {human_size(total)}" if total else ""
+                sys.stderr.write(f"\rdownloading {pct}{human_size(completed)}{of}   ")
+                sys.stderr.flush()
+                drawn = True
+            return
+        if drawn:
+            sys.stderr.write("\n")
+            drawn = False
+        click.echo(status, err=True)
 
     entry = _store().pull(model, name=name, sha256=sha256, progress=say)
     click.echo(f"{entry.name}  sha256:{entry.sha256}  {human_size(entry.size)}")

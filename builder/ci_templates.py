@@ -1,0 +1,62 @@
+"""The Jinja2 environment for everything rendered from ``ci/``.
+
+Shell and GitHub Actions both use ``{{ }}`` and ``{#`` themselves (``${{ github.sha }}``,
+``${#var}``), so DX's templates use ``[[ value ]]``, ``[% block %]`` and ``[# comment #]``:
+nothing in the rendered text needs escaping, and a template reads like its output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jinja2
+
+from dxbuild.paths import project_root
+
+
+def templates_dir() -> Path:
+    return project_root() / "ci"
+
+
+def sh_quote(value: object) -> str:
+    """One single-quoted POSIX sh word holding ``value`` exactly."""
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        variable_start_string="[[",
+        variable_end_string="]]",
+        block_start_string="[%",
+        block_end_string="%]",
+        comment_start_string="[#",
+        comment_end_string="#]",
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["sh_quote"] = sh_quote
+    return env
+
+
+def render(template: str, **values: object) -> str:
+    return environment().get_template(template).render(**values)
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

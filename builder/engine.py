@@ -162,6 +162,15 @@ def _is_elf(p: Path) -> bool:
         return False
 
 
+def install_runtime_libs(libs: tuple[str, ...], dest: Path) -> None:
+    """Copy the toolchain's run-time libraries (CUDA runtime, cuBLAS) into ``dest/lib``, by their SONAME file name."""
+    for lib in libs:
+        src = Path(lib)
+        if not src.exists():
+            raise ToolError(f"run-time library {src} is missing from the toolchain")
+        shutil.copy2(src.resolve(), dest / "lib" / src.name)
+
+
 def install_tree(build: Path, dest: Path, targets: tuple[str, ...]) -> list[Path]:
     """Copy the built executables and libraries from ``build/bin`` into ``dest/{bin,lib}``."""
     built = build / "bin"
@@ -314,6 +323,7 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
         shutil.rmtree(staging)
         installed = install_tree(build, staging, plan.targets)
         strip_files(installed, log, echo)
+        install_runtime_libs(toolchain.runtime_libs, staging)
         info = _write_engine_json(staging, plan, recipe, toolchain, src.sha256, src.llama_cpp_commit,
                                   time.monotonic() - t0)
         try:

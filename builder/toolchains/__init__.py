@@ -45,6 +45,7 @@ class Toolchain:
     cmake_defs: dict[str, str] = field(default_factory=dict)    # extra -D values (compiler paths...)
     versions: dict[str, str] = field(default_factory=dict)      # part of the engine cache key
     cuda_flags: str = ""                              # extra CMAKE_CUDA_FLAGS
+    runtime_libs: tuple[str, ...] = ()                # shared libraries shipped in the engine's lib/
 
 
 def module_for(name: str) -> ModuleType:

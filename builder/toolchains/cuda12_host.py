@@ -82,6 +82,9 @@ def provision(cell: Cell, cache: Path, log: Path) -> Toolchain:
     assert nvcc is not None
     base = host_tc.base_toolchain(cell.toolchain)
     home = str(Path(nvcc).resolve().parent.parent)
-    return replace(base, env={"CUDACXX": nvcc, "CUDA_HOME": home},
+    libdir = Path(home) / ("lib64" if (Path(home) / "lib64").is_dir() else "lib")
+    libs = tuple(str(p) for n in ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12")
+                 for p in [libdir / n] if p.exists())
+    return replace(base, env={"CUDACXX": nvcc, "CUDA_HOME": home}, runtime_libs=libs,
                    cmake_defs={**base.cmake_defs, "CMAKE_CUDA_COMPILER": nvcc},
                    versions={**base.versions, "nvcc": nvcc_release(nvcc) or "unknown"})

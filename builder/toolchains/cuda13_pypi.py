@@ -153,6 +153,8 @@ def provision(cell: Cell, cache: Path, log: Path) -> Toolchain:
     }
     defs = {**base.cmake_defs, "CMAKE_CUDA_COMPILER": nvcc, "CUDAToolkit_ROOT": str(kit),
             "CMAKE_CUDA_HOST_COMPILER": base.cmake_defs["CMAKE_CXX_COMPILER"]}
-    return replace(base, env=env, cmake_defs=defs,
+    # the engine carries the CUDA runtime and cuBLAS it links (redistributable), not the driver
+    libs = tuple(str(kit / "lib" / n) for n in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13"))
+    return replace(base, env=env, cmake_defs=defs, runtime_libs=libs,
                    versions={**base.versions, "nvcc": version[-1] if version else "unknown",
                              "cuda_wheels": toolkit_key(_wheels(cell), cell.arch)})

@@ -231,10 +231,13 @@ def _write_engine_json(dest: Path, plan: EnginePlan, recipe: EngineRecipe, toolc
         "binaries": {"llama-server": "bin/llama-server", "llama-bench": "bin/llama-bench"},
         "files": {p.relative_to(dest).as_posix(): file_sha256(p)
                   for p in sorted(dest.rglob("*")) if p.is_file() and not p.is_symlink()},
-        "build_seconds": round(build_seconds, 1),
         "layout": LAYOUT_VERSION,
     }
+    # engine.json holds only what the inputs decide, so two builds are byte-identical;
+    # how long this build took goes next to the logs
     (dest / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
+    stats = dest.parent.parent / "logs" / f"{plan.dir_name}.build.json"
+    stats.write_text(json.dumps({"build_seconds": round(build_seconds, 1), "size_bytes": size}) + "\n")
     return info
 
 

@@ -116,3 +116,27 @@ def test_run_errors_are_one_line(env: dict[str, str], smollm2_gguf: Path, tmp_pa
     one_line_error(r, 2, "DX_ENGINE")
     one_line_error(dx("run", str(smollm2_gguf), env=env, stdin=""), 2, "no PROMPT")
     one_line_error(dx("run", "x", "hi", "--host", "ftp://nope", env=env), 2, "http://")
+
+
+def test_host_and_size_formatting() -> None:
+    from dx.chat_cli import normalize_host
+    from dx.model_cmds import human_age, human_size
+
+    assert normalize_host("127.0.0.1") == "http://127.0.0.1:11434"
+    assert normalize_host("localhost:8080") == "http://localhost:8080"
+    assert normalize_host("https://example.com/") == "https://example.com:11434"
+    assert normalize_host("http://[::1]:9000") == "http://[::1]:9000"
+    assert normalize_host("[::1]") == "http://[::1]:11434"
+    assert (human_size(98362432), human_size(512), human_size(4_700_000_000)) == ("98.4 MB", "512 B", "4.7 GB")
+    assert (human_age(1000, now=1030), human_age(0, now=7200), human_age(0, now=86400)) == (
+        "just now", "2 hours ago", "1 day ago")
+
+
+def test_list_shows_ollama_models_read_only(env: dict[str, str], smollm2_gguf: Path, tmp_path: Path) -> None:
+    from test_store import make_ollama_tree
+
+    make_ollama_tree(Path(env["OLLAMA_MODELS"]), smollm2_gguf)
+    r = dx("list", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "smollm2:135m" in r.stdout and "ollama (read-only)" in r.stdout
+    one_line_error(dx("rm", "smollm2:135m", env=env), 2, "ollama rm smollm2:135m")

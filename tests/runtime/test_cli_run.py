@@ -149,3 +149,23 @@ def test_run_and_ps_through_a_running_server(run_env: dict[str, str], dx_server:
     assert r.returncode == 8 and "HTTP 401" in r.stderr and r.stderr.count("\n") == 1
     r = dx("run", "nothing", "hi", "--host", dx_server, env=run_env)
     assert r.returncode == 8 and "nothing" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_run_pulls_an_hf_model_on_first_use(run_env: dict[str, str], smollm2_gguf: Path) -> None:
+    from hub_server import FakeHub
+
+    hub = FakeHub()
+    hub.add("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "smollm2.gguf", smollm2_gguf)
+    hub.start()
+    try:
+        env = {**run_env, "HF_ENDPOINT": hub.url}
+        spec = "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2.gguf"
+        r = dx("run", spec, "What is the capital of France?", *ASK, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "Paris" in r.stdout
+        assert len(hub.gets("smollm2.gguf")) == 1
+    finally:
+        hub.stop()
+    # Pulled once: the next run needs no Hub at all.
+    r = dx("run", spec, "What is the capital of France?", *ASK, env={**run_env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr

@@ -26,7 +26,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def dx(*args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dx", *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=timeout)
+                          input="" if stdin is None else stdin, timeout=timeout)
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], code: int, *needles: str, progress: bool = False) -> None:

@@ -29,7 +29,8 @@ def run_env(tmp_path_factory: pytest.TempPathFactory, cpu_engine: Path, smollm2_
     for k in ("DX_DEBUG", "DX_API_KEY"):
         env.pop(k, None)
     r = subprocess.run([sys.executable, "-m", "dx", "pull", str(smollm2_gguf), "--name", "smollm2"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=120,
+                          stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     return env
 
@@ -50,12 +51,12 @@ def engines_running(home: str) -> list[int]:
 
 def dx(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dx", *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=180)
+                          input="" if stdin is None else stdin, timeout=180)
 
 
 def test_one_shot_streams_an_answer_and_leaves_no_engine(run_env: dict[str, str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "dx", "run", "smollm2", "What is the capital of France?", *ASK],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=run_env)
     chunks: list[bytes] = []
     assert proc.stdout is not None
     while chunk := os.read(proc.stdout.fileno(), 65536):
@@ -125,7 +126,8 @@ def free_port() -> int:
 def dx_server(run_env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dx", "serve", "smollm2", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            env=run_env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "serving" in line, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")

@@ -180,7 +180,8 @@ def test_real_smollm2_fits_in_ram_here(smollm2_gguf: Path) -> None:
 
 
 def dx(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dx", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "dx", *args], capture_output=True, text=True, env=env, timeout=120,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_doctor_cli_json_and_model(tmp_path: Path, smollm2_gguf: Path) -> None:

@@ -269,13 +269,36 @@ def build_engine(
         if echo:
             echo(f"engine {cell.name}: cache hit ({plan.key[:16]})")
         return hit
-    with _build_lock(cache / "engines" / f".{plan.dir_name}.lock", cell.name, echo):
+    with _build_lock(cache / "engines" / f".{plan.dir_name}.lock", cell.name, echo), _sigterm_as_exit():
         hit = cached_engine(plan, cache)
         if hit:   # another process built it while we waited
             if echo:
                 echo(f"engine {cell.name}: built by another process ({plan.key[:16]})")
             return hit
+        # under the lock, leftovers of this key are from a killed build: remove them
+        for stale in [*(cache / "engines").glob(f".{plan.dir_name}.tmp-*"), *(cache / "build").glob(f"{plan.dir_name}-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         return _build_new(plan, cell, recipe, toolchain, cache, log, progress, echo, t0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """While building, SIGTERM unwinds like Ctrl-C: the tool tree is stopped and temp folders removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager

@@ -91,32 +91,43 @@ class Release:
         return dataclasses.replace(self, dir=dest)
 
 
-def write_manifest_txt(directory: Path, version: str, cells: list[tuple[str, str, str, int | None]],
-                       files: dict[tuple[str, str, str], str]) -> None:
-    """manifest.txt as HACKING.md fixes it (the line twin install.sh reads)."""
-    lines = [f"dx-manifest 1 {version}"]
-    for tier, os_name, arch, min_driver in cells:
-        name = files[(tier, os_name, arch)]
-        data = (directory / name).read_bytes()
-        lines.append(f"artifact {tier} {os_name} {arch} {min_driver if min_driver else '-'} {name} "
-                     f"{len(data)} {hashlib.sha256(data).hexdigest()}")
-    (directory / "manifest.txt").write_text("\n".join(lines) + "\n")
+def write_facts(directory: Path, name: str, tier: str, os_name: str, arch: str, min_driver: int | None,
+                version: str, model: str | None = None) -> None:
+    """The facts file a CI job leaves next to its executable (dxbuild.steps.manifest's format)."""
+    from dxbuild.steps.manifest import FACTS_FORMAT
+    from dxbuild.steps.manifest import write_facts as write
+
+    exe = directory / name
+    write(exe, {
+        "dx_facts": FACTS_FORMAT, "file": name, "tier": tier, "os": os_name, "arch": arch,
+        "dx_version": version, "size": exe.stat().st_size,
+        "sha256": hashlib.sha256(exe.read_bytes()).hexdigest(),
+        "engine": {}, "model": {"name": model} if model else None,
+        "requirements": {"min_nvidia_driver": min_driver, "needs": []},
+    })
+
+
+def finish_release(directory: Path, key_dir: Path) -> None:
+    """What the release job does once every cell's files are gathered: manifest, then sign."""
+    from dxbuild.keys import find_signing_key
+    from dxbuild.steps.manifest import manifest_for_directory
+    from dxbuild.steps.sign import sign_directory
+
+    manifest_for_directory(directory)
+    sign_directory(directory, find_signing_key(key_dir / "dx-release.key"))
 
 
 def make_release(directory: Path, key_dir: Path, cells=RELEASE_CELLS, model: str | None = None,
                  version: str = "0.1.0") -> Release:
-    from dxbuild.keys import find_signing_key
-    from dxbuild.steps.sign import sign_directory
-
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     files = {}
-    for tier, os_name, arch, _ in cells:
+    for tier, os_name, arch, min_driver in cells:
         stem = f"dx-{model}-{tier}-{os_name}-{arch}" if model else f"dx-{tier}-{os_name}-{arch}"
         name = stem + (".exe" if os_name == "windows" else "")
         _dx_zipapp(directory / name, f"dx {version} {tier} {os_name} {arch} {model or ''}")
+        write_facts(directory, name, tier, os_name, arch, min_driver, version, model)
         files[(tier, os_name, arch)] = name
-    write_manifest_txt(directory, version, list(cells), files)
-    sign_directory(directory, find_signing_key(key_dir / "dx-release.key"))
+    finish_release(directory, key_dir)
     return Release(dir=directory, public_key=key_dir / "dx-release.pub", version=version, files=files)
 
 

@@ -3,7 +3,6 @@ a real signed release; only the hardware is faked (see conftest.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -17,7 +16,6 @@ from conftest import (
     make_release,
     render_to,
     run_install,
-    write_manifest_txt,
 )
 
 from dxbuild.keys import find_signing_key, keygen, sign_file
@@ -360,17 +358,9 @@ def test_model_builds_are_chosen_by_name(tmp_path, release_keys, serve, machine)
 
 
 def test_several_models_need_a_choice(tmp_path, release_keys, serve, machine):
-    rel = make_release(tmp_path / "r2", release_keys, cells=[("cpu", "linux", "x86_64", None)], model="a1")
-    extra = tmp_path / "r2b"
-    make_release(extra, release_keys, cells=[("cpu", "linux", "x86_64", None)], model="b2")
-    shutil.copy(extra / "dx-b2-cpu-linux-x86_64", rel.dir)
-    files = {("cpu", "linux", "x86_64"): "dx-a1-cpu-linux-x86_64"}
-    write_manifest_txt(rel.dir, "0.1.0", [("cpu", "linux", "x86_64", None)], files)
-    with open(rel.dir / "manifest.txt", "a") as f:
-        data = (rel.dir / "dx-b2-cpu-linux-x86_64").read_bytes()
-        f.write(f"artifact cpu linux x86_64 - dx-b2-cpu-linux-x86_64 {len(data)} {hashlib.sha256(data).hexdigest()}\n")
-    from dxbuild.steps.sign import sign_directory
-    sign_directory(rel.dir, find_signing_key(release_keys / "dx-release.key"))
+    d = tmp_path / "r2"
+    make_release(d, release_keys, cells=[("cpu", "linux", "x86_64", None)], model="a1")
+    rel = make_release(d, release_keys, cells=[("cpu", "linux", "x86_64", None)], model="b2")
     s = render_to(tmp_path / "install.sh", serve(rel).url, rel.public_key)
     r = run_install("dash", s, machine(), "--dry-run")
     assert r.rc == 1

@@ -440,7 +440,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ engines
     @contextlib.contextmanager
-    def engine_for(self, model: str, keep_alive: object = None, num_ctx: int | None = None):  # type: ignore[no-untyped-def]
+    def engine_for(  # type: ignore[no-untyped-def]
+        self, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
+    ):
         """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
         from dx.supervisor import parse_keep_alive
 
@@ -451,7 +453,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise BadRequest(str(exc)) from None
         t0 = time.monotonic()
         try:
-            lease = self.app.manager.lease(model, keep_alive, num_ctx=num_ctx)
+            lease = self.app.manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
             engine = lease.__enter__()
         except ModelNotFound:
             raise
@@ -467,12 +469,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             lease.__exit__(None, None, None)
 
-    def _open(self, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None):
+    def _open(  # type: ignore[no-untyped-def]
+        self, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
+        purpose: str = "generate",
+    ):
         """Lease + send; a refused connection (engine died between requests) is retried once."""
         from dx.openai_proxy import EngineUnavailable, engine_request
 
         for attempt in (1, 2):
-            cm = self.engine_for(model, keep_alive, num_ctx)
+            cm = self.engine_for(model, keep_alive, num_ctx, purpose)
             engine, load = cm.__enter__()
             try:
                 conn, resp = engine_request(engine, method, path, body)
@@ -497,7 +502,8 @@ class Handler(BaseHTTPRequestHandler):
         model = doc.get("model", "")
         if not isinstance(model, str):
             raise HTTPError(400, "model must be a string")
-        cm, _engine, _load, conn, resp = self._open(model, None, None, "POST", path, body)
+        purpose = "embed" if path == "/v1/embeddings" else "generate"
+        cm, _engine, _load, conn, resp = self._open(model, None, None, "POST", path, body, purpose)
         try:
             relay(self, conn, resp)
         except EngineUnavailable as exc:
@@ -579,8 +585,10 @@ class Handler(BaseHTTPRequestHandler):
     def ollama_ps(self) -> None:
         from dx.ollama_api import iso
 
-        models = []
-        for lm in self.app.manager.loaded():
+        models: list[dict[str, Any]] = []
+        for lm in sorted(self.app.manager.loaded(), key=lambda m: m.purpose != "generate"):
+            if any(m["name"] == lm.name for m in models):
+                continue  # its generation and embedding engines are one model to Ollama clients
             size = lm.source.size()
             models.append({
                 "name": lm.name, "model": lm.name, "size": size, "digest": lm.source.sha256 or "",
@@ -813,7 +821,7 @@ class Handler(BaseHTTPRequestHandler):
         from dx.ollama_api import engine_error_message
         from dx.openai_proxy import EngineUnavailable, engine_json
 
-        with self.engine_for(name, keep_alive) as (engine, load):
+        with self.engine_for(name, keep_alive, purpose="embed") as (engine, load):
             try:
                 status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
             except EngineUnavailable as exc:

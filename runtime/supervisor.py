@@ -38,6 +38,12 @@ from dxverify.errors import ConfigurationError, DXError, ToolError
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5m
 DEFAULT_PARALLEL = 4
 DEFAULT_CTX_PER_SLOT = 4096
+EMBED_PARALLEL = 2
+# What an engine is for. llama-server's --embeddings is documented as "restrict to only
+# support embedding use case" and caps n_batch at n_ubatch, so generation and embeddings
+# run in separate engines on the same (mmapped, page-shared) model file.
+GENERATE = "generate"
+EMBED = "embed"
 READY_TIMEOUT = 120.0
 
 
@@ -237,6 +243,7 @@ class Engine:
     parallel: int
     started_at: float
     load_duration: float
+    purpose: str = GENERATE
     watchdog: subprocess.Popen | None = None
     _watch_fd: int | None = None
     _stopping: bool = field(default=False, repr=False)
@@ -261,10 +268,13 @@ class Engine:
         extra_args: Sequence[str] = (),
         ready_timeout: float = READY_TIMEOUT,
         verify: bool = True,
+        purpose: str = GENERATE,
     ) -> Engine:
         """Verify ``source``, start llama-server for it and wait until /health says ready.
 
         ``ctx`` is the context per parallel slot (the engine gets ``ctx * parallel``).
+        ``purpose`` EMBED starts an embeddings-only engine (mean pooling, whole inputs
+        in one micro-batch) instead of a generation engine.
         """
         if verify:
             verify_source(source)
@@ -275,12 +285,12 @@ class Engine:
         log_dir = log_dir or default_log_dir()
         log_dir.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source.display_name)[:80] or "model"
-        log_path = log_dir / f"engine-{safe}.log"
+        log_path = log_dir / (f"engine-{safe}.log" if purpose == GENERATE else f"engine-{safe}-{purpose}.log")
         ctx = ctx or DEFAULT_CTX_PER_SLOT
         last_error: DXError | None = None
         for _attempt in range(3):  # a port picked free can be taken before the engine binds it
             try:
-                return cls._start_once(source, binary, ctx, parallel, log_path, extra_args, ready_timeout)
+                return cls._start_once(source, binary, ctx, parallel, log_path, extra_args, ready_timeout, purpose)
             except _PortTaken as exc:
                 last_error = exc.error
         assert last_error is not None
@@ -296,6 +306,7 @@ class Engine:
         log_path: Path,
         extra_args: Sequence[str],
         ready_timeout: float,
+        purpose: str,
     ) -> Engine:
         port = _free_loopback_port()
         api_key = secrets.token_urlsafe(24)
@@ -308,12 +319,13 @@ class Engine:
             "--parallel", str(parallel),
             "--cont-batching",
             "-c", str(ctx * parallel),
-            "--jinja",
-            "--embeddings",
-            "--pooling", "mean",
             "--alias", source.display_name,
-            *extra_args,
         ]
+        if purpose == EMBED:
+            argv += ["--embeddings", "--pooling", "mean", "-b", str(ctx), "-ub", str(ctx)]
+        else:
+            argv += ["--jinja"]
+        argv += list(extra_args)
         env = dict(os.environ)
         env.pop("LLAMA_API_KEY", None)
         t0 = time.monotonic()
@@ -340,6 +352,7 @@ class Engine:
         engine = cls(
             source=source, binary=binary, port=port, api_key=api_key, process=process,  # type: ignore[arg-type]
             log_path=log_path, ctx=ctx, parallel=parallel, started_at=time.time(), load_duration=0.0,
+            purpose=purpose,
         )
         engine._start_watchdog()
         try:
@@ -453,11 +466,13 @@ class LoadedModel:
     expires_at: float | None  # epoch seconds; None = kept forever
     in_use: int
     restarts: int
+    purpose: str = GENERATE
 
 
 @dataclass
 class _Slot:
     source: ModelSource
+    purpose: str = GENERATE
     lock: threading.Lock = field(default_factory=threading.Lock)
     engine: Engine | None = None
     in_use: int = 0
@@ -500,7 +515,7 @@ class EngineManager:
         self._default_keep_alive = default_keep_alive
         self._max_loaded = max_loaded
         self._extra_args = tuple(extra_args)
-        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._slots: dict[tuple[str, int, str], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval,), name="dx-reaper", daemon=True)
@@ -513,23 +528,28 @@ class EngineManager:
     def resolve(self, model: str) -> ModelSource:
         return self._resolve(model)
 
-    def get(self, model: str, keep_alive: object = None, *, num_ctx: int | None = None) -> Engine:
+    def get(
+        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE
+    ) -> Engine:
         """The running engine for ``model``, started (verified first) if needed.
 
         Marks the model used now; it stays loaded ``keep_alive`` after its last use.
         """
-        with self.lease(model, keep_alive, num_ctx=num_ctx) as engine:
+        with self.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose) as engine:
             return engine
 
     @contextlib.contextmanager
-    def lease(self, model: str, keep_alive: object = None, *, num_ctx: int | None = None) -> Iterator[Engine]:
+    def lease(
+        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE
+    ) -> Iterator[Engine]:
         """Hold the model's engine for one request: it is not unloaded while leased."""
         keep = self._default_keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
         source = self._resolve(model)
         with self._lock:
-            slot = self._slots.get(source.key)
+            key = (*source.key, purpose)
+            slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[source.key] = _Slot(source=source, ctx=self._ctx)
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose, ctx=self._ctx)
             slot.in_use += 1
             slot.keep_alive = keep
             slot.last_used = time.monotonic()
@@ -562,10 +582,11 @@ class EngineManager:
             slot.engine = Engine.start(
                 slot.source,
                 ctx=want_ctx,
-                parallel=self._parallel,
+                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
                 binary=self._binary,
                 log_dir=self._log_dir,
                 extra_args=self._extra_args,
+                purpose=slot.purpose,
             )
             return slot.engine
 
@@ -610,8 +631,10 @@ class EngineManager:
     def unload(self, model: str) -> bool:
         """Stop the engine for ``model`` now (Ollama's ``keep_alive: 0``)."""
         source = self._resolve(model)
-        slot = self._slots.get(source.key)
-        return bool(slot) and self._unload_slot(slot)  # type: ignore[arg-type]
+        with self._lock:
+            slots = [s for k, s in self._slots.items() if k[:2] == source.key]
+        unloaded = [self._unload_slot(s) for s in slots]
+        return any(unloaded)
 
     def loaded(self) -> list[LoadedModel]:
         now_mono, now = time.monotonic(), time.time()
@@ -627,6 +650,7 @@ class EngineManager:
                 LoadedModel(
                     name=slot.source.display_name, source=slot.source, pid=engine.pid, url=engine.url,
                     ctx=engine.ctx, expires_at=expires, in_use=slot.in_use, restarts=slot.restarts,
+                    purpose=slot.purpose,
                 )
             )
         return out

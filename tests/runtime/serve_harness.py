@@ -106,6 +106,7 @@ def dx_env(home: Path, engine: Path | None) -> dict[str, str]:
 
 def start_dx(
     tmp: Path, *args: str, engine: Path | None = None, model: str | None = None, timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> DXServer:
     """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL."""
     home = tmp / "home"
@@ -113,7 +114,7 @@ def start_dx(
     stderr_path = tmp / "dx-serve.stderr"
     cmd = [sys.executable, "-m", "dx", "serve", *([model] if model else []), "--port", "0", *args]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), env=dx_env(home, engine), text=True,  # noqa: SIM115
+        cmd, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), env={**dx_env(home, engine), **(env or {})}, text=True,  # noqa: SIM115
     )
     deadline = time.monotonic() + timeout
     url, key, lines = None, None, []

@@ -160,3 +160,33 @@ def test_tampered_store_blob_is_refused_with_the_reason(
         assert not list((tmp_path / "home").glob("logs/engine-*.log"))
     finally:
         server.stop()
+
+
+def test_embedded_model_is_served_in_place(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path: Path) -> None:
+    """A minted file (runtime + padding + GGUF + trailer): the engine gets FILE#offset=N, no copy is made."""
+    import json
+
+    from dxverify.trailer import write_executable
+
+    engine = engine_binary(request)
+    facts = engine.parent.parent / "engine.json"
+    if not facts.is_file() or not json.loads(facts.read_text()).get("patches"):
+        pytest.skip("this engine lacks DX's FILE#offset=N patch (not from the dxbuild engine cache)")
+    runtime = tmp_path / "runtime"
+    runtime.write_bytes(b"not really a runtime" * 1000)
+    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
+    with open(exe, "wb") as fh:
+        em = write_executable(runtime, smollm2_gguf, fh, {
+            "model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0", "llama_cpp_commit": "test"})
+    server = start_dx(tmp_path, engine=engine, env={"DX_SELF_EXECUTABLE": str(exe)})
+    try:
+        assert "serving smollm2 on" in "".join(server.lines)
+        pid = _engine_pid(server)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"-m") + 1] == f"{exe}#offset={em.offset}".encode()
+        r = ollama.Client(host=server.url, headers=server.headers, timeout=120).chat(
+            model="smollm2", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4})
+        assert r.done and r.message.content
+        assert list(tmp_path.glob("**/*.gguf")) == []  # nothing extracted
+    finally:
+        server.stop()

@@ -86,10 +86,10 @@ def install_script(base_url: str | None, public_key: Path | None, output: Path |
     if not base_url:
         raise ConfigurationError("no release URL", hint="pass --base-url URL (or set DX_RELEASE_BASE_URL)")
     pem = load_public_key_pem(public_key) if public_key else None
+    text = render_install_script(base_url, pem)
     if pem is None:
         click.echo("dxbuild: warning: no --public-key: the script will install without checking signatures",
                    err=True)
-    text = render_install_script(base_url, pem)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -99,6 +99,27 @@ def install_script(base_url: str | None, public_key: Path | None, output: Path |
 
 register_trust_commands(cli)  # keygen, sign, verify-release, manifest, bench, repro
 register_engine_commands(cli)  # engine, matrix, schema
+
+
+@cli.command("render-ci")
+@click.option("--check", is_flag=True, help="Exit non-zero if the committed workflows differ; write nothing.")
+def render_ci_cmd(check: bool) -> None:
+    """Render .github/workflows/{release,ci}.yml from ci/workflows/*.j2 and the matrix."""
+    from dxbuild.render_ci import stale_workflows, write_workflows
+    from dxverify.errors import ConfigurationError
+
+    if check:
+        stale = stale_workflows()
+        if stale:
+            raise ConfigurationError(f"workflows out of date: {', '.join(stale)}",
+                                     hint="run `dxbuild render-ci` and commit the result")
+        click.echo("workflows up to date")
+        return
+    written = write_workflows()
+    for p in written:
+        click.echo(f"wrote {p}")
+    if not written:
+        click.echo("workflows up to date")
 
 
 def main() -> None:

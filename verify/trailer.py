@@ -185,6 +185,32 @@ def check_model_hash(model: EmbeddedModel, progress: Callable[[int], None] | Non
         )
 
 
+def check_runtime(model: EmbeddedModel) -> None:
+    """Check the runtime part (before the model) against the metadata's size and SHA-256.
+
+    Executables minted before these fields existed have nothing to check against
+    and pass; zero padding up to the model offset is checked too.
+    """
+    size = model.metadata.get("runtime_size")
+    digest = model.metadata.get("runtime_sha256")
+    if not isinstance(size, int) or not isinstance(digest, str):
+        return
+    if not 0 < size <= model.offset or model.offset - size >= ALIGNMENT:
+        raise MalformedInputError(f"{model.path}: metadata runtime_size {size} does not fit before the model"
+                                  f" at offset {model.offset}")
+    got = hash_region(model.path, 0, size)
+    if got != digest:
+        raise IntegrityError(
+            f"{model.path}: the runtime (first {size} bytes) has SHA-256 {got}, the metadata says {digest}",
+            hint="the executable was altered; download it again",
+        )
+    with open(model.path, "rb") as f:
+        f.seek(size)
+        if f.read(model.offset - size).strip(b"\0"):
+            raise IntegrityError(f"{model.path}: padding between byte {size} and {model.offset} is not zero",
+                                 hint="the executable was altered; download it again")
+
+
 def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
                      metadata: dict[str, Any], expected_sha256: str | None = None,
                      progress: Callable[[int], None] | None = None,
@@ -203,13 +229,15 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
     dest.seek(0)
     dest.truncate()
     with _Feeder(dest, file_hasher) as out:
+        rh = hashlib.sha256()
         with open(runtime, "rb") as src:
-            runtime_size = _copy(src, out, None, None)
+            runtime_size = _copy(src, out, rh, None)
         offset = aligned_offset(runtime_size)
         out.write(b"\0" * (offset - runtime_size))
         h = hashlib.sha256()
         with open(model, "rb", buffering=0) as src:
             length = _copy(src, out, h, progress)
+        metadata = {**metadata, "runtime_size": runtime_size, "runtime_sha256": rh.hexdigest()}
         tail = _seal(model, h.hexdigest(), expected_sha256, metadata, offset, length)
         out.write(tail)
     dest.flush()

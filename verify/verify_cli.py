@@ -35,6 +35,11 @@ class VerifyResult:
     # Where the GGUF lies inside the file (a minted executable carries it at an offset).
     offset: int = 0
     length: int | None = None
+    # A minted executable: what its trailer says, and the whole file's expected/actual hash.
+    embedded: dict[str, Any] | None = None
+    file_expected_sha256: str | None = None
+    file_expected_from: str | None = None
+    file_sha256: str | None = None
     exit_code: int = 0
     first_error: DXError | None = field(default=None, repr=False)
 
@@ -66,6 +71,8 @@ class VerifyResult:
             "expected_sha256": self.expected_sha256,
             "expected_from": self.expected_from,
             "summary": self.summary,
+            **({"embedded": self.embedded, "file_sha256": self.file_sha256,
+                "file_expected_sha256": self.file_expected_sha256} if self.embedded is not None else {}),
         }
 
 
@@ -78,6 +85,8 @@ def detect_kind(path: str) -> str:
         return "gguf"
     if head == b"GGUF":
         return "gguf"
+    if head == b"\x7fELF":
+        return "executable"  # a DX executable or not: its trailer check says which
     try:
         from dxverify.trailer import find_trailer
 
@@ -111,11 +120,38 @@ def _check_executable(result: VerifyResult) -> None:
         result.fail(MalformedInputError(f"{result.path}: no DX trailer found"), code="bad_trailer")
         return
     result.offset, result.length = em.offset, em.length
-    if result.expected_sha256 is None:
-        result.expected_sha256, result.expected_from = em.sha256, "trailer"
+    # SHA256SUMS and --sha256 name the whole file; the embedded model is checked against the trailer.
+    result.file_expected_sha256, result.file_expected_from = result.expected_sha256, result.expected_from
+    result.expected_sha256, result.expected_from = em.sha256, "trailer"
+    result.embedded = {k: em.metadata.get(k) for k in (
+        "model", "tier", "os", "arch", "dx_version", "llama_cpp_commit", "source", "runtime_size")}
+    result.embedded.update(offset=em.offset, length=em.length, file_size=em.file_size)
     _check_gguf(result)
     if result.summary is not None:
         result.summary["embedded_at"] = em.offset
+
+
+def _check_executable_parts(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
+    """The runtime before the model (metadata hash) and the whole file (SHA256SUMS / --sha256)."""
+    from dxverify.hashing import sha256_file
+    from dxverify.trailer import check_runtime, find_trailer
+
+    try:
+        em = find_trailer(result.path)
+        if em is not None:
+            check_runtime(em)
+    except DXError as e:
+        result.fail(e, code="runtime_mismatch")
+        return
+    if result.file_expected_sha256:
+        got = sha256_file(result.path, 0, None, progress)
+        result.file_sha256 = got
+        if got != result.file_expected_sha256:
+            result.fail(IntegrityError(
+                f"{result.path}: whole-file SHA-256 mismatch: expected {result.file_expected_sha256}"
+                f" ({result.file_expected_from}), got {got}",
+                hint="the file is corrupt or not the one you meant; download it again",
+            ), code="sha256_mismatch")
 
 
 # kind -> structure check. A new kind is one function and one line here.
@@ -173,6 +209,8 @@ def verify_path(
     STRUCTURE_CHECKS[result.kind](result)
     if result.ok and (hash_mode == "always" or (hash_mode == "expected" and result.expected_sha256)):
         _check_hash(result, progress)
+        if result.ok and result.kind == "executable":
+            _check_executable_parts(result, progress)
     return result
 
 
@@ -241,6 +279,14 @@ def verify_cmd(
     elif result.sha256:
         how = f"matches {result.expected_from}" if result.expected_sha256 else "no expected hash known"
         click.echo(f"sha256 {result.sha256} ({how})")
+    if result.embedded is not None:
+        e = result.embedded
+        click.echo(f"runtime: {e.get('runtime_size') or e['offset']} bytes (dx {e.get('dx_version')},"
+                   f" tier {e.get('tier')}, llama.cpp {str(e.get('llama_cpp_commit'))[:12]})"
+                   + (", SHA-256 matches the metadata" if e.get("runtime_size") else ""))
+        click.echo(f"model:   '{e.get('model')}' from {e.get('source')}, {e['length']} bytes at byte {e['offset']}")
+        if result.file_sha256:
+            click.echo(f"file:    sha256 {result.file_sha256} (matches {result.file_expected_from})")
     s = result.summary or {}
     click.echo(
         f"{path}: OK — GGUF v{s.get('version')}, {s.get('tensor_count')} tensors, {s.get('kv_count')} keys"

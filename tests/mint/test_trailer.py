@@ -180,3 +180,19 @@ def test_file_hasher_sees_exactly_the_written_file(tmp_path: Path) -> None:
     assert fh.hexdigest() == hashlib.sha256(data).hexdigest()
     assert em.file_size == len(data)
     assert em.offset == 2 * trailer.ALIGNMENT
+
+
+def test_runtime_part_is_recorded_and_checked(tmp_path: Path) -> None:
+    exe, em = _mint(tmp_path)
+    assert em.metadata["runtime_size"] == 1004
+    trailer.check_runtime(trailer.read_trailer(exe))
+    data = bytearray(exe.read_bytes())
+    data[10] ^= 1
+    exe.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="the runtime"):
+        trailer.check_runtime(trailer.read_trailer(exe))
+    data[10] ^= 1
+    data[2000] = 7  # in the padding
+    exe.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="padding"):
+        trailer.check_runtime(trailer.read_trailer(exe))

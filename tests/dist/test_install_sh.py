@@ -201,6 +201,23 @@ def test_resumes_a_partial_download(script, machine, serve, signed_release):
     assert (m.base / "prefix/bin/dx").read_bytes() == data
 
 
+
+def test_progress_bar_only_on_a_terminal(script, machine):
+    """On a terminal (a pty from util-linux `script`) curl draws its progress bar; piped, it is quiet."""
+    pty = shutil.which("script")
+    if pty is None:
+        pytest.skip("util-linux `script` is not installed")
+    m = machine()
+    env = {**os.environ, **m.build()}
+    cmd = f"{shutil.which('dash')} {script} --prefix {m.base}/tty"
+    p = subprocess.run([pty, "-qec", cmd, "/dev/null"], env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "100.0%" in p.stdout and "#####" in p.stdout
+    r = run_install("dash", script, m, "--prefix", str(m.base / "piped"))
+    assert r.rc == 0, r.text
+    assert "100.0%" not in r.text and "#####" not in r.text
+
 # ---- signatures ---------------------------------------------------------------------
 
 def test_without_openssl_says_it_cannot_check_the_signature(script, machine):

@@ -135,10 +135,13 @@ class LocalEngine:
     engine: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        from dx.embedded import embedded_source_for
         from dx.store import Store
         from dx.supervisor import Engine
 
-        source = Store().resolve(self.model)  # pulls hf: on demand; verified before the engine sees it
+        # The model inside a minted executable first; else the store (pulls hf: on demand).
+        # Either way it is verified before the engine sees it.
+        source = embedded_source_for(self.model) or Store().resolve(self.model)
         self.name = source.display_name
         self.engine = Engine.start(source, ctx=self.ctx, parallel=1)
 

@@ -120,3 +120,43 @@ def embedded_source(path: Path | None = None) -> ModelSource | None:
         return None
     verify_embedded(em)
     return model_source(em)
+
+
+def embedded_source_for(name: str) -> ModelSource | None:
+    """The verified embedded model when this executable carries one called ``name``."""
+    em = find_embedded()
+    if em is None or model_name(em) != name:
+        return None
+    verify_embedded(em)
+    return model_source(em)
+
+
+def run_arguments(model: str, prompt: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """``./dx-smollm2-cpu-linux-x86_64 run "Why is the sky blue?"`` answers with the embedded model.
+
+    With a model inside, the first argument of ``dx run`` is a prompt unless it
+    names a model: the embedded one, a GGUF path, ``hf:…``, or a store entry.
+    """
+    em = find_embedded()
+    if em is None:
+        return model, prompt
+    name = model_name(em)
+    if model == name or _names_a_model(model):
+        return model, prompt
+    return name, (model, *prompt)
+
+
+def _names_a_model(text: str) -> bool:
+    if text.startswith("hf:") or text.endswith(".gguf") or (os.sep in text and Path(text).is_file()):
+        return True
+    if any(c.isspace() for c in text):
+        return False
+    from dxverify.errors import DXError
+
+    try:
+        from dx.store import Store
+
+        Store().get(text)
+        return True
+    except (DXError, ValueError, OSError):
+        return False

@@ -67,7 +67,9 @@ def run_cmd(
     MODEL is a store name, a path to a GGUF, or hf:OWNER/REPO/FILE.gguf (pulled on first use).
     """
     from dx.chat_cli import Sampling, run
+    from dx.embedded import run_arguments
 
+    model, prompt = run_arguments(model, prompt)  # a minted executable: `run "PROMPT"` uses its model
     run(
         model, " ".join(prompt) if prompt else None, host=host, system=system,
         sampling=Sampling(temperature, max_tokens, seed), ctx=ctx, stdin=sys.stdin, stdout=sys.stdout,

@@ -267,7 +267,11 @@ class Machine:
             d.mkdir(parents=True, exist_ok=True)
         _script(shims / "uname", f'case "${{1:-}}" in -m) echo {self.arch} ;; *) echo {self.os} ;; esac\n')
         _script(shims / "id", f'case "${{1:-}}" in -u) echo {self.uid} ;; *) echo "uid={self.uid}" ;; esac\n')
-        if self.nvidia_smi:
+        if self.nvidia_smi == "FAIL":  # what nvidia-smi says, on stdout, when the driver is not loaded
+            _script(shims / "nvidia-smi", "echo \"NVIDIA-SMI has failed because it couldn't communicate with the"
+                                          " NVIDIA driver. Make sure that the latest NVIDIA driver is installed and"
+                                          " running.\"\nexit 9\n")
+        elif self.nvidia_smi:
             _script(shims / "nvidia-smi", f'echo "{self.nvidia_smi}, NVIDIA Test GPU"\n')
         _script(shims / "lspci", f"cat <<'EOF'\n{self.lspci}\nEOF\n" if self.lspci else "exit 0\n")
         translated = 1 if self.rosetta else 0

@@ -85,6 +85,7 @@ def test_detects_gpus_and_drivers(facts, expected, says, script, machine):
      "NVIDIA GPU is present but its driver is not loaded — install the NVIDIA driver >= 525"),
     ({"pci": ("0x10de",)}, "driver is not loaded — install the NVIDIA driver >= 525 (cuda13 needs >= 580), then run this again"),
     ({"nvidia_smi": "470.256.02"}, "NVIDIA driver 470.256.02 is older than the 525"),
+    ({"nvidia_smi": "FAIL", "pci": ("0x10de",)}, "an NVIDIA GPU is present but its driver is not loaded"),
     ({"pci": ("0x1002",)}, "AMD GPU is present but ROCm is not installed"),
     ({"pci": ("0x1002",)}, "the Vulkan loader (libvulkan.so.1) is not"),
     ({"nvidia_smi": "550.54.15", "arch": "aarch64"},
@@ -92,7 +93,7 @@ def test_detects_gpus_and_drivers(facts, expected, says, script, machine):
      "driver to >= 580 (cuda13 needs >= 580) to use the GPU"),
     ({"pci": ("0x1002",), "rocm": "6.2.0", "arch": "aarch64"},
      "rocm would suit this machine but release 0.1.0 has no rocm build for linux/aarch64"),
-], ids=["lspci-no-driver", "sysfs-no-driver", "old-driver", "amd-no-rocm", "no-vulkan-loader", "arm64-old-driver",
+], ids=["lspci-no-driver", "sysfs-no-driver", "old-driver", "smi-fails", "amd-no-rocm", "no-vulkan-loader", "arm64-old-driver",
         "not-offered"])
 def test_falls_back_to_cpu_and_says_why(facts, says, script, machine):
     r = run_install("dash", script, machine(**facts), "--dry-run")
@@ -294,7 +295,7 @@ def _resigned_artifact_swap(rel, key_dir):
     (_tampered_sums, "signature check FAILED for SHA256SUMS"),
     (_signed_by_another_key, "signature check FAILED for SHA256SUMS"),
     (_truncated_artifact, "download of dx-cpu-linux-x86_64 is incomplete or wrong: 30000 bytes"),
-    (_missing_sig, "the release has no SHA256SUMS.sig"),
+    (_missing_sig, "could not download SHA256SUMS.sig from the release, but this install.sh expects a signed"),
     (_altered_manifest, "manifest.txt does not match its SHA-256 in SHA256SUMS"),
 ], ids=["artifact", "sums", "bad-signature", "truncated", "no-sig", "manifest"])
 def test_tampering_aborts_and_installs_nothing(shell, tamper, message, signed_release, tmp_path, serve,

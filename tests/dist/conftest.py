@@ -252,6 +252,7 @@ class Machine:
     rosetta: bool = False
     uid: int = 1000                      # what `id -u` says: never 0, so nothing lands in /usr/local
     hide: tuple[str, ...] = ()           # tools to take off PATH (curl, openssl, ...)
+    shims: tuple[tuple[str, str], ...] = ()  # extra (name, sh body) shims, e.g. wget -> busybox wget
     shared_tools: Path | None = None
 
     def build(self) -> dict[str, str]:
@@ -266,6 +267,8 @@ class Machine:
         for d in (shims, root, tools):
             d.mkdir(parents=True, exist_ok=True)
         _script(shims / "uname", f'case "${{1:-}}" in -m) echo {self.arch} ;; *) echo {self.os} ;; esac\n')
+        for name, body in self.shims:
+            _script(shims / name, body)
         _script(shims / "id", f'case "${{1:-}}" in -u) echo {self.uid} ;; *) echo "uid={self.uid}" ;; esac\n')
         if self.nvidia_smi == "FAIL":  # what nvidia-smi says, on stdout, when the driver is not loaded
             _script(shims / "nvidia-smi", "echo \"NVIDIA-SMI has failed because it couldn't communicate with the"

@@ -186,10 +186,18 @@ def test_neither_curl_nor_wget(script, machine):
     assert not installed(m)
 
 
-def test_resumes_a_partial_download(script, machine, serve, signed_release):
+FETCHERS = {
+    "curl": {},
+    "wget": {"hide": ("curl",)},
+    "busybox-wget": {"hide": ("curl", "wget"), "shims": (("wget", f'exec {shutil.which("busybox")} wget "$@"\n'),)},
+}
+
+
+@pytest.mark.parametrize("fetcher", list(FETCHERS))
+def test_resumes_a_partial_download(fetcher, script, machine, serve, signed_release):
     server = serve(signed_release)
     local = render_to(script.parent / "install-resume.sh", server.url, signed_release.public_key)
-    m = machine()
+    m = machine(**FETCHERS[fetcher])
     name = "dx-cpu-linux-x86_64"
     data = (signed_release.dir / name).read_bytes()
     cache = m.base / "home/.cache/dx/downloads"

@@ -230,8 +230,12 @@ def _schema_of(tp: Any, meta: Mapping[str, Any] | None = None, skip: set[str] | 
     elif origin is tuple:
         out = {"type": "array", "items": _schema_of(get_args(tp)[0], {k: v for k, v in meta.items() if k != "doc"})}
     elif origin is dict:
+        val_tp = get_args(tp)[1]
         out = {"type": "object",
-               "additionalProperties": _schema_of(get_args(tp)[1], {k: v for k, v in meta.items() if k != "doc"})}
+               "additionalProperties": _schema_of(val_tp, {k: v for k, v in meta.items() if k != "doc"})}
+        key_field = _key_field(val_tp)
+        if key_field:
+            out["propertyNames"] = _schema_of(_hints(val_tp)[key_field])
     elif dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         props: dict[str, Any] = {}

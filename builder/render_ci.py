@@ -24,6 +24,7 @@ ACTIONS = {
     "cache": "actions/cache@v5",
     "upload_artifact": "actions/upload-artifact@v6",
     "download_artifact": "actions/download-artifact@v7",
+    "msvc_dev_cmd": "ilammy/msvc-dev-cmd@v1",
     "cuda_toolkit": "Jimver/cuda-toolkit@v0.2.24",
     "vulkan_sdk": "jakoch/install-vulkan-sdk-action@v1",
 }

@@ -97,9 +97,18 @@ def _check_expected(actual: str, expected: str | None, hf: HFFile) -> None:
 
 
 def _hub() -> Any:
-    """huggingface_hub is imported only when a pull happens (it is slow to import)."""
+    """huggingface_hub, imported only when a pull happens (it is slow to import).
+
+    Its telemetry (user-agent details and a daily fetch of an "agent harness"
+    list from the endpoint) is off unless the user turned it on explicitly.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import huggingface_hub
 
+    if os.environ["HF_HUB_DISABLE_TELEMETRY"].lower() in _TRUE:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_DISABLE_TELEMETRY = True
     return huggingface_hub
 
 

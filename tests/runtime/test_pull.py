@@ -72,6 +72,8 @@ def test_pull_is_verified_and_lands_in_the_store(store: Store, hub: FakeHub) -> 
     src = store.resolve(f"hf:HuggingFaceTB/good/{FILE}")
     assert src.path == blob and src.sha256 == SMOL_SHA
     assert len(hub.log) == before
+    # No telemetry side-requests: only HEADs and GETs of repository files.
+    assert all("/resolve/main/" in path for _, path, _ in hub.log), hub.log
 
 
 def test_second_pull_is_up_to_date_without_downloading(store: Store, hub: FakeHub) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from dxverify.errors import DXError
+
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -94,7 +96,61 @@ def manifest_cmd(directory: Path) -> None:
         click.echo(f"wrote {p}")
 
 
+@click.command()
+@click.argument("exe", type=_FILE)
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100), help="Runs per figure (median).")
+@click.option("--vs-engine", is_flag=True, help="Also run llama-server directly on the same model; report ratios.")
+@click.option("--engine", type=_FILE, help="llama-server to compare with (default: the one inside EXE).")
+@click.option("--model", "model_arg", help="Model for the direct engine run (default: the one embedded in EXE).")
+@click.option("--baseline", type=_FILE, help="A previous bench-report.json: fail when a figure regressed.")
+@click.option("--tolerance", default=0.1, show_default=True, type=click.FloatRange(0, 10),
+              help="Allowed regression against --baseline (0.1 = 10%).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write bench-report.{json,md,svg}.")
+def bench(exe: Path, runs: int, vs_engine: bool, engine: Path | None, model_arg: str | None,
+          baseline: Path | None, tolerance: float, out_dir: Path) -> None:
+    """Benchmark a minted executable on this machine (start, first token, tokens/s, memory)."""
+    from dxbuild.bench import bench_and_report
+
+    _, paths = bench_and_report(exe, out_dir, runs=runs, vs_engine=vs_engine, engine=engine, model_arg=model_arg,
+                                  baseline=baseline, tolerance=tolerance,
+                                  echo=lambda s: click.echo(s, err=True))
+    click.echo(paths[1].read_text(), nl=False)
+    for p in paths:
+        click.echo(f"wrote {p}", err=True)
+
+
+@click.command("size-report")
+@click.argument("exes", nargs=-1, required=True, type=_FILE)
+@click.option("--budget-mb", type=click.IntRange(1), help="Engine directory budget (default: the tier recipe's).")
+@click.option("--previous-size-report", "previous", type=_FILE, help="Name what grew against this report.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write size-report.{json,md,svg}.")
+def size_report_cmd(exes: tuple[Path, ...], budget_mb: int | None, previous: Path | None, out_dir: Path) -> None:
+    """Split executables into engine, backends, Python, Nuitka, model; check the tier budget."""
+    from dxbuild.steps.size_report import size_report
+    from dxverify.trailer import find_trailer
+
+    items = []
+    for exe in exes:
+        em = find_trailer(exe)
+        tier = str(em.metadata.get("tier")) if em else (exe.name.split("-")[-3] if exe.name.count("-") >= 3 else "")
+        budget = budget_mb
+        if budget is None and tier:
+            try:
+                from dxbuild.recipes import get_tier
+
+                budget = get_tier(tier).size_budget_mb
+            except DXError:  # an unknown tier simply has no budget here
+                budget = None
+        items.append((exe, tier or "unknown", budget, None))
+    _, paths = size_report(items, out_dir, previous)
+    click.echo(paths[1].read_text(), nl=False)
+    for p in paths:
+        click.echo(f"wrote {p}", err=True)
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to the `dxbuild` group."""
-    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd):
+    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd):
         group.add_command(cmd)

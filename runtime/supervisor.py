@@ -45,6 +45,9 @@ EMBED_PARALLEL = 2
 GENERATE = "generate"
 EMBED = "embed"
 READY_TIMEOUT = 120.0
+CRASH_LIMIT = 5  # deaths within CRASH_WINDOW seconds before restarts pause for CRASH_BACKOFF
+CRASH_WINDOW = 60.0
+CRASH_BACKOFF = 30.0
 
 
 # --------------------------------------------------------------------------- model source
@@ -481,6 +484,9 @@ class _Slot:
     ctx: int = DEFAULT_CTX_PER_SLOT
     restarts: int = 0
     crash_times: list[float] = field(default_factory=list)
+    failed_until: float = 0.0
+    failure: str = ""
+    failure_log: Path | None = None
 
 
 class EngineCrashLoop(ToolError):
@@ -579,6 +585,7 @@ class EngineManager:
                 engine.stop()
                 slot.engine = None
                 slot.restarts += 1
+            self._check_backoff(slot)
             slot.engine = Engine.start(
                 slot.source,
                 ctx=want_ctx,
@@ -591,14 +598,21 @@ class EngineManager:
             return slot.engine
 
     def _note_crash(self, slot: _Slot, engine: Engine) -> None:
+        """Count a death; after CRASH_LIMIT in CRASH_WINDOW, stop restarting for CRASH_BACKOFF."""
         now = time.monotonic()
-        slot.crash_times = [t for t in slot.crash_times if now - t < 60] + [now]
-        if len(slot.crash_times) > 3:
-            raise EngineCrashLoop(
-                f"engine for {slot.source.display_name} died {len(slot.crash_times)} times in a minute: "
-                f"{_tail(engine.log_path)}",
-                hint=f"see {engine.log_path}",
+        slot.crash_times = [t for t in slot.crash_times if now - t < CRASH_WINDOW] + [now]
+        if len(slot.crash_times) >= CRASH_LIMIT:
+            slot.crash_times = []
+            slot.failed_until = now + CRASH_BACKOFF
+            slot.failure = (
+                f"engine for {slot.source.display_name} died {CRASH_LIMIT} times within {CRASH_WINDOW:.0f}s: "
+                f"{_tail(engine.log_path)}"
             )
+            slot.failure_log = engine.log_path
+
+    def _check_backoff(self, slot: _Slot) -> None:
+        if slot.failed_until > time.monotonic():
+            raise EngineCrashLoop(slot.failure, hint=f"not restarting it for a while; see {slot.failure_log}")
 
     def _evict_over_limit(self, keep: _Slot) -> None:
         with self._lock:
@@ -666,7 +680,7 @@ class EngineManager:
                     continue
                 if slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive:
                     self._reap_slot(slot)
-                elif not engine.alive() and not engine.stopping and len(slot.crash_times) < 3:
+                elif not engine.alive() and not engine.stopping and slot.failed_until <= now:
                     # died while idle: bring it back so the next request does not wait
                     with contextlib.suppress(DXError):
                         self._ensure_running(slot, None)

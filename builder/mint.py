@@ -91,7 +91,8 @@ def plan_cell(tier: str) -> object:
 
 
 def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = None,
-         signing_key: Path | None = None, steps: list | None = None) -> MintResult:
+         signing_key: Path | None = None, steps: list | None = None,
+         options: dict | None = None) -> MintResult:
     """Run the whole pipeline and return the executable that was written."""
     from dxbuild.pipeline import default_steps, run_steps
 
@@ -101,7 +102,8 @@ def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = No
     cell = plan_cell(tier)
     out_dir = check_output_dir(out_dir)
     ctx = BuildContext(cell=cell, out_dir=out_dir, model=model,
-                       options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None})
+                       options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None,
+                                **(options or {})})
     try:
         run_steps(ctx, steps if steps is not None else default_steps())
     finally:

@@ -40,7 +40,10 @@ def default_steps() -> list[Step]:
         "checksums",       # SHA256SUMS
         "sign",            # Ed25519 .sig (skipped without a key)
         "sigstore_sign",   # sigstore bundles (CI with an OIDC identity only)
-        "manifest",        # manifest.json + manifest.txt
+        "sbom",            # <artifact>.cdx.json, CycloneDX 1.6
+        "manifest",        # <artifact>.json facts + manifest.json + manifest.txt
+        "size_report",     # size-report.{json,md,svg}; fails when the tier is over budget
+        "bench_report",    # bench-report.{json,md,svg} (skipped with --no-bench)
     ]
     # Each entry: one module under dxbuild.steps, one line here.
     steps: list[Step] = [importlib.import_module(f"dxbuild.steps.{n}") for n in names]  # type: ignore[misc]

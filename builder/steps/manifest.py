@@ -53,20 +53,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def cpu_requirements(engine_dir: Path | None, cmake_flags: dict[str, str]) -> dict[str, Any]:
     """What CPU the engine needs, read from the CPU backend variants actually built."""
-    variants: list[str] = []
-    if engine_dir is not None and (engine_dir / "lib").is_dir():
-        for p in (engine_dir / "lib").iterdir():
-            m = _CPU_VARIANT.match(p.name)
-            if m:
-                variants.append(m.group(1))
-    variants.sort(key=lambda v: (_X86_ORDER.index(v) if v in _X86_ORDER else len(_X86_ORDER), v))
-    if variants:
-        minimum = "x86-64 (baseline)" if variants[0] == "x64" else variants[0]
+    variants: set[str] = set()
+    for sub in ("bin", "lib"):  # ggml's loadable backends sit next to llama-server (bin/)
+        folder = engine_dir / sub if engine_dir is not None else None
+        if folder is not None and folder.is_dir():
+            for p in folder.iterdir():
+                m = _CPU_VARIANT.match(p.name)
+                if m:
+                    variants.add(m.group(1))
+    ordered = sorted(variants, key=lambda v: (_X86_ORDER.index(v) if v in _X86_ORDER else len(_X86_ORDER), v))
+    if ordered:
+        minimum = "x86-64 (baseline)" if ordered[0] == "x64" else ordered[0]
     elif cmake_flags.get("GGML_NATIVE", "").upper() == "ON":
         minimum = "the build machine's CPU (GGML_NATIVE=ON)"
     else:
         minimum = "the target architecture's baseline"
-    return {"minimum": minimum, "variants": variants}
+    return {"minimum": minimum, "variants": ordered}
 
 
 def _engine_info(ctx: BuildContext) -> tuple[dict[str, Any], Path | None]:

@@ -26,8 +26,9 @@ def make_engine_dir(root: Path, tier: str, driver: int | None) -> Path:
     d = root / f"engine-{tier}"
     (d / "lib").mkdir(parents=True)
     (d / "bin").mkdir()
+    (d / "lib" / "libllama.so").write_bytes(b"\x7fELF")
     for v in ("haswell", "x64", "sse42", "skylakex"):
-        (d / "lib" / f"libggml-cpu-{v}.so").write_bytes(b"\x7fELF" + v.encode() * 100)
+        (d / "bin" / f"libggml-cpu-{v}.so").write_bytes(b"\x7fELF" + v.encode() * 100)
     (d / "bin" / "llama-server").write_bytes(b"\x7fELF" + b"server" * 1000)
     (d / "engine.json").write_text(json.dumps({
         "tier": tier, "key": "k" * 64, "llama_cpp_commit": LLAMA_COMMIT,

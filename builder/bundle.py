@@ -44,6 +44,9 @@ NOFOLLOW = (
     "httpx", "jinja2", "cyclonedx", "pytest", "hypothesis", "setuptools", "pip", "pkg_resources",
     "tkinter", "pydoc", "unittest", "doctest", "xmlrpc", "lib2to3", "distutils", "zstandard",
     "IPython", "rich", "pygments", "yaml", "requests", "urllib3", "certifi", "idna",
+    # Release signatures are checked by `dxbuild verify-release` / install.sh (openssl), not by
+    # the runtime; cryptography alone would add ~5 MB to every executable.
+    "cryptography", "cffi", "dxverify.signatures",
 )
 # From the engine directory only what serving needs travels in the bundle.
 ENGINE_FILES = ("bin/llama-server", "engine.json")
@@ -135,8 +138,7 @@ def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list
         "--onefile-as-archive",
         "--python-flag=no_site",
         "--python-flag=isolated",
-        "--include-package=dx",
-        "--include-package=dxverify",
+        "--include-package=dx",  # every dx command; dxverify modules come in as dx imports them
         "--remove-output",
         "--no-progressbar",
     ]
@@ -190,7 +192,7 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("nuitka", _nuitka_version().encode())
     part("python", sys.version.encode())
     part("entry", ENTRY.encode())
-    part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR]).encode())
+    part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR, "include-package=dx"]).encode())
     for name in sorted(sources):
         part("src:" + name, sources[name])
     for _src, dest in engine:

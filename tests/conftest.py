@@ -26,6 +26,32 @@ def cpu_engine() -> Path:
     return host_engine("cpu")
 
 
+@pytest.fixture(scope="session")
+def mint_release_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, cpu_engine: Path) -> Path:
+    """A release directory made by the real `dxbuild --gpu cpu --model smollm2 -o DIR`.
+
+    Engine and Nuitka bundle come from the DX cache (built on first use: minutes);
+    the directory holds the executable, SHA256SUMS and the manifest.
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("mint")
+    res = subprocess.run([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", "smollm2", "-o", str(out)],
+                         capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        raise AssertionError(f"dxbuild failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def minted_smollm2(mint_release_dir: Path) -> Path:
+    """The minted dx-smollm2-cpu-linux-<arch> executable (SmolLM2 embedded in place)."""
+    import platform
+
+    return mint_release_dir / f"dx-smollm2-cpu-linux-{platform.machine()}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The full CUDA compile takes tens of minutes on 2 cores: only with DX_TEST_CUDA=1."""
     import os

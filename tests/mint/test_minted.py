@@ -1,0 +1,319 @@
+"""The minted executable, for real: mint smollm2 for cpu, move it somewhere fresh, run it.
+
+Uses the session fixtures ``minted_smollm2`` / ``mint_release_dir`` (a real
+`dxbuild --gpu cpu --model smollm2` with the cached engine and bundle) and the
+real `openai` and `ollama` clients.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dxverify.trailer import TRAILER_SIZE, read_trailer
+
+pytestmark = pytest.mark.integration
+
+EXE_NAME = "dx-smollm2-cpu-linux-x86_64"
+
+
+# --------------------------------------------------------------------------- helpers
+class Running:
+    """A minted executable started with no arguments in a fresh HOME; stopped on exit."""
+
+    def __init__(self, exe: Path, home: Path, *args: str, extra_env: dict[str, str] | None = None) -> None:
+        self.exe = exe
+        self.home = home
+        self.tmp = home / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.env = fresh_env(home)
+        self.env.update(extra_env or {})
+        self.proc = subprocess.Popen([str(exe), *args], cwd=exe.parent, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.url = ""
+        self.key: str | None = None
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("dx: serving ") and " on http://" in line:
+                self.url = line.split(" on ", 1)[1].strip()
+            if line.startswith("dx: API key "):
+                self.key = line.split()[3]
+                break
+            if line.startswith("dx: no API key"):
+                break
+        if not self.url:
+            self.stop()
+            raise AssertionError("the executable did not start serving:\n" + "\n".join(self.lines))
+        import threading
+
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def fresh_env(home: Path) -> dict[str, str]:
+    """An environment that knows nothing of this machine's DX: new HOME, TMPDIR, no cache overrides."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DX_", "XDG_", "NUITKA_", "PYTHON", "OLLAMA_", "OPENAI_"))}
+    env.update(HOME=str(home), TMPDIR=str(home / "tmp"), DX_PORT="0")
+    return env
+
+
+def engine_pids(exe: Path) -> list[int]:
+    """llama-server processes whose model argument is ``exe`` (FILE#offset=N)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"llama-server") and any(str(exe).encode() in a for a in argv):
+            pids.append(int(d.name))
+    return pids
+
+
+def mapped_files(pid: int) -> set[str]:
+    out = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            out.add(parts[5].removesuffix(" (deleted)"))
+    return out
+
+
+def big_files(root: Path, at_least: int) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size >= at_least]
+
+
+def copy_fresh(minted: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The executable copied into a new folder, and a new HOME for it."""
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    exe = where / minted.name
+    shutil.copy2(minted, exe)
+    home = tmp_path / "home"
+    home.mkdir()
+    return exe, home
+
+
+# --------------------------------------------------------------------------- tests
+def test_minted_file_layout(minted_smollm2: Path, smollm2_gguf: Path) -> None:
+    em = read_trailer(minted_smollm2)
+    assert minted_smollm2.name == EXE_NAME
+    assert os.access(minted_smollm2, os.X_OK)
+    assert em.offset % (64 * 1024) == 0
+    assert em.length == smollm2_gguf.stat().st_size
+    assert em.metadata["model"] == "smollm2" and em.metadata["tier"] == "cpu"
+    assert len(em.metadata["llama_cpp_commit"]) == 40
+    assert em.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    with open(minted_smollm2, "rb") as f, open(smollm2_gguf, "rb") as g:
+        f.seek(em.offset)
+        assert f.read(1 << 20) == g.read(1 << 20)  # the GGUF, unchanged
+    assert em.file_size == minted_smollm2.stat().st_size == em.offset + em.length + len(
+        __import__("json").dumps(em.metadata, sort_keys=True, separators=(",", ":"))) + TRAILER_SIZE
+
+
+def test_end_to_end_fresh_home_openai_ollama_zero_copy(minted_smollm2: Path, tmp_path: Path) -> None:
+    """Fresh folder + fresh HOME; no arguments serves; both clients answer; the model is mmapped in place."""
+    import ollama
+    import openai
+
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    model_len = read_trailer(exe).length
+    with Running(exe, home) as run:
+        assert run.key, "an API key must be generated on first start"
+        client = openai.OpenAI(base_url=run.url + "/v1", api_key=run.key, timeout=120)
+        chat = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Say hello in one word."}], max_tokens=16)
+        assert chat.choices[0].message.content.strip()
+
+        oc = ollama.Client(host=run.url, headers={"Authorization": f"Bearer {run.key}"}, timeout=120)
+        gen = oc.generate(model="smollm2", prompt="The capital of France is", options={"num_predict": 8})
+        assert gen["response"].strip()
+
+        pids = engine_pids(exe)
+        assert len(pids) == 1, f"expected one engine serving {exe}, found {pids}"
+        maps = mapped_files(pids[0])
+        assert str(exe) in maps, "the engine must mmap the model straight out of the executable"
+        for path in maps:  # nothing else the engine maps is big enough to be the model
+            p = Path(path)
+            if p.is_file() and path != str(exe):
+                assert p.stat().st_size < model_len, f"engine maps {path}, as large as the model"
+        for root in (home, home / ".cache", run.tmp):
+            assert big_files(root, model_len) == [], f"a model-sized file appeared under {root}"
+    assert run.proc.returncode is not None
+
+
+def test_verify_passes_on_the_minted_executable(minted_smollm2: Path, tmp_path: Path) -> None:
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    for cmd in ([str(exe), "verify", str(exe)], [sys.executable, "-m", "dx", "verify", str(exe)]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=fresh_env(home), timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "b179c9523d0e6a0f" in res.stdout + res.stderr
+
+
+def test_verify_in_the_release_dir_checks_runtime_model_and_whole_file(mint_release_dir: Path) -> None:
+    exe = mint_release_dir / EXE_NAME
+    assert (mint_release_dir / "SHA256SUMS").is_file()
+    res = subprocess.run([sys.executable, "-m", "dx", "verify", str(exe)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SHA-256 matches the metadata" in res.stdout  # the runtime part
+    assert "matches SHA256SUMS" in res.stdout  # the whole file
+    assert "'smollm2'" in res.stdout
+
+
+def test_flipped_runtime_byte_is_caught_by_verify(minted_smollm2: Path, tmp_path: Path) -> None:
+    exe, _home = copy_fresh(minted_smollm2, tmp_path)
+    _flip(exe, read_trailer(exe).metadata["runtime_size"] // 2)
+    res = subprocess.run([sys.executable, "-m", "dx", "verify", str(exe)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 4 and "the runtime" in res.stderr, res.stdout + res.stderr
+
+
+def test_help_and_version_work_from_the_executable(minted_smollm2: Path, tmp_path: Path) -> None:
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=fresh_env(home), timeout=120)
+    assert res.returncode == 0 and "serve" in res.stdout and "verify" in res.stdout
+    res = subprocess.run([str(exe), "version"], capture_output=True, text=True, env=fresh_env(home), timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("dx ")
+
+
+def _flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_flipped_model_byte_refuses_to_serve(minted_smollm2: Path, tmp_path: Path) -> None:
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    em = read_trailer(exe)
+    _flip(exe, em.offset + em.length - 4096)  # deep in the tensor data: only the hash can see it
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=fresh_env(home), timeout=300)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert "does not match its recorded SHA-256" in res.stderr and str(exe) in res.stderr
+    assert engine_pids(exe) == []
+    res = subprocess.run([str(exe), "verify", str(exe)], capture_output=True, text=True, env=fresh_env(home),
+                         timeout=300)
+    assert res.returncode == 4 and "mismatch" in (res.stdout + res.stderr).lower()
+
+
+def test_flip_after_first_start_is_still_caught(minted_smollm2: Path, tmp_path: Path) -> None:
+    """The SHA-256 is cached after the first start, keyed by (path, size, mtime, inode): an edit invalidates it."""
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    env = fresh_env(home)
+    ok = subprocess.run([str(exe), "verify", str(exe)], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0
+    em = read_trailer(exe)
+    _flip(exe, em.offset + em.length // 2)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode in (3, 4) and "Traceback" not in res.stderr, res.stderr
+    assert "embedded model" in res.stderr
+
+
+def test_truncated_executable_is_a_clear_error(minted_smollm2: Path, tmp_path: Path) -> None:
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    em = read_trailer(exe)
+    with open(exe, "r+b") as f:  # keep the trailer, lose part of the model: sizes no longer add up
+        data_tail = (f.seek(em.file_size - TRAILER_SIZE - 4096), f.read())[1]
+        f.truncate(em.offset + em.length // 2)
+        f.seek(0, os.SEEK_END)
+        f.write(data_tail)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=fresh_env(home), timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "truncated" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_executable_cut_short_does_not_start(minted_smollm2: Path, tmp_path: Path) -> None:
+    """Cut in the middle of the runtime itself: the onefile bootstrap refuses; nothing runs."""
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    with open(exe, "r+b") as f:
+        f.truncate(read_trailer(exe).offset // 2)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=fresh_env(home), timeout=120)
+    assert res.returncode != 0
+
+
+def test_random_file_named_like_an_executable(tmp_path: Path) -> None:
+    bogus = tmp_path / EXE_NAME
+    bogus.write_bytes(os.urandom(300_000))
+    bogus.chmod(0o755)
+    res = subprocess.run([sys.executable, "-m", "dx", "verify", str(bogus)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    run = subprocess.run([str(bogus)], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0  # the kernel refuses it (not ELF): the shell's own clear error
+
+
+def test_half_unpacked_runtime_is_repaired(minted_smollm2: Path, tmp_path: Path) -> None:
+    """A first start killed mid-unpack leaves partial files; Nuitka's cached mode checks each file's CRC-32."""
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    env = fresh_env(home)
+    assert subprocess.run([str(exe), "version"], env=env, capture_output=True, timeout=120).returncode == 0
+    run_dirs = list((home / ".cache" / "dx" / "run").iterdir())
+    assert len(run_dirs) == 1
+    server = run_dirs[0] / "engine" / "bin" / "llama-server"
+    size = server.stat().st_size
+    with open(server, "r+b") as f:
+        f.truncate(size // 3)
+    victim = next(p for p in run_dirs[0].rglob("*.so") if p.is_file())
+    victim.unlink()
+    res = subprocess.run([str(exe), "version"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert server.stat().st_size == size and victim.is_file()
+
+
+def test_mint_again_reuses_engine_and_bundle(mint_release_dir: Path, tmp_path: Path) -> None:
+    """Same inputs: the engine and bundle come from the cache; no compiler runs (shims would record it)."""
+    import time
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    record = tmp_path / "compilers-run"
+    for tool in ("gcc", "cc", "g++", "c++", "clang", "cmake", "ninja", "ccache", "ld", "scons"):
+        shim = shims / tool
+        shim.write_text(f"#!/bin/sh\necho {tool} >> {record}\nexit 1\n")
+        shim.chmod(0o755)
+    env = dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}")
+    out = tmp_path / "again"
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", "smollm2", "-o", str(out)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert "cache hit" in res.stderr
+    assert "reused from the cache" in res.stderr
+    assert not record.exists(), f"a compiler ran: {record.read_text()}"
+    assert took < 120, f"a cached mint took {took:.0f}s"  # a real compile takes minutes on this machine
+    first = mint_release_dir / EXE_NAME
+    assert (out / EXE_NAME).read_bytes() == first.read_bytes()  # same inputs, same bytes
+    assert res.stdout.splitlines()[0] == str(out / EXE_NAME)
+    assert "sha256" in res.stdout and "size" in res.stdout

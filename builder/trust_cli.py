@@ -150,7 +150,43 @@ def size_report_cmd(exes: tuple[Path, ...], budget_mb: int | None, previous: Pat
         click.echo(f"wrote {p}", err=True)
 
 
+@click.command()
+@click.option("--tier", default="cpu", show_default=True, help="Engine tier to build twice.")
+@click.option("--target", "targets", multiple=True, help="Build only these targets (default: the recipe's).")
+@click.option("--single-cpu-variant", is_flag=True, help="GGML_CPU_ALL_VARIANTS=OFF: a smaller, quicker repeat.")
+@click.option("--bundle", "with_bundle", is_flag=True, help="Also compile the runtime bundle twice (Nuitka).")
+@click.option("--keep", is_flag=True, help="Keep both build trees for inspection.")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the JSON report here.")
+def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bundle: bool, keep: bool,
+          out_file: Path | None) -> None:
+    """Build the engine (and bundle) twice from scratch; report what differs and why (slow: cold builds)."""
+    import json
+
+    from dxbuild.reproducibility import repro_bundle, repro_engine
+
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731
+    overrides = {"GGML_CPU_ALL_VARIANTS": "OFF"} if single_cpu_variant else None
+    report = {"engine": repro_engine(tier, targets=targets or None, cmake_overrides=overrides, keep=keep,
+                                     echo=echo)}
+    if with_bundle:
+        from dxbuild.engine import host_engine
+
+        engine_dir = host_engine(tier, echo=echo)
+        key = json.loads((engine_dir / "engine.json").read_text())["key"]
+        report["bundle"] = repro_bundle(engine_dir, tier=tier, engine_key=key, echo=echo)
+    text = json.dumps(report, indent=2) + "\n"
+    if out_file:
+        out_file.write_text(text)
+    for part, r in report.items():
+        verdict = "byte-identical" if r["reproducible"] else f"{len(r['different'])} file(s) differ"
+        click.echo(f"{part}: {len(r['identical'])} identical, {verdict}")
+        for d in r["different"]:
+            causes = "; ".join(d["causes"]) or "cause not recognised"
+            click.echo(f"  {d['path']}: {d['kind']} ({causes})")
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to the `dxbuild` group."""
-    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd):
+    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd, repro):
         group.add_command(cmd)

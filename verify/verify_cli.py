@@ -241,6 +241,23 @@ def _progress_printer() -> Callable[[int, int], None] | None:
     return show
 
 
+def _check_signature(result: VerifyResult, path: str, signature: str | None, pubkey: str | None) -> str | None:
+    """Ed25519 signature over the whole file (dxverify.signatures); records a failure in ``result``."""
+    from dxverify.signatures import verify_file
+
+    if not pubkey:
+        result.fail(IntegrityError("--signature needs --key PUB (the release public key) to check against"),
+                    code="bad_signature")
+        return None
+    sig = signature or f"{path}.sig"
+    try:
+        verify_file(Path(path), Path(sig), Path(pubkey))
+    except DXError as e:
+        result.fail(e, code="bad_signature")
+        return None
+    return f"{Path(sig).name} verified with {pubkey} (Ed25519)"
+
+
 @click.command("verify")
 @click.argument("path", type=click.Path(dir_okay=True, path_type=str))
 @click.option(
@@ -254,9 +271,14 @@ def _progress_printer() -> Callable[[int, int], None] | None:
 @click.option(
     "--no-hash", is_flag=True, help="Structure only; skip SHA-256 unless an expected hash is known."
 )
+@click.option("--signature", type=click.Path(dir_okay=False, path_type=str), metavar="SIG",
+              help="Detached Ed25519 signature of PATH (default with --key: PATH.sig).")
+@click.option("--key", "pubkey", type=click.Path(dir_okay=False, path_type=str), metavar="PUB",
+              help="Public key (dx-release.pub) to check --signature against.")
 @click.pass_context
 def verify_cmd(
-    ctx: click.Context, path: str, sha256: str | None, as_json: bool, inspect: bool, no_hash: bool
+    ctx: click.Context, path: str, sha256: str | None, as_json: bool, inspect: bool, no_hash: bool,
+    signature: str | None, pubkey: str | None,
 ) -> None:
     """Check that PATH is a well-formed GGUF model (or DX executable) and its SHA-256 matches.
 
@@ -268,6 +290,7 @@ def verify_cmd(
         hash_mode="expected" if no_hash else "always",
         progress=None if as_json else _progress_printer(),
     )
+    signed_by = _check_signature(result, path, signature, pubkey) if (signature or pubkey) else None
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         ctx.exit(result.exit_code)
@@ -287,6 +310,8 @@ def verify_cmd(
         click.echo(f"model:   '{e.get('model')}' from {e.get('source')}, {e['length']} bytes at byte {e['offset']}")
         if result.file_sha256:
             click.echo(f"file:    sha256 {result.file_sha256} (matches {result.file_expected_from})")
+    if signed_by:
+        click.echo(f"signature: {signed_by}")
     s = result.summary or {}
     click.echo(
         f"{path}: OK — GGUF v{s.get('version')}, {s.get('tensor_count')} tensors, {s.get('kv_count')} keys"

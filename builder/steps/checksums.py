@@ -74,5 +74,16 @@ def run(ctx: BuildContext) -> None:
     exes = ctx.of(ArtifactType.EXECUTABLE)
     if not exes:
         raise Skip("no executables were minted")
-    dest = write_sums(ctx.out_dir, [a.path for a in exes])
+    files = {a.path.name: a.path for a in exes}
+    # Minting several cells into one directory keeps one SHA256SUMS for all of them:
+    # earlier entries whose files are still there are kept (and hashed again, never trusted).
+    existing = ctx.out_dir / SUMS_NAME
+    if existing.is_file():
+        try:
+            for fname in parse_sums(existing):
+                if fname not in files and (ctx.out_dir / fname).is_file():
+                    files[fname] = ctx.out_dir / fname
+        except IntegrityError:
+            pass  # an unreadable old file is simply replaced
+    dest = write_sums(ctx.out_dir, list(files.values()))
     ctx.add(ArtifactType.CHECKSUMS, dest)

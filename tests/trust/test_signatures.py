@@ -212,3 +212,19 @@ def test_cli_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 4
     assert r.stderr.startswith("dxbuild: error: release") and "dx-cpu-linux-x86_64" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_checksums_step_keeps_earlier_cells(tmp_path: Path, minted_ctx) -> None:
+    """Two cells minted into one directory: one SHA256SUMS lists both, re-hashed."""
+    from dxbuild.steps import checksums
+
+    out = tmp_path / "out"
+    checksums.run(minted_ctx(out, "cpu", None, model=False))
+    first = out / "dx-cpu-linux-x86_64"
+    first.write_bytes(b"changed after")  # the kept entry must be hashed again, not copied
+    checksums.run(minted_ctx(out, "cuda13", 580, model=False))
+    sums = parse_sums(out / SUMS_NAME)
+    assert set(sums) == {"dx-cpu-linux-x86_64", "dx-cuda13-linux-x86_64"}
+    import hashlib
+
+    assert sums["dx-cpu-linux-x86_64"] == hashlib.sha256(b"changed after").hexdigest()

@@ -196,7 +196,10 @@ class Store:
             if not path.is_file():
                 raise ModelNotFoundError(f"no GGUF file at {path}", hint="check the path")
             path = path.resolve()
-            sha = self.verify_path(path) if verify else ""
+            # A blob named sha256-<hex>, or a SHA256SUMS beside the file, says what the bytes must hash to.
+            from dxverify.hashing import expected_sha256_for
+
+            sha = self.verify_path(path, expected_sha256=expected_sha256_for(path)) if verify else ""
             return ModelSource(path=path, name=path.name, sha256=sha or None)
         return self._source_for(self.get(spec), verify, ModelSource)
 

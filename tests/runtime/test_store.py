@@ -227,3 +227,15 @@ def test_stale_leftovers_of_killed_imports_are_swept(store: Store, smollm2_gguf:
     os.utime(hf_left, (1, 1))
     assert store.sweep_stale() == 2
     assert not old.exists() and not hf_left.exists() and fresh.exists()
+
+
+def test_a_path_with_a_sha256sums_beside_it_is_checked_against_it(
+    store: Store, smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    d = tmp_path / "release"
+    link_or_copy(smollm2_gguf, d / "smol.gguf")
+    (d / "SHA256SUMS").write_text(f"{'0' * 64}  smol.gguf\n")
+    with pytest.raises(IntegrityError, match="expected " + "0" * 64):
+        store.resolve(str(d / "smol.gguf"))
+    (d / "SHA256SUMS").write_text(f"{SMOL_SHA}  smol.gguf\n")
+    assert store.resolve(str(d / "smol.gguf")).sha256 == SMOL_SHA

@@ -48,6 +48,7 @@ TOOLCHAIN_SETUP: dict[str, tuple[str, ...]] = {
 }
 
 PYTHON_VERSION = "3.11"
+BENCH_MODEL = "smollm2"  # small enough for a hosted runner; the bench report's model
 RELEASE_RUNNER = "ubuntu-24.04"
 
 
@@ -100,6 +101,7 @@ def render_workflows(entries: list[dict[str, Any]] | None = None) -> dict[str, s
         "actions": ACTIONS,
         "python_version": PYTHON_VERSION,
         "release_runner": RELEASE_RUNNER,
+        "bench_model": BENCH_MODEL,
         **TOOLCHAIN_VERSIONS,
     }
     return {w.output: env.get_template(w.template).render(**values) for w in WORKFLOWS}

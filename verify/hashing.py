@@ -95,6 +95,8 @@ def expected_sha256_for(path: str | os.PathLike[str]) -> str | None:
     if m:
         return m.group(1).lower()
     sums = p.parent / "SHA256SUMS"
+    if not sums.is_file():  # also keeps a FIFO named SHA256SUMS from blocking us
+        return None
     try:
         text = sums.read_text(encoding="utf-8", errors="replace")
     except OSError:

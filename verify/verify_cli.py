@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class VerifyResult:
 def detect_kind(path: str) -> str:
     """'gguf' by magic, 'executable' when a DX trailer is found, else 'gguf' (which then says why not)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open() a FIFO or device: it may block
+            return "gguf"
         with open(path, "rb") as fh:
             head = fh.read(4)
     except OSError:

@@ -19,6 +19,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ASK = ["--temperature", "0", "--seed", "1", "--max-tokens", "48"]
+# SmolLM2-135M answers this one reliably at temperature 0 ("The capital of France is Paris.").
+QUESTION = "What is the capital of France? Answer in one word."
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def dx(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.
 
 
 def test_one_shot_streams_an_answer_and_leaves_no_engine(run_env: dict[str, str]) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "dx", "run", "smollm2", "What is the capital of France?", *ASK],
+    proc = subprocess.Popen([sys.executable, "-m", "dx", "run", "smollm2", QUESTION, *ASK],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=run_env)
     chunks: list[bytes] = []
     assert proc.stdout is not None
@@ -71,12 +73,13 @@ def test_one_shot_streams_an_answer_and_leaves_no_engine(run_env: dict[str, str]
 
 
 def test_piped_stdin_is_the_prompt(run_env: dict[str, str], smollm2_gguf: Path) -> None:
-    r = dx("run", str(smollm2_gguf), *ASK, env=run_env, stdin="What is the capital of France? One word.\n")
+    r = dx("run", str(smollm2_gguf), *ASK, env=run_env, stdin=QUESTION + "\n")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    r = dx("run", "smollm2", "Repeat this word exactly:", *ASK, env=run_env, stdin="banana\n")
+    # PROMPT and piped text together: the prompt first, then what came on stdin.
+    r = dx("run", "smollm2", "Answer in one word.", *ASK, env=run_env, stdin="What is the capital of France?\n")
     assert r.returncode == 0, r.stderr
-    assert "banana" in r.stdout.lower()
+    assert "Paris" in r.stdout
 
 
 def read_until(fd: int, pattern: bytes, timeout: float = 90) -> bytes:
@@ -104,7 +107,7 @@ def test_interactive_chat_on_a_terminal(run_env: dict[str, str]) -> None:
     os.close(slave)
     try:
         read_until(master, b">>> ")
-        os.write(master, b"What is the capital of France?\n")
+        os.write(master, QUESTION.encode() + b"\n")
         first = read_until(master, b">>> ")
         assert b"Paris" in first, first
         os.write(master, b"/bye\n")
@@ -138,10 +141,10 @@ def dx_server(run_env: dict[str, str]) -> Iterator[str]:
 
 def test_run_and_ps_through_a_running_server(run_env: dict[str, str], dx_server: str) -> None:
     # The API key comes from $DX_HOME/api_key, written by `dx serve`.
-    r = dx("run", "smollm2", "What is the capital of France?", *ASK, "--host", dx_server, env=run_env)
+    r = dx("run", "smollm2", QUESTION, *ASK, "--host", dx_server, env=run_env)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    r = dx("run", "smollm2", *ASK, env={**run_env, "DX_HOST": dx_server}, stdin="What is the capital of France?")
+    r = dx("run", "smollm2", *ASK, env={**run_env, "DX_HOST": dx_server}, stdin=QUESTION)
     assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
     r = dx("ps", "--host", dx_server, env=run_env)
     assert r.returncode == 0, r.stderr
@@ -162,12 +165,12 @@ def test_run_pulls_an_hf_model_on_first_use(run_env: dict[str, str], smollm2_ggu
     try:
         env = {**run_env, "HF_ENDPOINT": hub.url}
         spec = "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2.gguf"
-        r = dx("run", spec, "What is the capital of France?", *ASK, env=env)
+        r = dx("run", spec, QUESTION, *ASK, env=env)
         assert r.returncode == 0, r.stderr
         assert "Paris" in r.stdout
         assert len(hub.gets("smollm2.gguf")) == 1
     finally:
         hub.stop()
     # Pulled once: the next run needs no Hub at all.
-    r = dx("run", spec, "What is the capital of France?", *ASK, env={**run_env, "HF_HUB_OFFLINE": "1"})
+    r = dx("run", spec, QUESTION, *ASK, env={**run_env, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0 and "Paris" in r.stdout, r.stderr

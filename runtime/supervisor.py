@@ -657,7 +657,7 @@ class EngineManager:
             slots = list(self._slots.values())
         for slot in slots:
             engine = slot.engine
-            if engine is None:
+            if engine is None or engine.stopping:
                 continue
             expires = None if slot.keep_alive is None else now + (slot.last_used + slot.keep_alive - now_mono)
             out.append(

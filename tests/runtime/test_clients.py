@@ -209,10 +209,17 @@ def test_load_and_unload_with_empty_requests(dx: DXServer) -> None:
 
 
 def test_llama_cpp_web_ui_through_dx(dx: DXServer) -> None:
+    """Browsers get llama.cpp's own page (whatever the engine serves at /, UI built in or not)."""
     page = httpx.get(f"{dx.url}/", headers={"Accept": "text/html"}, timeout=60)
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "<html" in page.text.lower()
+    argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in dx.children()]
+    [argv] = [a for a in argvs if b"--embeddings" not in a]  # the generation engine
+    engine_port = int(argv[argv.index(b"--port") + 1])
+    direct = httpx.get(f"http://127.0.0.1:{engine_port}/", headers={"Accept": "text/html"}, timeout=60)
+    assert (page.status_code, page.headers["content-type"]) == (direct.status_code, direct.headers["content-type"])
+    assert page.content == direct.content
+    if direct.status_code == 200:
+        assert "<html" in page.text.lower()
     assert httpx.get(f"{dx.url}/", timeout=10).text == "dx is running\n"
     props = httpx.get(f"{dx.url}/props", timeout=30)  # llama.cpp's own API: the key is still required
     assert props.status_code == 401
-    assert httpx.get(f"{dx.url}/props", headers=dx.headers, timeout=30).status_code == 200
+    assert httpx.get(f"{dx.url}/props", headers=dx.headers, timeout=30).json()["model_alias"] == MODEL

@@ -49,6 +49,7 @@ def _chat_works(dx: DXServer) -> None:
 
 
 def test_engine_runs_with_a_secret_key_on_loopback(dx: DXServer) -> None:
+    _chat_works(dx)
     pid = _engine_pid(dx)
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert argv[argv.index(b"--host") + 1] == b"127.0.0.1"
@@ -100,7 +101,8 @@ def test_keep_alive_unloads_the_idle_engine(dx: DXServer) -> None:
     running = client.ps().models
     assert [m.model for m in running] == [MODEL] and running[0].expires_at is not None
     assert wait_for(lambda: not pid_alive(pid), timeout=10), "idle engine was not unloaded"
-    assert client.ps().models == []
+    assert wait_for(lambda: client.ps().models == [], timeout=5)
+    assert dx.children() == []
     _chat_works(dx)  # loads again on demand
 
 

@@ -6,7 +6,8 @@ server. It serves ``/{owner}/{repo}/resolve/{revision}/{file}`` with the headers
 file's SHA-256 as the Hub does for LFS files, ``Content-Length``, ``Accept-Ranges``
 and ``Range`` → 206), for HEAD and GET. Faults are switched on per file:
 ``drop_first`` closes the first full GET half-way, ``drop_always`` closes every
-GET half-way, ``corrupt`` serves different bytes than the ETag promises.
+GET half-way, ``corrupt`` serves different bytes than the ETag promises, ``slow``
+sends 1 MiB every 0.2 s (time to kill a pull mid-way).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +29,7 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 class HubFile:
     data: bytes
     etag: str | None = None           # default: SHA-256 of the true bytes (LFS style)
-    fault: str | None = None          # None | "drop_first" | "drop_always" | "corrupt"
+    fault: str | None = None          # None | "drop_first" | "drop_always" | "corrupt" | "slow"
     gets: int = 0
 
 
@@ -98,8 +100,12 @@ class FakeHub:
                 drop = f.fault == "drop_always" or (f.fault == "drop_first" and f.gets == 1)
                 end = start + (len(data) - start) // 2 if drop else len(data)
                 view = memoryview(data)
-                for i in range(start, end, 1 << 20):
-                    self.wfile.write(view[i:min(i + (1 << 20), end)])
+                step = 1 << 20
+                for i in range(start, end, step):
+                    self.wfile.write(view[i:min(i + step, end)])
+                    if f.fault == "slow":
+                        self.wfile.flush()
+                        time.sleep(0.2)
                 self.wfile.flush()
                 if drop:
                     self.close_connection = True

@@ -140,3 +140,35 @@ def test_list_shows_ollama_models_read_only(env: dict[str, str], smollm2_gguf: P
     assert r.returncode == 0, r.stderr
     assert "smollm2:135m" in r.stdout and "ollama (read-only)" in r.stdout
     one_line_error(dx("rm", "smollm2:135m", env=env), 2, "ollama rm smollm2:135m")
+
+
+def test_a_pull_killed_mid_download_leaves_nothing_in_the_store(env: dict[str, str], smollm2_gguf: Path) -> None:
+    import signal
+    import time
+
+    hub = FakeHub()
+    slow = hub.add("slow/repo", FILE, smollm2_gguf, fault="slow")
+    hub.start()
+    try:
+        env = {**env, "HF_ENDPOINT": hub.url}
+        proc = subprocess.Popen([sys.executable, "-m", "dx", "pull", f"hf:slow/repo/{FILE}"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while slow.gets == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few MiB in
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        models = Path(env["DX_HOME"]) / "models"
+        for d in (models / "blobs", models / "manifests"):
+            assert not d.exists() or list(d.iterdir()) == []
+        partial = list((models / "downloads").rglob("*.incomplete"))
+        assert partial and all(p.stat().st_size < smollm2_gguf.stat().st_size for p in partial)
+        # The next pull completes (huggingface_hub starts the file afresh) and is verified.
+        slow.fault = None
+        r = dx("pull", f"hf:slow/repo/{FILE}", env=env)
+        assert r.returncode == 0, r.stderr
+        assert SMOL_SHA in r.stdout
+        assert not list((models / "downloads").rglob("*.incomplete"))
+    finally:
+        hub.stop()

@@ -77,6 +77,7 @@ def test_store_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     one_line_error(dx("pull", str(tmp_path / "missing.gguf"), env=env), 2, "no GGUF file")
 
 
+@pytest.mark.integration
 def test_pull_from_a_hub_over_hf_endpoint(env: dict[str, str], smollm2_gguf: Path) -> None:
     hub = FakeHub()
     hub.add("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", FILE, smollm2_gguf, fault="drop_first")
@@ -142,6 +143,7 @@ def test_list_shows_ollama_models_read_only(env: dict[str, str], smollm2_gguf: P
     one_line_error(dx("rm", "smollm2:135m", env=env), 2, "ollama rm smollm2:135m")
 
 
+@pytest.mark.integration
 def test_a_pull_killed_mid_download_leaves_nothing_in_the_store(env: dict[str, str], smollm2_gguf: Path) -> None:
     import signal
     import time

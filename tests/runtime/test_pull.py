@@ -12,6 +12,8 @@ from dx.pull import DownloadError
 from dx.store import ModelNotFoundError, Store
 from dxverify.errors import IntegrityError, MalformedInputError
 
+pytestmark = pytest.mark.integration  # the real huggingface_hub client against a loopback Hub
+
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -803,20 +803,21 @@ def check_semantics(gf: GGUFFile) -> None:
     def fail(code: str, detail: str, item: KeyValue) -> GGUFError:
         return GGUFError(code, detail, field=item.key, offset=item.offset)
 
-    def array_of(key: str, elem: int) -> ArrayValue | None:
+    def array_of(key: str, *elems: int) -> ArrayValue | None:
         item = kv.get(key)
         if item is None:
             return None
-        if not isinstance(item.value, ArrayValue) or item.value.elem_type != elem:
-            raise fail(
-                "tokenizer_type", f"must be ARRAY[{VALUE_TYPE_NAMES[elem]}] but is {item.type_name}", item
-            )
+        if not isinstance(item.value, ArrayValue) or item.value.elem_type not in elems:
+            want = " or ".join(f"ARRAY[{VALUE_TYPE_NAMES[e]}]" for e in elems)
+            raise fail("tokenizer_type", f"must be {want} but is {item.type_name}", item)
         return item.value
 
     tokens = array_of("tokenizer.ggml.tokens", STRING)
     n_vocab = tokens.count if tokens is not None else None
-    for key, elem in (("tokenizer.ggml.scores", FLOAT32), ("tokenizer.ggml.token_type", INT32)):
-        arr = array_of(key, elem)
+    # llama-vocab.cpp casts these arrays to float*/int* by their declared type: it reads scores
+    # as FLOAT32 or INT32 and token types as INT32 only, n_tokens of each.
+    for key, elems in (("tokenizer.ggml.scores", (FLOAT32, INT32)), ("tokenizer.ggml.token_type", (INT32,))):
+        arr = array_of(key, *elems)
         if arr is not None and arr.count != n_vocab:
             raise fail(
                 "tokenizer_length",

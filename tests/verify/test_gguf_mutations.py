@@ -6,7 +6,7 @@ import random
 import struct
 
 import pytest
-from gguf_handcraft import ARR, F32, I8, I32, STR, U32, GGUFCraft, Tensor, tiny_model
+from gguf_handcraft import ARR, F32, F64, I8, I32, STR, U32, GGUFCraft, Tensor, tiny_model
 
 from dxverify.gguf import GGUFError, read_gguf, read_gguf_buffer
 
@@ -307,6 +307,7 @@ def model_with(key: str, vtype: int, value: object) -> bytes:
     ("key", "vtype", "value", "code"),
     [
         ("tokenizer.ggml.scores", ARR, (I8, [1] * 8), "tokenizer_type"),
+        ("tokenizer.ggml.scores", ARR, (F64, [1.0] * 8), "tokenizer_type"),
         ("tokenizer.ggml.scores", ARR, (F32, [1.0] * 7), "tokenizer_length"),
         ("tokenizer.ggml.token_type", ARR, (F32, [1.0] * 8), "tokenizer_type"),
         ("tokenizer.ggml.token_type", ARR, (I32, [1] * 9), "tokenizer_length"),
@@ -328,6 +329,11 @@ def model_with(key: str, vtype: int, value: object) -> bytes:
 )
 def test_load_time_checks(key: str, vtype: int, value: object, code: str) -> None:
     rejected(model_with(key, vtype, value), {code})
+
+
+def test_integer_scores_are_accepted_as_llama_cpp_does() -> None:
+    gf = read_gguf_buffer(model_with("tokenizer.ggml.scores", ARR, (I32, list(range(8)))))
+    assert gf.get("tokenizer.ggml.scores") == list(range(8))
 
 
 def test_special_ids_without_vocabulary() -> None:

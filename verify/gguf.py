@@ -17,11 +17,14 @@ the embedded region and offsets are reported relative to the start of the file.
 
 from __future__ import annotations
 
+import array
 import math
 import mmap
 import os
+import re
 import stat
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -825,6 +828,8 @@ def check_semantics(gf: GGUFFile) -> None:
                 kv[key],
             )
     array_of("tokenizer.ggml.merges", STRING)
+    if tokens is not None and "tokenizer.ggml.token_type" in kv:
+        _check_byte_tokens(tokens, kv["tokenizer.ggml.token_type"])
     for key, item in kv.items():
         if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
             if item.type not in INTEGER_TYPES:
@@ -870,6 +875,37 @@ def check_semantics(gf: GGUFFile) -> None:
         ctx = kv.get(f"{arch.value}.context_length")
         if ctx is not None and (ctx.type not in INTEGER_TYPES or ctx.value <= 0):
             raise fail("bad_hparam", "context_length must be a positive integer", ctx)
+
+
+TOKEN_TYPE_BYTE = 6  # llama_token_type LLAMA_TOKEN_TYPE_BYTE
+_BYTE_TOKEN = re.compile(rb"<0x[0-9A-Fa-f]{2}>")
+
+
+def _check_byte_tokens(tokens: ArrayValue, types_kv: KeyValue) -> None:
+    """Byte tokens must read ``<0xNN>``: llama-vocab.cpp parses their text with substr/strtol (PR #25969)."""
+    types = array.array("i")
+    if types.itemsize != 4:  # pragma: no cover - every platform DX targets has a 4-byte int
+        return
+    types.frombytes(bytes(tokens._buf[types_kv.value.start : types_kv.value.end]))
+    if sys.byteorder != "little":  # pragma: no cover
+        types.byteswap()
+    if TOKEN_TYPE_BYTE not in types:
+        return
+    wanted = {i for i, t in enumerate(types) if t == TOKEN_TYPE_BYTE}
+    last = max(wanted)
+    buf, pos = tokens._buf, tokens.start
+    for i in range(last + 1):
+        n = _U64.unpack_from(buf, pos)[0]
+        if i in wanted:
+            text = bytes(buf[pos + 8 : pos + 8 + n])
+            if not _BYTE_TOKEN.fullmatch(text):
+                raise GGUFError(
+                    "bad_byte_token",
+                    f"token {i} has type BYTE but its text {text[:20]!r} is not <0xNN>",
+                    field=f"tokenizer.ggml.tokens[{i}]",
+                    offset=pos,
+                )
+        pos += 8 + n
 
 
 # -- entry points ----------------------------------------------------------------------------------------

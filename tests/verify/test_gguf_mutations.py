@@ -406,3 +406,21 @@ def test_wrong_array_of_strings_length_walk_is_bounded() -> None:
     data = c.build().data
     at = 24 + 8 + 1 + 4 + 4  # header, key len, key "a", type, elem type -> count
     rejected(put_u64(data, at, 2**20), {"truncated"})
+
+
+@pytest.mark.parametrize(("text", "ok"), [("<0x41>", True), ("<0xfF>", True), ("<0x-1>", False), ("<0x4>", False),
+                                          ("A", False), ("<0x41>x", False)])  # fmt: skip
+def test_byte_tokens_must_read_0xNN(text: str, ok: bool) -> None:
+    c = tiny_model()
+    tokens = [f"t{i}" for i in range(8)]
+    tokens[5] = text
+    types = [1] * 8
+    types[5] = 6  # BYTE
+    c.kvs = [kv for kv in c.kvs if kv[0] not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")]
+    c.kvs += [("tokenizer.ggml.tokens", ARR, (STR, tokens)), ("tokenizer.ggml.token_type", ARR, (I32, types))]
+    data = c.build().data
+    if ok:
+        read_gguf_buffer(data)
+    else:
+        err = rejected(data, {"bad_byte_token"})
+        assert err.field == "tokenizer.ggml.tokens[5]"

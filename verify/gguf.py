@@ -116,7 +116,14 @@ class GGUFError(MalformedInputError):
         super().__init__(self._compose(), hint=hint)
 
     def _compose(self) -> str:
-        where = f"{self.path}: " if self.path else ""
+        # one line whatever the path holds
+        where = (
+            f"{self.path!r}: "
+            if self.path and not self.path.isprintable()
+            else f"{self.path}: "
+            if self.path
+            else ""
+        )
         return f"{where}malformed GGUF: {self.field} at byte {self.offset}: {self.detail} [{self.code}]"
 
     def with_path(self, path: str) -> GGUFError:
@@ -584,10 +591,13 @@ class _Parser:
             key = self.text(f"kv[{i}].key", MAX_KEY_LENGTH)
             if not key:
                 raise self.fail("empty_key", f"key-value pair {i} has an empty key", f"kv[{i}].key", at)
-            fname = f"kv[{i}] {key!r}"
+            fname = f"kv[{i}] {_short(key)}"
             if key in kvs:
                 raise self.fail(
-                    "duplicate_key", f"key {key!r} appears twice (first at byte {kvs[key].offset})", fname, at
+                    "duplicate_key",
+                    f"key {_short(key)} appears twice (first at byte {kvs[key].offset})",
+                    fname,
+                    at,
                 )
             at_type = self.pos
             vtype = self.u32(fname + ".type")
@@ -785,6 +795,12 @@ class _Parser:
                 data_offset,
             )
         return tensors
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A key or name fit for a one-line message: quoted, escaped, cut to ``limit`` characters."""
+    r = repr(text[:limit])
+    return r + "…" if len(text) > limit else r
 
 
 def _type_name(type_id: int) -> str:

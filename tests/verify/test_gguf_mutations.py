@@ -424,3 +424,15 @@ def test_byte_tokens_must_read_0xNN(text: str, ok: bool) -> None:
     else:
         err = rejected(data, {"bad_byte_token"})
         assert err.field == "tokenizer.ggml.tokens[5]"
+
+
+def test_messages_stay_one_short_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = tiny_model()
+    c.kvs.append(("k" * 60000 + "\n", 13, 0))  # a huge key with a newline, then a bad type
+    err = rejected(c.build().data, {"bad_value_type"})
+    assert len(str(err)) < 400
+    odd = tmp_path / "a\nb.gguf"
+    odd.write_bytes(b"GGUF")
+    with pytest.raises(GGUFError) as exc:
+        read_gguf(odd)
+    assert "\n" not in str(exc.value)

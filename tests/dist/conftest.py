@@ -306,8 +306,12 @@ class Machine:
                 (tools / t).symlink_to(os.readlink(self.shared_tools / t))
         home = self.base / "home"
         home.mkdir(exist_ok=True)
+        (self.base / "tmp").mkdir(exist_ok=True)
         return {"PATH": f"{shims}:{tools}", "HOME": str(home), "DX_INSTALL_ROOT": str(root),
-                "LC_ALL": "C"}
+                "TMPDIR": str(self.base / "tmp"), "LC_ALL": "C"}
+
+    def leftover_temp_files(self) -> list[Path]:
+        return list((self.base / "tmp").iterdir())
 
 
 @dataclasses.dataclass

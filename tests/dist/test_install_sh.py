@@ -146,6 +146,7 @@ def test_installs_a_working_dx(shell, script, machine, signed_release):
     assert v.returncode == 0, v.stderr
     assert v.stdout.strip() == "dx 0.1.0"
     assert not list((m.base / "home" / ".cache" / "dx" / "downloads").glob("*")), "partial download left"
+    assert not m.leftover_temp_files()
 
 
 def test_curl_pipe_sh_with_environment(script, machine):
@@ -226,6 +227,33 @@ def test_progress_bar_only_on_a_terminal(script, machine):
     r = run_install("dash", script, m, "--prefix", str(m.base / "piped"))
     assert r.rc == 0, r.text
     assert "100.0%" not in r.text and "#####" not in r.text
+
+
+@pytest.mark.parametrize("shell", ALL_SHELLS)
+def test_interrupted_download_cleans_up(shell, script, machine):
+    """SIGTERM to the installer (its process group, as a terminal's Ctrl-C would) mid-download:
+    temporary files go, nothing is installed."""
+    import signal
+    import time
+
+    curl = shutil.which("curl")
+    m = machine(shims=(("curl", f'case "$*" in *dx-cpu-linux*) : >"$TMPDIR/started"; sleep 30 ;; esac\n'
+                                f'exec {curl} "$@"\n'),))
+    env = m.build()
+    p = subprocess.Popen([shutil.which(SHELLS[shell][0]), *SHELLS[shell][1:], str(script), "--prefix",
+                          str(m.base / "prefix")], env=env, cwd=m.base, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (m.base / "tmp/started").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    (m.base / "tmp/started").unlink()
+    assert any(m.leftover_temp_files()), "the installer's temporary directory should exist mid-download"
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0, out + err
+    assert not m.leftover_temp_files()
+    assert not installed(m)
 
 # ---- signatures ---------------------------------------------------------------------
 
@@ -318,6 +346,7 @@ def test_tampering_aborts_and_installs_nothing(shell, tamper, message, signed_re
     assert len(errors) == 1 and message in errors[0], r.text
     assert "Traceback" not in r.text
     assert not installed(m)
+    assert not m.leftover_temp_files()
     left = [p for p in (m.base / "home").rglob("*") if p.is_file()]
     if tamper is _truncated_artifact:  # kept so that running again resumes it
         assert [p.name for p in left] == [signed_release.sha256("dx-cpu-linux-x86_64") + ".part"]

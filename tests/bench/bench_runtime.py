@@ -117,6 +117,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (load-independent cost of what it did)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def engine_child(dx_pid: int) -> tuple[int, int, str]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -193,6 +200,11 @@ def main() -> None:
         for _ in range(args.ttft_runs):
             for ep in (direct, via_dx):
                 res[ep.name].setdefault("ttft", []).append(ttft(ep))
+        cpu_dx0, cpu_engine0, relayed = cpu_seconds(proc.pid), cpu_seconds(engine_pid), 0
+        for _ in range(args.runs):
+            relayed += stream_tokens(via_dx, args.tokens)[2]
+        dx_cpu_per_token = (cpu_seconds(proc.pid) - cpu_dx0) / relayed
+        engine_cpu_per_token = (cpu_seconds(engine_pid) - cpu_engine0) / relayed
         for ep in (direct, via_dx):
             res[ep.name]["agg1"] = [aggregate(ep, 1, args.tokens)]
             res[ep.name]["agg4"] = [aggregate(ep, 4, args.tokens)]
@@ -212,6 +224,8 @@ def main() -> None:
                             "direct_ratio_4_vs_1": d["agg4"] / d["agg1"]},
         "dx_rss_mb": {"idle": idle_rss, "after_load": busy_rss, "engine": engine_rss},
         "dx_listen_s": t_listen,
+        "cpu_us_per_streamed_token": {"dx": dx_cpu_per_token * 1e6, "engine": engine_cpu_per_token * 1e6},
+        "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
         "runs": {"decode_prefill": args.runs, "ttft": args.ttft_runs, "tokens": args.tokens},
     }
     print(f"model: {model}")
@@ -226,7 +240,11 @@ def main() -> None:
     print(f"{'4 vs 1 clients':28}{d['agg4'] / d['agg1']:12.2f}{x['agg4'] / x['agg1']:12.2f}{'':10}   >= 2.5")
     print(f"dx process RSS: idle {idle_rss:.1f} MB, after the runs {busy_rss:.1f} MB (goal <= 40 MB idle); "
           f"engine RSS {engine_rss:.1f} MB")
+    print(f"CPU per streamed token: dx {dx_cpu_per_token * 1e6:.0f} us, engine {engine_cpu_per_token * 1e6:.0f} us "
+          f"(dx share {dx_cpu_per_token / (dx_cpu_per_token + engine_cpu_per_token):.1%})")
     print(f"dx serve: URL printed {t_listen * 1e3:.0f} ms after exec")
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end "
+          "(other work on the host skews every figure above except RSS and CPU per token)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -54,3 +54,29 @@ def test_wrong_key_and_missing_key(signed_model: tuple[Path, Path, Path], tmp_pa
     assert r.returncode == 4 and "does not match this file and key" in r.stderr
     r = _dx(str(model), "--no-hash", "--signature", str(sig))
     assert r.returncode == 4 and "--signature needs --key" in r.stderr
+
+
+def test_without_cryptography_openssl_checks(signed_model: tuple[Path, Path, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled runtime leaves `cryptography` out: the same check runs through openssl."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from dx.cli import cli
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    model, sig, pub = signed_model
+    monkeypatch.setitem(sys.modules, "dxverify.signatures", None)  # import now raises ImportError
+    r = CliRunner().invoke(cli, ["verify", str(model), "--no-hash", "--key", str(pub)])
+    assert r.exit_code == 0, r.output
+    assert "(Ed25519, by openssl)" in r.output
+    data = bytearray(sig.read_bytes())
+    data[5] ^= 1
+    sig.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["verify", str(model), "--no-hash", "--key", str(pub)])
+    from dxverify.errors import IntegrityError
+
+    assert isinstance(r.exception, IntegrityError)  # the CLI wrapper turns it into exit code 4
+    assert "does not match this file and key (openssl)" in str(r.exception)

@@ -110,7 +110,7 @@ def loader_names(folder: Path) -> list[tuple[Path, str]]:
     links to (ggml's backend modules) keeps its own name. Onefile payloads hold
     plain files, so carrying every alias would triple the size.
     """
-    libs = [p for p in sorted(folder.iterdir()) if ".so" in p.name]
+    libs = [p for p in sorted(folder.iterdir()) if ".so" in p.name and "bench" not in p.name]
     real = {p.name: p for p in libs if p.is_file() and not p.is_symlink()}
     out: list[tuple[Path, str]] = []
     pointed: set[str] = set()
@@ -192,6 +192,7 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("nuitka", _nuitka_version().encode())
     part("python", sys.version.encode())
     part("entry", ENTRY.encode())
+    part("builder", Path(__file__).read_bytes())  # this file decides the Nuitka options
     part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR, "include-package=dx"]).encode())
     for name in sorted(sources):
         part("src:" + name, sources[name])

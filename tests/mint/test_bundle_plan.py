@@ -23,6 +23,7 @@ def _engine(tmp_path: Path) -> Path:
     os.symlink("libggml-base.so.0.25.3", e / "lib" / "libggml-base.so.0")
     os.symlink("libggml-base.so.0", e / "lib" / "libggml-base.so")
     (e / "lib" / "libmtmd.so").write_bytes(b"unversioned")
+    (e / "lib" / "libllama-bench-impl.so").write_bytes(b"bench only")
     return e
 
 

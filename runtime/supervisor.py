@@ -146,8 +146,8 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
 
     libc and prctl are looked up here, in the parent, so the child only calls them.
     """
-    if not sys.platform.startswith("linux"):
-        return None
+    if not sys.platform.startswith("linux") or os.environ.get("DX_NO_PDEATHSIG") == "1":
+        return None  # DX_NO_PDEATHSIG=1: leave it to the pipe watchdog (tests prove that path alone)
     try:
         import ctypes
 

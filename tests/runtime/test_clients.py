@@ -223,3 +223,19 @@ def test_llama_cpp_web_ui_through_dx(dx: DXServer) -> None:
     props = httpx.get(f"{dx.url}/props", timeout=30)  # llama.cpp's own API: the key is still required
     assert props.status_code == 401
     assert httpx.get(f"{dx.url}/props", headers=dx.headers, timeout=30).json()["model_alias"] == MODEL
+
+
+def test_ollama_copy_pull_delete(oll: ollama.Client, dx: DXServer) -> None:
+    oll.copy(MODEL, "smol-copy:v1")
+    assert "smol-copy:v1" in [m.model for m in oll.list().models]
+    r = oll.chat(model="smol-copy:v1", messages=[{"role": "user", "content": "Hi"}], options=FAST)
+    assert r.done  # the copy is a name for the same blob, served like any store model
+    progress = list(oll.pull("smol-copy:v1", stream=True))
+    assert progress[-1].status == "success"
+    oll.delete("smol-copy:v1")
+    assert "smol-copy:v1" not in [m.model for m in oll.list().models]
+    with pytest.raises(ollama.ResponseError) as err:
+        oll.delete("smol-copy:v1")
+    assert err.value.status_code == 404
+    assert MODEL in [m.model for m in oll.list().models]  # the original and its blob are untouched
+    assert oll.generate(model=MODEL, prompt="Hi", options=FAST).done

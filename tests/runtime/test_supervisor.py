@@ -106,9 +106,13 @@ def test_keep_alive_unloads_the_idle_engine(dx: DXServer) -> None:
     _chat_works(dx)  # loads again on demand
 
 
-def test_sigkilled_dx_leaves_no_engine(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig+watchdog", "watchdog-only"])
+def test_sigkilled_dx_leaves_no_engine(
+    request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path: Path, pdeathsig: bool
+) -> None:
     _store_with_model(tmp_path / "home", smollm2_gguf)
-    server = start_dx(tmp_path, engine=engine_binary(request), model=MODEL)
+    env = {} if pdeathsig else {"DX_NO_PDEATHSIG": "1"}
+    server = start_dx(tmp_path, engine=engine_binary(request), model=MODEL, env=env)
     try:
         engine = _engine_pid(server)
         watchdogs = server.children("sh")

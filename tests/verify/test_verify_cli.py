@@ -179,3 +179,49 @@ def test_the_installed_dx_command(model: Path, tmp_path: Path) -> None:
     empty.write_bytes(b"")
     bad = subprocess.run(["dx", "verify", empty], capture_output=True, text=True)
     assert bad.returncode == 3 and bad.stderr.startswith("dx: error:") and "Traceback" not in bad.stderr
+
+
+def mint_like(tmp_path: Path, model_bytes: bytes) -> Path:
+    """An executable laid out by dxverify.trailer (runtime + padding + GGUF + trailer), without Nuitka."""
+    from dxverify import trailer
+
+    runtime = tmp_path / "runtime"
+    runtime.write_bytes(b"\x7fELF" + os.urandom(5000))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(model_bytes)
+    exe = tmp_path / "dx-tiny"
+    meta = {"model": "tiny", "source": "test", "sha256": hashlib.sha256(TINY.data).hexdigest(), "tier": "cpu",
+            "dx_version": "0", "llama_cpp_commit": "0c1e570"}  # fmt: skip
+    with open(exe, "wb") as fh:
+        trailer.write_executable(runtime, model, fh, meta)
+    return exe
+
+
+def test_verify_a_minted_layout(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    exe = mint_like(tmp_path, TINY.data)
+    code, out, err = dx(capsys, "verify", "--json", exe)
+    doc = json.loads(out)
+    assert code == 0, out + err
+    assert doc["kind"] == "executable" and doc["expected_from"] == "trailer"
+    assert doc["sha256"] == hashlib.sha256(TINY.data).hexdigest()
+    assert doc["summary"]["embedded_at"] == 65536 and doc["summary"]["name"] == "tiny"
+
+
+def test_minted_layout_with_damaged_model(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    exe = mint_like(tmp_path, TINY.data)
+    data = bytearray(exe.read_bytes())
+    data[65536 + TINY.fields["data"][0] + 5] ^= 0xFF  # a weight byte: structure fine, hash not
+    exe.write_bytes(bytes(data))
+    code, _, err = dx(capsys, "verify", exe)
+    assert code == 4 and "SHA-256 mismatch" in one_error_line(err)
+    at, _ = TINY.fields["t0.n_dims"]
+    data[65536 + at] = 9  # a header byte: malformed, reported at its offset in the executable
+    exe.write_bytes(bytes(data))
+    code, _, err = dx(capsys, "verify", exe)
+    assert code == 3 and f"at byte {65536 + at}" in one_error_line(err)
+    exe = mint_like(tmp_path, TINY.data)
+    data = bytearray(exe.read_bytes())
+    data[100] ^= 0xFF  # the runtime part
+    exe.write_bytes(bytes(data))
+    code, out, _ = dx(capsys, "verify", "--json", exe)
+    assert code == 4 and json.loads(out)["errors"][0]["code"] == "runtime_mismatch"

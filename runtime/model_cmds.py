@@ -96,8 +96,25 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with the GGUF metadata.")
 @click.option("--template", is_flag=True, help="Print only the chat template.")
 def show_cmd(model: str, as_json: bool, template: bool) -> None:
-    """Show a model: architecture, parameters, quantisation, context, where its bytes are."""
-    d = _store().show(model)
+    """Show a model (a store name, or a GGUF path): architecture, parameters, quantisation, context."""
+    from dx.model_names import looks_like_path
+
+    store = _store()
+    if looks_like_path(model):
+        # A file on disk: verified like any model the engine may load, then shown like a store entry.
+        from pathlib import Path
+
+        from dx.model_check import read_facts
+        from dx.store import ModelDetails, ModelEntry
+
+        src = store.resolve(model, pull=False)
+        path = Path(src.path)
+        facts = read_facts(path)
+        entry = ModelEntry(name=path.name, sha256=src.sha256 or "", size=path.stat().st_size,
+                           modified=path.stat().st_mtime, path=path, source=f"file:{path}", facts=facts)
+        d = ModelDetails(entry, facts)
+    else:
+        d = store.show(model)
     if template:
         click.echo(d.chat_template or "")
         return

@@ -57,6 +57,8 @@ def test_import_list_show_cp_rm(env: dict[str, str], smollm2_gguf: Path) -> None
     meta = json.loads(dx("show", "smollm2", "--json", env=env).stdout)
     assert meta["metadata"]["llama.block_count"] == 30 and meta["facts"]["context_length"] == 8192
     assert "<|im_start|>" in dx("show", "smollm2", "--template", env=env).stdout
+    r = dx("show", str(smollm2_gguf), env=env)  # a path works too, verified first
+    assert r.returncode == 0 and f"sha256            {SMOL_SHA}" in r.stdout, r.stderr
     assert dx("cp", "smollm2", "smol:v2", env=env).returncode == 0
     assert [m["name"] for m in json.loads(dx("list", "--json", env=env).stdout)] == ["smol:v2", "smollm2:latest"]
     r = dx("rm", "smollm2", "smol:v2", env=env)

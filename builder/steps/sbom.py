@@ -21,6 +21,7 @@ import importlib
 import importlib.metadata as md
 import json
 import os
+import re
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -140,8 +141,10 @@ def build_bom(
     model: dict[str, Any] | None,
     nuitka_version: str | None,
     timestamp: datetime,
+    native_libs: list[dict[str, Any]] | None = None,
 ):
     """The CycloneDX Bom for one executable (pure; unit-tested)."""
+    native_libs = native_libs or []
     from cyclonedx.model import ExternalReference, ExternalReferenceType, Property, XsUri
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentScope, ComponentType
@@ -201,6 +204,12 @@ def build_bom(
             bom_ref=f"pypi:{d['name']}", licenses=_license(d.get("license")),
             purl=PackageURL(type="pypi", name=d["name"].lower(), version=d["version"]),
         ))
+    for lib in native_libs:
+        components.append(Component(
+            name=lib["name"], version=lib.get("version"), type=ComponentType.LIBRARY,
+            bom_ref=f"native:{lib['name']}", description=lib.get("description"),
+            properties=[Property(name="dx:bundled-file", value=lib["file"])],
+        ))
     if model:
         components.append(Component(
             name=model["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref="model",
@@ -227,6 +236,35 @@ def bom_to_json(bom) -> str:
     if err is not None:  # a bug in this module, not in the user's input
         raise MalformedInputError(f"generated SBOM is not valid CycloneDX 1.6: {err}")
     return text + "\n"
+
+
+_NATIVE = re.compile(r"^(lib[A-Za-z0-9_+-]+?)(\.so(\.\d+)*)$")
+
+
+def bundled_native_libraries(bundle: Path) -> list[dict[str, Any]]:
+    """Shared libraries Nuitka put into the runtime beside the engine (OpenSSL, libffi, ...).
+
+    They come from the Python that compiled the runtime; the versions we can know
+    (OpenSSL's, from that Python's ``ssl`` module) are recorded, the rest by file name.
+    """
+    from dxbuild.onefile_payload import read_payload
+
+    out = []
+    for e in read_payload(bundle).entries:
+        if e.name.startswith("engine/") or "/" in e.name:
+            continue
+        m = _NATIVE.match(e.name)
+        if not m:
+            continue
+        lib = {"name": m.group(1), "file": e.name, "version": None, "description": None}
+        if m.group(1) in ("libcrypto", "libssl"):
+            import ssl
+
+            m_ver = re.match(r"OpenSSL (\S+)", ssl.OPENSSL_VERSION)
+            lib["version"] = m_ver.group(1) if m_ver else None
+            lib["description"] = f"{ssl.OPENSSL_VERSION} (linked by the building Python's ssl/hashlib)"
+        out.append(lib)
+    return sorted(out, key=lambda x: x["name"])
 
 
 def _timestamp() -> datetime:
@@ -264,10 +302,13 @@ def run(ctx: BuildContext) -> None:
     if resolved is not None:
         model = {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
                  "size": resolved.size, "license": resolved.license}
+    bundles = ctx.of(ArtifactType.BUNDLE)
+    native = bundled_native_libraries(bundles[0].path) if bundles and bundles[0].path.is_file() else []
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)
         bom = build_bom(exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version, engine=engine,
-                        python_dists=dists, model=model, nuitka_version=nuitka_version, timestamp=_timestamp())
+                        python_dists=dists, model=model, nuitka_version=nuitka_version, timestamp=_timestamp(),
+                        native_libs=native)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         tmp.write_text(bom_to_json(bom), encoding="utf-8")

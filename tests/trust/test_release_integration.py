@@ -32,6 +32,8 @@ def test_mint_wrote_trust_outputs(mint_release_dir: Path, minted_smollm2: Path) 
     assert comps["llama.cpp"]["version"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
     assert comps["model"]["hashes"][0]["content"] == \
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert comps["native:libcrypto"]["version"]  # OpenSSL shipped inside the runtime is listed
+    assert "pypi:click" in comps
     facts = json.loads((d / f"{name}.json").read_text())
     assert facts["sha256"] in (d / "SHA256SUMS").read_text()
     assert facts["requirements"]["cpu"]["variants"], facts["requirements"]

@@ -80,11 +80,15 @@ def test_build_bom_cuda_components() -> None:
               "toolchain": {"name": "cuda13-pypi", "nvcc": "13.0.88", "cudart": "13.0.96", "cublas": "13.1.0"}}
     bom = sbom.build_bom(exe_name="dx-cuda13-linux-x86_64", exe_sha256="c" * 64, dx_version="0.1.0",
                          engine=engine, python_dists=[], model=None, nuitka_version="4.3.3",
-                         timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                         timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                         native_libs=[{"name": "libcrypto", "file": "libcrypto.so.3", "version": "3.0.19",
+                                       "description": "OpenSSL"}])
     doc = json.loads(sbom.bom_to_json(bom))
     comps = _components(doc)
     assert comps["toolchain:nvcc"]["scope"] == "excluded"
     assert comps["toolchain:cudart"]["scope"] == "required"
     assert comps["toolchain:cublas"]["type"] == "library"
     assert comps["nuitka"]["version"] == "4.3.3"
+    assert comps["native:libcrypto"]["version"] == "3.0.19"
+    assert comps["native:libcrypto"]["properties"] == [{"name": "dx:bundled-file", "value": "libcrypto.so.3"}]
     assert {"name": "dx:engine:cuda_arch", "value": "90-real"} in comps["llama.cpp"]["properties"]

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dxverify.errors import MalformedInputError
 from dxverify.ggml_types import INT64_MAX, SIZE_MAX, ggml_type
@@ -316,6 +316,19 @@ class GGUFFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _RawTensor(NamedTuple):
+    """A tensor info as read, before its offset is checked against the layout and the file."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int
+    n_elements: int
+    n_bytes: int
+    info_offset: int
+    offset_field_offset: int
 
 
 class _Parser:
@@ -632,8 +645,8 @@ class _Parser:
             )
         return a
 
-    def tensor_infos(self, n_tensors: int) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
+    def tensor_infos(self, n_tensors: int) -> list[_RawTensor]:
+        out: list[_RawTensor] = []
         seen: dict[str, int] = {}
         for i in range(n_tensors):
             at = self.pos
@@ -726,10 +739,10 @@ class _Parser:
                 )
             at_off = self.pos
             offset = self.u64(base + ".offset")
-            out.append((name, tuple(shape), type_id, offset, n_elements, n_bytes, at, at_off))
+            out.append(_RawTensor(name, tuple(shape), type_id, offset, n_elements, n_bytes, at, at_off))
         return out
 
-    def check_layout(self, raw: list[tuple[Any, ...]], alignment: int) -> int:
+    def check_layout(self, raw: list[_RawTensor], alignment: int) -> int:
         """Each tensor must start where the previous one's padded bytes end, as gguf.cpp demands.
 
         That one rule rules out misalignment, overlaps and gaps; each gets its own code.
@@ -737,7 +750,8 @@ class _Parser:
         """
         expected = 0
         previous = None
-        for name, _shape, _type_id, offset, _n_elements, n_bytes, _at, at_off in raw:
+        for t in raw:
+            name, offset, n_bytes, at_off = t.name, t.offset, t.n_bytes, t.offset_field_offset
             f = f"tensor {name!r}.offset"
             if offset % alignment:
                 raise self.fail(
@@ -772,7 +786,7 @@ class _Parser:
             previous = name
         return expected
 
-    def place_tensors(self, raw: list[tuple[Any, ...]], data_offset: int, data_size: int) -> list[TensorInfo]:
+    def place_tensors(self, raw: list[_RawTensor], data_offset: int, data_size: int) -> list[TensorInfo]:
         """Every tensor's bytes, and the whole data section, must lie inside the file."""
         tensors: list[TensorInfo] = []
         for name, shape, type_id, offset, n_elements, n_bytes, at, at_off in raw:

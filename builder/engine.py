@@ -132,8 +132,15 @@ def _build_env(toolchain: Toolchain, src: Path, build: Path) -> dict[str, str]:
 
 
 def _repro_flags(src: Path, build: Path) -> str:
-    return (f"-ffile-prefix-map={src}={SRC_PREFIX} -ffile-prefix-map={build}={BUILD_PREFIX} "
-            f"-fdebug-prefix-map={src}={SRC_PREFIX} -fdebug-prefix-map={build}={BUILD_PREFIX}")
+    """Map the source and build folders to fixed names in __FILE__ and debug info.
+
+    Both spellings are mapped: the absolute one, and the relative one ccache's
+    CCACHE_BASEDIR turns it into (compilers run in the build folder), so an
+    engine is the same bytes with or without ccache.
+    """
+    rel_src = os.path.relpath(src, build)
+    maps = [(str(src), SRC_PREFIX), (rel_src, SRC_PREFIX), (str(build), BUILD_PREFIX)]
+    return " ".join(f"-f{kind}-prefix-map={old}={new}" for kind in ("file", "debug") for old, new in maps)
 
 
 def _cmake_configure_cmd(plan: EnginePlan, toolchain: Toolchain, src: Path, build: Path) -> list[str]:

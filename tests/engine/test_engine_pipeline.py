@@ -55,16 +55,18 @@ SOURCES = {
                "int llama_answer(void) { return 42; }\n",
     "backend.c": "int ggml_backend_score(void) { return 1; }\n",
     "server.c": "#include <stdio.h>\nint llama_answer(void);\n"
-                "int main(void) { printf(\"%d\\n\", llama_answer()); return 0; }\n",
+                "int main(void) { printf(\"%d\\n\", llama_answer()); return 0; }\n"
+                "const char *dx_where = __FILE__;\n",
 }
 
 PATCH = """--- a/server.c
 +++ b/server.c
-@@ -1,3 +1,3 @@
+@@ -1,4 +1,4 @@
  #include <stdio.h>
  int llama_answer(void);
 -int main(void) { printf("%d\\n", llama_answer()); return 0; }
 +int main(void) { printf("patched %d\\n", llama_answer()); return 0; }
+ const char *dx_where = __FILE__;
 """
 
 
@@ -176,3 +178,18 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
     # no tool left running in the background
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(cache / "build") not in ps
+
+
+@pytest.mark.parametrize("launcher", ["", "ccache"])
+def test_source_paths_are_mapped_with_and_without_ccache(tmp_path: Path, launcher: str) -> None:
+    """__FILE__ reads /dx/llama.cpp/... whether or not ccache rewrote the paths (reproducible bytes)."""
+    import shutil
+
+    if launcher and not shutil.which(launcher):
+        pytest.skip("ccache not installed")
+    extra = {"CMAKE_C_COMPILER_LAUNCHER": launcher} if launcher else {}
+    recipe = _tiny(tmp_path, **extra)
+    engine = build_engine(_cell(recipe), recipe, cache=tmp_path / "cache", echo=None)
+    data = (engine / "bin" / "llama-server").read_bytes()
+    assert b"/dx/llama.cpp/server.c" in data
+    assert str(tmp_path).encode() not in data and b"sources/patched-" not in data

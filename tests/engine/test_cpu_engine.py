@@ -148,3 +148,16 @@ def test_bench_runs(cpu_engine: Path, smollm2_gguf: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads(r.stdout)
     assert results and all(x["avg_ts"] > 0 for x in results)
+
+
+def test_cli_prints_engine_dir_on_cache_hit(cpu_engine: Path) -> None:
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "dxbuild", "engine", "--tier", "cpu"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(cpu_engine)
+    assert "cache hit" in r.stderr
+    js = subprocess.run([sys.executable, "-m", "dxbuild", "engine", "--tier", "cpu", "--json"],
+                        capture_output=True, text=True, timeout=120)
+    assert json.loads(js.stdout)["key"] == json.loads((cpu_engine / "engine.json").read_text())["key"]

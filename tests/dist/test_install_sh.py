@@ -496,3 +496,12 @@ def test_installs_the_minted_executable(mint_release_dir, release_keys, tmp_path
                        stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(m.base / "home")})
     assert v.returncode == 0, v.stderr
     assert v.stdout.startswith("dx ")
+
+
+@pytest.mark.parametrize("shell", ALL_SHELLS)
+def test_help_needs_no_network(shell, script, machine, serve, signed_release):
+    m = machine()
+    r = run_install(shell, script, m, "--help")
+    assert r.rc == 0, r.text
+    assert r.out.startswith("usage: install.sh [--tier T]") and "DX_INSTALL_REQUIRE_SIGNATURE=1" in r.out
+    assert not installed(m)

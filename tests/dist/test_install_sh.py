@@ -499,7 +499,7 @@ def test_installs_the_minted_executable(mint_release_dir, release_keys, tmp_path
 
 
 @pytest.mark.parametrize("shell", ALL_SHELLS)
-def test_help_needs_no_network(shell, script, machine, serve, signed_release):
+def test_help(shell, script, machine):
     m = machine()
     r = run_install(shell, script, m, "--help")
     assert r.rc == 0, r.text

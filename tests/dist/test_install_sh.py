@@ -268,6 +268,14 @@ def test_without_openssl_says_it_cannot_check_the_signature(script, machine):
     assert not (m.base / "p2").exists()
 
 
+def test_libressl_cannot_verify_ed25519_and_says_so(script, machine):
+    """macOS ships LibreSSL as `openssl`: the script must not mistake it for OpenSSL 3."""
+    real = shutil.which("openssl")
+    m = machine(shims=(("openssl", f'[ "$1" = version ] && {{ echo "LibreSSL 3.3.6"; exit 0; }}\nexec {real} "$@"\n'),))
+    r = run_install("dash", script, m, "--dry-run")
+    assert r.rc == 0, r.text
+    assert "signature NOT checked: 'LibreSSL 3.3.6' cannot verify Ed25519 (needs OpenSSL >= 3.0)" in r.err
+
 def test_script_without_a_key_says_so(tmp_path, release_url, machine):
     s = render_to(tmp_path / "nokey.sh", release_url, None)
     r = run_install("dash", s, machine(), "--dry-run")

@@ -148,6 +148,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with single byte ranges (what ``curl -C -`` and ``wget -c`` send)."""
 
     served_dir = "."
+    ranges = True
     log: list[tuple[str, str | None]]
 
     def __init__(self, *a, **kw):
@@ -160,7 +161,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.log.append((self.path, self.headers.get("Range")))
         rng = self.headers.get("Range")
         path = self.translate_path(self.path)
-        if not rng or not os.path.isfile(path):
+        if not rng or not self.ranges or not os.path.isfile(path):
             return super().send_head()
         size = os.path.getsize(path)
         try:
@@ -188,9 +189,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 class ReleaseServer:
     """A loopback HTTP server over one directory; ``requests`` records what was asked."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, ranges: bool = True) -> None:
         self.requests: list[tuple[str, str | None]] = []
-        handler = type("Handler", (_RangeHandler,), {"served_dir": str(directory), "log": self.requests})
+        handler = type("Handler", (_RangeHandler,), {"served_dir": str(directory), "log": self.requests,
+                                                     "ranges": ranges})
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/release"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -206,11 +208,11 @@ def serve(tmp_path):
     """serve(release) -> ReleaseServer with the release at URL/release/…"""
     servers = []
 
-    def _serve(release: Release) -> ReleaseServer:
+    def _serve(release: Release, ranges: bool = True) -> ReleaseServer:
         web = tmp_path / f"web{len(servers)}"
         web.mkdir()
         (web / "release").symlink_to(release.dir)
-        s = ReleaseServer(web)
+        s = ReleaseServer(web, ranges=ranges)
         servers.append(s)
         return s
 

@@ -255,6 +255,22 @@ def test_interrupted_download_cleans_up(shell, script, machine):
     assert not m.leftover_temp_files()
     assert not installed(m)
 
+
+@pytest.mark.parametrize("fetcher", ["curl", "wget"])
+def test_resume_against_a_server_without_ranges_starts_again(fetcher, script, machine, serve, signed_release):
+    server = serve(signed_release, ranges=False)
+    local = render_to(script.parent / "install-noranges.sh", server.url, signed_release.public_key)
+    m = machine(**FETCHERS[fetcher])
+    name = "dx-cpu-linux-x86_64"
+    data = (signed_release.dir / name).read_bytes()
+    cache = m.base / "home/.cache/dx/downloads"
+    cache.mkdir(parents=True)
+    (cache / f"{signed_release.sha256(name)}.part").write_bytes(data[:20000])
+    r = run_install("dash", local, m, "--prefix", str(m.base / "prefix"))
+    assert r.rc == 0, r.text
+    assert (m.base / "prefix/bin/dx").read_bytes() == data
+    assert not list(cache.iterdir())
+
 # ---- signatures ---------------------------------------------------------------------
 
 def test_without_openssl_says_it_cannot_check_the_signature(script, machine):

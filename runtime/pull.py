@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,13 +73,23 @@ def pull_hf(
         return _named(store, existing, str(target))
 
     expected = expected or _sidecar_sha256(store, hf) or remote_sha
+    _remove_orphan_partials(store)
     say(f"pulling {hf}", None, None)
-    path = _download(store, hf, progress)
+    link = _download(store, hf, progress)
     try:
         say("verifying sha256 digest", None, None)
-        entry = store.import_file(path, str(target), sha256=expected, source=str(hf), move=True)
+        entry = store.import_file(Path(os.path.realpath(link)), str(target), sha256=expected, source=str(hf),
+                                  link=True)
+    except FileNotFoundError:
+        # A concurrent pull of the same bytes (same ETag, same huggingface_hub blob) finished first and
+        # dropped huggingface_hub's copy; it verified the same digest on the way into the store.
+        if not expected or not (store.blobs / f"sha256-{expected}").is_file():
+            raise DownloadError(f"the download of {hf} vanished before it was verified",
+                                hint="another pull of the same file ran at the same time; run the pull again",
+                                ) from None
+        entry = store.name_blob(str(target), expected, str(hf))
     finally:
-        _forget_download(store, hf)
+        _forget_download(link)
     say("success", entry.size, entry.size)
     return entry
 
@@ -113,6 +122,7 @@ def _hub() -> Any:
 
 
 def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Path:
+    """huggingface_hub's snapshot link to the downloaded file (its target is the blob)."""
     hub = _hub()
     store.downloads.mkdir(parents=True, exist_ok=True)
     try:
@@ -126,7 +136,7 @@ def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Pa
         )
     except Exception as e:  # huggingface_hub and httpx raise many types; each becomes one line
         raise _as_dx_error(e, hf) from None
-    return Path(os.path.realpath(got))
+    return Path(got)
 
 
 def _remote_lfs_sha256(hf: HFFile) -> str | None:
@@ -198,10 +208,42 @@ def _user_hf_cache() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
-def _forget_download(store: Store, hf: HFFile) -> None:
-    """The bytes now live in blobs/ (or were refused): drop huggingface_hub's bookkeeping for the repo."""
-    repo_dir = store.downloads / ("models--" + hf.repo_id.replace("/", "--"))
-    shutil.rmtree(repo_dir, ignore_errors=True)
+def _remove_orphan_partials(store: Store) -> None:
+    """Partial files of pulls that were killed: huggingface_hub only removes its own on a clean failure.
+
+    A download holds ``.locks/<repo>/<etag>.lock`` (flock) while it writes
+    ``<etag>.<id>.incomplete``; a partial whose lock nobody holds is an orphan.
+    """
+    import fcntl
+
+    for part in store.downloads.glob("models--*/blobs/*.incomplete"):
+        lock = store.downloads / ".locks" / part.parent.parent.name / (part.name.split(".", 1)[0] + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live download
+            continue
+        try:
+            part.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _forget_download(link: Path) -> None:
+    """The bytes now live in blobs/ (or were refused): drop huggingface_hub's link and blob for this file.
+
+    Only this file's entries go: another pull from the same repository may be
+    writing into the same cache folder right now.
+    """
+    blob = Path(os.path.realpath(link))
+    for p in (link, blob):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _status(e: BaseException) -> int | None:

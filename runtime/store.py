@@ -221,9 +221,9 @@ class Store:
         *,
         sha256: str | None = None,
         source: str | None = None,
-        move: bool = False,
+        link: bool = False,
     ) -> ModelEntry:
-        """Copy (or, with ``move``, rename) a GGUF into the store as ``name``.
+        """Copy (or, with ``link``, hard-link: a download on the store's filesystem) a GGUF into the store.
 
         The bytes are hashed while copied, checked against ``sha256`` when given,
         structure-checked, and only then renamed into ``blobs/`` and named by a
@@ -240,9 +240,18 @@ class Store:
         tmp_fd, tmp_name = tempfile.mkstemp(prefix="import-", suffix=".partial", dir=self.tmp)
         tmp = Path(tmp_name)
         try:
-            if move:
+            if link:
+                # Our own name for the same inode: no copy, and whoever else holds the source
+                # (a concurrent pull of the same file) keeps theirs.
                 os.close(tmp_fd)
-                os.replace(src, tmp)
+                tmp.unlink()
+                try:
+                    os.link(src, tmp)
+                except FileNotFoundError:
+                    raise
+                except OSError:  # a filesystem without hard links
+                    tmp_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    _copy_hashing(src, tmp_fd)
                 from dx.model_check import sha256_of
 
                 digest = sha256_of(tmp)
@@ -297,6 +306,17 @@ class Store:
         if progress:
             progress("success", entry.size, entry.size)
         return entry
+
+    def name_blob(self, name: str, sha256: str, source: str) -> ModelEntry:
+        """Give a blob already in the store (verified when it entered) a name from another source."""
+        mn = parse_name(name)
+        sha256 = _check_hex(sha256)
+        blob = self.blobs / f"sha256-{sha256}"
+        if not blob.is_file():
+            raise ModelNotFoundError(f"no blob sha256:{sha256} in {self.blobs}")
+        facts = read_facts(blob)
+        with self._lock():
+            return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts)
 
     def delete(self, name: str) -> ModelEntry:
         """Remove ``name``'s manifest, and its blob when no other name uses it."""

@@ -7,7 +7,7 @@ file's SHA-256 as the Hub does for LFS files, ``Content-Length``, ``Accept-Range
 and ``Range`` → 206), for HEAD and GET. Faults are switched on per file:
 ``drop_first`` closes the first full GET half-way, ``drop_always`` closes every
 GET half-way, ``corrupt`` serves different bytes than the ETag promises, ``slow``
-sends 1 MiB every 0.2 s (time to kill a pull mid-way).
+sends 1 MiB every ``delay`` seconds (time to kill a pull mid-way).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class HubFile:
     etag: str | None = None           # default: SHA-256 of the true bytes (LFS style)
     fault: str | None = None          # None | "drop_first" | "drop_always" | "corrupt" | "slow"
     gets: int = 0
+    delay: float = 0.2                # seconds per MiB when fault == "slow"
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FakeHub:
                     self.wfile.write(view[i:min(i + step, end)])
                     if f.fault == "slow":
                         self.wfile.flush()
-                        time.sleep(0.2)
+                        time.sleep(f.delay)
                 self.wfile.flush()
                 if drop:
                     self.close_connection = True

@@ -72,7 +72,8 @@ def test_store_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     one_line_error(dx("rm", "nothing", env=env), 2, "no model named")
     one_line_error(dx("cp", "nothing", "x", env=env), 2)
     one_line_error(dx("pull", "hf:owner/repo", env=env), 2, "hf:OWNER/REPO/FILE.gguf")
-    one_line_error(dx("show", "../../etc/passwd:x", env=env), 2, "invalid model name")
+    one_line_error(dx("show", "a/../../etc/passwd:x", env=env), 2, "invalid model name")
+    one_line_error(dx("show", "/etc/passwd", env=env), 3, "malformed GGUF")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
     one_line_error(dx("pull", str(bad), env=env), 3, "bad.gguf")
@@ -168,7 +169,8 @@ def test_a_pull_killed_mid_download_leaves_nothing_in_the_store(env: dict[str, s
             assert not d.exists() or list(d.iterdir()) == []
         partial = list((models / "downloads").rglob("*.incomplete"))
         assert partial and all(p.stat().st_size < smollm2_gguf.stat().st_size for p in partial)
-        # The next pull completes (huggingface_hub starts the file afresh) and is verified.
+        # The next pull removes the orphaned partial, completes (huggingface_hub starts the file afresh)
+        # and is verified.
         slow.fault = None
         r = dx("pull", f"hf:slow/repo/{FILE}", env=env)
         assert r.returncode == 0, r.stderr

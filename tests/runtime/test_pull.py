@@ -53,6 +53,14 @@ def stored_files(store: Store) -> list[str]:
     return sorted(out)
 
 
+def download_leftovers(store: Store) -> list[Path]:
+    """Files or links left in huggingface_hub's cache, other than its bookkeeping (refs, locks, empty
+    "does not exist" markers)."""
+    return [p for p in store.downloads.rglob("*")
+            if (p.is_file() or p.is_symlink()) and not {"refs", ".locks", ".no_exist"} & set(p.parts)
+            and p.name != "CACHEDIR.TAG"]
+
+
 def test_pull_is_verified_and_lands_in_the_store(store: Store, hub: FakeHub) -> None:
     events: list[tuple[str, int | None, int | None]] = []
     entry = store.pull(f"hf:HuggingFaceTB/good/{FILE}", progress=lambda *e: events.append(e))
@@ -66,7 +74,7 @@ def test_pull_is_verified_and_lands_in_the_store(store: Store, hub: FakeHub) -> 
         "manifests/hf.co%2FHuggingFaceTB%2Fgood%3ASmolLM2-135M-Instruct.Q4_1.json",
     ]
     # huggingface_hub's copy was moved, not kept: one copy of the bytes on disk.
-    assert not list(store.downloads.glob("models--*"))
+    assert download_leftovers(store) == []
     assert events[-1] == ("success", entry.size, entry.size)
     assert any(s == "downloading" and c == entry.size for s, c, _ in events)
     # resolving the same hf: spec again uses the store.
@@ -106,7 +114,7 @@ def test_corrupted_bytes_are_refused_and_nothing_is_stored(store: Store) -> None
     with pytest.raises(IntegrityError, match="expected " + SMOL_SHA):
         store.pull(f"hf:HuggingFaceTB/corrupt/{FILE}")
     assert stored_files(store) == []
-    assert not list(store.downloads.glob("models--*"))
+    assert download_leftovers(store) == []
 
 
 def test_file_without_published_hash_still_gets_the_structure_check(store: Store) -> None:
@@ -167,3 +175,33 @@ def test_offline_mode_imports_from_the_users_hf_cache(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     entry = store.pull(f"hf:HuggingFaceTB/good/{FILE}")
     assert entry.sha256 == SMOL_SHA and entry.source == f"hf:HuggingFaceTB/good/{FILE}"
+
+
+def test_two_pulls_from_one_repository_at_once(store: Store, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    hub = FakeHub()
+    slow = hub.add("pub/two", "a.gguf", smollm2_gguf, fault="slow", delay=0.03)
+    hub.add("pub/two", "b.gguf", smollm2_gguf)
+    hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    result: dict[str, object] = {}
+
+    def pull_a() -> None:
+        try:
+            result["a"] = store.pull("hf:pub/two/a.gguf")
+        except Exception as e:
+            result["a"] = e
+
+    t = threading.Thread(target=pull_a)
+    t.start()
+    try:
+        while slow.gets == 0:
+            t.join(0.05)
+        # b finishes (and cleans up after itself) while a is still downloading into the same cache folder.
+        assert store.pull("hf:pub/two/b.gguf").name == "hf.co/pub/two:b"
+        t.join(120)
+    finally:
+        hub.stop()
+    assert getattr(result["a"], "name", result["a"]) == "hf.co/pub/two:a"
+    assert download_leftovers(store) == []

@@ -110,7 +110,7 @@ def serve_cmd(
 
         threading.Thread(target=preload, name="dx-preload", daemon=True).start()
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever(poll_interval=3600)  # SIGTERM/SIGINT interrupt it; no idle wake-ups
     except KeyboardInterrupt:
         pass
     finally:

@@ -101,30 +101,40 @@ class ModelResolver:
 
 
 class _Deadlines:
-    """Cuts off connections that take too long to send a request (slow loris)."""
+    """Cuts off connections that take too long to send a request (slow loris).
+
+    One thread for all connections; it sleeps while nothing is pending, so an idle
+    server costs no CPU.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._due: dict[socket.socket, float] = {}
         self._thread = threading.Thread(target=self._loop, name="dx-deadlines", daemon=True)
         self._thread.start()
 
     def set(self, sock: socket.socket, seconds: float) -> None:
-        with self._lock:
+        with self._cond:
+            was_idle = not self._due
             self._due[sock] = time.monotonic() + seconds
+            if was_idle:
+                self._cond.notify()
 
     def clear(self, sock: socket.socket) -> None:
-        with self._lock:
+        with self._cond:
             self._due.pop(sock, None)
 
     def _loop(self) -> None:
         while True:
-            time.sleep(0.25)
-            now = time.monotonic()
-            with self._lock:
+            with self._cond:
+                while not self._due:
+                    self._cond.wait()
+                now = time.monotonic()
                 late = [s for s, due in self._due.items() if due <= now]
                 for s in late:
                     del self._due[s]
+                if not late:
+                    self._cond.wait(min(0.25, min(self._due.values()) - now))
             for s in late:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)

@@ -510,7 +510,7 @@ class EngineManager:
         ctx: int = DEFAULT_CTX_PER_SLOT,
         default_keep_alive: float | None = DEFAULT_KEEP_ALIVE,
         max_loaded: int = 3,
-        reap_interval: float = 0.5,
+        reap_interval: float = 1.0,
         extra_args: Sequence[str] = (),
     ) -> None:
         self._resolve = resolve
@@ -524,6 +524,7 @@ class EngineManager:
         self._slots: dict[tuple[str, int, str], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._kick = threading.Event()  # a lease ended or close(): the reaper looks now
         self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval,), name="dx-reaper", daemon=True)
         self._reaper.start()
 
@@ -567,6 +568,7 @@ class EngineManager:
             with self._lock:
                 slot.in_use -= 1
                 slot.last_used = time.monotonic()
+            self._kick.set()
 
     def _ensure_running(self, slot: _Slot, num_ctx: int | None) -> Engine:
         with slot.lock:
@@ -670,7 +672,15 @@ class EngineManager:
         return out
 
     def _reap_loop(self, interval: float) -> None:
-        while not self._closed.wait(interval):
+        """Unload idle engines, bring back dead ones. Sleeps while no engine is loaded."""
+        while not self._closed.is_set():
+            with self._lock:
+                slots = list(self._slots.values())
+            loaded = any(s.engine is not None for s in slots)
+            self._kick.wait(interval if loaded else None)
+            self._kick.clear()
+            if self._closed.is_set():
+                return
             with self._lock:
                 slots = list(self._slots.values())
             now = time.monotonic()
@@ -688,6 +698,7 @@ class EngineManager:
     def close(self) -> None:
         """Stop every engine (on shutdown)."""
         self._closed.set()
+        self._kick.set()
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:

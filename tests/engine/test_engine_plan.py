@@ -158,3 +158,17 @@ def test_real_patches_apply_to_pinned_source(tmp_path: Path) -> None:
     subprocess.run(["cp", "-a", str(pristine / "src" / "llama.cpp"), str(work / "src")], check=True)
     apply_patches(work, recipe.patch_paths(), tmp_path / "p.log", echo=None)
     assert "#offset=" in (work / "src" / "llama.cpp").read_text()
+
+
+@pytest.mark.integration
+def test_pip_download_with_wrong_hash_is_refused(tmp_path: Path) -> None:
+    """The real pinned sdist fetched by pip against a wrong pin: IntegrityError, nothing kept or unpacked."""
+    from dxbuild.source import download_sdist
+
+    src = EngineSource(kind="sdist", package="llama-cpp-python", version="0.3.36", sha256="0" * 64,
+                       subdir="vendor/llama.cpp")
+    real = load_engine_recipe().source.sha256
+    with pytest.raises(IntegrityError, match=f"expected 0{{64}}, got {real}"):
+        download_sdist(src, tmp_path, tmp_path / "log.txt", echo=None)
+    assert list((tmp_path / "downloads").iterdir()) == []
+    assert not (tmp_path / "sources").exists()

@@ -888,9 +888,12 @@ class Handler(BaseHTTPRequestHandler):
 
         doc = require_object(self.read_json())
         name = model_name(doc)
-        with contextlib.suppress(ModelNotFound, DXError):
-            self.app.manager.unload(name)
-        self.app.resolver.store.delete(name)
+        source = None
+        with contextlib.suppress(ModelNotFound):
+            source = self.app.resolver(name)
+        self.app.resolver.store.delete(name)  # 404 / 403 (Ollama's own models) from the store
+        if source is not None and not source.path.exists():  # the blob went with its last name
+            self.app.manager.unload_source(source)
         self.send_json(200, {})
 
     def ollama_copy(self) -> None:

@@ -646,7 +646,10 @@ class EngineManager:
 
     def unload(self, model: str) -> bool:
         """Stop the engine for ``model`` now (Ollama's ``keep_alive: 0``)."""
-        source = self._resolve(model)
+        return self.unload_source(self._resolve(model))
+
+    def unload_source(self, source: ModelSource) -> bool:
+        """Stop every engine (generation, embeddings) serving ``source``'s bytes."""
         with self._lock:
             slots = [s for k, s in self._slots.items() if k[:2] == source.key]
         unloaded = [self._unload_slot(s) for s in slots]

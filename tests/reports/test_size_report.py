@@ -134,4 +134,4 @@ def test_size_report_of_minted_smollm2(request: pytest.FixtureRequest, tmp_path:
         assert a["components"][c] > 0, c
     assert a["budget"]["ok"] is True
     names = {f["name"] for f in a["largest_files"]}
-    assert any(n.endswith("llama-server") for n in names)
+    assert any("llama-server" in n for n in names)  # the stub binary or libllama-server-impl.so

@@ -87,6 +87,26 @@ def test_engine_killed_mid_stream_openai(dx: DXServer) -> None:
     _chat_works(dx)
 
 
+def test_engine_killed_under_a_non_streaming_request_gives_503(dx: DXServer) -> None:
+    import threading
+
+    _chat_works(dx)
+    pid = _engine_pid(dx)
+    answer: list[httpx.Response] = []
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write forever."}], "max_tokens": 4000,
+            "ignore_eos": True}
+    worker = threading.Thread(target=lambda: answer.append(
+        httpx.post(f"{dx.url}/v1/chat/completions", json=body, headers=dx.headers, timeout=300)))
+    worker.start()
+    time.sleep(1.5)  # the request is generating (4000 tokens take far longer)
+    os.kill(pid, signal.SIGKILL)
+    worker.join(120)
+    assert answer and answer[0].status_code == 503
+    err = answer[0].json()["error"]
+    assert "engine" in err["message"] and err["code"] == 503
+    _chat_works(dx)
+
+
 def test_engine_dead_between_requests_is_restarted(dx: DXServer) -> None:
     pid = _engine_pid(dx)
     os.kill(pid, signal.SIGKILL)

@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work here and keep the files (default: a temp dir)")
+    ap.add_argument("--skip-mint-timing", action="store_true", help="leave out part 2 (mint vs cp+sha256sum)")
     args = ap.parse_args()
 
     from dxbuild.engine import host_engine
@@ -235,11 +236,14 @@ def main() -> None:
 
     # 2. mint time vs cp + sha256sum
     big = work / "big.gguf"
-    if not big.exists():
+    if args.skip_mint_timing:
+        pass
+    elif not big.exists():
         print(f"\nwriting a {args.big_gb:.1f} GB GGUF with the gguf writer ...", flush=True)
         make_big_gguf(big, args.big_gb)
     rows = {}
-    for label, model, path in (("smollm2", "smollm2", smol), ("big", str(big), big)):
+    for label, model, path in (() if args.skip_mint_timing else
+                               (("smollm2", "smollm2", smol), ("big", str(big), big))):
         mints, steps_all, cps = [], [], []
         for i in range(args.runs):
             dt, steps, exe = mint(work / f"m-{label}-{i}", model)
@@ -271,19 +275,20 @@ def main() -> None:
     home.mkdir()
     server = engine / "bin" / "llama-server"
 
+    # Interleaved (direct, minted, direct, minted, ...) so load drift on a shared machine hits both alike.
+    d = Direct(server, smol, free_port())
+    d_first = (d.t_health, d.t_ready)
+    d.stop()
     first = Minted(exe, home)
     first.stop()
-    warm = []
+    warm, d_warm = [], []
     for _ in range(args.runs):
+        d = Direct(server, smol, free_port())
+        d_warm.append((d.t_health, d.t_ready))
+        d.stop()
         m = Minted(exe, home)
         warm.append((m.t_health, m.t_ready))
         m.stop()
-    direct = []
-    for _ in range(args.runs + 1):
-        d = Direct(server, smol, free_port())
-        direct.append((d.t_health, d.t_ready))
-        d.stop()
-    d_first, d_warm = direct[0], direct[1:]
     res["start"] = {"minted_first": [first.t_health, first.t_ready], "minted_warm": warm,
                     "direct_first": list(d_first), "direct_warm": d_warm}
     wh, wr = med(w[0] for w in warm), med(w[1] for w in warm)

@@ -47,6 +47,8 @@ NOFOLLOW = (
     # Release signatures are checked by `dxbuild verify-release` / install.sh (openssl), not by
     # the runtime; cryptography alone would add ~5 MB to every executable.
     "cryptography", "cffi", "dxverify.signatures",
+    # Nothing in dx does decimal arithmetic; _decimal alone is 0.6 MB compressed.
+    "decimal", "_pydecimal", "statistics", "fractions",
 )
 # From the engine directory only what serving needs travels in the bundle.
 ENGINE_FILES = ("bin/llama-server", "engine.json")

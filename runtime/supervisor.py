@@ -153,7 +153,7 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # no ctypes in this bundle: the watchdog still covers it
         return None
     parent = os.getpid()
     pr_set_pdeathsig = 1

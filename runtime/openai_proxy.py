@@ -35,6 +35,10 @@ class EngineUnavailable(Exception):
     """The engine went away (crashed, was killed) while serving this request."""
 
 
+class EngineUnreachable(EngineUnavailable):
+    """The engine refused the connection: the request never reached it (safe to retry)."""
+
+
 class ResponseWriter(Protocol):
     """The bits of the HTTP handler the relay needs."""
 
@@ -58,11 +62,17 @@ def engine_request(
     if body is not None:
         headers["Content-Type"] = content_type or "application/json"
     try:
+        conn.connect()
+    except OSError as exc:
+        conn.close()
+        raise EngineUnreachable(f"the engine is not answering ({exc.__class__.__name__})") from exc
+    try:
         conn.request(method, path, body=body, headers=headers)
         return conn, conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
-        conn.close()
-        raise EngineUnavailable(f"the engine is not answering ({exc.__class__.__name__})") from exc
+        conn.close()  # it had the request: do not run it twice
+        raise EngineUnavailable(f"the engine stopped while working on the request ({exc.__class__.__name__})") \
+            from exc
 
 
 def engine_json(engine: Engine, path: str, payload: dict) -> tuple[int, dict]:

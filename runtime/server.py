@@ -483,8 +483,9 @@ class Handler(BaseHTTPRequestHandler):
         self, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
         purpose: str = "generate",
     ):
-        """Lease + send; a refused connection (engine died between requests) is retried once."""
-        from dx.openai_proxy import EngineUnavailable, engine_request
+        """Lease + send. A refused connection (the engine died between requests) is retried once on a
+        fresh engine; a request the engine already had when it died is answered 503, never run twice."""
+        from dx.openai_proxy import EngineUnavailable, EngineUnreachable, engine_request
 
         for attempt in (1, 2):
             cm = self.engine_for(model, keep_alive, num_ctx, purpose)
@@ -492,10 +493,13 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 conn, resp = engine_request(engine, method, path, body)
                 return cm, engine, load, conn, resp
-            except EngineUnavailable:
+            except EngineUnreachable as exc:
                 cm.__exit__(None, None, None)
                 if attempt == 2 or engine.alive():
-                    raise _EngineError(503, "the engine is not answering; retry the request") from None
+                    raise _EngineError(503, f"{exc}; retry the request") from None
+            except EngineUnavailable as exc:
+                cm.__exit__(None, None, None)
+                raise _EngineError(503, f"{exc}; retry the request") from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ OpenAI
@@ -545,9 +549,12 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body() if method in ("POST", "PUT") else None
         with self.engine_for("") as (engine, _load):
             target = self.path if self.path.startswith("/") else "/"
-            conn, resp = engine_request(
-                engine, method, target, body, self.headers.get("Content-Type"), with_key=with_key
-            )
+            try:
+                conn, resp = engine_request(
+                    engine, method, target, body, self.headers.get("Content-Type"), with_key=with_key
+                )
+            except EngineUnavailable as exc:
+                raise _EngineError(503, f"{exc}; retry the request") from None
             try:
                 relay(self, conn, resp)
             except EngineUnavailable as exc:

@@ -329,8 +329,11 @@ class Engine:
         else:
             argv += ["--jinja"]
         argv += list(extra_args)
-        env = dict(os.environ)
-        env.pop("LLAMA_API_KEY", None)
+        # The engine takes its settings from DX alone: llama-server also reads LLAMA_ARG_*
+        # variables and a user config.ini, either of which could override the secret key,
+        # the loopback bind or the model we verified.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+        env["XDG_CONFIG_HOME"] = str(Path(log_path).parent / "engine-config")
         t0 = time.monotonic()
         log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:

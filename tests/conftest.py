@@ -55,12 +55,18 @@ def minted_smollm2(mint_release_dir: Path) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The full CUDA compile takes tens of minutes on 2 cores: only with DX_TEST_CUDA=1."""
+    """Builds that take tens of minutes on 2 cores run only when asked for by name.
+
+    `cuda`: the full CUDA compile (DX_TEST_CUDA=1); `repro`: two cold engine builds
+    compared byte for byte (DX_TEST_REPRO=1). Both are also commands: see README.
+    """
     import os
 
-    if os.environ.get("DX_TEST_CUDA") == "1":
-        return
-    skip = pytest.mark.skip(reason="CUDA compile: set DX_TEST_CUDA=1 (see README)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+    gates = {"cuda": "DX_TEST_CUDA", "repro": "DX_TEST_REPRO"}
+    for marker, env in gates.items():
+        if os.environ.get(env) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: tens of minutes on 2 cores; set {env}=1 to run")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -74,6 +74,7 @@ def test_recorded_values_and_missing_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.repro
 def test_engine_build_is_reproducible(tmp_path: Path) -> None:
     """Two cold builds (ccache off) in two fresh caches, same flags as the cpu tier but one CPU
     variant and the smaller llama-bench target (libllama, libggml-base, ggml-cpu, common are the

@@ -7,11 +7,11 @@ nothing in the rendered text needs escaping, and a template reads like its outpu
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jinja2
 
+from dxbuild.atomic import write_text_atomic
 from dxbuild.paths import project_root
 
 
@@ -47,16 +47,4 @@ def render(template: str, **values: object) -> str:
     return environment().get_template(template).render(**values)
 
 
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+write_atomically = write_text_atomic  # rendered files: workflows, install.sh

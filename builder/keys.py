@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from dxbuild.atomic import write_bytes_atomic
 from dxverify.errors import ConfigurationError, IntegrityError
 from dxverify.signatures import file_bytes
 
@@ -48,19 +49,6 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # umask may have narrowed or O_CREAT on an old file kept its mode
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def keygen(out_dir: Path, *, passphrase: bytes | None = None, force: bool = False) -> tuple[Path, Path]:
     """Write ``dx-release.key`` (PKCS#8 PEM, mode 0600) and ``dx-release.pub``.
 
@@ -81,8 +69,8 @@ def keygen(out_dir: Path, *, passphrase: bytes | None = None, force: bool = Fals
         else serialization.NoEncryption()
     )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-    _write_atomic(priv_path, pem, 0o600)
-    _write_atomic(pub_path, public_pem(key.public_key()), 0o644)
+    write_bytes_atomic(priv_path, pem, 0o600)
+    write_bytes_atomic(pub_path, public_pem(key.public_key()), 0o644)
     return priv_path, pub_path
 
 
@@ -129,7 +117,7 @@ def sign_file(path: Path, key: SigningKey, sig_path: Path | None = None) -> Path
     sig_path = Path(sig_path) if sig_path else path.with_name(path.name + ".sig")
     with file_bytes(path) as data:
         sig = key.private.sign(data)
-    _write_atomic(sig_path, sig, 0o644)
+    write_bytes_atomic(sig_path, sig, 0o644)
     # Sign-then-check: a signature that fails our own check must never ship.
     from cryptography.exceptions import InvalidSignature
 

@@ -9,12 +9,12 @@ written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from dxbuild.atomic import write_text_atomic
 from dxbuild.paths import project_root
 
 REPORT_FORMAT = 1
@@ -39,24 +39,14 @@ def render(template: str, **values: Any) -> str:
     return _env().get_template(template).render(**values)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, stem: str, doc: dict[str, Any]) -> list[Path]:
     """Write ``<stem>.json``, ``<stem>.md`` (from ``<stem>.md.j2``) and ``<stem>.svg``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.svg"]
-    _write(paths[0], json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    _write(paths[1], render(f"{stem}.md.j2", r=doc))
-    _write(paths[2], render(f"{stem}.svg.j2", r=doc))
+    write_text_atomic(paths[0], json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(paths[1], render(f"{stem}.md.j2", r=doc))
+    write_text_atomic(paths[2], render(f"{stem}.svg.j2", r=doc))
     return paths
 
 

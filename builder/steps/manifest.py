@@ -18,11 +18,11 @@ Both are written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from dxbuild.atomic import write_text_atomic
 from dxbuild.context import ArtifactType, BuildContext
 from dxbuild.pipeline import Skip
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
@@ -39,16 +39,6 @@ _CPU_VARIANT = re.compile(r"^libggml-cpu-([a-z0-9_]+)\.(so|dll|dylib)$")
 # The order x86 variants are tried in, lowest first; the lowest present is the minimum CPU.
 _X86_ORDER = ("x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell", "skylakex", "cannonlake",
               "cascadelake", "icelake", "cooperlake", "zen4", "alderlake", "sapphirerapids")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cpu_requirements(engine_dir: Path | None, cmake_flags: dict[str, str]) -> dict[str, Any]:
@@ -144,7 +134,7 @@ def check_facts(doc: Any, where: Path) -> dict[str, Any]:
 
 def write_facts(exe: Path, facts: dict[str, Any]) -> Path:
     dest = exe.with_name(exe.name + FACTS_SUFFIX)
-    _write_atomic(dest, json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(dest, json.dumps(facts, indent=2, sort_keys=True) + "\n")
     return dest
 
 
@@ -200,8 +190,8 @@ def parse_manifest_text(text: str) -> dict[str, Any]:
 
 def write_manifest(directory: Path, doc: dict[str, Any]) -> tuple[Path, Path]:
     j, t = directory / "manifest.json", directory / "manifest.txt"
-    _write_atomic(j, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    _write_atomic(t, manifest_text(doc))
+    write_text_atomic(j, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(t, manifest_text(doc))
     return j, t
 
 

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -745,10 +746,8 @@ class Handler(BaseHTTPRequestHandler):
         out.update(done_fields(choice.get("finish_reason"), answer.get("timings"), answer.get("usage"), started, load))
         return out
 
-    def _ollama_stream(self, name: str, resp: Any, started: float, load: float, key: str) -> None:
-        from dx.ollama_api import done_fields, now_iso, sse_events, tool_calls_to_ollama
-        from dx.openai_proxy import EngineUnavailable, iter_chunks
-
+    def _start_ndjson(self) -> Callable[[dict[str, Any]], None]:
+        """Begin a chunked NDJSON response (Ollama's streaming shape); returns the line writer."""
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -758,6 +757,15 @@ class Handler(BaseHTTPRequestHandler):
         def emit(doc: dict[str, Any]) -> None:
             line = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
             out.write(b"%x\r\n%b\r\n" % (len(line), line))
+
+        return emit
+
+    def _ollama_stream(self, name: str, resp: Any, started: float, load: float, key: str) -> None:
+        from dx.ollama_api import done_fields, now_iso, sse_events, tool_calls_to_ollama
+        from dx.openai_proxy import EngineUnavailable, iter_chunks
+
+        emit = self._start_ndjson()
+        out = self.wfile
 
         finish, timings, usage = None, None, None
         tool_calls: dict[int, dict[str, Any]] = {}
@@ -862,15 +870,8 @@ class Handler(BaseHTTPRequestHandler):
             store.pull(name) if is_hf(name) else store.get(name)
             self.send_json(200, {"status": "success"})
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        emit = self._start_ndjson()
         out = self.wfile
-
-        def emit(line_doc: dict[str, Any]) -> None:
-            line = json.dumps(line_doc, separators=(",", ":")).encode() + b"\n"
-            out.write(b"%x\r\n%b\r\n" % (len(line), line))
 
         def progress(status: str, completed: int | None, total: int | None) -> None:
             if status == "success":

@@ -55,7 +55,7 @@ class ResolvedModel:
 
     name: str
     path: Path
-    sha256: str
+    sha256: str | None       # None only for an unpinned local file resolved with hash_local=False
     size: int
     source: str              # where it came from, for metadata and the SBOM
     license: str | None = None
@@ -210,9 +210,14 @@ def _from_hub(name: str, repo: str, file: str, revision: str, expected: str | No
     return ResolvedModel(name, path, expected, path.stat().st_size, source, license, pinned=pinned)
 
 
-def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRecipe] | None = None
-            ) -> ResolvedModel:
-    """Turn a spec into a verified local GGUF (downloading into the DX cache if needed)."""
+def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRecipe] | None = None,
+            hash_local: bool = True) -> ResolvedModel:
+    """Turn a spec into a verified local GGUF (downloading into the DX cache if needed).
+
+    ``hash_local=False`` leaves an unpinned local file's digest to the caller (the
+    mint hashes the model while it embeds it: one read of a multi-GB file, not two);
+    the result then has ``sha256=None``. Downloads and pinned files are always hashed.
+    """
     if sha256 is not None and not _is_hex64(sha256.lower()):
         raise ConfigurationError(f"--sha256 must be 64 hex digits, got {sha256!r}")
     sha256 = sha256.lower() if sha256 else None
@@ -227,10 +232,13 @@ def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRec
     if local.exists() or os.sep in spec or spec.endswith(".gguf"):
         if not local.is_file():
             raise MalformedInputError(f"{spec}: no such model file")
+        name = local.name.removesuffix(".gguf")
+        if sha256 is None and not hash_local:
+            return ResolvedModel(name, local.resolve(), None, local.stat().st_size,
+                                 f"file:{local.resolve()}", pinned=False)
         digest = _sha256_file(local)
         if sha256 and digest != sha256:
             raise IntegrityError(f"{spec}: SHA-256 is {digest}, expected {sha256}")
-        name = local.name.removesuffix(".gguf")
         return ResolvedModel(name, local.resolve(), digest, local.stat().st_size,
                              f"file:{local.resolve()}", pinned=sha256 is not None)
     recipes = recipes if recipes is not None else load_model_recipes()

@@ -7,10 +7,10 @@ standard tool. Names are sorted so the same files always give the same bytes.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from dxbuild.atomic import write_text_atomic
 from dxbuild.context import ArtifactType, BuildContext
 from dxbuild.pipeline import Skip
 from dxverify.errors import IntegrityError, MalformedInputError
@@ -54,19 +54,22 @@ def parse_sums(path: Path) -> dict[str, str]:
     return out
 
 
-def write_sums(directory: Path, files: list[Path]) -> Path:
-    """Hash ``files`` (all inside ``directory``) and write SHA256SUMS atomically."""
+def write_sums(directory: Path, files: list[Path], known: dict[str, str] | None = None) -> Path:
+    """Hash ``files`` (all inside ``directory``) and write SHA256SUMS atomically.
+
+    ``known`` holds digests this very run computed while writing those files (the
+    mint hashes its output as it writes it); every other file is hashed here.
+    """
     directory = Path(directory)
+    known = known or {}
     entries = {}
     for f in files:
         f = Path(f)
         if f.resolve().parent != directory.resolve():
             raise ValueError(f"{f} is not directly inside {directory}")
-        entries[f.name] = sha256_file(f)
+        entries[f.name] = known.get(f.name) or sha256_file(f)
     dest = directory / SUMS_NAME
-    tmp = dest.with_name(f".{SUMS_NAME}.tmp{os.getpid()}")
-    tmp.write_text(format_sums(entries), encoding="utf-8")
-    os.replace(tmp, dest)
+    write_text_atomic(dest, format_sums(entries))
     return dest
 
 
@@ -85,5 +88,6 @@ def run(ctx: BuildContext) -> None:
                     files[fname] = ctx.out_dir / fname
         except IntegrityError:
             pass  # an unreadable old file is simply replaced
-    dest = write_sums(ctx.out_dir, list(files.values()))
+    made_now = {a.path.name: a.extra["sha256"] for a in exes if a.extra.get("sha256")}
+    dest = write_sums(ctx.out_dir, list(files.values()), known=made_now)
     ctx.add(ArtifactType.CHECKSUMS, dest)

@@ -8,6 +8,7 @@ SHA-256, and the whole file's SHA-256 comes out of the same pass.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -57,6 +58,8 @@ def run(ctx: BuildContext) -> None:
                               expected_sha256=resolved.sha256, file_hasher=whole)
         os.fchmod(f.fileno(), 0o755)
     ctx.facts["staged_sha256"] = whole.hexdigest()
+    if resolved.sha256 is None:  # an unpinned local file: its digest is what was just embedded
+        ctx.facts["model"] = dataclasses.replace(resolved, sha256=em.sha256)
     _remember_verified(resolved.path, em.sha256)
     ctx.facts["embedded"] = em
     _echo(f"    model at offset {em.offset} ({em.length / 1e6:.1f} MB), trailer sealed")

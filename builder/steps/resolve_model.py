@@ -25,7 +25,7 @@ def run(ctx: BuildContext) -> None:
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
-    resolved = resolve(ctx.model, sha256=ctx.options.get("sha256"))
+    resolved = resolve(ctx.model, sha256=ctx.options.get("sha256"), hash_local=False)
     ctx.facts["model"] = resolved
     ctx.add(ArtifactType.MODEL, resolved.path, sha256=resolved.sha256, size=resolved.size,
             source=resolved.source, model=resolved.name, pinned=resolved.pinned)

@@ -10,6 +10,8 @@ not two, and what is sealed is exactly what was checked.
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from dxbuild.context import BuildContext
@@ -41,12 +43,16 @@ def run(ctx: BuildContext) -> None:
     ctx.facts["model_facts"] = facts
     _echo(f"    GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params, {facts.quant or '?'})")
     known = verified_cache.lookup(verified_cache_dir(), resolved.path)
-    if known is not None:
+    if known is not None and resolved.sha256 is None:
+        ctx.facts["model"] = dataclasses.replace(resolved, sha256=known)
+        ctx.facts["model_sha256_checked"] = True
+        _echo(f"    SHA-256 {known[:16]}… (hashed before, file unchanged)")
+    elif known is not None:
         if known != resolved.sha256:
             raise IntegrityError(f"model {resolved.path} has SHA-256 {known}, expected {resolved.sha256}",
                                  hint="the file is corrupt or was replaced; delete it and mint again")
         ctx.facts["model_sha256_checked"] = True
         _echo(f"    SHA-256 {known[:16]}… matches the pin (hashed before, file unchanged)")
     else:
-        pin = "the pin" if resolved.pinned else "the digest computed when it was resolved"
+        pin = "the pin" if resolved.pinned else "nothing (unpinned local file): it is recorded"
         _echo(f"    SHA-256 is compared with {pin} while the model is embedded")

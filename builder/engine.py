@@ -38,7 +38,7 @@ from dxmatrix.cell import Cell
 from dxverify.errors import ToolError
 
 #: Bump when the install layout or engine.json changes meaning.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: source paths mapped for ccache too (entries built before that differ in __FILE__ strings)
 #: Fixed timestamp for reproducible builds (1980-01-01, valid in zip too).
 SOURCE_DATE_EPOCH = "315532800"
 #: Where the source and build folders appear in debug info and __FILE__.

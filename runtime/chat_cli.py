@@ -148,19 +148,12 @@ class LocalEngine:
     def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
         body = {"model": self.name, "messages": messages, "stream": True, **sampling.openai()}
         headers = {"Authorization": f"Bearer {self.engine.api_key}"}
-        for raw in _post_lines(f"{self.engine.url}/v1/chat/completions", body, headers, timeout=600):
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
+        from dx.ollama_api import sse_events
+
+        lines = _post_lines(f"{self.engine.url}/v1/chat/completions", body, headers, timeout=600)
+        for chunk in sse_events(lines):
             if "error" in chunk:
-                raise ServerError(f"engine: {_error_text(data)}")
+                raise ServerError(f"engine: {_error_text(json.dumps(chunk).encode())}")
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:

@@ -3,7 +3,9 @@
 OpenAI routes are passed through untouched: the request body DX received goes
 to llama-server as is (plus the engine's secret key), and the response body —
 SSE stream included — is copied to the client chunk by chunk as the engine
-produces it. The only per-chunk Python work is one read and one write.
+produces it. A chunked answer (every stream) is forwarded with its framing as
+is: the only per-token work is one read, a few operations of chunk
+bookkeeping (``ChunkedBody``) and one write.
 
 When the engine dies mid-request the client gets a clean error instead of a
 hang or a torn stream: a 503 if nothing was sent yet, otherwise one final SSE
@@ -13,8 +15,11 @@ followed by a proper end of the chunked body.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import struct
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -45,6 +50,9 @@ class ResponseWriter(Protocol):
     def send_response(self, code: int, message: str | None = None) -> None: ...
     def send_header(self, keyword: str, value: str) -> None: ...
     def end_headers(self) -> None: ...
+
+    @property
+    def connection(self) -> socket.socket: ...
 
     @property
     def wfile(self): ...  # type: ignore[no-untyped-def]
@@ -91,24 +99,112 @@ def engine_json(engine: Engine, path: str, payload: dict) -> tuple[int, dict]:
     return resp.status, doc if isinstance(doc, dict) else {"data": doc}
 
 
+class ChunkedBody:
+    """Follows an HTTP/1.1 chunked body through raw reads, without copying it.
+
+    The engine's streaming answers are chunked; DX forwards those bytes as they
+    are (the framing is already right for the client) and only needs to know
+    where chunks end: to stop after the last one, to tell a complete stream
+    from one that broke off, and to add an error event at a chunk boundary.
+    ``feed`` does that bookkeeping in a few operations per read, which is what
+    keeps DX's cost per streamed token small (one read, one write).
+    """
+
+    __slots__ = ("complete", "head", "left", "trailer")
+
+    def __init__(self) -> None:
+        self.left = 0        # bytes still due in the current chunk (data + CRLF)
+        self.head = b""      # a size or trailer line split across reads
+        self.trailer = False  # past the last chunk, in the (normally empty) trailer section
+        self.complete = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.left == 0 and not self.head and not self.trailer
+
+    def feed(self, block: bytes, data: list[bytes] | None = None) -> int:
+        """Account for ``block``; return how many of its bytes belong to the body.
+
+        With ``data``, the chunks' payload bytes are appended to it (decoding).
+        Bytes after the end of the body (none, from llama-server) are not counted.
+        """
+        i, n = 0, len(block)
+        while i < n and not self.complete:
+            if self.left:
+                take = min(self.left, n - i)
+                if data is not None and self.left > 2:
+                    data.append(block[i : i + min(take, self.left - 2)])
+                i += take
+                self.left -= take
+                continue
+            eol = block.find(b"\n", i)
+            if eol < 0:
+                self.head += block[i:]
+                if len(self.head) > 4096:
+                    raise EngineUnavailable("the engine sent a malformed chunked body")
+                return n
+            line, self.head = (self.head + block[i:eol]).strip(), b""
+            i = eol + 1
+            if self.trailer:
+                self.complete = not line  # an empty line ends the trailer section
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise EngineUnavailable("the engine sent a malformed chunked body") from None
+            if size < 0:
+                raise EngineUnavailable("the engine sent a malformed chunked body")
+            if size == 0:
+                self.trailer = True
+            else:
+                self.left = size + 2
+        return i
+
+
+def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
+    """The engine's body bytes exactly as they arrive, one socket read each.
+
+    Reads the socket directly (after what http.client had already buffered),
+    in blocking mode with a kernel timeout: one system call per read.
+    """
+    fp = resp.fp
+    sock = fp.raw._sock  # the response owns the socket (Connection: close)
+    with kernel_timeouts(sock):
+        block, recv = _buffered(fp, sock), sock.recv
+        while True:
+            try:
+                block = block or recv(_READ)
+            except OSError as exc:
+                raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
+            if not block:
+                raise EngineUnavailable("the engine stopped mid-response (connection closed)")
+            yield block
+            block = b""
+
+
 def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
     """Yield the engine's body as it arrives; EngineUnavailable if it breaks off."""
-    try:
-        while True:
-            data = resp.read1(_READ)
-            if not data:
+    if not resp.chunked:
+        try:
+            while data := resp.read1(_READ):
+                yield data
+        except (OSError, http.client.HTTPException) as exc:
+            raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
+        return
+    body = ChunkedBody()
+    with contextlib.closing(_raw_blocks(resp)) as blocks:
+        for block in blocks:
+            parts: list[bytes] = []
+            body.feed(block, parts)
+            yield from parts
+            if body.complete:
                 return
-            yield data
-    except (OSError, http.client.HTTPException) as exc:
-        raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
 
 
 def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
     """Copy the engine's response to the client: status, headers, body bytes."""
     try:
-        streaming = resp.getheader("Content-Length") is None
-        content_type = resp.getheader("Content-Type", "")
-        if not streaming:
+        if resp.getheader("Content-Length") is not None:
             try:
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -119,25 +215,85 @@ def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.c
             writer.end_headers()
             writer.wfile.write(body)
             return
+        content_type = resp.getheader("Content-Type", "")
         writer.send_response(resp.status)
         _copy_headers(writer, resp)
         writer.send_header("Transfer-Encoding", "chunked")
         writer.send_header("X-Accel-Buffering", "no")
         writer.end_headers()
+        if resp.chunked:
+            _relay_chunked(writer, resp, "text/event-stream" in content_type)
+            return
         out = writer.wfile
         try:
             for data in iter_chunks(resp):
                 out.write(b"%x\r\n%b\r\n" % (len(data), data))
         except EngineUnavailable as exc:
-            if "text/event-stream" in content_type:
-                event = {"error": {"message": f"{exc}; retry the request", "type": "server_error", "code": 503}}
-                payload = b"data: " + json.dumps(event).encode() + b"\n\n"
-                out.write(b"%x\r\n%b\r\n" % (len(payload), payload))
-            out.write(b"0\r\n\r\n")
+            _end_with_error(out, exc, "text/event-stream" in content_type)
             raise
         out.write(b"0\r\n\r\n")
     finally:
         conn.close()
+
+
+def _relay_chunked(writer: ResponseWriter, resp: http.client.HTTPResponse, sse: bool) -> None:
+    """Forward a chunked body as it is, read by read: the engine's framing is valid for the client too."""
+    body, client = ChunkedBody(), writer.connection
+    with kernel_timeouts(client), contextlib.closing(_raw_blocks(resp)) as blocks:
+        send = client.sendall
+        try:
+            for block in blocks:
+                used = body.feed(block)
+                send(block if used == len(block) else block[:used])
+                if body.complete:
+                    return
+        except EngineUnavailable as exc:
+            if body.at_boundary:
+                _end_with_error(writer.wfile, exc, sse)
+            raise
+
+
+def _buffered(fp, sock: socket.socket) -> bytes:  # type: ignore[no-untyped-def]
+    """The bytes ``fp`` already holds, without waiting for more."""
+    sock.setblocking(False)
+    try:
+        return fp.read1(_READ) or b""
+    except OSError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+@contextlib.contextmanager
+def kernel_timeouts(sock: socket.socket):  # type: ignore[no-untyped-def]
+    """Run a socket in blocking mode with the kernel enforcing its timeout (SO_RCVTIMEO/SO_SNDTIMEO).
+
+    Python's own socket timeout costs a poll() before every recv and send; on a
+    token stream that doubles the system calls per token. The kernel timeout
+    keeps the same bound (a stalled peer still ends with an OSError) for free.
+    """
+    timeout = sock.gettimeout()
+    if timeout is None:
+        yield
+        return
+    tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    sock.settimeout(None)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _end_with_error(out, exc: Exception, sse: bool) -> None:  # type: ignore[no-untyped-def]
+    """End a chunked answer the engine broke off: one SSE error event (for streams), then the last chunk."""
+    if sse:
+        event = {"error": {"message": f"{exc}; retry the request", "type": "server_error", "code": 503}}
+        payload = b"data: " + json.dumps(event).encode() + b"\n\n"
+        out.write(b"%x\r\n%b\r\n" % (len(payload), payload))
+    out.write(b"0\r\n\r\n")
 
 
 def _copy_headers(writer: ResponseWriter, resp: http.client.HTTPResponse) -> None:

@@ -49,7 +49,12 @@ NOFOLLOW = (
     "cryptography", "cffi", "dxverify.signatures",
     # Nothing in dx does decimal arithmetic; _decimal alone is 0.6 MB compressed.
     "decimal", "_pydecimal", "statistics", "fractions",
+    # Nor pickling (_pickle is 0.5 MB). (unicodedata stays: socket.getaddrinfo encodes every
+    # host name with the idna codec, which imports it.)
+    "pickle", "_pickle",
 )
+# A Nuitka user plugin: drops the CJK codecs, which UTF-8 mode never needs (see the file).
+TRIM_PLUGIN = Path(__file__).with_name("nuitka_trim.py")
 # From the engine directory only what serving needs travels in the bundle.
 ENGINE_FILES = ("bin/llama-server", "engine.json")
 
@@ -140,6 +145,7 @@ def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list
         "--onefile-as-archive",
         "--python-flag=no_site",
         "--python-flag=isolated",
+        f"--user-plugin={TRIM_PLUGIN}",
         "--include-package=dx",  # every dx command; dxverify modules come in as dx imports them
         "--remove-output",
         "--no-progressbar",
@@ -195,6 +201,7 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("python", sys.version.encode())
     part("entry", ENTRY.encode())
     part("builder", Path(__file__).read_bytes())  # this file decides the Nuitka options
+    part("trim-plugin", TRIM_PLUGIN.read_bytes())
     part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR, "include-package=dx"]).encode())
     for name in sorted(sources):
         part("src:" + name, sources[name])
@@ -235,7 +242,10 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
             dest.write_bytes(data)
         (stage / "dx_main.py").write_text(ENTRY)
         out = work / "out"
-        cmd = [sys.executable, "-m", "nuitka", *nuitka_options(
+        # Nuitka gives the program the UTF-8 mode of the Python that runs Nuitka (it has no
+        # option for it): stdio and file names are UTF-8 whatever the locale (PEP 540), so
+        # no locale codec is needed at start (see nuitka_trim.py).
+        cmd = [sys.executable, "-X", "utf8", "-m", "nuitka", *nuitka_options(
             stage=stage, out_dir=out, output_name="dx", engine=engine, unpack_spec=unpack_spec)]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(stage)

@@ -1,7 +1,11 @@
 """``dx pull hf:OWNER/REPO/FILE.gguf``: fetch through huggingface_hub into the store.
 
 huggingface_hub does the HTTP part (HF_ENDPOINT, HF_TOKEN, retries that resume
-with Range requests, its progress bar). The file lands in the store's own
+with Range requests, its progress bar). A dx executable is built without
+huggingface_hub (it would double its size); there ``dx.hub_lite`` speaks the
+Hub's file protocol with the standard library, and a pull that was killed
+resumes from the bytes it had (huggingface_hub >= 2 restarts a killed download:
+each process writes its own temporary file). The file lands in the store's own
 download cache on the store's filesystem, is hashed and structure-checked, and
 only then renamed into ``blobs/``. The expected SHA-256 is, in this order: the
 ``--sha256`` given, a ``FILE.gguf.sha256`` sidecar in the repository, or the
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dx.hub_lite import DownloadError
 from dx.model_names import HFFile, parse_name
 from dxverify.errors import ConfigurationError, DXError
 
@@ -27,12 +32,6 @@ if TYPE_CHECKING:
 
 _SHA256 = re.compile(r"\b([0-9a-fA-F]{64})\b")
 _TRUE = {"1", "true", "yes", "on"}
-
-
-class DownloadError(DXError):
-    """The Hub (or HF_ENDPOINT) could not be reached or answered with an error."""
-
-    exit_code = 7
 
 
 def offline() -> bool:
@@ -105,6 +104,14 @@ def _check_expected(actual: str, expected: str | None, hf: HFFile) -> None:
         raise IntegrityError(f"{hf} in the store has SHA-256 {actual}, expected {expected}")
 
 
+def _hub_or_none() -> Any:
+    """huggingface_hub, or None in a dx executable built without it."""
+    try:
+        return _hub()
+    except ImportError:
+        return None
+
+
 def _hub() -> Any:
     """huggingface_hub, imported only when a pull happens (it is slow to import).
 
@@ -123,8 +130,14 @@ def _hub() -> Any:
 
 def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Path:
     """huggingface_hub's snapshot link to the downloaded file (its target is the blob)."""
-    hub = _hub()
+    hub = _hub_or_none()
     store.downloads.mkdir(parents=True, exist_ok=True)
+    if hub is None:
+        from dx import hub_lite
+
+        lite = store.downloads / "lite"
+        hub_lite.sweep(lite)
+        return hub_lite.download(hf, hub_lite.head(hf), lite, progress)
     try:
         got = hub.hf_hub_download(
             hf.repo_id,
@@ -141,7 +154,12 @@ def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Pa
 
 def _remote_lfs_sha256(hf: HFFile) -> str | None:
     """The Hub's ETag for an LFS file is its SHA-256; None for non-LFS files or no answer."""
-    hub = _hub()
+    hub = _hub_or_none()
+    if hub is None:
+        from dx import hub_lite
+
+        etag = hub_lite.head(hf).etag or ""
+        return etag if _SHA256.fullmatch(etag) else None
     url = hub.hf_hub_url(hf.repo_id, hf.filename, revision=hf.revision, endpoint=endpoint())
     try:
         meta = hub.get_hf_file_metadata(url)
@@ -153,7 +171,15 @@ def _remote_lfs_sha256(hf: HFFile) -> str | None:
 
 def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
     """A ``FILE.gguf.sha256`` next to the model in the repository, if the publisher put one there."""
-    hub = _hub()
+    hub = _hub_or_none()
+    if hub is None:
+        from dx import hub_lite
+        from dx.model_names import HFFile
+
+        raw = hub_lite.fetch_small(HFFile(hf.repo_id, hf.filename + ".sha256", hf.revision))
+        if raw is None:
+            return None
+        return _sidecar_digest(raw.decode(errors="replace"), hf)
     try:
         got = hub.hf_hub_download(
             hf.repo_id,
@@ -171,7 +197,11 @@ def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(os.path.realpath(got))
-    m = _SHA256.search(text)
+    return _sidecar_digest(text, hf)
+
+
+def _sidecar_digest(text: str, hf: HFFile) -> str:
+    m = _SHA256.search(text[:4096])
     if not m:
         raise ConfigurationError(f"{hf}.sha256 holds no SHA-256", hint="pass --sha256 HEX instead")
     return m.group(1).lower()
@@ -180,11 +210,18 @@ def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
 def _import_from_hf_cache(
     store: Store, hf: HFFile, name: str, expected: str | None, say: ProgressCallback
 ) -> ModelEntry:
-    hub = _hub()
+    hub = _hub_or_none()
     try:
-        got = hub.hf_hub_download(
-            hf.repo_id, hf.filename, revision=hf.revision, local_files_only=True, cache_dir=_user_hf_cache()
-        )
+        if hub is None:
+            from dx import hub_lite
+
+            got = hub_lite.cached_snapshot(_user_hf_cache(), hf)
+            if got is None:
+                raise FileNotFoundError(str(hf))
+        else:
+            got = hub.hf_hub_download(
+                hf.repo_id, hf.filename, revision=hf.revision, local_files_only=True, cache_dir=_user_hf_cache()
+            )
     except Exception:
         from dx.store import ModelNotFoundError
 

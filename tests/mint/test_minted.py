@@ -337,3 +337,48 @@ def test_mint_again_reuses_engine_and_bundle(mint_release_dir: Path, tmp_path: P
     assert (out / EXE_NAME).read_bytes() == first.read_bytes()  # same inputs, same bytes
     assert res.stdout.splitlines()[0] == str(out / EXE_NAME)
     assert "sha256" in res.stdout and "size" in res.stdout
+
+
+def test_pull_in_the_executable_resumes_after_a_kill(minted_smollm2: Path, smollm2_gguf: Path, tmp_path: Path) -> None:
+    """`dx pull hf:…` from the executable (built without huggingface_hub: dx.hub_lite), killed
+    mid-download, then run again: the second run asks only for the missing bytes and stores the
+    verified model."""
+    import hashlib
+    import signal
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "runtime"))
+    from hub_server import FakeHub
+
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    hub = FakeHub()
+    slow = hub.add("pub/big", "m.gguf", smollm2_gguf, fault="slow", delay=0.05)
+    hub.start()
+    env = fresh_env(home)
+    env["HF_ENDPOINT"] = hub.url
+    try:
+        first = subprocess.Popen([str(exe), "pull", "hf:pub/big/m.gguf"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        partials: list[Path] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            partials = [p for p in (home / ".dx").rglob("*.partial") if p.stat().st_size > 20 << 20]
+            if partials:
+                break
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert partials, "the first pull never got 20 MiB in"
+        have = partials[0].stat().st_size
+        slow.fault = None
+        res = subprocess.run([str(exe), "pull", "hf:pub/big/m.gguf"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        hub.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    ranges = [r for _m, _p, r in hub.gets("m.gguf")]
+    assert ranges[0] is None and ranges[-1] is not None
+    assert int(ranges[-1].removeprefix("bytes=").rstrip("-")) >= have
+    sha = hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
+    assert [p.name for p in (home / ".dx").rglob(f"sha256-{sha}") if p.parent.name == "blobs"] == [f"sha256-{sha}"]
+    assert not list((home / ".dx").rglob("*.partial"))

@@ -1,4 +1,9 @@
-"""`dx pull hf:…` through the real huggingface_hub client against a loopback Hub (hub_server.py)."""
+"""`dx pull hf:…` against a loopback Hub (hub_server.py), through both of DX's download paths.
+
+Every test runs twice: with the real huggingface_hub client (a pip-installed dx)
+and with dx.hub_lite, the standard-library client a dx executable uses because
+it is built without huggingface_hub.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +41,15 @@ def hub(smollm2_gguf: Path):
     h.stop()
 
 
+@pytest.fixture(params=["huggingface_hub", "stdlib"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "stdlib":
+        monkeypatch.setattr("dx.pull._hub_or_none", lambda: None)  # as in an executable
+    return request.param
+
+
 @pytest.fixture
-def store(tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> Store:
+def store(tmp_path: Path, hub: FakeHub, client: str, monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # the user's HF cache, empty
@@ -54,8 +66,8 @@ def stored_files(store: Store) -> list[str]:
 
 
 def download_leftovers(store: Store) -> list[Path]:
-    """Files or links left in huggingface_hub's cache, other than its bookkeeping (refs, locks, empty
-    "does not exist" markers)."""
+    """Files or links left in the download cache, other than huggingface_hub's bookkeeping (refs,
+    locks, empty "does not exist" markers)."""
     return [p for p in store.downloads.rglob("*")
             if (p.is_file() or p.is_symlink()) and not {"refs", ".locks", ".no_exist"} & set(p.parts)
             and p.name != "CACHEDIR.TAG"]
@@ -177,7 +189,9 @@ def test_offline_mode_imports_from_the_users_hf_cache(
     assert entry.sha256 == SMOL_SHA and entry.source == f"hf:HuggingFaceTB/good/{FILE}"
 
 
-def test_two_pulls_from_one_repository_at_once(store: Store, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_pulls_from_one_repository_at_once(
+    store: Store, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     hub = FakeHub()
@@ -205,3 +219,39 @@ def test_two_pulls_from_one_repository_at_once(store: Store, smollm2_gguf: Path,
         hub.stop()
     assert getattr(result["a"], "name", result["a"]) == "hf.co/pub/two:a"
     assert download_leftovers(store) == []
+
+
+def test_stdlib_client_resumes_a_partial_download_left_by_an_earlier_pull(
+    tmp_path: Path, hub: FakeHub, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dx import hub_lite
+    from dx.model_names import HFFile
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hf = HFFile("HuggingFaceTB/good", FILE)
+    remote = hub_lite.head(hf)
+    assert remote.etag == SMOL_SHA and remote.size == smollm2_gguf.stat().st_size
+    dest = tmp_path / "lite"
+    dest.mkdir()
+    data = smollm2_gguf.read_bytes()
+    part = dest / (hub_lite._key(hf, remote) + ".partial")
+    part.write_bytes(data[:12_345_678])  # what a killed pull left
+    before = len(hub.gets(FILE))
+    done = hub_lite.download(hf, remote, dest)
+    assert done.read_bytes() == data and not part.exists()
+    assert [r for _m, _p, r in hub.gets(FILE)[before:]] == ["bytes=12345678-"]
+
+
+def test_stdlib_client_starts_over_when_the_partial_is_longer_than_the_file(
+    tmp_path: Path, hub: FakeHub, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dx import hub_lite
+    from dx.model_names import HFFile
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hf = HFFile("HuggingFaceTB/good", FILE)
+    remote = hub_lite.head(hf)
+    part = tmp_path / (hub_lite._key(hf, remote) + ".partial")
+    part.write_bytes(b"x" * (remote.size + 10))
+    done = hub_lite.download(hf, remote, tmp_path)
+    assert hashlib.sha256(done.read_bytes()).hexdigest() == SMOL_SHA

@@ -60,10 +60,10 @@ class ResponseWriter(Protocol):
 
 def engine_request(
     engine: Engine, method: str, path: str, body: bytes | None, content_type: str | None = "application/json",
-    *, with_key: bool = True,
+    *, with_key: bool = True, timeout: float = ENGINE_TIMEOUT,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """Open a connection to the engine and send one request; return it with the response."""
-    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=ENGINE_TIMEOUT)
+    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     headers = {"Connection": "close"}
     if with_key:
         headers["Authorization"] = f"Bearer {engine.api_key}"

@@ -529,9 +529,45 @@ class Handler(BaseHTTPRequestHandler):
             cm.__exit__(None, None, None)
 
     def openai_models(self) -> None:
+        """Every model DX can serve; a loaded one carries its engine's own /v1/models entry (``meta``).
+
+        The engine alone knows only the one model it serves, so the list is DX's;
+        what llama-server says of a running model (vocabulary, context it was
+        trained for, parameters, size) is passed through from it.
+        """
         created = int(self.app.started)
         data = [{"id": n, "object": "model", "created": created, "owned_by": "dx"} for n in self._model_names()]
+        by_id = {d["id"]: d for d in data}
+        for lm in self.app.manager.loaded():
+            if lm.purpose != "generate" or lm.engine is None:
+                continue
+            entry = by_id.get(lm.name)
+            if entry is None:
+                entry = by_id[lm.name] = {"id": lm.name, "object": "model", "created": created, "owned_by": "dx"}
+                data.append(entry)
+            meta = self._engine_model_meta(lm.engine)
+            if meta is not None:
+                entry["meta"] = meta
         self.send_json(200, {"object": "list", "data": data})
+
+    @staticmethod
+    def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
+        from dx.openai_proxy import EngineUnavailable, engine_request
+
+        try:
+            conn, resp = engine_request(engine, "GET", "/v1/models", None, timeout=5.0)
+        except EngineUnavailable:
+            return None
+        try:
+            doc = json.loads(resp.read()) if resp.status == 200 else {}
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+        items = doc.get("data") if isinstance(doc, dict) else None
+        if isinstance(items, list) and items and isinstance(items[0], dict) and isinstance(items[0].get("meta"), dict):
+            return items[0]["meta"]
+        return None
 
     def _model_names(self) -> list[str]:
         names: list[str] = []

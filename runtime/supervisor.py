@@ -473,6 +473,7 @@ class LoadedModel:
     in_use: int
     restarts: int
     purpose: str = GENERATE
+    engine: Engine | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -672,7 +673,7 @@ class EngineManager:
                 LoadedModel(
                     name=slot.source.display_name, source=slot.source, pid=engine.pid, url=engine.url,
                     ctx=engine.ctx, expires_at=expires, in_use=slot.in_use, restarts=slot.restarts,
-                    purpose=slot.purpose,
+                    purpose=slot.purpose, engine=engine,
                 )
             )
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import socket
 import threading
 
@@ -28,7 +29,7 @@ def encode(parts: list[bytes], trailer: bytes = b"") -> bytes:
 
 def split(raw: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
-    return [raw[a:b] for a, b in zip(points, points[1:])]
+    return [raw[a:b] for a, b in itertools.pairwise(points)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,7 +41,7 @@ def split(raw: bytes, cuts: list[int]) -> list[bytes]:
 def test_every_split_of_a_chunked_body_is_followed_to_its_end(parts, cuts, trailer) -> None:
     raw = encode(parts, trailer)
     body, data, used = ChunkedBody(), [], 0
-    for block in split(raw, cuts) + [b"after the body"]:
+    for block in [*split(raw, cuts), b"after the body"]:
         if body.complete:
             break
         used += body.feed(block, data)

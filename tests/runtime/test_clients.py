@@ -76,7 +76,12 @@ def test_openai_embeddings(oai: openai.OpenAI) -> None:
 
 
 def test_openai_models(oai: openai.OpenAI) -> None:
-    assert MODEL in [m.id for m in oai.models.list()]
+    oai.completions.create(model=MODEL, prompt="Hi", max_tokens=1)  # the engine is loaded
+    models = {m.id: m for m in oai.models.list()}
+    assert MODEL in models
+    # the loaded model carries what llama-server itself reports of it, passed through
+    meta = (models[MODEL].model_extra or {}).get("meta") or {}
+    assert meta.get("n_params", 0) > 100_000_000 and meta.get("n_vocab") == 49152, meta
 
 
 def test_openai_errors_come_as_api_errors(oai: openai.OpenAI) -> None:

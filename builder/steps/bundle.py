@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
 from dxbuild.context import ArtifactType, BuildContext
@@ -23,3 +27,30 @@ def run(ctx: BuildContext) -> None:
     ctx.add(ArtifactType.BUNDLE, bundle.path, key=bundle.key, reused=bundle.reused)
     how = "reused from the cache" if bundle.reused else "compiled"
     _echo(f"    {how}: {bundle.path} ({bundle.path.stat().st_size / 1e6:.1f} MB)")
+    ctx.facts["bundle_python_distributions"] = python_distributions(bundle.path)
+
+
+def python_distributions(binary: Path) -> list[dict[str, Any]]:
+    """The Python distributions compiled into this bundle, for the SBOM.
+
+    Worked out once per bundle (it walks every installed distribution's
+    metadata, about a second) and kept in the bundle's cache entry beside it:
+    the list belongs to the bundle, and later mints reuse both.
+    """
+    from dxbuild.atomic import write_text_atomic
+
+    kept = binary.with_name("python-distributions.json")
+    try:
+        dists = json.loads(kept.read_text(encoding="utf-8"))
+        if isinstance(dists, list) and all(isinstance(d, dict) and "name" in d for d in dists):
+            return dists
+    except (OSError, ValueError):
+        pass
+    from dxbuild.steps.sbom import runtime_distributions
+
+    dists = runtime_distributions()
+    try:
+        write_text_atomic(kept, json.dumps(dists, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only cache still mints; the next mint works it out again
+    return dists

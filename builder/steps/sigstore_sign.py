@@ -22,11 +22,30 @@ name = "sigstore"
 BUNDLE_SUFFIX = ".sigstore.json"
 
 
+# What sigstore's ambient detection (the ``id`` package) looks for: CI providers'
+# environment variables, or a Google Cloud machine.
+_AMBIENT_ENV = ("ACTIONS_ID_TOKEN_REQUEST_URL", "GITLAB_CI", "CIRCLECI", "BUILDKITE", "GOOGLE_SERVICE_ACCOUNT_NAME")
+
+
+def _ambient_identity_possible() -> bool:
+    if any(os.environ.get(v) for v in _AMBIENT_ENV):
+        return True
+    try:
+        return "Google" in Path("/sys/class/dmi/id/product_name").read_text()
+    except OSError:
+        return False
+
+
 def detect_identity_token() -> str | None:
-    """An OIDC token for sigstore, or None: ``SIGSTORE_ID_TOKEN``, else sigstore's ambient detection."""
+    """An OIDC token for sigstore, or None: ``SIGSTORE_ID_TOKEN``, else sigstore's ambient detection.
+
+    sigstore is imported (0.6 s) only where an ambient identity can exist.
+    """
     token = os.environ.get("SIGSTORE_ID_TOKEN")
     if token:
         return token
+    if not _ambient_identity_possible():
+        return None
     from sigstore.oidc import IdentityError, detect_credential
 
     try:

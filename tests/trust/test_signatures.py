@@ -228,3 +228,26 @@ def test_checksums_step_keeps_earlier_cells(tmp_path: Path, minted_ctx) -> None:
     import hashlib
 
     assert sums["dx-cpu-linux-x86_64"] == hashlib.sha256(b"changed after").hexdigest()
+
+
+def test_sigstore_identity_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No identity anywhere → None (without asking sigstore); SIGSTORE_ID_TOKEN is taken as is; a CI
+    identity that is configured but cannot be fetched is a one-line ToolError, not a silent skip."""
+    from dxbuild.steps import sigstore_sign
+    from dxverify.errors import ToolError
+
+    for var in ("SIGSTORE_ID_TOKEN", "GITHUB_ACTIONS", *sigstore_sign._AMBIENT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sigstore_sign, "_ambient_identity_possible", lambda: False)
+    assert sigstore_sign.detect_identity_token() is None
+    monkeypatch.setenv("SIGSTORE_ID_TOKEN", "tok")
+    assert sigstore_sign.detect_identity_token() == "tok"
+    monkeypatch.delenv("SIGSTORE_ID_TOKEN")
+    monkeypatch.undo()
+    for var in ("SIGSTORE_ID_TOKEN", *sigstore_sign._AMBIENT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/token")  # nothing listens
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "x")
+    with pytest.raises(ToolError, match="OIDC identity seems configured"):
+        sigstore_sign.detect_identity_token()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ def python_distributions(binary: Path) -> list[dict[str, Any]]:
     from dxbuild.steps.sbom import runtime_distributions
 
     dists = runtime_distributions()
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache still mints; the next mint works it out again
         write_text_atomic(kept, json.dumps(dists, indent=1) + "\n")
-    except OSError:
-        pass  # a read-only cache still mints; the next mint works it out again
     return dists

@@ -592,12 +592,37 @@ class Handler(BaseHTTPRequestHandler):
                 )
             except EngineUnavailable as exc:
                 raise _EngineError(503, f"{exc}; retry the request") from None
+            if path == "/" and resp.status == 404:  # an engine built without llama.cpp's web UI
+                conn.close()
+                self._front_page()
+                return
             try:
                 relay(self, conn, resp)
             except EngineUnavailable as exc:
                 self.close_connection = True
                 if not self._headers_sent:
                     raise _EngineError(503, f"{exc}; retry the request") from None
+
+    def _front_page(self) -> None:
+        """What a browser opening the URL sees when the engine has no web UI: where the APIs are."""
+        import html
+
+        default = self.app.resolver.default
+        model = html.escape(default.display_name) if default is not None else "models from the store"
+        body = (
+            "<!doctype html><meta charset=utf-8><title>dx</title>"
+            f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
+            "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
+            "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
+            "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
+            "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     # ------------------------------------------------------------ Ollama
     def ollama_version(self) -> None:

@@ -182,9 +182,13 @@ def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
             block = b""
 
 
+def _has_body(resp: http.client.HTTPResponse) -> bool:
+    return resp._method != "HEAD" and resp.status not in (204, 304) and resp.status >= 200  # type: ignore[attr-defined]
+
+
 def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
     """Yield the engine's body as it arrives; EngineUnavailable if it breaks off."""
-    if not resp.chunked:
+    if not resp.chunked or not _has_body(resp):
         try:
             while data := resp.read1(_READ):
                 yield data
@@ -204,16 +208,18 @@ def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
 def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
     """Copy the engine's response to the client: status, headers, body bytes."""
     try:
-        if resp.getheader("Content-Length") is not None:
+        length = resp.getheader("Content-Length")
+        if length is not None:
             try:
-                body = resp.read()
+                body = resp.read() if _has_body(resp) else None
             except (OSError, http.client.HTTPException) as exc:
                 raise EngineUnavailable(f"the engine stopped while answering ({exc.__class__.__name__})") from exc
             writer.send_response(resp.status)
             _copy_headers(writer, resp)
-            writer.send_header("Content-Length", str(len(body)))
+            writer.send_header("Content-Length", length if body is None else str(len(body)))
             writer.end_headers()
-            writer.wfile.write(body)
+            if body:
+                writer.wfile.write(body)
             return
         content_type = resp.getheader("Content-Type", "")
         writer.send_response(resp.status)
@@ -221,6 +227,8 @@ def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.c
         writer.send_header("Transfer-Encoding", "chunked")
         writer.send_header("X-Accel-Buffering", "no")
         writer.end_headers()
+        if not _has_body(resp):
+            return  # HEAD, 204, 304: headers only, no body (not even an empty chunked one)
         if resp.chunked:
             _relay_chunked(writer, resp, "text/event-stream" in content_type)
             return

@@ -171,3 +171,13 @@ def iter_chunks_of(raw: bytes) -> list[bytes]:
     parts: list[bytes] = []
     ChunkedBody().feed(raw, parts)
     return parts
+
+
+def test_a_head_answer_announcing_a_chunked_body_is_relayed_without_waiting_for_one() -> None:
+    up = _Upstream(_HEAD)  # headers only, as a server answers HEAD; the socket then closes
+    conn = http.client.HTTPConnection("127.0.0.1", up.port, timeout=10)
+    conn.request("HEAD", "/", headers={"Connection": "close"})
+    resp = conn.getresponse()
+    w = _Writer()
+    relay(w, conn, resp)
+    assert w.received() == b""  # a HEAD answer has no body: nothing may follow the headers

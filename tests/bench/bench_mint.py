@@ -161,13 +161,14 @@ class Minted:
 
 
 class Direct:
-    """llama-server on the plain GGUF with the flags dx's supervisor uses."""
+    """llama-server on the plain GGUF with the flags dx's supervisor gives a generation engine
+    (dx.supervisor.Engine._start_once; the API key aside)."""
 
     def __init__(self, server: Path, gguf: Path, port: int) -> None:
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [str(server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", "4",
-             "--cont-batching", "-c", "16384", "--jinja", "--embeddings", "--pooling", "mean", "--alias", "smollm2"],
+             "--cont-batching", "-c", "16384", "--alias", "smollm2", "--jinja"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.port = port
         self.key = None

@@ -57,3 +57,12 @@ def test_default_steps_are_in_order() -> None:
     assert names[:6] == ["resolve model", "verify model", "engine", "bundle runtime", "embed model",
                          "write output"]
     assert "checksums" in names
+
+
+def test_cuda_archs_narrow_a_cuda_tier_and_bad_ones_are_refused() -> None:
+    full = mint.plan_cell("cuda13")
+    narrow = mint.plan_cell("cuda13", "90")
+    assert len(full.cuda_archs) > 1 and tuple(narrow.cuda_archs) != tuple(full.cuda_archs)
+    assert [str(a) for a in narrow.cuda_archs] == ["90"]
+    with pytest.raises(ConfigurationError, match="not a CUDA architecture"):
+        mint.plan_cell("cuda13", "ninety")

@@ -18,6 +18,8 @@ from dxverify.cli_errors import run_cli
 def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The mint options, shared by ``dxbuild [OPTIONS]`` and ``dxbuild mint [OPTIONS]``."""
     f = click.option("--no-bench", is_flag=True, help="Skip the benchmark report step.")(f)
+    f = click.option("--webui", is_flag=True,
+                     help="Build llama.cpp's web UI into the engine (needs npm; about 2.5 MB more).")(f)
     f = click.option("--cuda-archs", metavar="LIST",
                      help='Narrow a CUDA tier to these architectures, e.g. "90" (each costs ~20 min of compile'
                           " on 2 cores; releases use the recipe's list).")(f)
@@ -38,11 +40,11 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
               signing_key: Path | None, no_bench: bool = False, previous_size_report: Path | None = None,
-              cuda_archs: str | None = None) -> None:
+              cuda_archs: str | None = None, webui: bool = False) -> None:
     from dxbuild.mint import DEFAULT_TIER, mint
 
     result = mint(tier or DEFAULT_TIER, model, out_dir, sha256=sha256, signing_key=signing_key,
-                  options={"no_bench": no_bench, "cuda_archs": cuda_archs,
+                  options={"no_bench": no_bench, "cuda_archs": cuda_archs, "webui": webui,
                            "previous_size_report": str(previous_size_report) if previous_size_report else None})
     click.echo(str(result.path))
     click.echo(f"  size   {result.size} bytes ({result.size / 1e6:.1f} MB)")
@@ -54,7 +56,8 @@ def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | 
 @_mint_options
 @click.pass_context
 def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
-        signing_key: Path | None, no_bench: bool, cuda_archs: str | None, previous_size_report: Path | None) -> None:
+        signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
+        previous_size_report: Path | None) -> None:
     """dxbuild — mint self-contained LLM executables.
 
     `dxbuild --gpu TIER --model MODEL [-o DIR]` mints DIR/dx-MODEL-TIER-OS-ARCH;
@@ -64,20 +67,20 @@ def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, 
     if ctx.invoked_subcommand is not None:
         return
     given = [p for p in ("tier", "model", "out_dir", "sha256", "signing_key", "no_bench", "previous_size_report",
-                         "cuda_archs") if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+                         "cuda_archs", "webui") if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if not given:
         click.echo(ctx.get_help())
         return
-    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs)
+    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui)
 
 
 @cli.command("mint")
 @_mint_options
 def mint_cmd(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
-             signing_key: Path | None, no_bench: bool, cuda_archs: str | None,
+             signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
              previous_size_report: Path | None) -> None:
     """Mint one executable (same as the options on `dxbuild` itself)."""
-    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs)
+    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui)
 
 
 @cli.command("install-script")

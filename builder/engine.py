@@ -253,6 +253,29 @@ def cached_engine(plan: EnginePlan, cache: Path) -> Path | None:
     return d if (d / "engine.json").is_file() else None
 
 
+WEBUI_CMAKE = {"LLAMA_BUILD_UI": "ON", "LLAMA_USE_PREBUILT_UI": "OFF"}
+
+
+def with_webui(cell: Cell) -> Cell:
+    """``cell`` with llama.cpp's web UI built into llama-server (its own cache entry).
+
+    llama.cpp's CMake builds the UI from the pinned source's ``tools/ui`` with
+    ``npm ci`` (versions pinned by its package-lock.json) and ``npm run build``
+    inside the build folder, and embeds the result, gzip-compressed, in the
+    server (about 2.5 MB more). It needs npm and the npm registry at build time.
+    """
+    import dataclasses
+
+    if not shutil.which("npm"):
+        raise ToolError("the web UI needs npm to build it (Node.js 18 or newer)",
+                        hint="install Node.js and npm, or leave out --webui")
+    return dataclasses.replace(cell, cmake=tuple(sorted({**cell.cmake_dict, **WEBUI_CMAKE}.items())))
+
+
+def wants_webui(cell: Cell) -> bool:
+    return cell.cmake_dict.get("LLAMA_BUILD_UI") == "ON"
+
+
 def build_engine(
     cell: Cell,
     recipe: EngineRecipe,
@@ -352,6 +375,9 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
         progress.start("compile")
         run_cmd([toolchain.cmake, "--build", str(build), "--target", *plan.targets, "-j", _jobs()],
                 log=log, env=env, echo=echo, on_line=progress.line, what="compile")
+        if wants_webui(cell) and not (build / "tools" / "ui" / "dist" / "index.html").is_file():
+            # llama.cpp's CMake only notes a failed npm step and builds a server without the UI
+            raise ToolError("the web UI was asked for but npm did not build it", hint=f"see the npm lines in {log}")
         progress.start("install, strip")
         shutil.rmtree(staging)
         installed = install_tree(build, staging, plan.targets)
@@ -405,7 +431,7 @@ def configure_only(cell: Cell, recipe: EngineRecipe, *, cache: Path | None = Non
 
 
 def host_engine(tier: str = "cpu", *, cuda_archs: tuple[str, ...] | None = None, cache: Path | None = None,
-                echo: Echo | None = stderr_echo) -> Path:
+                echo: Echo | None = stderr_echo, webui: bool = False) -> Path:
     """The engine directory for ``tier`` on this machine, from the cache or built now.
 
     The one call other parts use (``dxbuild engine``, the mint pipeline, the
@@ -417,4 +443,6 @@ def host_engine(tier: str = "cpu", *, cuda_archs: tuple[str, ...] | None = None,
 
     recipe = load_engine_recipe()
     cell = host_cell(get_tier(tier), recipe, cuda_archs=cuda_archs, runners=load_matrix().runners)
+    if webui:
+        cell = with_webui(cell)
     return build_engine(cell, recipe, cache=cache, echo=echo)

@@ -14,11 +14,13 @@ import click
 @click.option("--tier", required=True, metavar="TIER", help="cpu, cuda13, cuda12, vulkan, rocm, metal")
 @click.option("--arch", metavar="ARCH", help="x86_64 or arm64 (default: this machine)")
 @click.option("--cuda-archs", metavar="LIST", help='CUDA architectures, e.g. "90" or "86;90" (CUDA tiers)')
+@click.option("--webui", is_flag=True, help="Build llama.cpp's web UI into llama-server (needs npm; +2.5 MB).")
 @click.option("--configure-only", is_flag=True, help="Stop after CMake configure (checks the toolchain).")
 @click.option("--json", "as_json", is_flag=True, help="Print engine.json instead of the directory.")
-def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, configure_only: bool, as_json: bool) -> None:
+def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, webui: bool, configure_only: bool,
+               as_json: bool) -> None:
     """Build (or find in the cache) llama-server + llama-bench for TIER; print the engine directory."""
-    from dxbuild.engine import build_engine
+    from dxbuild.engine import build_engine, with_webui
     from dxbuild.engine import configure_only as do_configure_only
     from dxbuild.recipes import get_tier, load_engine_recipe
     from dxmatrix.cell import parse_cuda_archs
@@ -28,6 +30,8 @@ def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, configure_on
     recipe = load_engine_recipe()
     archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
     cell = host_cell(get_tier(tier), recipe, arch=arch, cuda_archs=archs, runners=load_matrix().runners)
+    if webui:
+        cell = with_webui(cell)
     if configure_only:
         build_dir = do_configure_only(cell, recipe)
         click.echo(str(build_dir))

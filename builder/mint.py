@@ -81,7 +81,7 @@ def check_output_dir(out_dir: Path) -> Path:
     return out_dir.resolve()
 
 
-def plan_cell(tier: str, cuda_archs: str | None = None) -> object:
+def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False) -> object:
     """The frozen build cell for ``tier`` on this host (unknown tier → one clear line).
 
     ``cuda_archs`` ("90", "86;90") narrows a CUDA tier's architectures for a local build.
@@ -92,7 +92,12 @@ def plan_cell(tier: str, cuda_archs: str | None = None) -> object:
     from dxmatrix.expand import host_cell
 
     archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
-    return host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners)
+    cell = host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners)
+    if webui:
+        from dxbuild.engine import with_webui
+
+        cell = with_webui(cell)
+    return cell
 
 
 def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = None,
@@ -104,7 +109,7 @@ def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = No
     if tier == "auto":
         tier = pick_tier()
         click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
-    cell = plan_cell(tier, (options or {}).get("cuda_archs"))
+    cell = plan_cell(tier, (options or {}).get("cuda_archs"), bool((options or {}).get("webui")))
     out_dir = check_output_dir(out_dir)
     ctx = BuildContext(cell=cell, out_dir=out_dir, model=model,
                        options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None,

@@ -60,11 +60,14 @@ class ResponseWriter(Protocol):
 
 def engine_request(
     engine: Engine, method: str, path: str, body: bytes | None, content_type: str | None = "application/json",
-    *, with_key: bool = True, timeout: float = ENGINE_TIMEOUT,
+    *, with_key: bool = True, timeout: float = ENGINE_TIMEOUT, forward: dict[str, str] | None = None,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Open a connection to the engine and send one request; return it with the response."""
+    """Open a connection to the engine and send one request; return it with the response.
+
+    ``forward``: client request headers passed on (content negotiation for the web UI's assets).
+    """
     conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
-    headers = {"Connection": "close"}
+    headers = {**(forward or {}), "Connection": "close"}
     if with_key:
         headers["Authorization"] = f"Bearer {engine.api_key}"
     if body is not None:

@@ -253,6 +253,9 @@ _OLLAMA_POST = {
 }
 _OLLAMA_GET = {"/api/tags": "ollama_tags", "/api/ps": "ollama_ps", "/api/version": "ollama_version"}
 _OPENAI_RELAY = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# Request headers passed on to the engine's own routes: content negotiation and caching of the web
+# UI's assets (llama-server keeps them gzip-compressed and answers 415 to a client that cannot take that).
+_FORWARDED = ("Accept", "Accept-Encoding", "Accept-Language", "If-None-Match", "If-Modified-Since", "Range")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -587,8 +590,10 @@ class Handler(BaseHTTPRequestHandler):
         with self.engine_for("") as (engine, _load):
             target = self.path if self.path.startswith("/") else "/"
             try:
+                forward = {h: v for h in _FORWARDED if (v := self.headers.get(h)) is not None}
                 conn, resp = engine_request(
-                    engine, method, target, body, self.headers.get("Content-Type"), with_key=with_key
+                    engine, method, target, body, self.headers.get("Content-Type"), with_key=with_key,
+                    forward=forward,
                 )
             except EngineUnavailable as exc:
                 raise _EngineError(503, f"{exc}; retry the request") from None

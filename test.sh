@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: the system tools the tests drive
-# (ccache, dash, busybox, openssl, curl), DX with its test extras, then ruff and
+# (ccache, dash, busybox, openssl, curl, npm for llama.cpp's web UI), DX with its test extras, then ruff and
 # pytest (unit, integration with the real engine, Nuitka and clients).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need=()
-for tool in ccache dash busybox openssl curl; do
+for tool in ccache dash busybox openssl curl npm; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then

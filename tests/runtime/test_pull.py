@@ -221,37 +221,37 @@ def test_two_pulls_from_one_repository_at_once(
     assert download_leftovers(store) == []
 
 
-def test_stdlib_client_resumes_a_partial_download_left_by_an_earlier_pull(
-    tmp_path: Path, hub: FakeHub, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def good_partial(tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """(hf, remote, partial path) for the stdlib client, the partial not yet written."""
     from dx import hub_lite
     from dx.model_names import HFFile
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     hf = HFFile("HuggingFaceTB/good", FILE)
     remote = hub_lite.head(hf)
+    return hf, remote, tmp_path / (hub_lite._key(hf, remote) + ".partial")
+
+
+def test_stdlib_client_resumes_a_partial_download_left_by_an_earlier_pull(
+    good_partial, hub: FakeHub, smollm2_gguf: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from dx import hub_lite
+
+    hf, remote, part = good_partial
     assert remote.etag == SMOL_SHA and remote.size == smollm2_gguf.stat().st_size
-    dest = tmp_path / "lite"
-    dest.mkdir()
     data = smollm2_gguf.read_bytes()
-    part = dest / (hub_lite._key(hf, remote) + ".partial")
     part.write_bytes(data[:12_345_678])  # what a killed pull left
     before = len(hub.gets(FILE))
-    done = hub_lite.download(hf, remote, dest)
+    done = hub_lite.download(hf, remote, part.parent)
     assert done.read_bytes() == data and not part.exists()
     assert [r for _m, _p, r in hub.gets(FILE)[before:]] == ["bytes=12345678-"]
 
 
-def test_stdlib_client_starts_over_when_the_partial_is_longer_than_the_file(
-    tmp_path: Path, hub: FakeHub, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stdlib_client_starts_over_when_the_partial_is_longer_than_the_file(good_partial) -> None:  # type: ignore[no-untyped-def]
     from dx import hub_lite
-    from dx.model_names import HFFile
 
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    hf = HFFile("HuggingFaceTB/good", FILE)
-    remote = hub_lite.head(hf)
-    part = tmp_path / (hub_lite._key(hf, remote) + ".partial")
+    hf, remote, part = good_partial
     part.write_bytes(b"x" * (remote.size + 10))
-    done = hub_lite.download(hf, remote, tmp_path)
+    done = hub_lite.download(hf, remote, part.parent)
     assert hashlib.sha256(done.read_bytes()).hexdigest() == SMOL_SHA

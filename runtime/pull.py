@@ -174,7 +174,6 @@ def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
     hub = _hub_or_none()
     if hub is None:
         from dx import hub_lite
-        from dx.model_names import HFFile
 
         raw = hub_lite.fetch_small(HFFile(hf.repo_id, hf.filename + ".sha256", hf.revision))
         if raw is None:

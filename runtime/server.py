@@ -443,10 +443,10 @@ class Handler(BaseHTTPRequestHandler):
             print(f"dx: internal error on {method} {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             self.send_error_json(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
-    def _send_text(self, status: int, text: str) -> None:
+    def _send_text(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
         body = text.encode()
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -614,20 +614,14 @@ class Handler(BaseHTTPRequestHandler):
 
         default = self.app.resolver.default
         model = html.escape(default.display_name) if default is not None else "models from the store"
-        body = (
+        self._send_text(200, (
             "<!doctype html><meta charset=utf-8><title>dx</title>"
             f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
             "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
             "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
             "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
             "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        ), "text/html; charset=utf-8")
 
     # ------------------------------------------------------------ Ollama
     def ollama_version(self) -> None:

@@ -194,22 +194,27 @@ FETCHERS = {
 }
 
 
-@pytest.mark.parametrize("fetcher", list(FETCHERS))
-def test_resumes_a_partial_download(fetcher, script, machine, serve, signed_release):
-    server = serve(signed_release)
-    local = render_to(script.parent / "install-resume.sh", server.url, signed_release.public_key)
+def _install_after_a_partial_download(server, script_name, fetcher, script, machine, signed_release):
+    """Install the bare cpu runtime with its first 20000 bytes already in install.sh's download cache."""
+    local = render_to(script.parent / script_name, server.url, signed_release.public_key)
     m = machine(**FETCHERS[fetcher])
     name = "dx-cpu-linux-x86_64"
     data = (signed_release.dir / name).read_bytes()
     cache = m.base / "home/.cache/dx/downloads"
     cache.mkdir(parents=True)
     (cache / f"{signed_release.sha256(name)}.part").write_bytes(data[:20000])
-    r = run_install("dash", local, m, "--prefix", str(m.base / "prefix"))
+    return server, m, data, cache, run_install("dash", local, m, "--prefix", str(m.base / "prefix"))
+
+
+@pytest.mark.parametrize("fetcher", list(FETCHERS))
+def test_resumes_a_partial_download(fetcher, script, machine, serve, signed_release):
+    server, m, data, cache, r = _install_after_a_partial_download(
+        serve(signed_release), "install-resume.sh", fetcher, script, machine, signed_release)
+    name = "dx-cpu-linux-x86_64"
     assert r.rc == 0, r.text
     assert f"resuming {name} at 20000 of {len(data)} bytes" in r.out
     assert (f"/release/{name}", "bytes=20000-") in server.requests
     assert (m.base / "prefix/bin/dx").read_bytes() == data
-
 
 
 def test_progress_bar_only_on_a_terminal(script, machine):
@@ -258,15 +263,8 @@ def test_interrupted_download_cleans_up(shell, script, machine):
 
 @pytest.mark.parametrize("fetcher", ["curl", "wget"])
 def test_resume_against_a_server_without_ranges_starts_again(fetcher, script, machine, serve, signed_release):
-    server = serve(signed_release, ranges=False)
-    local = render_to(script.parent / "install-noranges.sh", server.url, signed_release.public_key)
-    m = machine(**FETCHERS[fetcher])
-    name = "dx-cpu-linux-x86_64"
-    data = (signed_release.dir / name).read_bytes()
-    cache = m.base / "home/.cache/dx/downloads"
-    cache.mkdir(parents=True)
-    (cache / f"{signed_release.sha256(name)}.part").write_bytes(data[:20000])
-    r = run_install("dash", local, m, "--prefix", str(m.base / "prefix"))
+    server, m, data, cache, r = _install_after_a_partial_download(
+        serve(signed_release, ranges=False), "install-noranges.sh", fetcher, script, machine, signed_release)
     assert r.rc == 0, r.text
     assert (m.base / "prefix/bin/dx").read_bytes() == data
     assert not list(cache.iterdir())

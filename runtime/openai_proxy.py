@@ -86,9 +86,11 @@ def engine_request(
             from exc
 
 
-def engine_json(engine: Engine, path: str, payload: dict) -> tuple[int, dict]:
-    """POST JSON to the engine and read a JSON answer (non-streaming helpers)."""
-    conn, resp = engine_request(engine, "POST", path, json.dumps(payload).encode())
+def engine_json(engine: Engine, path: str, payload: dict | None = None,
+                timeout: float = ENGINE_TIMEOUT) -> tuple[int, dict]:
+    """POST JSON to the engine (GET without ``payload``) and read a JSON answer (non-streaming helpers)."""
+    body = json.dumps(payload).encode() if payload is not None else None
+    conn, resp = engine_request(engine, "POST" if body is not None else "GET", path, body, timeout=timeout)
     try:
         raw = resp.read()
     except (OSError, http.client.HTTPException) as exc:

@@ -555,19 +555,13 @@ class Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
-        from dx.openai_proxy import EngineUnavailable, engine_request
+        from dx.openai_proxy import EngineUnavailable, engine_json
 
         try:
-            conn, resp = engine_request(engine, "GET", "/v1/models", None, timeout=5.0)
+            status, doc = engine_json(engine, "/v1/models", timeout=5.0)
         except EngineUnavailable:
             return None
-        try:
-            doc = json.loads(resp.read()) if resp.status == 200 else {}
-        except (OSError, ValueError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
-        items = doc.get("data") if isinstance(doc, dict) else None
+        items = doc.get("data") if status == 200 else None
         if isinstance(items, list) and items and isinstance(items[0], dict) and isinstance(items[0].get("meta"), dict):
             return items[0]["meta"]
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import itertools
+import re
 import socket
 import threading
 
@@ -85,7 +86,13 @@ class _Upstream:
 
     def _serve(self) -> None:
         conn, _ = self.sock.accept()
-        conn.recv(65536)
+        request = b""
+        while b"\r\n\r\n" not in request:  # read the whole request, so closing sends FIN, not RST
+            request += conn.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            body += conn.recv(65536)
         conn.sendall(self.raw)
         conn.close()
         self.sock.close()

@@ -25,6 +25,7 @@ the same session, and each DX figure gets a ratio to it.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -120,30 +121,48 @@ def _headers(t: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {t.api_key}"} if t.api_key else {}
 
 
-def _wait_health(t: Target, proc: subprocess.Popen[bytes], t0: float, timeout: float) -> float:
-    import httpx
+def _request(t: Target, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 300) -> http.client.HTTPResponse:
+    """One request to ``t`` over the standard library (the bench ships with dxbuild, not with its tests)."""
+    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=timeout)
+    headers = {**_headers(t), "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    return conn.getresponse()
 
+
+def _json(t: Target, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    resp = _request(t, method, path, body)
+    raw = resp.read()
+    resp.close()
+    if resp.status != 200:
+        raise ToolError(f"{t.name}: {method} {path} answered {resp.status}: {raw[:200]!r}")
+    return json.loads(raw)
+
+
+def _wait_health(t: Target, proc: subprocess.Popen[bytes], t0: float, timeout: float) -> float:
     deadline = t0 + timeout
-    with httpx.Client(timeout=2.0) as c:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ToolError(f"{t.name} exited with code {proc.returncode} before it was ready",
-                                hint=f"see {t.log}" if t.log else None)
-            try:
-                if c.get(t.base + "/health").status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.005)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ToolError(f"{t.name} exited with code {proc.returncode} before it was ready",
+                            hint=f"see {t.log}" if t.log else None)
+        try:
+            resp = _request(t, "GET", "/health", timeout=2.0)
+            resp.read()
+            resp.close()
+            if resp.status == 200:
+                return time.monotonic() - t0
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.005)
     raise ToolError(f"{t.name} was not ready within {timeout:.0f}s", hint=f"see {t.log}" if t.log else None)
 
 
 def _model_name(t: Target) -> str:
-    import httpx
-
-    r = httpx.get(t.base + "/v1/models", headers=_headers(t), timeout=60)
-    r.raise_for_status()
-    data = r.json().get("data") or []
+    data = _json(t, "GET", "/v1/models").get("data") or []
     if not data:
         raise ToolError(f"{t.name} lists no model at /v1/models")
     return str(data[0]["id"])
@@ -156,31 +175,26 @@ def _body(model: str, stream: bool, extra: dict[str, Any]) -> dict[str, Any]:
 
 def _first_token(t: Target, model: str) -> float:
     """Seconds from sending a streamed chat request to its first content token."""
-    import httpx
-
     t0 = time.monotonic()
-    with httpx.stream("POST", t.base + "/v1/chat/completions", json=_body(model, True, t.extra_body),
-                      headers=_headers(t), timeout=300) as r:
-        if r.status_code != 200:
-            raise ToolError(f"{t.name}: streamed request answered {r.status_code}: {r.read()[:200]!r}")
-        for line in r.iter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+    resp = _request(t, "POST", "/v1/chat/completions", _body(model, True, t.extra_body))
+    try:
+        if resp.status != 200:
+            raise ToolError(f"{t.name}: streamed request answered {resp.status}: {resp.read()[:200]!r}")
+        for raw in resp:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[5:])
             for ch in chunk.get("choices", []):
                 if (ch.get("delta") or {}).get("content"):
                     return time.monotonic() - t0
+    finally:
+        resp.close()
     raise ToolError(f"{t.name}: the streamed answer carried no token")
 
 
 def _timings(t: Target, model: str) -> tuple[float, float]:
-    import httpx
-
-    r = httpx.post(t.base + "/v1/chat/completions", json=_body(model, False, t.extra_body), headers=_headers(t),
-                   timeout=300)
-    if r.status_code != 200:
-        raise ToolError(f"{t.name}: chat request answered {r.status_code}: {r.text[:200]}")
-    timings = r.json().get("timings") or {}
+    timings = _json(t, "POST", "/v1/chat/completions", _body(model, False, t.extra_body)).get("timings") or {}
     prefill, decode = timings.get("prompt_per_second"), timings.get("predicted_per_second")
     if not prefill or not decode:
         raise ToolError(f"{t.name}: the answer carries no engine timings (prompt_per_second/predicted_per_second)")

@@ -52,3 +52,13 @@ class ToolError(DXError):
     """An external tool (cmake, nuitka, compiler) failed; carries the log path."""
 
     exit_code = 6
+
+
+class EnvironmentProblem(DXError):
+    """This machine lacks something DX needs: a package, a tool, the network, disk space, a permission.
+
+    Not a bug in DX and not a bad input: the one line says what is missing and the
+    command (or setting) that provides it.
+    """
+
+    exit_code = 7

@@ -187,3 +187,19 @@ def test_engine_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DX_ENGINE", str(tmp_path / "nothing-here"))
     with pytest.raises(ConfigurationError, match="DX_ENGINE"):
         locate_engine()
+
+
+def test_route_table_says_who_answers_and_what_is_public() -> None:
+    from dx import ollama_routes, openai_routes, routes
+
+    assert routes.resolve("POST", "/api/chat") == (ollama_routes.chat, False)
+    assert routes.resolve("HEAD", "/api/tags") == (ollama_routes.tags, False)  # GET routes answer HEAD
+    assert routes.resolve("DELETE", "/api/delete") == (ollama_routes.delete, False)
+    assert routes.resolve("POST", "/v1/embeddings") == (openai_routes.relay, False)
+    assert {r.path for r in routes.ROUTES if r.public} == {"/health", "/"}
+    # everything else goes to the engine: public only for GET/HEAD outside the APIs (the web UI's assets)
+    assert routes.resolve("GET", "/bundle.js") == (openai_routes.passthrough, True)
+    assert routes.resolve("POST", "/tokenize") == (openai_routes.passthrough, False)
+    assert routes.resolve("GET", "/v1/other") == (openai_routes.passthrough, False)
+    handler, public = routes.resolve("GET", "/api/nothing")
+    assert not public and handler not in (openai_routes.passthrough,)

@@ -1,0 +1,145 @@
+"""From an API model name to a leased engine: what the Ollama and OpenAI handlers share.
+
+``ModelResolver`` turns the name a client sent into a verified ``ModelSource``;
+``engine_for`` leases that model's engine for one request; ``open_engine``
+leases and sends, retrying once when the engine died between requests. The
+errors here are answered by the transport in each API's own shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from dx.ollama_api import BadRequest
+from dx.supervisor import ModelSource
+from dxverify.errors import ConfigurationError, DXError
+
+if TYPE_CHECKING:
+    import http.client
+
+    from dx.supervisor import Engine
+
+
+class ModelNotFound(LookupError):
+    """No model by that name (404 in either API)."""
+
+
+class EngineError(Exception):
+    """The engine could not answer (503 while it restarts, 500 when a model cannot load)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ModelResolver:
+    """API model name -> ModelSource: the served default model first, then the store.
+
+    Only names are accepted from the network: a path or an ``hf:`` spec in a
+    request is refused, so a client cannot make the server open arbitrary files
+    or start downloads through a chat request.
+    """
+
+    def __init__(self, default: ModelSource | None, store: Any = None) -> None:
+        self.default = default
+        self._store = store
+        self._store_lock = threading.Lock()
+
+    @property
+    def store(self) -> Any:
+        with self._store_lock:
+            if self._store is None:
+                from dx.store import Store
+
+                self._store = Store()
+            return self._store
+
+    def default_names(self) -> set[str]:
+        if self.default is None:
+            return set()
+        name = self.default.display_name
+        stem = name[:-5] if name.lower().endswith(".gguf") else name
+        return {name, f"{name}:latest", stem, f"{stem}:latest", stem.lower(), f"{stem.lower()}:latest"}
+
+    def __call__(self, name: str) -> ModelSource:
+        if not name:
+            if self.default is None:
+                raise ModelNotFound("model is required (this server has no default model)")
+            return self.default
+        if name in self.default_names():
+            return self.default  # type: ignore[return-value]
+        from dx.model_names import is_hf, looks_like_path, parse_name
+        from dx.store import ModelNotFoundError
+
+        if is_hf(name) or looks_like_path(name):
+            raise ModelNotFound(f"model {name!r} not found: the API takes model names; `dx pull` fetches files")
+        try:
+            parse_name(name)
+            entry = self.store.get(name)
+        except (ModelNotFoundError, ConfigurationError):
+            raise ModelNotFound(f"model {name!r} not found, try pulling it first") from None
+        return ModelSource(path=entry.path, name=entry.name, sha256=entry.sha256)
+
+
+@contextlib.contextmanager
+def engine_for(  # type: ignore[no-untyped-def]
+    app: Any, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
+):
+    """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
+    from dx.supervisor import parse_keep_alive
+
+    if keep_alive is not None:
+        try:
+            parse_keep_alive(keep_alive)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    t0 = time.monotonic()
+    try:
+        lease = app.manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
+        engine = lease.__enter__()
+    except ModelNotFound:
+        raise
+    except DXError as exc:
+        if type(exc).__name__ == "ModelNotFoundError":
+            raise ModelNotFound(str(exc)) from None
+        raise EngineError(500, f"cannot load model: {exc}") from None
+    try:
+        yield engine, time.monotonic() - t0
+    except BaseException:
+        if not lease.__exit__(*sys.exc_info()):
+            raise
+    else:
+        lease.__exit__(None, None, None)
+
+
+def open_engine(
+    app: Any, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
+    purpose: str = "generate",
+) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.
+
+    A refused connection (the engine died between requests) is retried once on a
+    fresh engine; a request the engine already had when it died is answered 503,
+    never run twice.
+    """
+    from dx.openai_proxy import EngineUnavailable, EngineUnreachable, engine_request
+
+    for attempt in (1, 2):
+        cm = engine_for(app, model, keep_alive, num_ctx, purpose)
+        engine, load = cm.__enter__()
+        try:
+            conn, resp = engine_request(engine, method, path, body)
+            return cm, engine, load, conn, resp
+        except EngineUnreachable as exc:
+            cm.__exit__(None, None, None)
+            if attempt == 2 or engine.alive():
+                raise EngineError(503, f"{exc}; retry the request") from None
+        except EngineUnavailable as exc:
+            cm.__exit__(None, None, None)
+            raise EngineError(503, f"{exc}; retry the request") from None
+    raise AssertionError("unreachable")

@@ -1,0 +1,164 @@
+"""OpenAI's API on DX, and the engine's own routes: relays to llama-server.
+
+``relay`` passes /v1 requests to the engine byte for byte (``dx.openai_proxy``),
+``models`` is DX's own list (the engine knows only its one model),
+``passthrough`` hands every other path (llama.cpp's web UI, /props,
+/tokenize...) to the default model's engine. Each handler takes the
+transport's request object (see ``dx.transport``); ``dx.routes`` says which
+path goes where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from dx import __version__
+from dx.engine_access import EngineError, engine_for, open_engine
+from dx.transport import HTTPError
+from dxverify.errors import DXError
+
+if TYPE_CHECKING:
+    from dx.transport import Handler as Request
+
+# Request headers passed on to the engine's own routes: content negotiation and caching of the web
+# UI's assets (llama-server keeps them gzip-compressed and answers 415 to a client that cannot take that).
+_FORWARDED = ("Accept", "Accept-Encoding", "Accept-Language", "If-None-Match", "If-Modified-Since", "Range")
+
+
+def health(req: Request) -> None:
+    req.send_json(200, {"status": "ok"})
+
+
+def root(req: Request) -> None:
+    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI."""
+    if "text/html" not in req.headers.get("Accept", ""):
+        req.send_text(200, "dx is running\n")
+        return
+    passthrough(req)
+
+
+def relay(req: Request) -> None:
+    """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
+    from dx.openai_proxy import EngineUnavailable
+    from dx.openai_proxy import relay as relay_answer
+
+    path = req.path.split("?", 1)[0]
+    body = req.read_body()
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError as exc:
+        raise HTTPError(400, f"invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    model = doc.get("model", "")
+    if not isinstance(model, str):
+        raise HTTPError(400, "model must be a string")
+    purpose = "embed" if path == "/v1/embeddings" else "generate"
+    cm, _engine, _load, conn, resp = open_engine(req.app, model, None, None, "POST", path, body, purpose)
+    try:
+        relay_answer(req, conn, resp)
+    except EngineUnavailable as exc:
+        req.close_connection = True
+        if not req.headers_sent:
+            raise EngineError(503, f"{exc}; retry the request") from None
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def models(req: Request) -> None:
+    """Every model DX can serve; a loaded one carries its engine's own /v1/models entry (``meta``).
+
+    The engine alone knows only the one model it serves, so the list is DX's;
+    what llama-server says of a running model (vocabulary, context it was
+    trained for, parameters, size) is passed through from it.
+    """
+    created = int(req.app.started)
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "dx"} for n in _model_names(req)]
+    by_id = {d["id"]: d for d in data}
+    for lm in req.app.manager.loaded():
+        if lm.purpose != "generate" or lm.engine is None:
+            continue
+        entry = by_id.get(lm.name)
+        if entry is None:
+            entry = by_id[lm.name] = {"id": lm.name, "object": "model", "created": created, "owned_by": "dx"}
+            data.append(entry)
+        meta = _engine_model_meta(lm.engine)
+        if meta is not None:
+            entry["meta"] = meta
+    req.send_json(200, {"object": "list", "data": data})
+
+
+def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
+    from dx.openai_proxy import EngineUnavailable, engine_json
+
+    try:
+        status, doc = engine_json(engine, "/v1/models", timeout=5.0)
+    except EngineUnavailable:
+        return None
+    items = doc.get("data") if status == 200 else None
+    if isinstance(items, list) and items and isinstance(items[0], dict) and isinstance(items[0].get("meta"), dict):
+        return items[0]["meta"]
+    return None
+
+
+def _model_names(req: Request) -> list[str]:
+    names: list[str] = []
+    if req.app.resolver.default is not None:
+        names.append(req.app.resolver.default.display_name)
+    with contextlib.suppress(DXError, OSError):
+        names.extend(e.name for e in req.app.resolver.store.list() if e.name not in names)
+    return names
+
+
+def passthrough(req: Request) -> None:
+    """llama.cpp's own routes and web UI, on the default model's engine.
+
+    The engine's key goes with the request only when the client sent DX's: the
+    web UI's public assets are fetched without it, everything else the engine
+    itself then refuses.
+    """
+    from dx.openai_proxy import EngineUnavailable, engine_request
+    from dx.openai_proxy import relay as relay_answer
+
+    method, path, with_key = req.command, req.path.split("?", 1)[0], req.authorized
+    if req.app.resolver.default is None:
+        raise HTTPError(404, f"no route {method} {path}", kind="not_found_error")
+    body = req.read_body() if method in ("POST", "PUT") else None
+    with engine_for(req.app, "") as (engine, _load):
+        target = req.path if req.path.startswith("/") else "/"
+        try:
+            forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}
+            conn, resp = engine_request(
+                engine, method, target, body, req.headers.get("Content-Type"), with_key=with_key,
+                forward=forward,
+            )
+        except EngineUnavailable as exc:
+            raise EngineError(503, f"{exc}; retry the request") from None
+        if path == "/" and resp.status == 404:  # an engine built without llama.cpp's web UI
+            conn.close()
+            _front_page(req)
+            return
+        try:
+            relay_answer(req, conn, resp)
+        except EngineUnavailable as exc:
+            req.close_connection = True
+            if not req.headers_sent:
+                raise EngineError(503, f"{exc}; retry the request") from None
+
+
+def _front_page(req: Request) -> None:
+    """What a browser opening the URL sees when the engine has no web UI: where the APIs are."""
+    import html
+
+    default = req.app.resolver.default
+    model = html.escape(default.display_name) if default is not None else "models from the store"
+    req.send_text(200, (
+        "<!doctype html><meta charset=utf-8><title>dx</title>"
+        f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
+        "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
+        "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
+        "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
+        "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
+    ), "text/html; charset=utf-8")

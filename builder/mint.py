@@ -1,8 +1,9 @@
 """Plan and run one mint: ``dxbuild --gpu TIER --model MODEL -o DIR``.
 
-Everything that can be wrong with the request (tier, output directory) is
-checked before any download or compile starts, so a bad flag costs a second,
-not a build. The pipeline then runs its steps (dxbuild.pipeline); if any step
+Everything that can be wrong with the request or the machine (tier and its
+toolchain, Nuitka's prerequisites, writable output and cache, disk space, the
+signing key, the model's host: ``dxbuild.preflight``) is checked before any
+download or compile starts, so a doomed mint costs a second, not a build. The pipeline then runs its steps (dxbuild.pipeline); if any step
 fails, the temporary file it was writing in the output directory is removed —
 the directory never holds a half-written executable.
 """
@@ -111,6 +112,12 @@ def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = No
         click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
     cell = plan_cell(tier, (options or {}).get("cuda_archs"), bool((options or {}).get("webui")))
     out_dir = check_output_dir(out_dir)
+    if steps is None:  # the real pipeline: check everything that can be checked before any work starts
+        from dxbuild import preflight
+        from dxbuild.paths import cache_dir
+
+        preflight.preflight(preflight.plan(cell, model, out_dir, signing_key, cache_dir()),  # type: ignore[arg-type]
+                            echo=lambda s: click.echo(s, err=True))
     ctx = BuildContext(cell=cell, out_dir=out_dir, model=model,
                        options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None,
                                 **(options or {})})

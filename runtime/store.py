@@ -69,6 +69,7 @@ class ModelEntry:
     source: str                  # "hf:…", "file:…", "ollama", "copy:…"
     read_only: bool = False      # True for Ollama's models
     facts: ModelFacts = field(default_factory=ModelFacts)
+    registry: dict[str, Any] | None = None  # pulled from Ollama's registry: manifest digest, layers, params…
 
     @property
     def digest(self) -> str:
@@ -201,7 +202,15 @@ class Store:
 
             sha = self.verify_path(path, expected_sha256=expected_sha256_for(path)) if verify else ""
             return ModelSource(path=path, name=path.name, sha256=sha or None)
-        return self._source_for(self.get(spec), verify, ModelSource)
+        try:
+            entry = self.get(spec)
+        except ModelNotFoundError as missing:
+            if not pull:
+                raise
+            from dx.pull import pull_missing
+
+            entry = pull_missing(self, spec, missing, progress)  # Ollama's registry, as `ollama run` does
+        return self._source_for(entry, verify, ModelSource)
 
     def _source_for(self, entry: ModelEntry, verify: bool, source_cls: Any) -> ModelSource:
         if verify:
@@ -222,6 +231,7 @@ class Store:
         sha256: str | None = None,
         source: str | None = None,
         link: bool = False,
+        registry: dict[str, Any] | None = None,
     ) -> ModelEntry:
         """Copy (or, with ``link``, hard-link: a download on the store's filesystem) a GGUF into the store.
 
@@ -272,7 +282,7 @@ class Store:
             with self._lock():
                 blob = self._adopt_blob(tmp, digest)
                 entry = self._write_manifest(
-                    mn, digest, blob.stat().st_size, source or f"file:{src.resolve()}", facts
+                    mn, digest, blob.stat().st_size, source or f"file:{src.resolve()}", facts, registry
                 )
             self._remember_verified(blob, digest)
             return entry
@@ -301,13 +311,20 @@ class Store:
             if progress:
                 progress("success", entry.size, entry.size)
             return entry
-        # An existing store name: nothing to fetch.
-        entry = self.get(spec)
+        # An existing store name: nothing to fetch, unless it came from (or is) an Ollama registry model.
+        try:
+            entry = self.get(spec)
+        except ModelNotFoundError:
+            entry = None
+        if entry is None or entry.read_only or entry.source.startswith("registry:"):
+            from dx.pull import pull_registry
+
+            return pull_registry(self, spec, name=name, progress=progress)
         if progress:
             progress("success", entry.size, entry.size)
         return entry
 
-    def name_blob(self, name: str, sha256: str, source: str) -> ModelEntry:
+    def name_blob(self, name: str, sha256: str, source: str, registry: dict[str, Any] | None = None) -> ModelEntry:
         """Give a blob already in the store (verified when it entered) a name from another source."""
         mn = parse_name(name)
         sha256 = _check_hex(sha256)
@@ -316,7 +333,7 @@ class Store:
             raise ModelNotFoundError(f"no blob sha256:{sha256} in {self.blobs}")
         facts = read_facts(blob)
         with self._lock():
-            return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts)
+            return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts, registry)
 
     def delete(self, name: str) -> ModelEntry:
         """Remove ``name``'s manifest, and its blob when no other name uses it."""
@@ -342,7 +359,8 @@ class Store:
         if entry.read_only:
             return self.import_file(entry.path, str(dst_name), sha256=entry.sha256, source=f"copy:{entry.name}")
         with self._lock():
-            return self._write_manifest(dst_name, entry.sha256, entry.size, entry.source, entry.facts)
+            return self._write_manifest(dst_name, entry.sha256, entry.size, entry.source, entry.facts,
+                                        entry.registry)
 
     # ---- internals -----------------------------------------------------------
 
@@ -386,7 +404,8 @@ class Store:
         return removed
 
     def _write_manifest(
-        self, mn: ModelName, digest: str, size: int, source: str, facts: ModelFacts
+        self, mn: ModelName, digest: str, size: int, source: str, facts: ModelFacts,
+        registry: dict[str, Any] | None = None,
     ) -> ModelEntry:
         doc = {
             "schemaVersion": MANIFEST_SCHEMA,
@@ -398,6 +417,8 @@ class Store:
             "created": time.time(),
             "facts": facts.to_json(),
         }
+        if registry:
+            doc["registry"] = registry
         path = self._manifest_path(mn)
         fd, tmp_name = tempfile.mkstemp(prefix="manifest-", suffix=".partial", dir=self.tmp)
         try:
@@ -429,6 +450,7 @@ class Store:
                 path=self.blobs / f"sha256-{sha}",
                 source=str(doc.get("source", "")),
                 facts=facts,
+                registry=doc["registry"] if isinstance(doc.get("registry"), dict) else None,
             )
         except (OSError, ValueError, KeyError, TypeError, ConfigurationError) as e:
             raise MalformedInputError(

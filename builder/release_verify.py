@@ -45,13 +45,14 @@ class ReleaseCheck:
         self.failed.append(line)
 
 
-def _check(report: ReleaseCheck, fn: Callable[[], None], ok_line: str) -> None:
+def _check(report: ReleaseCheck, fn: Callable[[], str | None], ok_line: str) -> None:
+    """Run one check; what it returns (what was verified) is added to its ok line."""
     try:
-        fn()
+        what = fn()
     except DXError as e:
         report.fail(str(e))
     else:
-        report.passed(ok_line)
+        report.passed(f"{ok_line}: {what}" if what else ok_line)
 
 
 def verify_release(
@@ -133,8 +134,9 @@ def verify_release(
         for b in bundles:
             target = b.with_name(b.name[: -len(BUNDLE_SUFFIX)])
 
-            def _s(target: Path = target, b: Path = b) -> None:
-                verify_sigstore_bundle(target, b, identity=identity, issuer=issuer, trusted_root=trusted_root)
+            def _s(target: Path = target, b: Path = b) -> str:
+                return verify_sigstore_bundle(target, b, identity=identity, issuer=issuer,
+                                              trusted_root=trusted_root)
 
             _check(report, _s, f"sigstore {b.name}")
 

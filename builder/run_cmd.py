@@ -6,21 +6,23 @@ open, and a failure becomes one :class:`~dxverify.errors.ToolError` line that
 carries the last lines of output and the log path — never a traceback, never a
 wall of compiler output on the terminal.
 
-The child runs in its own process group: if the user presses Ctrl-C or the
-builder is killed, the whole tool tree (cmake → ninja → cc1plus …) is stopped
-too, so no orphaned compiler keeps writing into a directory we are about to
-throw away.
+The child leads its own session: if the user presses Ctrl-C or the builder is
+terminated, the whole tool tree (cmake → ninja → cc1plus …) is stopped and
+waited for before the error goes on, so no orphaned compiler keeps writing into
+a directory we are about to throw away.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from dxverify.errors import ToolError
 
 #: How many trailing output lines a ToolError shows.
 TAIL_LINES = 25
+#: Seconds an interrupted tool tree gets to exit on SIGTERM before it is killed.
+STOP_GRACE_S = 5.0
 
 Echo = Callable[[str], None]
 
@@ -118,7 +122,7 @@ def run_cmd(
                     on_line(stripped)
             rc = proc.wait()
         except BaseException:
-            _kill_group(proc)
+            _stop_tree(proc)
             logf.write("\n[dxbuild] interrupted; tool stopped\n")
             raise
         logf.write(f"[dxbuild] exit status {rc}\n")
@@ -151,19 +155,55 @@ def capture(cmd: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | N
     return res.stdout
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Stop the child's whole process group: TERM, then KILL after a grace period."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+def _stop_tree(proc: subprocess.Popen[str]) -> None:
+    """Stop every process of the child's session: SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`.
+
+    Signalling the child's process group is not enough: ninja starts each job in
+    a process group of its own (so a terminal's Ctrl-C reaches ninja alone), and
+    a job outlives a ninja that was killed before it could pass the signal on.
+    Waiting for the child alone is not enough either: cmake exits on SIGTERM at
+    once while ninja's compilers are still stopping. Where /proc names each
+    process's session (Linux), all of the session is signalled and waited for;
+    elsewhere, the child's group and the child.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        targets = _session_members(proc.pid) or []
+        if proc.poll() is None:
+            targets.append(-proc.pid)   # the group, where /proc cannot list the session
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if _wait_gone(proc, STOP_GRACE_S):
             return
-        proc.wait()
+
+
+def _wait_gone(proc: subprocess.Popen[str], timeout: float) -> bool:
+    """Whether the child and the rest of its session exited within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None or _session_members(proc.pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _session_members(sid: int) -> list[int] | None:
+    """Live (not zombie) processes of session ``sid``; None where /proc cannot tell."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    members = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue   # exited meanwhile
+        # after "pid (comm) ": state ppid pgrp session …; comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+            members.append(int(name))
+    return members

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from dxbuild import run_cmd as run_cmd_module
 from dxbuild.run_cmd import capture, format_cmd, require_tool, run_cmd
 from dxverify.errors import ToolError
 
@@ -56,3 +60,67 @@ def test_capture_failure_names_command() -> None:
 
 def test_format_cmd_quotes() -> None:
     assert format_cmd(["a b", "c"]) == "'a b' c"
+
+
+# A tool that starts a job in a process group of its own, as ninja does for every
+# compile, and waits for it; the job prints "ready <pid>" once it is set up.
+# argv[1] == "ignore-term": both ignore SIGTERM, as a wedged tool would.
+TOOL_WITH_JOB = r"""
+import os, signal, subprocess, sys
+ignore = sys.argv[1] == "ignore-term"
+if ignore:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+job = ("import os, signal, time\n"
+       + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore else "")
+       + "print('ready', os.getpid(), flush=True)\ntime.sleep(60)\n")
+subprocess.Popen([sys.executable, "-c", job], preexec_fn=lambda: os.setpgid(0, 0)).wait()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"   # an orphan's zombie waits for init to reap it
+
+
+def _assert_gone(pid: int) -> None:
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)   # leave nothing behind
+        raise AssertionError(f"the job (pid {pid}) outlived the interrupted tool")
+
+
+def _interrupt_when_ready(tmp_path: Path, mode: str) -> tuple[int, float]:
+    """Run TOOL_WITH_JOB, press "Ctrl-C" once the job is up; the job's pid and how long stopping took."""
+    job: list[int] = []
+    stopped_at: list[float] = []
+
+    def on_line(line: str) -> None:
+        if line.startswith("ready "):
+            job.append(int(line.split()[1]))
+            stopped_at.append(time.monotonic())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cmd([sys.executable, "-c", TOOL_WITH_JOB, mode], log=tmp_path / "tool.log", echo=None,
+                on_line=on_line)
+    assert "interrupted; tool stopped" in (tmp_path / "tool.log").read_text()
+    return job[0], time.monotonic() - stopped_at[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_interrupt_stops_jobs_in_their_own_process_group(tmp_path: Path) -> None:
+    job, took = _interrupt_when_ready(tmp_path, "plain")
+    _assert_gone(job)
+    assert took < run_cmd_module.STOP_GRACE_S   # SIGTERM was enough; no waiting out the grace period
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_interrupt_kills_a_tool_tree_that_ignores_sigterm(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_cmd_module, "STOP_GRACE_S", 1.0)
+    job, took = _interrupt_when_ready(tmp_path, "ignore-term")
+    _assert_gone(job)
+    assert 1.0 <= took < 5.0   # the grace period, then SIGKILL

@@ -22,6 +22,11 @@ def embedded_model_source():  # type: ignore[no-untyped-def]
     return model_source(found) if found is not None else None
 
 
+def _split_list(values: tuple[str, ...]) -> list[str]:
+    """Repeated options and comma- or space-separated lists alike."""
+    return [item for value in values for item in value.replace(",", " ").split()]
+
+
 @click.command("serve")
 @click.argument("model", required=False)
 @click.option("--host", default=DEFAULT_HOST, show_default=True, envvar="DX_HOST",
@@ -35,8 +40,16 @@ def embedded_model_source():  # type: ignore[no-untyped-def]
               help="Context length per parallel slot.")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Parallel request slots per engine.")
-@click.option("--max-connections", default=128, show_default=True, type=click.IntRange(1, 10000),
-              help="Open connections before new ones get 503.")
+@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Open connections; at the cap the one idle longest is closed to let a new one in.")
+@click.option("--max-requests", default=128, show_default=True, type=click.IntRange(1, 4096),
+              help="Requests in progress at once (worker threads); more get 503 + Retry-After.")
+@click.option("--allowed-hosts", "allowed_hosts", multiple=True, envvar="DX_ALLOWED_HOSTS", metavar="NAMES",
+              help="Host names clients may use besides loopback and the bound address (comma-separated, "
+                   "*.domain for subdomains, * for any; env DX_ALLOWED_HOSTS). Others get 403.")
+@click.option("--allow-origins", "allow_origins", multiple=True, envvar="DX_ALLOW_ORIGINS", metavar="ORIGINS",
+              help="Web origins (scheme://host[:port], comma-separated; env DX_ALLOW_ORIGINS) whose pages may "
+                   "call the API (CORS). Other cross-site requests get 403.")
 @click.option("--max-body", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Largest request body, MiB.")
 @click.option("--request-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
@@ -45,7 +58,8 @@ def embedded_model_source():  # type: ignore[no-untyped-def]
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 def serve_cmd(
     model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int, parallel: int,
-    max_connections: int, max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
+    max_connections: int, max_requests: int, allowed_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
+    max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
 ) -> None:
     """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
 
@@ -84,8 +98,10 @@ def serve_cmd(
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)
     manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep)
-    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, header_timeout=request_timeout)
-    app = App(manager, resolver, api_key, limits, access_log=access_log)
+    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, max_requests=max_requests,
+                          header_timeout=request_timeout)
+    app = App(manager, resolver, api_key, limits, access_log=access_log,
+              allowed_hosts=_split_list(allowed_hosts), allow_origins=_split_list(allow_origins))
     server = make_server(host, port, app)
     bound_host, bound_port = server.server_address[:2]
     shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host

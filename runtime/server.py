@@ -12,16 +12,19 @@ live apart, as llama.cpp splits server-http.cpp from server.cpp:
 from __future__ import annotations
 
 from dx.engine_access import EngineError, ModelNotFound, ModelResolver
-from dx.transport import App, DXHTTPServer, Handler, HTTPError, ServerLimits
+from dx.transport import App, DXServer, HTTPError, Request, ServerLimits
 from dx.transport import make_server as _bind
 
+DXHTTPServer = DXServer  # the name it had before the transport was split out
+Handler = Request
+
 __all__ = [
-    "App", "DXHTTPServer", "EngineError", "HTTPError", "Handler", "ModelNotFound", "ModelResolver",
-    "ServerLimits", "make_server",
+    "App", "DXHTTPServer", "DXServer", "EngineError", "HTTPError", "Handler", "ModelNotFound", "ModelResolver",
+    "Request", "ServerLimits", "make_server",
 ]
 
 
-def make_server(host: str, port: int, app: App) -> DXHTTPServer:
+def make_server(host: str, port: int, app: App) -> DXServer:
     """Bind the server with DX's route table (raises ConfigurationError when the address is taken)."""
     from dx.routes import resolve
 

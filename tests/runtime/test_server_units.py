@@ -203,3 +203,63 @@ def test_route_table_says_who_answers_and_what_is_public() -> None:
     assert routes.resolve("GET", "/v1/other") == (openai_routes.passthrough, False)
     handler, public = routes.resolve("GET", "/api/nothing")
     assert not public and handler not in (openai_routes.passthrough,)
+
+
+def test_request_heads_are_parsed_strictly() -> None:
+    from dx.transport import WireError, parse_head
+
+    head = parse_head(b"POST /api/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A:  v \r\nx-a: w")
+    assert (head.method, head.target, head.body_length, head.keep_alive) == ("POST", "/api/chat?x=1", 12, True)
+    assert head.headers.get("x-A") == "v" and head.headers.get_all("X-A") == ["v", "w"]
+    assert parse_head(b"GET / HTTP/1.0").keep_alive is False  # HTTP/1.0 without Host is allowed
+    assert parse_head(b"GET / HTTP/1.0\nConnection: keep-alive").keep_alive is True  # bare LF lines too
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close").keep_alive is False
+    for bad, status in [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 007a", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked", 411),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb", 400),
+        (b"GET http://a/ HTTP/1.1\r\nHost: a", 400),
+        (b"G(T / HTTP/1.1\r\nHost: a", 400),
+    ]:
+        with pytest.raises(WireError) as exc:
+            parse_head(bad)
+        assert exc.value.status == status, bad
+
+
+def test_host_policy_by_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from dx.transport import HostPolicy
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box.lan")
+    local = HostPolicy("127.0.0.1")
+    assert all(local.allows(h) for h in ("localhost", "127.0.0.1", "127.9.9.9", "::1", "ui.localhost"))
+    assert not any(local.allows(h) for h in ("attacker.example", "192.168.1.5", "box", "localhost.evil"))
+    public = HostPolicy("0.0.0.0")  # every interface: any IP literal and the machine's own name
+    assert all(public.allows(h) for h in ("192.168.1.5", "2001:db8::1", "box.lan", "box", "localhost"))
+    assert not public.allows("attacker.example")
+    assert HostPolicy("192.168.1.5").allows("192.168.1.5") and not HostPolicy("192.168.1.5").allows("10.0.0.1")
+    listed = HostPolicy("::1", ["dx.example", "*.corp.example"])
+    assert listed.allows("dx.example") and listed.allows("a.b.corp.example") and not listed.allows("corp.example")
+    assert HostPolicy("127.0.0.1", ["*"]).allows("anything.example")
+    for bad in ("http://x", "x:80", "a/b"):
+        with pytest.raises(ConfigurationError, match="--allowed-hosts"):
+            HostPolicy("127.0.0.1", [bad])
+
+
+def test_origin_policy_and_same_origin() -> None:
+    from dx.transport import OriginPolicy, same_origin
+
+    policy = OriginPolicy(["http://localhost:3000", "HTTPS://App.Example:443/"])
+    assert policy.listed("http://localhost:3000") and policy.listed("https://app.example")
+    assert not policy.listed("http://localhost:3001") and not policy.listed("http://app.example")
+    assert not policy.listed("null")
+    for bad in ("*", "null", "localhost:3000", "ftp://x", "http://x/path"):
+        with pytest.raises(ConfigurationError, match="--allow-origins"):
+            OriginPolicy([bad])
+    assert same_origin("http://127.0.0.1:11434", "127.0.0.1:11434")
+    assert same_origin("http://example.com", "example.com:80") and same_origin("https://example.com", "EXAMPLE.com")
+    assert not same_origin("http://127.0.0.1:11435", "127.0.0.1:11434")
+    assert not same_origin("null", "127.0.0.1:11434")

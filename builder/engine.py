@@ -366,7 +366,7 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
     final = cache / "engines" / plan.dir_name
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.dir_name}.tmp-", dir=final.parent))
-    ok = False
+    ok = stopped = False
     try:
         env = _build_env(toolchain, src.path, build)
         progress.start("configure (CMake)")
@@ -397,9 +397,12 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
             echo(f"engine {cell.name}: built in {time.monotonic() - t0:.0f}s, {size_mb:.1f} MB")
             if cell.size_budget_mb and size_mb > cell.size_budget_mb:
                 echo(f"warning: engine {cell.name} is {size_mb:.1f} MB, over its budget of {cell.size_budget_mb} MB")
+    except (KeyboardInterrupt, SystemExit):
+        stopped = True   # Ctrl-C or SIGTERM: run_cmd has stopped the tools; nothing here is worth inspecting
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if ok:
+        if ok or stopped:
             shutil.rmtree(build, ignore_errors=True)
         elif echo:
             echo(f"engine {cell.name}: build folder kept for inspection: {build}")

@@ -13,8 +13,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -147,11 +149,21 @@ def test_compile_failure_shows_tail_and_log(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "cache" / "engines").iterdir() if not p.name.endswith(".lock")]
 
 
+def _read_lines(stream: IO[str], into: list[str]) -> None:
+    for line in stream:
+        into.append(line)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) -> None:
     recipe = _tiny(tmp_path, DX_TEST_SLOW="ON")
     cache = tmp_path / "cache"
+    # SIGINT as Ctrl-C delivers it to a command in the foreground: the suite itself may have been
+    # started where SIGINT is ignored (`./test.sh &` from a script, some CI runners), and Python
+    # keeps an inherited SIG_IGN, so without this line SIGINT would never reach the build.
     script = textwrap.dedent(f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from pathlib import Path
         from dxbuild.engine import build_engine
         from dxbuild.recipes import EngineRecipe, EngineSource, get_tier
@@ -163,18 +175,30 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
         build_engine(resolve_cell(r, get_tier("cpu"), HOST_OS, HOST_ARCH), r, cache=Path({str(cache)!r}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        if "==> compile" in line:
-            break
-        assert time.monotonic() < deadline, "build never reached the compile step"
-    time.sleep(2)                                   # inside the 60 s sleep step of the build
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
+    said: list[str] = []   # stderr, read on a thread: waiting for a line gets a deadline, the pipe never fills
+    reader = threading.Thread(target=_read_lines, args=(proc.stderr, said), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("==> compile" in s for s in said):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                "build never reached the compile step:\n" + "".join(said)
+            time.sleep(0.1)
+        time.sleep(2)                                   # inside the 60 s sleep step of the build
+        proc.send_signal(sig)
+        sent = time.monotonic()
+        proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:      # a failed run leaves no build running into the rest of the suite
+            proc.terminate()
+            proc.wait(timeout=30)
+    reader.join(timeout=10)
     assert proc.returncode != 0
+    assert took < 10, f"the build took {took:.1f}s to stop"   # promptly: SIGTERM is enough, no 5 s escalation
     engines = cache / "engines"
     assert not [p for p in engines.iterdir() if not p.name.endswith(".lock")], list(engines.iterdir())
+    assert not list((cache / "build").iterdir()), "".join(said)   # an interrupted build keeps no build folder
     # no tool left running in the background
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(cache / "build") not in ps

@@ -59,12 +59,11 @@ class ModelResolver:
                 self._store = Store()
             return self._store
 
-    def default_names(self) -> set[str]:
-        if self.default is None:
-            return set()
-        name = self.default.display_name
-        stem = name[:-5] if name.lower().endswith(".gguf") else name
-        return {name, f"{name}:latest", stem, f"{stem}:latest", stem.lower(), f"{stem.lower()}:latest"}
+    def default_names(self) -> frozenset[str]:
+        """The names the default model answers to; the CLI asks the same rule (``dx.embedded.resolve``)."""
+        from dx.model_names import default_aliases
+
+        return default_aliases(self.default.display_name) if self.default is not None else frozenset()
 
     def __call__(self, name: str) -> ModelSource:
         if not name:

@@ -1,7 +1,9 @@
 """Model specs as users type them: store names, GGUF paths and ``hf:`` files.
 
 Kept apart from the store so the server can validate a name from a request
-without touching the disk.
+without touching the disk. A name that is not a name is the sender's mistake:
+``InvalidModelNameError`` is a ConfigurationError for the CLI (one line, exit 2)
+and a ``BadRequest`` for the server (400 in the API's own shape, never a 500).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dx.ollama_api import BadRequest
 from dxverify.errors import ConfigurationError
 
 DEFAULT_TAG = "latest"
@@ -17,6 +20,15 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _HF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 HF_PREFIX = "hf:"
+_SHOWN = 80  # characters of a rejected name quoted back in an error (it may be megabytes long)
+
+
+class InvalidModelNameError(ConfigurationError, BadRequest):
+    """Not a model name (``../../x``, ``/etc/passwd``, empty, overlong, a NUL...)."""
+
+
+def _shown(text: str) -> str:
+    return repr(text[:_SHOWN]) + ("…" if len(text) > _SHOWN else "")
 
 
 @dataclass(frozen=True, order=True)
@@ -52,27 +64,40 @@ class HFFile:
 
 
 def parse_name(text: str) -> ModelName:
-    """Parse ``name[:tag]``; raise ConfigurationError naming the bad part."""
+    """Parse ``name[:tag]``; raise InvalidModelNameError naming the bad part."""
+    if not isinstance(text, str):
+        raise InvalidModelNameError(f"a model name must be a string, not {type(text).__name__}")
     raw = text.strip()
     if not raw:
-        raise ConfigurationError("empty model name", hint="give a name such as smollm2 or smollm2:latest")
+        raise InvalidModelNameError("empty model name", hint="give a name such as smollm2 or smollm2:latest")
     name, sep, tag = raw.rpartition(":")
     if not sep or "/" in tag:
         name, tag = raw, DEFAULT_TAG
     if not _TAG.fullmatch(tag):
-        raise ConfigurationError(
-            f"invalid model tag {tag!r} in {text!r}",
+        raise InvalidModelNameError(
+            f"invalid model tag {_shown(tag)} in {_shown(text)}",
             hint="tags use letters, digits, '.', '_' and '-' (at most 128)",
         )
     parts = name.split("/")
     if len(parts) > 4 or not all(_SEGMENT.fullmatch(p) for p in parts):
-        raise ConfigurationError(
-            f"invalid model name {name!r}",
+        raise InvalidModelNameError(
+            f"invalid model name {_shown(name)}",
             hint="names are up to 4 '/'-separated parts of letters, digits, '.', '_' and '-'",
         )
     if any(p in (".", "..") or p.startswith(".") for p in parts):
-        raise ConfigurationError(f"invalid model name {name!r}", hint="a name part may not start with '.'")
+        raise InvalidModelNameError(f"invalid model name {_shown(name)}", hint="a name part may not start with '.'")
     return ModelName(name, tag)
+
+
+def default_aliases(display_name: str) -> frozenset[str]:
+    """Every name a served default model answers to: ``smollm2``, ``smollm2:latest``, a file's stem…
+
+    The one rule for it: the server's resolver (``dx.engine_access.ModelResolver``)
+    and the CLI (``dx run/show/doctor`` in an executable, ``dx.embedded``) both ask here.
+    """
+    stem = display_name[:-5] if display_name.lower().endswith(".gguf") else display_name
+    names = {display_name, stem, stem.lower()}
+    return frozenset(names | {f"{n}:{DEFAULT_TAG}" for n in names})
 
 
 def parse_hf(spec: str) -> HFFile:

@@ -22,9 +22,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 from dxverify.errors import ToolError
 
@@ -96,23 +98,10 @@ def run_cmd(
         if cwd:
             logf.write(f"  (in {cwd})\n")
         logf.flush()
+        proc: subprocess.Popen[str] | None = None
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=dict(env) if env is not None else None,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                bufsize=1,
-            )
-        except OSError as e:
-            raise ToolError(f"could not start {argv[0]}: {e.strerror or e}") from e
-        try:
+            with _interrupts_held():   # a Ctrl-C while the tool starts is raised once `proc` is set
+                proc = _start(argv, cwd, env)
             assert proc.stdout is not None
             for line in proc.stdout:
                 logf.write(line)
@@ -122,8 +111,9 @@ def run_cmd(
                     on_line(stripped)
             rc = proc.wait()
         except BaseException:
-            _stop_tree(proc)
-            logf.write("\n[dxbuild] interrupted; tool stopped\n")
+            if proc is not None:
+                _stop_tree(proc)
+                logf.write("\n[dxbuild] interrupted; tool stopped\n")
             raise
         logf.write(f"[dxbuild] exit status {rc}\n")
     if rc != 0:
@@ -133,6 +123,51 @@ def run_cmd(
             f"{label} failed (exit status {rc}); full log: {log}\n  last lines:\n{last}",
             hint=None,
         )
+
+
+def _start(argv: list[str], cwd: Path | None, env: Mapping[str, str] | None) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
+    except OSError as e:
+        raise ToolError(f"could not start {argv[0]}: {e.strerror or e}") from e
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a tool is being started; deliver them on the way out.
+
+    Raised inside Popen after the fork, a KeyboardInterrupt would lose the child:
+    it would build on with no one left to stop it. Only Python-level handlers are
+    swapped (an ignored signal stays ignored), and only in the main thread, the one
+    thread that runs them.
+    """
+    held: list[tuple[int, FrameType | None]] = []
+    saved: dict[int, Callable[[int, FrameType | None], object]] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                saved[sig] = handler
+                signal.signal(sig, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for signum, frame in held[:1]:
+            saved[signum](signum, frame)
 
 
 def capture(cmd: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,

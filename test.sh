@@ -9,6 +9,7 @@ need=()
 for tool in ccache dash busybox openssl curl npm; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+command -v dpkg >/dev/null && for pkg in qemu-user-static glslc libvulkan-dev spirv-headers mesa-vulkan-drivers gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done  # the vulkan (lavapipe) and aarch64 (qemu) tiers
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "+ apt-get install ${need[*]}"

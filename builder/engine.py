@@ -202,10 +202,13 @@ def install_tree(build: Path, dest: Path, targets: tuple[str, ...]) -> list[Path
     return installed
 
 
-def strip_files(files: list[Path], log: Path, echo: Echo | None) -> None:
-    """Strip symbols the engine does not need at run time (keeps dynamic symbols)."""
+def strip_files(files: list[Path], log: Path, echo: Echo | None, strip: str = "") -> None:
+    """Strip symbols the engine does not need at run time (keeps dynamic symbols).
+
+    ``strip``: the target's strip for a cross build (the host's cannot read another arch's ELF).
+    """
     elfs = [f for f in files if _is_elf(f)]
-    strip = shutil.which("strip")
+    strip = strip or shutil.which("strip") or ""
     if not elfs or not strip:
         return
     run_cmd([strip, "--strip-unneeded", *map(str, elfs)], log=log, echo=echo, what="strip")
@@ -284,6 +287,7 @@ def build_engine(
     echo: Echo | None = stderr_echo,
 ) -> Path:
     """The engine directory for ``cell``: from the cache, or built now."""
+    recipe = recipe.with_patches(cell.tier_patches)
     cache = cache or cache_dir()
     logs = cache / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -381,7 +385,7 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
         progress.start("install, strip")
         shutil.rmtree(staging)
         installed = install_tree(build, staging, plan.targets)
-        strip_files(installed, log, echo)
+        strip_files(installed, log, echo, toolchain.strip)
         install_runtime_libs(toolchain.runtime_libs, staging)
         info = _write_engine_json(staging, plan, recipe, toolchain, src.sha256, src.llama_cpp_commit,
                                   time.monotonic() - t0)
@@ -416,6 +420,7 @@ def configure_only(cell: Cell, recipe: EngineRecipe, *, cache: Path | None = Non
     Proves a tier's toolchain works on this host without the long compile; the
     configured folder is ``build/<cell>-<key16>-configured`` in the cache.
     """
+    recipe = recipe.with_patches(cell.tier_patches)
     cache = cache or cache_dir()
     log = cache / "logs" / f"configure-{cell.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

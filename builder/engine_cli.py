@@ -45,7 +45,8 @@ def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, webui: bool,
 
 @click.command("matrix")
 @click.option("--json", "as_json", is_flag=True, help="Print a GitHub Actions strategy.matrix ({\"include\": [...]}).")
-@click.option("--host", "host_only", is_flag=True, help="Only the cells this machine can build; say why not for the rest.")
+@click.option("--host", "host_only", is_flag=True,
+              help="Each cell: builds and runs here, builds here, or why not (--json: the buildable cells).")
 def matrix_cmd(as_json: bool, host_only: bool) -> None:
     """Show the release matrix: tier × os × arch after include/exclude."""
     from dxbuild.recipes import load_engine_recipe, load_tiers
@@ -54,12 +55,21 @@ def matrix_cmd(as_json: bool, host_only: bool) -> None:
 
     cells = expand(load_matrix(), load_tiers(), load_engine_recipe())
     if host_only:
+        from dxbuild.toolchains.run_here import run_problem
+
         plan = host_plan(cells)
         if as_json:
             click.echo(json.dumps(github_matrix([c for c, why in plan if why is None]), indent=2))
             return
         for c, why in plan:
-            click.echo(f"{c.name:24} {'yes' if why is None else 'no: ' + why}")
+            if why is not None:
+                click.echo(f"{c.name:24} no: {why}")
+                continue
+            run_why, how = run_problem(c)
+            if run_why is None:
+                click.echo(f"{c.name:24} builds and runs here ({how})")
+            else:
+                click.echo(f"{c.name:24} builds here; does not run here: {run_why}")
         return
     if as_json:
         click.echo(json.dumps(github_matrix(cells), indent=2))

@@ -91,6 +91,12 @@ class EngineRecipe:
     def patch_paths(self) -> list[Path]:
         return [self.recipe_dir / "patches" / p for p in self.patches]
 
+    def with_patches(self, extra: tuple[str, ...]) -> EngineRecipe:
+        """This recipe with a cell's tier patches after its own (what that cell's engine is built from)."""
+        if not extra:
+            return self
+        return dataclasses.replace(self, patches=self.patches + tuple(p for p in extra if p not in self.patches))
+
 
 @dataclass(frozen=True)
 class TierRuntime:
@@ -117,6 +123,14 @@ class Tier:
         "doc": "extra CMake values per arch (x86_64, arm64)"})
     cmake_by_os: dict[str, dict[str, str]] = field(default_factory=dict, metadata={
         "doc": "extra CMake values per os (linux, macos, windows)"})
+    cmake_by_target: dict[str, dict[str, str]] = field(default_factory=dict, metadata={
+        "doc": "extra CMake values for one os-arch (e.g. linux-arm64), applied last"})
+    patches: tuple[str, ...] = field(default=(), metadata={
+        "doc": "patch files under recipes/patches/ for this tier only, applied after the engine's",
+        "pattern": r"[A-Za-z0-9._-]+\.patch", "pattern_doc": "a file name ending in .patch"})
+    patches_by_target: dict[str, tuple[str, ...]] = field(default_factory=dict, metadata={
+        "doc": "more patches for one os-arch (e.g. linux-arm64), applied after the tier's",
+        "pattern": r"[A-Za-z0-9._-]+\.patch", "pattern_doc": "a file name ending in .patch"})
     cuda_archs: tuple[str, ...] = field(default=(), metadata={
         "doc": "CMAKE_CUDA_ARCHITECTURES for release builds (narrow locally with --cuda-archs)",
         "pattern": r"[0-9]{2,3}[a-z]?(?:-(?:real|virtual))?", "pattern_doc": "like 90, 120a or 86-real"})
@@ -135,6 +149,12 @@ class Tier:
                 if key not in allowed:
                     raise ConfigurationError(f"{table}.{key}: unknown {table[9:]}{suggest(key, allowed)}",
                                              hint="use one of " + ", ".join(allowed))
+        targets = [f"{o}-{a}" for o in OS_NAMES for a in ARCH_NAMES]
+        for table in ("cmake_by_target", "patches_by_target"):
+            for key in getattr(self, table):
+                if key not in targets:
+                    raise ConfigurationError(f"{table}.{key}: unknown os-arch{suggest(key, targets)}",
+                                             hint="use one of " + ", ".join(targets))
         if self.toolchain in ("cuda13-pypi", "cuda12-host") and not self.cuda_archs:
             raise ConfigurationError("cuda_archs is required for a CUDA tier", hint='add cuda_archs = ["90"]')
 
@@ -143,7 +163,12 @@ class Tier:
         flags = dict(self.cmake)
         flags.update(self.cmake_by_os.get(os_name, {}))
         flags.update(self.cmake_by_arch.get(arch, {}))
+        flags.update(self.cmake_by_target.get(f"{os_name}-{arch}", {}))
         return flags
+
+    def patches_for(self, os_name: str, arch: str) -> tuple[str, ...]:
+        """This tier's own patches on one os/arch (the engine recipe's come first, not included)."""
+        return self.patches + self.patches_by_target.get(f"{os_name}-{arch}", ())
 
 
 @dataclass(frozen=True)
@@ -173,9 +198,16 @@ def load_engine_recipe(path: Path | None = None) -> EngineRecipe:
 
 
 def load_tiers(path: Path | None = None) -> dict[str, Tier]:
-    """Load and validate ``recipes/tiers.toml`` into {name: Tier}."""
+    """Load and validate ``recipes/tiers.toml`` into {name: Tier}; every patch a tier names must exist."""
     path = path or recipes_dir() / "tiers.toml"
-    return load_dataclass(TiersFile, read_toml(path), f"{path}:").tiers
+    tiers = load_dataclass(TiersFile, read_toml(path), f"{path}:").tiers
+    for tier in tiers.values():
+        named = list(tier.patches) + [p for ps in tier.patches_by_target.values() for p in ps]
+        for name in named:
+            if not (path.parent / "patches" / name).is_file():
+                raise ConfigurationError(f"{path}: tiers.{tier.name}: patch {name} does not exist",
+                                         hint="add the file under recipes/patches/ or remove it from the list")
+    return tiers
 
 
 @functools.lru_cache(maxsize=4)

@@ -32,6 +32,7 @@ class Cell:
     min_nvidia_driver: int | None = None
     runtime_needs: tuple[str, ...] = ()
     size_budget_mb: int = 0
+    tier_patches: tuple[str, ...] = ()      # the tier's own patches, applied after the engine recipe's
 
     @property
     def name(self) -> str:
@@ -53,6 +54,18 @@ class Cell:
             "min_driver": self.min_nvidia_driver if self.min_nvidia_driver is not None else "-",
             "size_budget_mb": self.size_budget_mb,
         }
+
+
+#: what users may call an architecture -> the matrix's name for it
+ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
+
+
+def normalize_arch(text: str) -> str:
+    """``--arch aarch64`` and ``--arch arm64`` are one architecture (the matrix says arm64)."""
+    arch = ARCH_ALIASES.get(text.strip().lower())
+    if arch is None:
+        raise ConfigurationError(f"--arch: unknown architecture {text!r}", hint="use x86_64 or arm64 (aarch64)")
+    return arch
 
 
 def parse_cuda_archs(text: str) -> tuple[str, ...]:
@@ -103,4 +116,5 @@ def resolve_cell(
         min_nvidia_driver=tier.runtime.min_nvidia_driver,
         runtime_needs=tier.runtime.needs,
         size_budget_mb=tier.size_budget_mb,
+        tier_patches=tier.patches_for(os_name, arch),
     )

@@ -72,13 +72,23 @@ def host_plan(cells: Sequence[Cell]) -> list[tuple[Cell, str | None]]:
 
 def host_cell(tier: Tier, engine: EngineRecipe, *, arch: str | None = None,
               cuda_archs: Sequence[str] | None = None, runners: Mapping[str, str] | None = None) -> Cell:
-    """The cell for building ``tier`` on this machine (``dxbuild engine``)."""
-    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
+    """The cell for building ``tier`` on this machine (``dxbuild engine``).
 
-    if arch is not None and arch != HOST_ARCH:
-        raise UnsupportedError(f"cannot build for {arch} on this {HOST_ARCH} machine (no cross-compiling yet)",
-                               hint=f"build on a {arch} runner, or leave out --arch")
+    ``arch`` (``arm64`` or ``aarch64``) other than this machine's is a cross
+    build, accepted when a cross toolchain for it is here (the cpu tier on
+    Linux: ``dxbuild.toolchains.cross_gnu``).
+    """
+    from dxbuild.toolchains import host_problem
+    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
+    from dxmatrix.cell import normalize_arch
+
+    arch = normalize_arch(arch) if arch is not None else HOST_ARCH
     if HOST_OS not in tier.os:
         raise UnsupportedError(f"tier {tier.name} cannot be built on {HOST_OS}: it applies to {', '.join(tier.os)}",
                                hint="build it on a runner of that OS (see `dxbuild matrix`)")
-    return resolve_cell(engine, tier, HOST_OS, arch or HOST_ARCH, runners=runners, cuda_archs=cuda_archs)
+    cell = resolve_cell(engine, tier, HOST_OS, arch, runners=runners, cuda_archs=cuda_archs)
+    if arch != HOST_ARCH:
+        problem = host_problem(cell)
+        if problem:
+            raise UnsupportedError(f"cannot build {tier.name} for {arch} on this {HOST_ARCH} machine: {problem}")
+    return cell

@@ -46,6 +46,7 @@ class Toolchain:
     versions: dict[str, str] = field(default_factory=dict)      # part of the engine cache key
     cuda_flags: str = ""                              # extra CMAKE_CUDA_FLAGS
     runtime_libs: tuple[str, ...] = ()                # shared libraries shipped in the engine's lib/
+    strip: str = ""                                   # the target's strip ("" = the host's)
 
 
 def module_for(name: str) -> ModuleType:
@@ -55,14 +56,21 @@ def module_for(name: str) -> ModuleType:
         raise UnsupportedError(f"no toolchain module for {name!r}") from None
 
 
+def module_for_cell(cell: Cell) -> ModuleType:
+    """The toolchain module that builds ``cell`` here: the tier's, or the cross compiler for another arch."""
+    from dxbuild.toolchains import cross_gnu
+
+    return cross_gnu if cross_gnu.applies(cell) else module_for(cell.toolchain)
+
+
 def host_problem(cell: Cell) -> str | None:
     """Why this machine cannot build ``cell``, or None when it can."""
-    return module_for(cell.toolchain).host_problem(cell)
+    return module_for_cell(cell).host_problem(cell)
 
 
 def provision(cell: Cell, cache: Path, log: Path) -> Toolchain:
     """The toolchain for ``cell``; fails fast with UnsupportedError when this host cannot build it."""
-    mod = module_for(cell.toolchain)
+    mod = module_for_cell(cell)
     problem = mod.host_problem(cell)
     if problem:
         raise UnsupportedError(f"cannot build {cell.name} on this machine: {problem}")

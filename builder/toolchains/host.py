@@ -57,7 +57,7 @@ def cross_problem(cell: Cell) -> str | None:
     if cell.os != HOST_OS:
         return f"it targets {cell.os} and this machine runs {HOST_OS}; build it on a {cell.os} runner ({cell.runner or 'see dxbuild matrix'})"
     if cell.arch != HOST_ARCH:
-        return f"it targets {cell.arch} and this machine is {HOST_ARCH}; build it on a {cell.arch} runner ({cell.runner or 'see dxbuild matrix'})"
+        return f"it targets {cell.arch} and this machine is {HOST_ARCH}; build it on an {cell.arch} runner ({cell.runner or 'see dxbuild matrix'})"
     return None
 
 

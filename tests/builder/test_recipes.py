@@ -61,7 +61,11 @@ def test_committed_recipes_load() -> None:
 
 def test_every_patch_file_is_listed() -> None:
     on_disk = sorted(p.name for p in (project_root() / "recipes" / "patches").glob("*.patch"))
-    assert on_disk == sorted(load_engine_recipe().patches)
+    from dxbuild.recipes import load_tiers
+
+    tier_patches = {p for t in load_tiers().values()
+                    for p in (*t.patches, *(q for ps in t.patches_by_target.values() for q in ps))}
+    assert on_disk == sorted({*load_engine_recipe().patches, *tier_patches})
 
 
 @pytest.mark.parametrize(

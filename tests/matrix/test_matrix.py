@@ -53,7 +53,8 @@ def test_committed_matrix() -> None:
     assert all(c.runner for c in cells)
     cpu = by_name["cpu-linux-x86_64"].cmake_dict
     assert cpu["GGML_CPU_ALL_VARIANTS"] == "ON" and cpu["GGML_NATIVE"] == "OFF"
-    assert "GGML_CPU_ALL_VARIANTS" not in by_name["cpu-linux-arm64"].cmake_dict
+    assert by_name["cpu-linux-arm64"].cmake_dict["GGML_CPU_ALL_VARIANTS"] == "ON"   # the six armv8 variants
+    assert "GGML_CPU_ALL_VARIANTS" not in by_name["cpu-windows-arm64"].cmake_dict
 
 
 def test_github_matrix_shape() -> None:
@@ -148,8 +149,11 @@ def test_host_plan_here() -> None:
     assert plan[f"cpu-{HOST_OS}-{HOST_ARCH}"] is None
     assert "macOS" in plan["metal-macos-arm64"] or HOST_OS == "macos"
     other_arch = "arm64" if HOST_ARCH == "x86_64" else "x86_64"
-    if f"cpu-{HOST_OS}-{other_arch}" in plan:
-        assert "runner" in (plan[f"cpu-{HOST_OS}-{other_arch}"] or "")
+    if f"cuda13-{HOST_OS}-{other_arch}" in plan:   # no cross CUDA: its own runner builds it
+        assert "runner" in (plan[f"cuda13-{HOST_OS}-{other_arch}"] or "")
+    if HOST_OS == "linux" and f"cpu-linux-{other_arch}" in plan:   # the cpu tier cross-compiles, or says how to
+        why = plan[f"cpu-linux-{other_arch}"]
+        assert why is None or ("apt-get install -y gcc-" in why and "runner" in why)
 
 
 def _fake_nvcc(tmp_path: Path, release: str) -> Path:
@@ -176,12 +180,22 @@ def test_cuda12_refuses_a_cuda13_nvcc(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cuda12_host.find_nvcc()[0] == str(tmp_path / "fake-nvcc-12.4")
 
 
-def test_host_cell_refuses_cross_arch() -> None:
-    from dxbuild.toolchains.host import HOST_ARCH
+def test_host_cell_cross_arch_only_with_a_cross_toolchain(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dxbuild.toolchains import cross_gnu
+    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
 
     other = "arm64" if HOST_ARCH == "x86_64" else "x86_64"
-    with pytest.raises(UnsupportedError, match="cannot build for"):
-        host_cell(get_tier("cpu"), load_engine_recipe(), arch=other)
+    spelled = "aarch64" if other == "arm64" else "amd64"
+    with pytest.raises(UnsupportedError, match=f"cannot build cuda13 for {other}"):
+        host_cell(get_tier("cuda13"), load_engine_recipe(), arch=spelled)
+    if HOST_OS != "linux":
+        return
+    monkeypatch.setattr(cross_gnu, "_tools", lambda arch: {"gcc": None, "g++": None, "strip": None})
+    with pytest.raises(UnsupportedError, match=r"apt-get install -y gcc-.*-linux-gnu g\+\+-"):
+        host_cell(get_tier("cpu"), load_engine_recipe(), arch=spelled)
+    monkeypatch.setattr(cross_gnu, "_tools", lambda arch: {"gcc": "/x/gcc", "g++": "/x/g++", "strip": "/x/strip"})
+    cell = host_cell(get_tier("cpu"), load_engine_recipe(), arch=spelled)
+    assert cell.name == f"cpu-linux-{other}"
 
 
 def _dxbuild(*args: str) -> subprocess.CompletedProcess[str]:
@@ -198,8 +212,46 @@ def test_cli_matrix_outputs() -> None:
         e["tier"] == "cpu" and e["os"] == "linux" and e["runner"] == "ubuntu-24.04" for e in data["include"])
     host = _dxbuild("matrix", "--host")
     assert host.returncode == 0
-    assert any(line.split()[1:2] == ["yes"] for line in host.stdout.splitlines())
-    assert "metal-macos-arm64" in host.stdout and "no: " in host.stdout
+    rows = dict(line.split(None, 1) for line in host.stdout.splitlines())
+    assert set(rows) == {e["tier"] + "-" + e["os"] + "-" + e["arch"] for e in data["include"]}
+    for name, verdict in rows.items():
+        assert verdict.startswith(("builds and runs here (", "builds here; does not run here: ", "no: ")), name
+    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
+
+    if HOST_OS == "linux":
+        assert rows[f"cpu-linux-{HOST_ARCH}"] == "builds and runs here (natively)"
+    assert rows["metal-macos-arm64"].startswith("no: ")
+
+
+def test_cli_matrix_host_says_how_a_cell_runs_or_why_not(tmp_path: Path) -> None:
+    """The verdicts follow the machine: a missing Vulkan driver or qemu turns 'runs' into 'builds'."""
+    from dxbuild.toolchains import run_here
+    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
+
+    if HOST_OS != "linux" or HOST_ARCH != "x86_64":
+        pytest.skip("the lavapipe and qemu verdicts are checked on Linux x86_64")
+    vulkan = resolve_cell(load_engine_recipe(), get_tier("vulkan"), "linux", "x86_64")
+    arm = resolve_cell(load_engine_recipe(), get_tier("cpu"), "linux", "arm64")
+    env_before = os.environ.get("VK_ICD_FILENAMES")
+    try:
+        os.environ["VK_ICD_FILENAMES"] = str(tmp_path / "nonexistent.json")
+        why, _ = run_here.run_problem(vulkan)
+        assert why and why.startswith("no Vulkan driver: apt-get install -y mesa-vulkan-drivers")
+    finally:
+        if env_before is None:
+            os.environ.pop("VK_ICD_FILENAMES", None)
+        else:
+            os.environ["VK_ICD_FILENAMES"] = env_before
+    if run_here.vulkan_icds() and any("lvp" in p for p in run_here.vulkan_icds()):
+        assert run_here.run_problem(vulkan) == (None, "natively, on lavapipe (Mesa's CPU Vulkan driver)")
+    if run_here.qemu_user("arm64"):
+        assert run_here.run_problem(arm) == (None, "under qemu-aarch64 -L /usr/aarch64-linux-gnu")
+    host = subprocess.run([sys.executable, "-m", "dxbuild", "matrix", "--host"], capture_output=True, text=True,
+                          env={**os.environ, "VK_ICD_FILENAMES": str(tmp_path / "none.json"), "PATH": "/nonexistent"},
+                          timeout=120)
+    rows = dict(line.split(None, 1) for line in host.stdout.splitlines())
+    if not rows["vulkan-linux-x86_64"].startswith("no: "):   # a PATH without glslc cannot build it either
+        assert rows["vulkan-linux-x86_64"].startswith("builds here; does not run here: no Vulkan driver")
 
 
 @pytest.mark.parametrize(

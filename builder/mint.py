@@ -82,16 +82,27 @@ def check_output_dir(out_dir: Path) -> Path:
     return out_dir.resolve()
 
 
-def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False) -> object:
+def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arch: str | None = None) -> object:
     """The frozen build cell for ``tier`` on this host (unknown tier → one clear line).
 
     ``cuda_archs`` ("90", "86;90") narrows a CUDA tier's architectures for a local build.
+    ``arch`` (``--arch arm64``/``aarch64``) must be this machine's: the engine cross-compiles,
+    but Nuitka compiles the runtime for the machine it runs on.
     """
     from dxbuild.recipes import get_tier, load_engine_recipe
-    from dxmatrix.cell import parse_cuda_archs
+    from dxbuild.toolchains.host import HOST_ARCH
+    from dxmatrix.cell import normalize_arch, parse_cuda_archs
     from dxmatrix.definition import load_matrix
     from dxmatrix.expand import host_cell
+    from dxverify.errors import UnsupportedError
 
+    if arch is not None and normalize_arch(arch) != HOST_ARCH:
+        runner = load_matrix().runners.get(f"linux-{normalize_arch(arch)}", "a runner of that arch")
+        raise UnsupportedError(
+            f"an {normalize_arch(arch)} executable cannot be minted on this {HOST_ARCH} machine: Nuitka compiles "
+            f"the dx runtime only for the machine it runs on (the release workflow mints it on {runner})",
+            hint=f"mint it on an {normalize_arch(arch)} machine; here `dxbuild engine --tier {tier} --arch "
+                 f"{normalize_arch(arch)}` cross-builds its engine")
     archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
     cell = host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners)
     if webui:
@@ -110,7 +121,8 @@ def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = No
     if tier == "auto":
         tier = pick_tier()
         click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
-    cell = plan_cell(tier, (options or {}).get("cuda_archs"), bool((options or {}).get("webui")))
+    cell = plan_cell(tier, (options or {}).get("cuda_archs"), bool((options or {}).get("webui")),
+                     (options or {}).get("arch"))
     out_dir = check_output_dir(out_dir)
     if steps is None:  # the real pipeline: check everything that can be checked before any work starts
         from dxbuild import preflight

@@ -47,6 +47,9 @@ TOOLCHAIN_SETUP: dict[str, tuple[str, ...]] = {
     "xcode": ("macos",),
 }
 
+#: what llama.cpp's own Vulkan CI sets for lavapipe (a CPU-type device is skipped without VISIBLE_DEVICES)
+LAVAPIPE_ENV = {"GGML_VK_VISIBLE_DEVICES": "0", "GGML_VK_DISABLE_F16": "1", "GGML_VK_DISABLE_COOPMAT": "1"}
+
 PYTHON_VERSION = "3.11"
 BENCH_MODEL = "smollm2"  # small enough for a hosted runner; the bench report's model
 RELEASE_RUNNER = "ubuntu-24.04"
@@ -102,6 +105,7 @@ def render_workflows(entries: list[dict[str, Any]] | None = None) -> dict[str, s
         "python_version": PYTHON_VERSION,
         "release_runner": RELEASE_RUNNER,
         "bench_model": BENCH_MODEL,
+        "lavapipe_env_args": " ".join(f"--env {k}={v}" for k, v in LAVAPIPE_ENV.items()),
         **TOOLCHAIN_VERSIONS,
     }
     return {w.output: env.get_template(w.template).render(**values) for w in WORKFLOWS}

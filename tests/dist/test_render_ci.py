@@ -219,3 +219,31 @@ def test_release_job_steps_run_here_and_install_sh_installs_from_the_result(
         assert (m.base / "prefix/bin/dx").read_bytes() == (rel / "dx-cuda13-linux-x86_64").read_bytes()
     finally:
         server.close()
+
+
+def _steps_running(wf: dict, needle: str) -> list[dict]:
+    return [s for s in wf["jobs"]["build"]["steps"] if needle in str(s.get("run", ""))]
+
+
+def test_every_cpu_cell_runs_the_suites_smoke_test():
+    """The release's CPU cells mint SmolLM2 and run tests/engine/smoke_executable.py, the file the suite runs."""
+    wf = yaml.safe_load((ROOT / RELEASE).read_text())
+    smoke = _steps_running(wf, "python tests/engine/smoke_executable.py")
+    conditions = {s.get("if") for s in smoke}
+    assert "matrix.tier == 'cpu'" in conditions
+    cpu_step = next(s for s in smoke if s.get("if") == "matrix.tier == 'cpu'")
+    assert "dxbuild mint --gpu cpu --model smollm2" in cpu_step["run"]
+    assert (ROOT / "tests/engine/smoke_executable.py").is_file()
+    assert "smoke_executable" in (ROOT / "tests/engine/test_smoke_executable.py").read_text()
+    vulkan = [s for s in smoke if "vulkan" in str(s.get("if"))]
+    assert vulkan and "GGML_VK_VISIBLE_DEVICES=0" in vulkan[0]["run"] and "mesa-vulkan-drivers" in vulkan[0]["run"]
+
+
+def test_every_cell_builds_on_a_runner_of_its_own_os_and_arch():
+    """No cross-building in the release: a native runner per cell (Nuitka compiles for the machine it runs on)."""
+    for e in matrix_entries():
+        label = e["runner"]
+        want_os = {"linux": "ubuntu-", "macos": "macos-", "windows": "windows-"}[e["os"]]
+        assert label.startswith(want_os), e
+        if e["os"] in ("linux", "windows"):
+            assert ("arm" in label) == (e["arch"] == "arm64"), e

@@ -8,6 +8,7 @@ written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,31 @@ from dxbuild.paths import project_root
 REPORT_FORMAT = 1
 
 
+class _QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
+    """A read-only or full cache still renders; the template is then compiled again next time."""
+
+    def dump_bytecode(self, bucket: Any) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept in the DX cache: compiling the two size-report templates is most of
+    that step's time in a mint (jinja2 checks each entry against its template's source)."""
+    from dxbuild.paths import cache_dir
+
+    folder = cache_dir() / "jinja"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return _QuietBytecodeCache(str(folder))
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(project_root() / "ci" / "reports")),
+        bytecode_cache=_bytecode_cache(),
         variable_start_string="[[", variable_end_string="]]",
         block_start_string="[%", block_end_string="%]",
         comment_start_string="[#", comment_end_string="#]",

@@ -34,7 +34,6 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import importlib.metadata as md
 import json
 import os
 import re
@@ -66,7 +65,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SERIAL = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def _dist_license(dist: md.Distribution) -> str | None:
+def _dist_license(dist: Any) -> str | None:
     meta = dist.metadata
     expr = meta.get("License-Expression")
     if expr:
@@ -103,6 +102,8 @@ def runtime_distributions(exclude: set[str] | None = None) -> list[dict[str, Any
         except ImportError:  # pragma: no cover - bundle module always ships with dxbuild
             NOFOLLOW = ()
         exclude = set(NOFOLLOW)
+    import importlib.metadata as md
+
     from packaging.requirements import Requirement
 
     files: list[Path] = []
@@ -315,10 +316,8 @@ def bundle_components(*, engine: dict[str, Any], python_dists: list[dict[str, An
 def _part_key(bundle_key: str | None, engine: dict[str, Any], dists: list[dict[str, Any]] | None,
               nuitka_version: str | None) -> str:
     """Everything the bundle's part is made from (the bundle key covers the bundle's own bytes)."""
-    try:
-        lib = md.version("cyclonedx-python-lib")
-    except md.PackageNotFoundError:  # pragma: no cover - a dxbuild dependency
-        lib = None
+    from cyclonedx import __version__ as lib
+
     h = hashlib.sha256(json.dumps([PART_FORMAT, bundle_key, engine, dists, nuitka_version, sys.version, lib],
                                   sort_keys=True, default=str).encode())
     h.update(Path(__file__).read_bytes())  # this module decides the components' shape

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: minting and running a DX executable, side by side with the plain tools.
 
-    python tests/bench/bench_mint.py [--big-gb 1.1] [--runs 3] [--json out.json] [--keep DIR]
+    python tests/bench/bench_mint.py [--big-gb 1.1] [--runs 3] [--json out.json] [--keep DIR] [--mint-only]
 
 Measures, in one run (prints numbers and ratios; asserts nothing):
   1. bare cpu runtime size, split into engine / Python runtime / Nuitka bootstrap
@@ -12,6 +12,10 @@ Measures, in one run (prints numbers and ratios; asserts nothing):
      minted executable to /health and to a first generated token, next to
      `llama-server` started directly on the same GGUF with the same flags;
   4. decode tokens/s through the minted executable vs llama-server direct.
+
+The machine's load average is printed before and after (a shared machine's
+numbers mean little without it). With --keep the big GGUF is written once and
+reused by later runs.
 """
 
 from __future__ import annotations
@@ -203,7 +207,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work here and keep the files (default: a temp dir)")
     ap.add_argument("--skip-mint-timing", action="store_true", help="leave out part 2 (mint vs cp+sha256sum)")
+    ap.add_argument("--mint-only", action="store_true", help="stop after part 2 (no serving, no decode)")
     args = ap.parse_args()
+    load_before = os.getloadavg()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)} ({os.cpu_count()} CPUs)", flush=True)
 
     from dxbuild.engine import host_engine
     from dxbuild.models import resolve
@@ -263,6 +270,9 @@ def main() -> None:
         print(f"   {label:8s} {r['model_bytes'] / 1e9:5.2f} GB: mint {med(r['mint_s']):6.2f}s | cp+sha256sum "
               f"{med(r['cp_sha256sum_s']):6.2f}s | ratio {r['ratio']:.2f}")
         print("            steps: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["steps_median_s"].items()))
+    if args.mint_only:
+        _finish(args, res, work, load_before)
+        return
 
     # 3. first / warm start vs llama-server direct; 4. decode tokens/s
     exe_src = work / "warm" / f"dx-smollm2-cpu-linux-{ARCH}"
@@ -316,6 +326,13 @@ def main() -> None:
     print(f"\n4. decode tokens/s (128 tokens, streamed, median of {args.runs}): minted {med(rm):.1f} | "
           f"direct {med(rd):.1f} | ratio {med(rm) / med(rd):.3f} (goal >= 0.99)")
 
+    _finish(args, res, work, load_before)
+
+
+def _finish(args: argparse.Namespace, res: dict[str, object], work: Path, load_before: tuple[float, ...]) -> None:
+    load_after = os.getloadavg()
+    res["load_average"] = {"before": list(load_before), "after": list(load_after)}
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     if not args.keep:

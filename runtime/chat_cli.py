@@ -129,19 +129,18 @@ def _error_text(raw: bytes) -> str:
 class LocalEngine:
     """Start llama-server for one model, talk to it directly, stop it on close."""
 
-    model: str
+    model: str | None
     ctx: int | None = None
     name: str = ""
     engine: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from dx.embedded import embedded_source_for
-        from dx.store import Store
+        from dx.embedded import resolve
         from dx.supervisor import Engine
 
-        # The model inside a minted executable first; else the store (pulls hf: on demand).
-        # Either way it is verified before the engine sees it.
-        source = embedded_source_for(self.model) or Store().resolve(self.model)
+        # The model inside a minted executable (no MODEL, or one of its names); else the store
+        # (pulls hf: on demand). Either way it is verified before the engine sees it.
+        source = resolve(self.model)
         self.name = source.display_name
         self.engine = Engine.start(source, ctx=self.ctx, parallel=1)
 
@@ -268,7 +267,7 @@ def interactive(backend: ChatBackend, system: str | None, sampling: Sampling) ->
 
 
 def run(
-    model: str,
+    model: str | None,
     prompt: str | None,
     *,
     host: str | None,
@@ -278,15 +277,20 @@ def run(
     stdin: IO[str],
     stdout: IO[str],
 ) -> None:
-    """What ``dx run`` does; piped stdin is the prompt (after PROMPT, if both are given)."""
+    """What ``dx run`` does; piped stdin is the prompt (after PROMPT, if both are given).
+
+    ``model`` None: the model inside this executable (or, with ``host``, the server's default).
+    """
     piped = None if stdin.isatty() else stdin.read()
     if piped is not None and piped.strip():
         prompt = f"{prompt}\n\n{piped}" if prompt else piped
     if prompt is not None and not prompt.strip():
         raise ConfigurationError("empty prompt", hint="give a PROMPT argument or pipe text into dx run")
     if prompt is None and piped is not None:
-        raise ConfigurationError("nothing on stdin and no PROMPT", hint='try: dx run MODEL "Why is the sky blue?"')
-    backend: ChatBackend = RemoteServer(host, model) if host else LocalEngine(model, ctx=ctx)
+        example = f'run {model} "Why is the sky blue?"' if model else 'run "Why is the sky blue?"'
+        raise ConfigurationError("nothing on stdin and no PROMPT",
+                                 hint=f"give a PROMPT (try: {example}), or start it on a terminal to chat")
+    backend: ChatBackend = RemoteServer(host, model or "") if host else LocalEngine(model, ctx=ctx)
     try:
         if prompt is not None:
             one_shot(backend, prompt, system, sampling, stdout)

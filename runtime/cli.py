@@ -6,6 +6,13 @@ import click
 
 from dx import __version__
 from dxverify.cli_errors import run_cli
+from dxverify.verify_cli import SELF_PATH_META
+
+
+def _self_path_with_model():  # type: ignore[no-untyped-def]
+    from dx.embedded import self_path_with_model
+
+    return self_path_with_model()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -16,6 +23,7 @@ def cli(ctx: click.Context) -> None:
 
     A minted executable with a model inside serves it when started with no arguments.
     """
+    ctx.meta[SELF_PATH_META] = _self_path_with_model  # `verify`/`inspect` without PATH: this executable
     if ctx.invoked_subcommand is not None:
         return
     from dx.embedded import find_embedded

@@ -122,13 +122,56 @@ def embedded_source(path: Path | None = None) -> ModelSource | None:
     return model_source(em)
 
 
+def names_embedded(em: EmbeddedModel, name: str) -> bool:
+    """Does ``name`` mean the embedded model? The same names ``dx serve`` answers to for it."""
+    from dx.model_names import default_aliases
+
+    return name in default_aliases(model_name(em))
+
+
 def embedded_source_for(name: str) -> ModelSource | None:
     """The verified embedded model when this executable carries one called ``name``."""
     em = find_embedded()
-    if em is None or model_name(em) != name:
+    if em is None or not names_embedded(em, name):
         return None
     verify_embedded(em)
     return model_source(em)
+
+
+def self_path_with_model() -> Path | None:
+    """This executable when it carries a model (or a trailer too damaged to read: verify says why)."""
+    from dxverify.errors import DXError
+
+    exe = self_executable()
+    if exe is None:
+        return None
+    try:
+        return exe if find_embedded(exe) is not None else None
+    except DXError:
+        return exe
+
+
+def resolve(spec: str | None, *, pull: bool = True, verify: bool = True) -> ModelSource:
+    """What a CLI command's MODEL means: the embedded model when it is left out or named, else the store's.
+
+    ``dx run``/``show``/``doctor`` all come here, so ``smollm2``, ``smollm2:latest`` and no
+    MODEL at all name the model inside the executable, as they do for ``dx serve``
+    (``dx.model_names.default_aliases``). Without ``verify`` the embedded model is only
+    located (``show`` and ``doctor`` read its header, which checks its structure).
+    """
+    from dxverify.errors import ConfigurationError
+
+    em = find_embedded()
+    if em is not None and (not spec or names_embedded(em, spec)):
+        if verify:
+            verify_embedded(em)
+        return model_source(em)
+    if not spec:
+        raise ConfigurationError("no MODEL given, and this dx carries no model of its own",
+                                 hint="name one: a store name (`dx list`), a GGUF path or hf:OWNER/REPO/FILE.gguf")
+    from dx.store import Store
+
+    return Store().resolve(spec, pull=pull, verify=verify)
 
 
 def run_arguments(model: str, prompt: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -141,7 +184,7 @@ def run_arguments(model: str, prompt: tuple[str, ...]) -> tuple[str, tuple[str, 
     if em is None:
         return model, prompt
     name = model_name(em)
-    if model == name or _names_a_model(model):
+    if names_embedded(em, model) or _names_a_model(model):
         return model, prompt
     return name, (model, *prompt)
 

@@ -50,7 +50,7 @@ host_option = click.option(
 
 
 @click.command("run")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.argument("prompt", required=False, nargs=-1)
 @host_option
 @click.option("--system", default=None, help="A system prompt.")
@@ -59,17 +59,25 @@ host_option = click.option(
 @click.option("--seed", type=int, default=None, help="Sampling seed, for repeatable answers.")
 @click.option("--ctx", type=click.IntRange(256, 1 << 20), default=None, help="Context size (engine default 4096).")
 def run_cmd(
-    model: str, prompt: tuple[str, ...], host: str | None, system: str | None,
+    model: str | None, prompt: tuple[str, ...], host: str | None, system: str | None,
     temperature: float | None, max_tokens: int | None, seed: int | None, ctx: int | None,
 ) -> None:
     """Answer PROMPT with MODEL, or chat when no PROMPT is given (piped stdin is read as the prompt).
 
     MODEL is a store name, a path to a GGUF, or hf:OWNER/REPO/FILE.gguf (pulled on first use).
+    In an executable with a model inside, MODEL may be left out: `run "PROMPT"`, or `run` to chat.
     """
     from dx.chat_cli import Sampling, run
-    from dx.embedded import run_arguments
+    from dx.embedded import find_embedded, run_arguments
 
-    model, prompt = run_arguments(model, prompt)  # a minted executable: `run "PROMPT"` uses its model
+    if model is None:
+        if host is None and find_embedded() is None:
+            from dxverify.errors import ConfigurationError
+
+            raise ConfigurationError("dx run needs a MODEL", hint='try: dx run MODEL "Why is the sky blue?" '
+                                     "(`dx list` shows the models)")
+    else:
+        model, prompt = run_arguments(model, prompt)  # a minted executable: `run "PROMPT"` uses its model
     run(
         model, " ".join(prompt) if prompt else None, host=host, system=system,
         sampling=Sampling(temperature, max_tokens, seed), ctx=ctx, stdin=sys.stdin, stdout=sys.stdout,
@@ -79,42 +87,74 @@ def run_cmd(
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
-    """List the models in the store (and Ollama's, read-only)."""
-    entries = _store().list()
+    """List the models: the one inside this executable, the store's, and Ollama's (read-only)."""
+    from dx.model_details import details_or_empty
+
+    listed = _embedded_listing() + [(e, 0, None) for e in _store().list()]
     if as_json:
-        click.echo(json.dumps([e.to_json() for e in entries], indent=1))
+        click.echo(json.dumps([{**e.to_json(), **({"offset": off} if off else {})} for e, off, _ in listed], indent=1))
         return
     rows = [["NAME", "ID", "SIZE", "QUANT", "MODIFIED", "SOURCE"]]
-    for e in entries:
-        rows.append([e.name, e.sha256[:12], human_size(e.size), e.facts.quant or "-", human_age(e.modified),
-                     "ollama (read-only)" if e.read_only else e.source.split(":", 1)[0]])
+    for e, offset, length in listed:
+        quant = details_or_empty(e.path, offset, length).quantization_level or e.facts.quant or "-"
+        source = "ollama (read-only)" if e.source == "ollama" else e.source.split(":", 1)[0]
+        rows.append([e.name, e.sha256[:12], human_size(e.size), quant, human_age(e.modified), source])
     click.echo(_table(rows))
 
 
+def _embedded_listing() -> list[tuple[Any, int, int | None]]:
+    """The model inside this executable as (store-like entry, offset, length); none for a plain dx."""
+    from dx.embedded import find_embedded, model_name
+    from dx.model_check import ModelFacts
+    from dx.model_details import details_or_empty
+    from dx.store import ModelEntry
+
+    em = find_embedded()
+    if em is None:
+        return []
+    d = details_or_empty(em.path, em.offset, em.length)
+    facts = ModelFacts(arch=d.family, family=d.family, quant=d.quantization_level, parameter_size=d.parameter_size,
+                       parameter_count=d.parameter_count)
+    entry = ModelEntry(name=model_name(em), sha256=em.sha256, size=em.length, modified=em.path.stat().st_mtime,
+                       path=em.path, source=f"embedded:{em.path}", read_only=True, facts=facts)
+    return [(entry, em.offset, em.length)]
+
+
 @click.command("show")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with the GGUF metadata.")
 @click.option("--template", is_flag=True, help="Print only the chat template.")
-def show_cmd(model: str, as_json: bool, template: bool) -> None:
-    """Show a model (a store name, or a GGUF path): architecture, parameters, quantisation, context."""
+def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
+    """Show a model (a store name, or a GGUF path): architecture, parameters, quantisation, context.
+
+    In an executable with a model inside, MODEL may be left out (it is the embedded one).
+    """
+    from pathlib import Path
+
+    from dx.model_check import read_facts
+    from dx.model_details import details_for
     from dx.model_names import looks_like_path
+    from dx.store import ModelDetails, ModelEntry
 
-    store = _store()
-    if looks_like_path(model):
+    embedded = _embedded_listing() if not model or not looks_like_path(model) else []
+    if embedded and (not model or _names_embedded(model)):
+        e, offset, length = embedded[0]
+        facts = read_facts(e.path, offset, length)  # the structure check, as for any model shown
+        d = ModelDetails(e, facts)
+    elif model and looks_like_path(model):
         # A file on disk: verified like any model the engine may load, then shown like a store entry.
-        from pathlib import Path
-
-        from dx.model_check import read_facts
-        from dx.store import ModelDetails, ModelEntry
-
-        src = store.resolve(model, pull=False)
+        src = _store().resolve(model, pull=False)
         path = Path(src.path)
         facts = read_facts(path)
         entry = ModelEntry(name=path.name, sha256=src.sha256 or "", size=path.stat().st_size,
                            modified=path.stat().st_mtime, path=path, source=f"file:{path}", facts=facts)
-        d = ModelDetails(entry, facts)
+        d, offset, length = ModelDetails(entry, facts), 0, None
+    elif model:
+        d, offset, length = _store().show(model), 0, None
     else:
-        d = store.show(model)
+        from dxverify.errors import ConfigurationError
+
+        raise ConfigurationError("dx show needs a MODEL", hint="`dx list` shows the models")
     if template:
         click.echo(d.chat_template or "")
         return
@@ -124,14 +164,22 @@ def show_cmd(model: str, as_json: bool, template: bool) -> None:
                               indent=1, default=str))
         return
     f, e = d.facts, d.entry
+    od = details_for(e.path, offset, length)  # the same family/size/quantisation /api/show gives
     rows = [
-        ("name", e.name), ("architecture", f.arch or "-"), ("parameters", f.parameter_size or "-"),
-        ("quantization", f.quant or "-"), ("context length", str(f.context_length or "-")),
+        ("name", e.name), ("architecture", f.arch or "-"), ("parameters", od.parameter_size or "-"),
+        ("quantization", od.quantization_level or "-"), ("context length", str(f.context_length or "-")),
         ("embedding length", str(f.embedding_length or "-")), ("layers", str(f.block_count or "-")),
         ("chat template", "yes" if f.has_chat_template else "no"), ("size", human_size(e.size)),
         ("sha256", e.sha256), ("source", e.source), ("path", str(e.path)),
     ]
     click.echo("\n".join(f"{k:<18}{v}" for k, v in rows))
+
+
+def _names_embedded(model: str) -> bool:
+    from dx.embedded import find_embedded, names_embedded
+
+    em = find_embedded()
+    return em is not None and names_embedded(em, model)
 
 
 @click.command("pull")
@@ -219,19 +267,24 @@ def ps_cmd(host: str | None, as_json: bool) -> None:
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor_cmd(model: str | None, as_json: bool) -> None:
-    """What this machine has, which tier it should run, and (with MODEL) how the model would fit."""
+    """What this machine has, which tier it should run, and (with MODEL) how the model would fit.
+
+    In an executable with a model inside, that model is the one planned for when MODEL is left out.
+    """
     from dx.doctor import pick_tier, plan_model, report_json, report_text
     from dx.hardware import detect
 
     hw = detect()
     tier = pick_tier(hw)
     plan = None
-    if model:
+    from dx.embedded import find_embedded, resolve
+
+    if model or find_embedded() is not None:
         from pathlib import Path
 
         from dx.model_check import read_facts
 
-        src = _store().resolve(model, pull=False)
+        src = resolve(model, pull=False, verify=False)  # no MODEL in an executable: the one inside it
         plan = plan_model(hw, tier, src.display_name, src.size(), read_facts(Path(src.path), src.offset, src.length))
     if as_json:
         click.echo(json.dumps(report_json(hw, tier, plan), indent=1))

@@ -530,7 +530,7 @@ class EngineManager:
         self._default_keep_alive = default_keep_alive
         self._max_loaded = max_loaded
         self._extra_args = tuple(extra_args)
-        self._slots: dict[tuple[str, int, str], _Slot] = {}
+        self._slots: dict[tuple[str | int, ...], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._kick = threading.Event()  # a lease ended or close(): the reaper looks now
@@ -561,14 +561,15 @@ class EngineManager:
         """Hold the model's engine for one request: it is not unloaded while leased."""
         keep = self._default_keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
         source = self._resolve(model)
+        from dx.model_defaults import for_source
+
+        defaults = for_source(source)
         with self._lock:
-            key = (*source.key, purpose)
+            # Two names for one blob may carry different defaults (Ollama params): one engine each.
+            key = (*source.key, purpose, *defaults.engine_args())
             slot = self._slots.get(key)
             if slot is None:
-                from dx.model_defaults import for_source
-
-                slot = self._slots[key] = _Slot(source=source, purpose=purpose,
-                                                ctx=for_source(source).ctx or self._ctx)
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose, ctx=defaults.ctx or self._ctx)
             slot.in_use += 1
             slot.keep_alive = keep
             slot.last_used = time.monotonic()

@@ -288,8 +288,27 @@ def _verify_with_openssl(path: Path, sig: Path, pubkey: Path) -> None:
                              hint="the file, its signature or the key was altered; do not run it")
 
 
+# ctx.meta key: a callable returning the executable this program runs from when it carries a model
+# (set by dx's CLI; dxverify cannot import dx). `verify`/`inspect` without PATH check that file.
+SELF_PATH_META = "dxverify.self_path"
+
+
+def _path_or_self(ctx: click.Context, path: str | None, command: str) -> str:
+    """PATH as given; left out, the executable itself (a minted dx with a model inside)."""
+    if path is not None:
+        return path
+    from dxverify.errors import ConfigurationError
+
+    finder = ctx.meta.get(SELF_PATH_META)
+    found = finder() if finder is not None else None
+    if found is None:
+        raise ConfigurationError(f"{command} needs a PATH (a GGUF model or a dx executable)",
+                                 hint=f"this dx carries no model of its own: dx {command} FILE")
+    return str(found)
+
+
 @click.command("verify")
-@click.argument("path", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("path", required=False, type=click.Path(dir_okay=True, path_type=str))
 @click.option(
     "--sha256",
     "sha256",
@@ -307,13 +326,15 @@ def _verify_with_openssl(path: Path, sig: Path, pubkey: Path) -> None:
               help="Public key (dx-release.pub) to check --signature against.")
 @click.pass_context
 def verify_cmd(
-    ctx: click.Context, path: str, sha256: str | None, as_json: bool, inspect: bool, no_hash: bool,
+    ctx: click.Context, path: str | None, sha256: str | None, as_json: bool, inspect: bool, no_hash: bool,
     signature: str | None, pubkey: str | None,
 ) -> None:
     """Check that PATH is a well-formed GGUF model (or DX executable) and its SHA-256 matches.
 
+    Without PATH, a dx executable checks itself: runtime, embedded model, SHA256SUMS beside it.
     Exit 0 when valid, 3 when malformed, 4 when the hash does not match.
     """
+    path = _path_or_self(ctx, path, "verify")
     result = verify_path(
         path,
         sha256,
@@ -350,11 +371,15 @@ def verify_cmd(
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("path", required=False, type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def inspect_cmd(ctx: click.Context, path: str, as_json: bool) -> None:
-    """Show what model PATH holds (architecture, size, quantization...) without loading weights."""
+def inspect_cmd(ctx: click.Context, path: str | None, as_json: bool) -> None:
+    """Show what model PATH holds (architecture, size, quantization...) without loading weights.
+
+    Without PATH, a dx executable shows the model inside it.
+    """
+    path = _path_or_self(ctx, path, "inspect")
     result = verify_path(path, hash_mode="never")
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

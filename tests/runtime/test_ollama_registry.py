@@ -393,3 +393,28 @@ def test_dxbuild_resolves_registry_names_and_holds_recipes_to_their_pins(
     monkeypatch.setenv("DX_OLLAMA_REGISTRY", "http://127.0.0.1:9")
     local = resolve("smol", recipes=recipes)
     assert local.path == ollama / "blobs" / f"sha256-{SMOL_SHA}" and local.sha256 == SMOL_SHA
+
+
+# ---- the dx command line ------------------------------------------------------------------------
+
+
+def _dx(tmp_path: Path, registry: FakeRegistry, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DX_HOME": str(tmp_path / "cli-home"), "OLLAMA_MODELS": str(tmp_path / "no-ollama"),
+           "DX_OLLAMA_REGISTRY": registry.url}
+    env.pop("DX_DEBUG", None)
+    env.pop("DX_OLLAMA_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "dx", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_dx_pull_on_the_command_line(tmp_path: Path, registry: FakeRegistry) -> None:
+    ok = _dx(tmp_path, registry, "pull", "smoltest:135m")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().startswith(f"smoltest:135m  sha256:{SMOL_SHA}")
+    assert "pulling manifest" in ok.stderr and "success" in ok.stderr
+    listed = _dx(tmp_path, registry, "list")
+    assert "smoltest:135m" in listed.stdout and "registry" in listed.stdout
+    registry.token = "t"
+    refused = _dx(tmp_path, registry, "pull", "dxtest/smolbare")
+    assert refused.returncode == 7 and "Traceback" not in refused.stderr
+    lines = [ln for ln in refused.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "asks for a token" in lines[0] and "DX_OLLAMA_TOKEN" in refused.stderr

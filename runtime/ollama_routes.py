@@ -22,7 +22,15 @@ from dx.transport import HTTPError
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
+    from dx.model_details import ModelDetails
     from dx.transport import Handler as Request
+
+
+def _read_json(req: Request) -> dict[str, Any]:
+    """The body as strict JSON (``dx.request_json``): what the engine would choke on is a 400 here."""
+    from dx.request_json import parse_strict
+
+    return parse_strict(req.read_body())
 
 
 def version(req: Request) -> None:
@@ -30,39 +38,31 @@ def version(req: Request) -> None:
 
 
 def tags(req: Request) -> None:
+    from dx.model_details import details_or_empty
     from dx.ollama_api import iso
 
     models = []
     default = req.app.resolver.default
     if default is not None:
-        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), {}))
+        d = details_or_empty(default.path, default.offset, default.length)
+        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d))
     with contextlib.suppress(DXError, OSError):
         for e in req.app.resolver.store.list():
             if default is not None and e.name == default.display_name:
                 continue
-            facts = e.facts
-            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, {
-                "family": facts.family, "parameter_size": facts.parameter_size,
-                "quantization_level": facts.quant,
-            }))
+            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path)))
     for m in models:
         m["modified_at"] = iso(m["modified_at"])
     req.send_json(200, {"models": models})
 
 
-def _tag_entry(name: str, size: int, sha: str, modified: float, details: dict[str, str]) -> dict[str, Any]:
-    family = details.get("family", "")
-    return {
-        "name": name, "model": name, "modified_at": modified, "size": size, "digest": sha,
-        "details": {
-            "parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
-            "parameter_size": details.get("parameter_size", ""),
-            "quantization_level": details.get("quantization_level", ""),
-        },
-    }
+def _tag_entry(name: str, size: int, sha: str, modified: float, details: ModelDetails) -> dict[str, Any]:
+    return {"name": name, "model": name, "modified_at": modified, "size": size, "digest": sha,
+            "details": details.ollama()}
 
 
 def ps(req: Request) -> None:
+    from dx.model_details import details_or_empty
     from dx.ollama_api import iso
 
     models: list[dict[str, Any]] = []
@@ -70,10 +70,10 @@ def ps(req: Request) -> None:
         if any(m["name"] == lm.name for m in models):
             continue  # its generation and embedding engines are one model to Ollama clients
         size = lm.source.size()
+        details = details_or_empty(lm.source.path, lm.source.offset, lm.source.length)
         models.append({
             "name": lm.name, "model": lm.name, "size": size, "digest": lm.source.sha256 or "",
-            "details": {"format": "gguf", "parent_model": "", "family": "", "families": None,
-                        "parameter_size": "", "quantization_level": ""},
+            "details": details.ollama(),
             "expires_at": iso(lm.expires_at) if lm.expires_at is not None else "2318-01-01T00:00:00Z",
             "size_vram": 0, "context_length": lm.ctx,
         })
@@ -82,9 +82,10 @@ def ps(req: Request) -> None:
 
 def show(req: Request) -> None:
     from dx.model_check import read_facts
+    from dx.model_details import details_for
     from dx.ollama_api import model_name
 
-    doc = req.read_json()
+    doc = _read_json(req)
     name = model_name(doc)
     source = req.app.resolver(name)
     facts = read_facts(source.path, source.offset, source.length)
@@ -98,11 +99,7 @@ def show(req: Request) -> None:
         "modelfile": f"# dx: {source.display_name}\nFROM {source.path}\n",
         "parameters": "",
         "template": template if isinstance(template, str) else "",
-        "details": {
-            "parent_model": "", "format": "gguf", "family": facts.family,
-            "families": [facts.family] if facts.family else None,
-            "parameter_size": facts.parameter_size, "quantization_level": facts.quant,
-        },
+        "details": details_for(source.path, source.offset, source.length).ollama(),
         "model_info": {k: v for k, v in meta.items() if k != "tokenizer.chat_template"},
         "capabilities": capabilities,
         "modified_at": _iso_mtime(source),
@@ -136,7 +133,7 @@ def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
 def generate(req: Request) -> None:
     from dx.ollama_api import generate_request, model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     if not doc.get("prompt") and not doc.get("suffix"):
         _load_only(req, doc, name)
@@ -148,7 +145,7 @@ def generate(req: Request) -> None:
 def chat(req: Request) -> None:
     from dx.ollama_api import chat_request, model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     body, num_ctx = chat_request(doc)
     if not body["messages"]:
@@ -288,7 +285,7 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
 def embed(req: Request) -> None:
     from dx.ollama_api import embed_input, model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     texts = embed_input(doc, "input")
     started = time.monotonic()
@@ -304,7 +301,7 @@ def embed(req: Request) -> None:
 def embeddings(req: Request) -> None:
     from dx.ollama_api import embed_input, model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     prompt = embed_input(doc, "prompt")
     if not isinstance(prompt, str):
@@ -331,7 +328,7 @@ def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) 
 def pull(req: Request) -> None:
     from dx.ollama_api import model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     from dx.pull import pull_by_name
 
@@ -365,7 +362,7 @@ def pull(req: Request) -> None:
 def delete(req: Request) -> None:
     from dx.ollama_api import model_name, require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     name = model_name(doc)
     source = None
     with contextlib.suppress(ModelNotFound):
@@ -379,7 +376,7 @@ def delete(req: Request) -> None:
 def copy(req: Request) -> None:
     from dx.ollama_api import require_object
 
-    doc = require_object(req.read_json())
+    doc = require_object(_read_json(req))
     src, dst = doc.get("source"), doc.get("destination")
     if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
         raise BadRequest("source and destination must be model names")

@@ -11,11 +11,10 @@ path goes where.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
-from dx.engine_access import EngineError, engine_for, open_engine
+from dx.engine_access import EngineError, ModelNotFound, engine_for, open_engine
 from dx.transport import HTTPError
 from dxverify.errors import DXError
 
@@ -43,15 +42,11 @@ def relay(req: Request) -> None:
     """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
     from dx.openai_proxy import EngineUnavailable
     from dx.openai_proxy import relay as relay_answer
+    from dx.request_json import parse_strict
 
     path = req.path.split("?", 1)[0]
     body = req.read_body()
-    try:
-        doc = json.loads(body) if body else None
-    except ValueError as exc:
-        raise HTTPError(400, f"invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise HTTPError(400, "the request body must be a JSON object")
+    doc = parse_strict(body)  # relayed as is, so it must be JSON the engine takes: else 400 here, not its 500
     model = doc.get("model", "")
     if not isinstance(model, str):
         raise HTTPError(400, "model must be a string")
@@ -88,6 +83,26 @@ def models(req: Request) -> None:
         if meta is not None:
             entry["meta"] = meta
     req.send_json(200, {"object": "list", "data": data})
+
+
+MODEL_PREFIX = "/v1/models/"
+
+
+def model(req: Request) -> None:
+    """``GET /v1/models/{id}`` (``models.retrieve``): ids hold ':' and '/', so the rest of the path, unquoted."""
+    from urllib.parse import unquote
+
+    model_id = unquote(req.path.split("?", 1)[0][len(MODEL_PREFIX):])  # a bad %-escape matches no name
+    known = model_id in _model_names(req)
+    if not known and model_id:
+        with contextlib.suppress(ModelNotFound, DXError):
+            req.app.resolver(model_id)  # names only: another name the served model answers to, or a store name
+            known = True
+    if not known:
+        req.send_json(404, {"error": {"message": f"The model '{model_id[:200]}' does not exist", "type":
+                                      "invalid_request_error", "param": "model", "code": "model_not_found"}})
+        return
+    req.send_json(200, {"id": model_id, "object": "model", "created": int(req.app.started), "owned_by": "dx"})
 
 
 def _engine_model_meta(engine: Any) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/v1/completions",      openai.relay),
     Route("POST",        "/v1/embeddings",       openai.relay),
     Route("GET",         "/v1/models",           openai.models),
+    Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
 )
 # Not in the table: any other /api/ path is 404 (405 for other methods); every other path goes
 # to the default model's engine (openai.passthrough) — public for GET/HEAD outside /api/ and /v1/
@@ -56,22 +57,28 @@ def _no_route(req: Any) -> None:
     raise HTTPError(404 if method in ("GET", "POST", "DELETE") else 405, f"no route {method} {path}")
 
 
-def _index(routes: tuple[Route, ...]) -> dict[tuple[str, str], Route]:
+def _index(routes: tuple[Route, ...], prefixes: bool = False) -> dict[tuple[str, str], Route]:
+    """(method, path) -> route; with ``prefixes`` the routes whose path ends in ``*``, keyed by the prefix."""
     index: dict[tuple[str, str], Route] = {}
     for r in routes:
+        if r.path.endswith("*") != prefixes:
+            continue
         for m in r.methods.split():
-            index[(m, r.path)] = r
+            index[(m, r.path.rstrip("*"))] = r
             if m == "GET":
-                index[("HEAD", r.path)] = r
+                index[("HEAD", r.path.rstrip("*"))] = r
     return index
 
 
 _INDEX = _index(ROUTES)
+_PREFIXES = _index(ROUTES, prefixes=True)
 
 
 def resolve(method: str, path: str) -> tuple[Handler, bool]:
     """(handler, public) for a request; ``path`` without the query string."""
     route = _INDEX.get((method, path))
+    if route is None:
+        route = next((r for (m, prefix), r in _PREFIXES.items() if m == method and path.startswith(prefix)), None)
     if route is not None:
         return route.handler, route.public
     if path.startswith("/api/"):

@@ -509,7 +509,13 @@ class DXServer:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(4096)
                     else:
-                        self._read(key.data)
+                        try:
+                            self._read(key.data)
+                        except Exception as exc:  # a bug here must cost one connection, not the server
+                            print(f"dx: internal error reading from {key.data.addr}: {type(exc).__name__}: {exc}",
+                                  file=sys.stderr)
+                            if key.data.sock.fileno() != -1:
+                                self._drop(key.data, watched=key.data in self._waiting)
                 self._take_back()
                 self._expire()
                 if self._paused_until and time.monotonic() >= self._paused_until:

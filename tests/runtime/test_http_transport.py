@@ -132,6 +132,26 @@ def test_at_the_connection_cap_the_longest_waiting_make_room(tmp_path: Path) -> 
         server.stop()
 
 
+def test_past_max_requests_a_complete_request_gets_503_at_once(tmp_path: Path) -> None:
+    server = start_dx(tmp_path, "--max-requests", "1")
+    try:
+        with _connect(server.port) as busy, _connect(server.port) as second:
+            busy.sendall(  # takes the one worker: it waits for a body that does not come
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.api_key}\r\n"
+                "Content-Length: 100\r\n\r\n{".encode()
+            )
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            second.sendall(_get("/v1/models", key=server.api_key))
+            status, headers, body = _read_answer(second)
+            assert status == 503 and headers["retry-after"] == "1" and time.monotonic() - t0 < 5
+            assert "too many requests in progress" in json.loads(body)["error"]["message"]
+        resp = httpx.get(f"{server.url}/api/version", headers=server.headers, timeout=10)  # the worker is free again
+        assert resp.status_code == 200
+    finally:
+        server.stop()
+
+
 def test_a_half_sent_request_gets_408_and_an_idle_kept_alive_connection_just_closes(dx: DXServer) -> None:
     with _connect(dx.port) as half, _connect(dx.port) as kept:
         half.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n")

@@ -159,7 +159,9 @@ class HostPolicy:
       subdomains, ``*`` to turn the check off (a reverse proxy that checks it).
 
     The port is not compared: the name is what a rebinding attack forges, and
-    behind a port forward the port a client used may differ from ours.
+    behind a port forward the port a client used may differ from ours. A refusal
+    is 403, as Ollama answers since its fix, not 421 (which invites a retry on
+    another connection, and no connection to this server will do).
     """
 
     def __init__(self, bind_host: str, allowed: Iterable[str] = ()) -> None:

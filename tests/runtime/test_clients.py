@@ -84,6 +84,19 @@ def test_openai_models(oai: openai.OpenAI) -> None:
     assert meta.get("n_params", 0) > 100_000_000 and meta.get("n_vocab") == 49152, meta
 
 
+def test_openai_models_retrieve(oai: openai.OpenAI, oll: ollama.Client) -> None:
+    m = oai.models.retrieve(MODEL)
+    assert (m.id, m.object, m.owned_by) == (MODEL, "model", "dx") and m.created > 0
+    oll.copy(MODEL, "hf.co/owner/repo:file-q4_1")  # a Hub-style name: '/' and ':' in the id
+    try:
+        assert oai.models.retrieve("hf.co/owner/repo:file-q4_1").id == "hf.co/owner/repo:file-q4_1"
+    finally:
+        oll.delete("hf.co/owner/repo:file-q4_1")
+    with pytest.raises(openai.NotFoundError) as err:
+        oai.models.retrieve("nosuch:1b")
+    assert err.value.code == "model_not_found"
+
+
 def test_openai_errors_come_as_api_errors(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="nosuch:1b", messages=[{"role": "user", "content": "x"}])
@@ -145,6 +158,19 @@ def test_ollama_list_show_ps(oll: ollama.Client) -> None:
     oll.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
     running = [m.model for m in oll.ps().models]
     assert MODEL in running
+
+
+def test_ollama_list_and_show_details_are_the_models(oll: ollama.Client) -> None:
+    oll.copy(MODEL, "smol-details:v1")  # the default model and a store model
+    try:
+        listed = {m.model: m.details for m in oll.list().models}
+        for name in (MODEL, "smol-details:v1"):
+            for d in (listed[name], oll.show(name).details):
+                assert d is not None
+                assert (d.format, d.family, d.quantization_level) == ("gguf", "llama", "Q4_1"), (name, d)
+                assert d.parameter_size == "135M" and d.families == ["llama"], (name, d)
+    finally:
+        oll.delete("smol-details:v1")
 
 
 def test_ollama_embed(oll: ollama.Client) -> None:

@@ -136,6 +136,23 @@ def test_names_are_validated() -> None:
             parse_hf(bad)
 
 
+@pytest.mark.parametrize("bad", ["../../x", "/etc/passwd", "", "  ", "a" * 300, "a\x00b", "x:" + "t" * 200, "..:x"],
+                         ids=repr)
+def test_an_invalid_name_is_the_senders_error_everywhere(store: Store, smollm2_gguf: Path, bad: str) -> None:
+    """Exit 2 on the CLI (ConfigurationError), 400 from the server (BadRequest): never an internal error."""
+    from dx.model_names import InvalidModelNameError
+    from dx.ollama_api import BadRequest
+
+    store.import_file(smollm2_gguf, "smollm2")
+    for call in (lambda: store.delete(bad), lambda: store.copy(bad, "ok:1"), lambda: store.copy("smollm2", bad),
+                 lambda: store.get(bad), lambda: store.import_file(smollm2_gguf, bad)):
+        with pytest.raises(InvalidModelNameError) as e:
+            call()
+        assert isinstance(e.value, ConfigurationError) and isinstance(e.value, BadRequest)
+        assert e.value.exit_code == 2 and "\n" not in str(e.value) and len(str(e.value)) < 300
+    assert [e.name for e in store.list()] == ["smollm2:latest"]
+
+
 # ---- Ollama's models, read-only ---------------------------------------------------------
 
 

@@ -13,6 +13,12 @@ unpacking. Nuitka itself makes this safe against a killed first start: at every
 start it compares each unpacked file's CRC-32 with the payload's and rewrites
 any file that differs or is missing, so a half-written directory is repaired
 on the next start (tests/mint prove it).
+
+Two builds at once (two engineers, two test sessions) must not share Nuitka's
+onefile-compression cache: Nuitka writes each compressed file there in place,
+so a second build can pick up a half-written one and store a zero-length entry
+("couldn't decode attached data" at start). Each build gets a private one, and
+a bundle's payload is parsed before it may enter the cache.
 """
 
 from __future__ import annotations
@@ -210,6 +216,26 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     return h.hexdigest()
 
 
+def nuitka_env(work: Path) -> dict[str, str]:
+    """The environment Nuitka runs in: this build's own onefile-compression cache, inside ``work``."""
+    env = dict(os.environ)
+    env["NUITKA_CACHE_DIR_ONEFILE_COMPRESSION"] = str(work / "onefile-compression")
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def check_payload(binary: Path, log: Path) -> None:
+    """A bundle whose onefile payload does not parse whole is never cached (it could not start)."""
+    from dxbuild.onefile_payload import read_payload
+    from dxverify.errors import MalformedInputError
+
+    try:
+        read_payload(binary)
+    except MalformedInputError:
+        raise ToolError(f"Nuitka wrote {binary} with a damaged onefile payload (an entry that does not parse)",
+                        hint=f"build again; see {log}") from None
+
+
 def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path | None = None,
                   echo: Echo | None = None) -> Bundle:
     """The runtime onefile for this engine: from the cache, or compiled now (minutes)."""
@@ -247,9 +273,8 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
         # no locale codec is needed at start (see nuitka_trim.py).
         cmd = [sys.executable, "-X", "utf8", "-m", "nuitka", *nuitka_options(
             stage=stage, out_dir=out, output_name="dx", engine=engine, unpack_spec=unpack_spec)]
-        env = dict(os.environ)
+        env = nuitka_env(work)
         env["PYTHONPATH"] = str(stage)
-        env.pop("PYTHONSTARTUP", None)
         log = cache / "bundles" / f"{key[:16]}.log"
         if echo:
             echo(f"compiling the dx runtime with Nuitka {NUITKA_VERSION} (minutes the first time; log: {log})")
@@ -257,6 +282,7 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
         built = out / "dx"
         if not built.is_file():
             raise ToolError(f"Nuitka finished but wrote no {built}; see {log}")
+        check_payload(built, log)
         final = work / "entry"
         final.mkdir()
         os.replace(built, final / "dx")

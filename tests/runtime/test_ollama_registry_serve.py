@@ -89,3 +89,44 @@ def test_a_stop_string_from_the_params_layer_ends_the_generation(
         assert " 5" in own.response and " 6," not in own.response
     finally:
         dx.stop()
+
+
+def test_dxbuild_mints_a_registry_model(tmp_path: Path, smollm2_gguf: Path, cpu_engine: Path) -> None:
+    """`dxbuild --model NAME:TAG` against the loopback registry: the real mint, Nuitka bundle included."""
+    import hashlib
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from dxverify.trailer import find_trailer
+
+    # SmolLM2 with one metadata byte changed (same length, structure intact): a digest no cache holds yet,
+    # so the mint downloads it over the registry protocol.
+    data = smollm2_gguf.read_bytes()
+    assert data.count(b"Hugging Face") >= 1
+    data = data.replace(b"Hugging Face", b"Hugging Fade", 1)
+    digest = hashlib.sha256(data).hexdigest()
+    from dxbuild.paths import cache_dir
+
+    (cache_dir() / "models" / f"sha256-{digest}").unlink(missing_ok=True)  # this test's own blob, from a last run
+    r = FakeRegistry()
+    r.add_model("library/smolmint", "135m", data, params={"stop": ["\n\n"]}, licenses=("Apache License 2.0",))
+    r.start()
+    try:
+        env = {**os.environ, "DX_OLLAMA_REGISTRY": r.url, "OLLAMA_MODELS": str(tmp_path / "no-ollama")}
+        out = tmp_path / "dist"
+        res = subprocess.run([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", "smolmint:135m",
+                              "--no-bench", "-o", str(out)], env=env, capture_output=True, text=True, timeout=1800)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert any(rng.startswith("bytes=0-") for rng in r.cdn_ranges(digest) if rng)  # over the registry
+    finally:
+        r.stop()
+    exe = out / f"dx-smolmint-135m-cpu-linux-{platform.machine()}"
+    em = find_trailer(exe)
+    assert em is not None and em.sha256 == digest
+    assert em.metadata["model"] == "smolmint:135m"
+    assert em.metadata["source"] == "ollama:registry.ollama.ai/library/smolmint:135m"
+    check = subprocess.run([str(exe), "verify"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HOME": str(tmp_path), "DX_HOME": str(tmp_path / "dxhome")})
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -479,9 +479,20 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
     (partial deleted) on a digest mismatch, DownloadError (partial kept) when
     the registry cannot be reached after ``attempts`` tries per part.
     """
+    import fcntl
+
     dest.mkdir(parents=True, exist_ok=True)
-    job = _Download(name, layer, dest, parts or default_parts(), progress, attempts)
-    return job.run()
+    with open(dest / f"sha256-{layer.sha256}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DownloadError(f"another pull is downloading the {layer.kind} layer of {name.short} right now",
+                                hint="wait for it to finish, then run the pull again") from None
+        try:
+            job = _Download(name, layer, dest, parts or default_parts(), progress, attempts)
+            return job.run()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -526,3 +537,4 @@ def sweep(dest: Path, keep_days: float = 7.0) -> None:
             if p.stat().st_mtime < cutoff:
                 p.unlink()
                 p.with_suffix(".state.json").unlink(missing_ok=True)
+                p.with_suffix(".lock").unlink(missing_ok=True)

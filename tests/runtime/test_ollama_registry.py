@@ -74,7 +74,7 @@ def stored(store: Store) -> list[str]:
 
 def partials(store: Store) -> list[str]:
     d = store.downloads / "registry"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    return sorted(p.name for p in d.iterdir() if p.suffix != ".lock") if d.is_dir() else []  # locks stay, empty
 
 
 # ---- names and manifests ----------------------------------------------------------------------
@@ -418,3 +418,17 @@ def test_dx_pull_on_the_command_line(tmp_path: Path, registry: FakeRegistry) -> 
     assert refused.returncode == 7 and "Traceback" not in refused.stderr
     lines = [ln for ln in refused.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "asks for a token" in lines[0] and "DX_OLLAMA_TOKEN" in refused.stderr
+
+
+def test_a_second_pull_of_the_same_blob_at_once_is_refused_not_interleaved(
+    env: FakeRegistry, tmp_path: Path
+) -> None:
+    import fcntl
+
+    name = reg.parse_registry_name("smoltest:135m")
+    layer = reg.fetch_manifest(name).model_layer("x")
+    with open(tmp_path / f"sha256-{SMOL_SHA}.lock", "a") as held:  # what a running pull holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match="another pull is downloading the model layer"):
+            reg.download_blob(name, layer, tmp_path)
+    assert reg.download_blob(name, layer, tmp_path).stat().st_size == layer.size

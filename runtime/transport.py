@@ -575,6 +575,8 @@ class DXServer:
             self._read(conn, recv=False)  # a pipelined request may already be complete
 
     def _read(self, conn: _Conn, recv: bool = True) -> None:
+        if conn not in self._waiting:
+            return  # closed earlier in this round of events (evicted to make room)
         limit = self.app.limits.max_header_bytes
         if recv:
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,15 @@ def _connect(port: int, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
+_unread: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response: (status, lower-cased headers, body); status 0 when the server closed first."""
-    buf = b""
+    """One response: (status, lower-cased headers, body); status 0 when the server closed first.
+
+    Bytes past its end (the next pipelined answer) are kept for the next call on the same socket.
+    """
+    buf = _unread.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -65,6 +72,7 @@ def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         if not chunk:
             break
         body += chunk
+    body, _unread[sock] = body[:length], body[length:]
     return int(lines[0].split(" ", 2)[1]), headers, body
 
 

@@ -398,6 +398,9 @@ class _Download:
             os.close(fd)
         if self.errors:
             raise self.errors[0]
+        if any(r[2] < r[1] - r[0] + 1 for r in self.ranges):
+            raise DownloadError(f"the download of {self.name.short} stopped short",
+                                hint="run the pull again: it resumes where it stopped")
         if self.progress:
             self.progress("downloading", self.done_bytes(), self.layer.size)
         return self._verify()
@@ -432,10 +435,6 @@ class _Download:
             try:
                 self._fetch_part(fd, i)
                 failures = 0 if r[2] > before else failures + 1
-            except IntegrityError as exc:
-                self.errors.append(exc)
-                self.stop.set()
-                return
             except DownloadError as exc:
                 failures = 0 if r[2] > before else failures + 1
                 if failures >= self.attempts:
@@ -444,6 +443,10 @@ class _Download:
                 with self.lock:
                     self.url = None  # a signed CDN URL may have expired: ask the registry again
                 time.sleep(min(0.2 * failures, 2.0))
+            except Exception as exc:  # a refusal (404, Range ignored, a disk error): no point in retrying
+                self.errors.append(exc)
+                self.stop.set()
+                return
 
     def _fetch_part(self, fd: int, i: int) -> None:
         start, end, done = self.ranges[i]

@@ -432,3 +432,18 @@ def test_a_second_pull_of_the_same_blob_at_once_is_refused_not_interleaved(
         with pytest.raises(DownloadError, match="another pull is downloading the model layer"):
             reg.download_blob(name, layer, tmp_path)
     assert reg.download_blob(name, layer, tmp_path).stat().st_size == layer.size
+
+
+def test_a_blob_the_registry_does_not_have_is_a_clear_error_not_a_retry_loop(
+    env: FakeRegistry, tmp_path: Path
+) -> None:
+    name = reg.parse_registry_name("smoltest:135m")
+    layer = reg.fetch_manifest(name).model_layer("x")
+    orig = env.blobs.pop(SMOL_SHA)  # the manifest names a blob the registry answers 404 for
+    try:
+        with pytest.raises(ModelNotFoundError):
+            reg.download_blob(name, layer, tmp_path, parts=2)
+    finally:
+        env.blobs[SMOL_SHA] = orig
+    assert (tmp_path / f"sha256-{SMOL_SHA}.state.json").is_file()  # nothing verified, nothing deleted
+    assert reg.download_blob(name, layer, tmp_path, parts=2).stat().st_size == layer.size

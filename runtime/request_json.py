@@ -85,10 +85,25 @@ def parse_strict(body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidJSON("the request body must be a JSON object")
     # Only a \\uD800-\\uDFFF escape can put a surrogate past the strict decode; a pair becomes
-    # one code point, a lone one stays and cannot be encoded (checked at C speed, keys too).
-    if b"\\u" in body and (b"\\ud" in body or b"\\uD" in body):
-        try:
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidJSON("invalid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    # one code point, a lone one stays and cannot be encoded.
+    if b"\\u" in body and (b"\\ud" in body or b"\\uD" in body) and _lone_surrogate(doc):
+        raise InvalidJSON("invalid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
     return doc
+
+
+def _lone_surrogate(doc: Any) -> bool:
+    """Any string, key or value, that UTF-8 cannot encode (one C-level encode per string)."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -7,6 +7,7 @@ real `openai` and `ollama` clients.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -171,7 +172,8 @@ def test_end_to_end_fresh_home_openai_ollama_zero_copy(minted_smollm2: Path, tmp
 
 def test_verify_passes_on_the_minted_executable(minted_smollm2: Path, tmp_path: Path) -> None:
     exe, home = copy_fresh(minted_smollm2, tmp_path)
-    for cmd in ([str(exe), "verify", str(exe)], [sys.executable, "-m", "dx", "verify", str(exe)]):
+    for cmd in ([str(exe), "verify", str(exe)], [sys.executable, "-m", "dx", "verify", str(exe)],
+                [str(exe), "verify"]):  # the README's `./dist/dx-smollm2-… verify`: no PATH, itself
         res = subprocess.run(cmd, capture_output=True, text=True, env=fresh_env(home), timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "b179c9523d0e6a0f" in res.stdout + res.stderr
@@ -202,6 +204,17 @@ def test_help_and_version_work_from_the_executable(minted_smollm2: Path, tmp_pat
     assert res.returncode == 0 and "serve" in res.stdout and "verify" in res.stdout
     res = subprocess.run([str(exe), "version"], capture_output=True, text=True, env=fresh_env(home), timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("dx ")
+    # It knows its own model: list, doctor, and run with nothing on stdin (no "Missing argument 'MODEL'").
+    res = subprocess.run([str(exe), "list"], capture_output=True, text=True, env=fresh_env(home), timeout=120)
+    row = res.stdout.splitlines()[1].split()
+    assert res.returncode == 0 and row[0] == "smollm2" and row[4] == "Q4_1" and row[-1] == "embedded", res.stdout
+    res = subprocess.run([str(exe), "doctor", "--json"], capture_output=True, text=True, env=fresh_env(home),
+                         timeout=120)
+    assert res.returncode == 0 and json.loads(res.stdout)["model"]["model"] == "smollm2", res.stdout + res.stderr
+    res = subprocess.run([str(exe), "run"], capture_output=True, text=True, env=fresh_env(home), timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and "nothing on stdin and no PROMPT" in res.stderr, res.stderr
+    assert "Missing argument" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_run_prompt_answers_with_the_embedded_model(minted_smollm2: Path, tmp_path: Path) -> None:

@@ -291,6 +291,10 @@ def run(
         raise ConfigurationError("nothing on stdin and no PROMPT",
                                  hint=f"give a PROMPT (try: {example}), or start it on a terminal to chat")
     backend: ChatBackend = RemoteServer(host, model or "") if host else LocalEngine(model, ctx=ctx)
+    if system is None and isinstance(backend, LocalEngine):
+        from dx.model_defaults import for_source
+
+        system = for_source(backend.engine.source).system  # the model's own (Ollama's system layer)
     try:
         if prompt is not None:
             one_shot(backend, prompt, system, sampling, stdout)

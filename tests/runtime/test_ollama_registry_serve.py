@@ -130,3 +130,37 @@ def test_dxbuild_mints_a_registry_model(tmp_path: Path, smollm2_gguf: Path, cpu_
     check = subprocess.run([str(exe), "verify"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "HOME": str(tmp_path), "DX_HOME": str(tmp_path / "dxhome")})
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dx_run_uses_the_system_layer_as_the_default_system_prompt(
+    tmp_path: Path, smollm2_gguf: Path, request: pytest.FixtureRequest
+) -> None:
+    """Greedy decoding, same engine and prompt: the output with the model's system layer equals the
+    output of the same GGUF without one given that text as --system, and differs from it without."""
+    import os
+    import subprocess
+    import sys
+
+    system = "You are a pirate. Every answer starts with Arr and is about the sea."
+    r = FakeRegistry()
+    data = smollm2_gguf.read_bytes()
+    r.add_model("library/smolsys", "135m", data, params={"temperature": 0}, system=system)
+    r.add_model("library/smolnosys", "135m", data, params={"temperature": 0})
+    r.start()
+    env = {**os.environ, "DX_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "home"),
+           "OLLAMA_MODELS": str(tmp_path / "no-ollama"), "DX_OLLAMA_REGISTRY": r.url,
+           "DX_ENGINE": str(engine_binary(request))}
+
+    def run(*args: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "dx", "run", *args, "--max-tokens", "16", "--seed", "1"],
+                           env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    try:
+        with_layer = run("smolsys:135m", "Who are you?")
+        plain = run("smolnosys:135m", "Who are you?")
+        given = run("smolnosys:135m", "Who are you?", "--system", system)
+    finally:
+        r.stop()
+    assert with_layer == given != plain

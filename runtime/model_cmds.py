@@ -187,7 +187,11 @@ def _names_embedded(model: str) -> bool:
 @click.option("--name", default=None, help="Store it under this name[:tag] (default: hf.co/OWNER/REPO:FILE).")
 @click.option("--sha256", default=None, help="The SHA-256 the file must have.")
 def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
-    """Fetch hf:OWNER/REPO/FILE.gguf[@REV] (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply) or import a GGUF file."""
+    """Fetch NAME[:TAG] from Ollama's registry (~/.ollama first), hf:OWNER/REPO/FILE.gguf[@REV], or import a GGUF.
+
+    Registry names are Ollama's ([host/][namespace/]model[:tag]; DX_OLLAMA_REGISTRY, DX_OLLAMA_TOKEN);
+    hf: files use HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE. Every byte is checked against its digest.
+    """
 
     tty = sys.stderr.isatty()
     drawn = False

@@ -23,12 +23,14 @@ from typing import Any
 from dx.ollama_api import BadRequest
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-# A number out of range needs 19+ digits in a row (an integer past int64, or a
-# double past 1.8e308 written out) or a 3-digit exponent. With digits mapped to
-# "0", "E" to "e" and signs dropped, both are plain substring searches. Inside a
-# string such a run is harmless: the checked decode then finds nothing.
-_NUMBER_SHAPE = bytes.maketrans(b"123456789E", b"000000000e")
-_LONG_DIGITS, _LONG_EXPONENT = b"0" * 19, b"e000"
+# A number out of range needs 19+ digits before its point (an integer past int64,
+# or a double past 1.8e308 written out) or a 3-digit exponent. A number starts
+# after "[", ",", ":" or whitespace (and a sign); with those mapped to ",", digits
+# to "0", "E" to "e" and signs dropped, both are plain substring searches, and
+# the 19 digits of a fraction (0.0012345678901234567, after ".") do not count.
+# Inside a string such a run is harmless: the checked decode then finds nothing.
+_NUMBER_SHAPE = bytes.maketrans(b"123456789E[: \t\n\r", b"000000000e,,,,,,")
+_LONG_DIGITS, _LONG_EXPONENT = b"," + b"0" * 19, b"e000"
 
 
 class InvalidJSON(BadRequest):

@@ -27,6 +27,11 @@ REJECTED = {
     "int past int64": (b'{"seed": 9223372036854775808}', "does not fit in 64 bits"),
     "int below int64": (b'{"seed": -9223372036854775809}', "does not fit in 64 bits"),
     "int of 5000 digits": (b'{"seed": ' + b"1" * 5000 + b"}", "does not fit in 64 bits"),
+    # whatever comes before a number (the quick check looks for 19 digits after one of these)
+    "int after a newline and tab": (b'{"seed":\n\t18446744073709551616}', "does not fit in 64 bits"),
+    "int after a colon": (b'{"seed":18446744073709551616}', "does not fit in 64 bits"),
+    "int in an array": (b'{"x":[1,\r\n-18446744073709551616]}', "does not fit in 64 bits"),
+    "exponent after a fraction": (b'{"x":[0.5e+400]}', "does not fit a double"),
     "not an object": (b"[1, 2]", "must be a JSON object"),
     "empty": (b"", "needs a JSON body"),
     "trailing comma": (b'{"a": 1,}', "invalid JSON"),

@@ -520,7 +520,7 @@ class EngineManager:
         default_keep_alive: float | None = DEFAULT_KEEP_ALIVE,
         max_loaded: int = 3,
         reap_interval: float = 1.0,
-        extra_args: Sequence[str] = (),
+        extra_args: Sequence[str] | Callable[[str], Sequence[str]] = (),
     ) -> None:
         self._resolve = resolve
         self._binary = binary
@@ -529,7 +529,8 @@ class EngineManager:
         self._ctx = ctx
         self._default_keep_alive = default_keep_alive
         self._max_loaded = max_loaded
-        self._extra_args = tuple(extra_args)
+        # a callable is asked at every (re)start, with the engine's purpose (dx.swarm: the workers still up)
+        self._extra_args = extra_args if callable(extra_args) else tuple(extra_args)
         self._slots: dict[tuple[str | int, ...], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -607,7 +608,7 @@ class EngineManager:
                 parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
                 binary=self._binary,
                 log_dir=self._log_dir,
-                extra_args=self._extra_args,
+                extra_args=self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args,
                 purpose=slot.purpose,
             )
             return slot.engine

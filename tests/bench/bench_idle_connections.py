@@ -66,12 +66,12 @@ def client_latency(port: int, key: str, n: int, model: str | None) -> dict[str, 
             "statuses": {str(k): v for k, v in statuses.items()}}
 
 
-def open_connections(port: int, n: int, half: bool) -> list[socket.socket]:
+def open_connections(port: int, n: int, half: bool, pad: int = 0) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         if half:
-            s.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            s.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"p" * pad)
         socks.append(s)
     return socks
 
@@ -108,6 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--idle", type=int, default=1000, help="connections that send nothing")
     ap.add_argument("--slow", type=int, default=1000, help="connections that send half a head, then a byte a second")
+    ap.add_argument("--slow-head-bytes", type=int, default=0,
+                    help="bytes of head each slow connection sends first (up to dx's 64 KiB: its worst-case memory)")
     ap.add_argument("--requests", type=int, default=20, help="client requests per measurement")
     ap.add_argument("--model", type=Path, help="serve this GGUF and time a 1-token /api/generate instead")
     ap.add_argument("--json", type=Path)
@@ -155,7 +157,7 @@ def main() -> None:
         for s in idle:
             s.close()
         idle = []
-        slow = open_connections(port, args.slow, half=True)
+        slow = open_connections(port, args.slow, half=True, pad=args.slow_head_bytes)
         threading.Thread(target=dribble, args=(slow, stop), daemon=True).start()
         stage("with_slow")
         idle = open_connections(port, args.idle, half=False)  # together past the cap: the oldest make room

@@ -31,8 +31,8 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("-o", "--output", "out_dir", type=click.Path(file_okay=True, path_type=Path),
                      default=Path("dist"), show_default=True, help="Directory to write the executable to.")(f)
     f = click.option("--model", metavar="MODEL",
-                     help="Recipe name (smollm2, llama3.2), hf:OWNER/REPO/FILE.gguf, or a .gguf path;"
-                          " without it the bare runtime is written.")(f)
+                     help="Recipe name (smollm2, llama3.2), an Ollama registry NAME[:TAG] (qwen2.5:0.5b),"
+                          " hf:OWNER/REPO/FILE.gguf, or a .gguf path; without it the bare runtime is written.")(f)
     f = click.option("--arch", metavar="ARCH", default=None,
                      help="Target CPU architecture: x86_64 or arm64 (aarch64); default: this machine's.")(f)
     f = click.option("--gpu", "tier", metavar="TIER", default=None,

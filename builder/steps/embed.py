@@ -1,18 +1,30 @@
 """Step: append the verified GGUF to the runtime, unchanged, at a 64 KiB boundary.
 
-Writes runtime + padding + model + metadata + trailer (``dxverify.trailer``) to
-a temporary file inside the output directory; write_output renames it into
-place. The model is hashed while it is copied and must match the verified
-SHA-256, and the whole file's SHA-256 comes out of the same pass.
+Writes runtime + padding + model + metadata + trailer (the layout of
+``dxverify.trailer``; the same bytes its ``write_executable`` writes) to a
+temporary file inside the output directory; write_output renames it into place.
+
+One pass over the model's bytes: each chunk is copied inside the kernel
+(``copy_file_range``: it never passes through a Python buffer) and hashed
+straight from the output file's pages just written — the model's SHA-256,
+which must match the verified one before the trailer is written, and the
+whole file's, which every later step takes from the artifact. What is hashed
+is what was written. The next chunk is copied while the two hashes of the last
+one run in two threads. (A read/write loop spent more system time moving a
+1.1 GB model through user space than the two hashes took.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import mmap
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,7 +44,6 @@ def run(ctx: BuildContext) -> None:
     if resolved is None:
         raise Skip("no model: the bare runtime is written as is")
     from dx import __version__ as dx_version
-    from dxverify.trailer import write_executable
 
     bundle = ctx.one(ArtifactType.BUNDLE)
     engine = ctx.one(ArtifactType.ENGINE_DIR)
@@ -52,12 +63,13 @@ def run(ctx: BuildContext) -> None:
         metadata["license"] = resolved.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
-    whole = hashlib.sha256()
-    with os.fdopen(fd, "wb", buffering=0) as f:
-        em = write_executable(bundle.path, resolved.path, f, metadata,
-                              expected_sha256=resolved.sha256, file_hasher=whole)
-        os.fchmod(f.fileno(), 0o755)
-    ctx.facts["staged_sha256"] = whole.hexdigest()
+    try:
+        em, file_sha256 = write_minted(bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256,
+                                       dest=Path(tmp))
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+    ctx.facts["staged_sha256"] = file_sha256
     if resolved.sha256 is None:  # an unpinned local file: its digest is what was just embedded
         ctx.facts["model"] = dataclasses.replace(resolved, sha256=em.sha256)
     _remember_verified(resolved.path, em.sha256)
@@ -71,3 +83,101 @@ def _remember_verified(model: Path, digest: str) -> None:
     from dxverify import verified_cache
 
     verified_cache.remember(verified_cache_dir(), model, digest)
+
+
+CHUNK = 64 << 20
+# copy_file_range cannot serve this pair of files (another filesystem, an old kernel): copy through memory.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], *,
+                 expected_sha256: str | None = None, dest: Path = Path(), chunk: int = CHUNK,
+                 kernel_copy: bool = True) -> tuple[Any, str]:
+    """Write the executable into ``fd`` (open for reading and writing, empty): (EmbeddedModel, file SHA-256).
+
+    ``dest`` is the file's path, for the EmbeddedModel. A model that does not hash to
+    ``expected_sha256`` raises IntegrityError before the trailer is written (the
+    caller removes the file). ``kernel_copy=False`` copies through memory (what it
+    falls back to by itself where copy_file_range cannot serve the two files).
+    """
+    import json
+
+    from dxverify import trailer
+
+    if chunk % mmap.ALLOCATIONGRANULARITY:
+        raise ValueError("chunk must be a multiple of the mmap granularity")
+    kernel_copy = kernel_copy and hasattr(os, "copy_file_range")  # Linux only
+    whole = hashlib.sha256()
+    data = Path(runtime).read_bytes()  # the bundle: tens of MB
+    offset = trailer.aligned_offset(len(data))
+    head = data + b"\0" * (offset - len(data))
+    _write_all(fd, head, 0)
+    whole.update(head)
+    metadata = {**metadata, "runtime_size": len(data), "runtime_sha256": hashlib.sha256(data).hexdigest()}
+    del data, head
+    model_hash = hashlib.sha256()
+    with open(model, "rb", buffering=0) as src, ThreadPoolExecutor(2, thread_name_prefix="dx-embed-hash") as pool:
+        length = os.fstat(src.fileno()).st_size
+        pending: list[Future[None]] = []
+        view: mmap.mmap | None = None
+        pos = 0
+        try:
+            while pos < length:
+                n = min(chunk, length - pos)
+                kernel_copy = _copy_span(src.fileno(), fd, pos, offset + pos, n, kernel_copy, model)
+                for f in pending:  # the previous chunk's hashes ran while this one was copied
+                    f.result()
+                if view is not None:
+                    view.close()
+                view = mmap.mmap(fd, n, offset=offset + pos, access=mmap.ACCESS_READ)
+                pending = [pool.submit(whole.update, view), pool.submit(model_hash.update, view)]
+                pos += n
+            for f in pending:
+                f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True)
+            if view is not None:
+                view.close()
+    # Metadata + trailer exactly as dxverify.trailer seals them (and refuses a model off its pin).
+    tail = trailer._seal(model, model_hash.hexdigest(), expected_sha256, metadata, offset, length)
+    _write_all(fd, tail, offset + length)
+    whole.update(tail)
+    sealed = json.loads(tail[: -trailer.TRAILER_SIZE])
+    em = trailer.EmbeddedModel(path=Path(dest), offset=offset, length=length, sha256=sealed["sha256"],
+                               metadata=sealed, file_size=offset + length + len(tail))
+    return em, whole.hexdigest()
+
+
+def _copy_span(src: int, dst: int, src_pos: int, dst_pos: int, n: int, kernel_copy: bool, what: Path) -> bool:
+    """Copy n bytes; returns whether the kernel copy still applies to this pair of files."""
+    from dxverify.errors import MalformedInputError
+
+    done = 0
+    while done < n:
+        if kernel_copy:
+            try:
+                got = os.copy_file_range(src, dst, n - done, src_pos + done, dst_pos + done)
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY or done:
+                    raise
+                kernel_copy = False
+                continue
+        else:
+            block = os.pread(src, min(n - done, 8 << 20), src_pos + done)
+            got = len(block)
+            if got:
+                _write_all(dst, block, dst_pos + done)
+        if got == 0:
+            raise MalformedInputError(f"model {what} ended at byte {src_pos + done} while it was being embedded",
+                                      hint="the file changed during the mint; mint again")
+        done += got
+    return kernel_copy
+
+
+def _write_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n

@@ -94,3 +94,19 @@ def locate_engine() -> Path:
         f"{_cache_dir() / 'engines'} and PATH)",
         hint="build one with `dxbuild engine --tier cpu` or set DX_ENGINE=/path/to/llama-server",
     )
+
+
+_RPC_SERVERS = ("ggml-rpc-server", "rpc-server")  # the pinned llama.cpp's name, and the older one
+
+
+def locate_rpc_server() -> Path:
+    """The RPC worker from the same build as the engine `locate_engine` picks (client and server must match)."""
+    engine = locate_engine()
+    for name in _RPC_SERVERS:
+        path = engine.parent / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ConfigurationError(
+        f"the engine at {engine.parent} has no ggml-rpc-server (built without GGML_RPC)",
+        hint="rebuild it with `dxbuild engine --tier cpu`, or set DX_ENGINE to an engine built with RPC",
+    )

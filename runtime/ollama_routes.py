@@ -139,6 +139,8 @@ def generate(req: Request) -> None:
         _load_only(req, doc, name)
         return
     path, body, num_ctx = generate_request(doc)
+    if path == "/v1/chat/completions":  # not raw: the model's own system prompt applies, as in Ollama
+        _default_system(req, name, body)
     _complete(req, name, doc, path, body, num_ctx, "response")
 
 
@@ -151,7 +153,20 @@ def chat(req: Request) -> None:
     if not body["messages"]:
         _load_only(req, doc, name)
         return
+    _default_system(req, name, body)
     _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
+
+
+def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
+    """No system message in the request: the model's own (an Ollama system layer) goes first."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or any(m.get("role") == "system" for m in messages):
+        return
+    from dx.model_defaults import for_source
+
+    system = for_source(req.app.resolver(name)).system
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
 
 
 def _complete(

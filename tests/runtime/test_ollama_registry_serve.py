@@ -164,3 +164,39 @@ def test_dx_run_uses_the_system_layer_as_the_default_system_prompt(
     finally:
         r.stop()
     assert with_layer == given != plain
+
+
+def test_the_system_layer_is_the_default_system_prompt_on_the_ollama_api(
+    tmp_path: Path, smollm2_gguf: Path, request: pytest.FixtureRequest
+) -> None:
+    """/api/chat and /api/generate without a system message get the model's system layer, as in Ollama;
+    a request's own system message wins (greedy, same engine: equal to giving that text by hand)."""
+    system = "You are a pirate. Every answer starts with Arr and is about the sea."
+    r = FakeRegistry()
+    data = smollm2_gguf.read_bytes()
+    r.add_model("library/smolsys", "135m", data, params={"temperature": 0}, system=system)
+    r.add_model("library/smolnosys", "135m", data, params={"temperature": 0})
+    r.start()
+    dx = start_dx(tmp_path, "--no-auth", engine=engine_binary(request), env={"DX_OLLAMA_REGISTRY": r.url})
+    try:
+        oll = ollama.Client(host=dx.url)
+        for model in ("smolsys:135m", "smolnosys:135m"):
+            assert oll.pull(model, stream=False).status == "success"
+        opts = {"temperature": 0, "seed": 1, "num_predict": 16}
+        user = {"role": "user", "content": "Who are you?"}
+
+        def chat(model: str, *messages: dict[str, str]) -> str:
+            return oll.chat(model=model, messages=list(messages), options=opts).message.content or ""
+
+        with_layer = chat("smolsys:135m", user)
+        given = chat("smolnosys:135m", {"role": "system", "content": system}, user)
+        plain = chat("smolnosys:135m", user)
+        assert with_layer == given != plain
+        own = chat("smolsys:135m", {"role": "system", "content": "You are a librarian."}, user)
+        assert own == chat("smolnosys:135m", {"role": "system", "content": "You are a librarian."}, user)
+        gen = oll.generate(model="smolsys:135m", prompt="Who are you?", options=opts).response
+        assert gen == oll.generate(model="smolnosys:135m", prompt="Who are you?", system=system,
+                                   options=opts).response
+    finally:
+        dx.stop()
+        r.stop()

@@ -59,6 +59,12 @@ from dx.model_cmds import COMMANDS as _MODEL_COMMANDS  # noqa: E402
 for _cmd in _MODEL_COMMANDS:
     cli.add_command(_cmd)
 
+# dx.swarm_cmd imports only click at module level: swarm init, worker.
+from dx.swarm_cmd import COMMANDS as _SWARM_COMMANDS  # noqa: E402
+
+for _cmd in _SWARM_COMMANDS:
+    cli.add_command(_cmd)
+
 
 def main() -> None:
     import sys

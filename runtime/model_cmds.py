@@ -264,6 +264,9 @@ def ps_cmd(host: str | None, as_json: bool) -> None:
         rows.append([str(m.get("name", "")), str(m.get("digest", ""))[:12], human_size(int(m.get("size") or 0)),
                      "100% GPU" if vram and vram >= (m.get("size") or 0) else "100% CPU",
                      str(m.get("expires_at") or "-")])
+        for w in m.get("dx_workers") or []:  # dx serve --workers: the layers each machine holds
+            rows.append([f"  {w.get('worker')}", "", f"{float(w.get('model_mib') or 0):.0f} MiB",
+                         f"{w.get('layers')} layers", ""])
     click.echo(_table(rows))
 
 

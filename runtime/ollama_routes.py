@@ -77,6 +77,12 @@ def ps(req: Request) -> None:
             "expires_at": iso(lm.expires_at) if lm.expires_at is not None else "2318-01-01T00:00:00Z",
             "size_vram": 0, "context_length": lm.ctx,
         })
+        if lm.engine is not None and lm.purpose == "generate":
+            from dx.swarm import engine_placement
+
+            placement = engine_placement(lm.engine.log_path)  # dx serve --workers: which worker holds which layers
+            if placement:
+                models[-1]["dx_workers"] = placement
     req.send_json(200, {"models": models})
 
 

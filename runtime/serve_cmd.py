@@ -56,10 +56,17 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
               help="Seconds a client has to send a request's headers (slow clients are cut off).")
 @click.option("--no-preload", is_flag=True, help="Load the default model at the first request, not at start.")
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option("--workers", "workers", multiple=True, metavar="HOST:PORT,...",
+              help="dx workers to split the model across (llama.cpp RPC over the swarm's mutual TLS; see dx worker).")
+@click.option("--tensor-split", "tensor_split", default=None, metavar="P1,P2,...",
+              help="With --workers: the share of the layers each worker gets (default: by free memory).")
+@click.option("--secret", "swarm_secret", default=None, metavar="FILE",
+              help="With --workers: the swarm secret file (default: $DX_SWARM_SECRET, else $DX_HOME/swarm/secret.pem).")
 def serve_cmd(
     model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int, parallel: int,
     max_connections: int, max_requests: int, allowed_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
     max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
+    workers: tuple[str, ...] = (), tensor_split: str | None = None, swarm_secret: str | None = None,
 ) -> None:
     """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
 
@@ -95,9 +102,13 @@ def serve_cmd(
 
             verify_embedded_source(source)  # the same check, naming the executable on a mismatch
 
+    from dx.swarm import head_from_options
+
+    head = head_from_options(_split_list(workers), tensor_split, swarm_secret)  # checks every worker, or stops
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)
-    manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep)
+    manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep,
+                            extra_args=head.engine_args if head is not None else ())
     limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, max_requests=max_requests,
                           header_timeout=request_timeout)
     app = App(manager, resolver, api_key, limits, access_log=access_log,
@@ -107,6 +118,8 @@ def serve_cmd(
     shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     what = source.display_name if source is not None else "the models in the store"
     click.echo(f"dx: serving {what} on http://{shown_host}:{bound_port}")
+    if head is not None:
+        click.echo(f"dx: split across workers {', '.join(_split_list(workers))} (mutual TLS, {head.secret.path})")
     if api_key:
         click.echo(f"dx: API key {api_key} (in {api_key_path()}; send `Authorization: Bearer <key>`)")
     else:
@@ -132,3 +145,5 @@ def serve_cmd(
     finally:
         server.server_close()
         manager.close()
+        if head is not None:
+            head.close()

@@ -62,7 +62,8 @@ NOFOLLOW = (
 # A Nuitka user plugin: drops the CJK codecs, which UTF-8 mode never needs (see the file).
 TRIM_PLUGIN = Path(__file__).with_name("nuitka_trim.py")
 # From the engine directory only what serving needs travels in the bundle.
-ENGINE_FILES = ("bin/llama-server", "engine.json")
+# ggml-rpc-server: `dx worker` (DX Swarm) from the same build as llama-server.
+ENGINE_FILES = ("bin/llama-server", "bin/ggml-rpc-server", "engine.json")
 
 Echo = Callable[[str], None]
 

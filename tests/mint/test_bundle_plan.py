@@ -17,6 +17,7 @@ def _engine(tmp_path: Path) -> Path:
     (e / "lib").mkdir()
     (e / "bin" / "llama-server").write_bytes(b"\x7fELF server")
     (e / "bin" / "llama-bench").write_bytes(b"\x7fELF bench")
+    (e / "bin" / "ggml-rpc-server").write_bytes(b"\x7fELF rpc")
     (e / "bin" / "libggml-cpu-haswell.so").write_bytes(b"haswell")
     (e / "engine.json").write_text("{}")
     (e / "lib" / "libggml-base.so.0.25.3").write_bytes(b"base")
@@ -31,7 +32,7 @@ def test_engine_files_carry_each_library_once_under_its_soname(tmp_path: Path) -
     e = _engine(tmp_path)
     files = {dest: src for src, dest in bundle.engine_files(e)}
     assert set(files) == {
-        "engine/bin/llama-server", "engine/engine.json", "engine/bin/libggml-cpu-haswell.so",
+        "engine/bin/llama-server", "engine/bin/ggml-rpc-server", "engine/engine.json", "engine/bin/libggml-cpu-haswell.so",
         "engine/lib/libggml-base.so.0", "engine/lib/libmtmd.so",
     }
     assert files["engine/lib/libggml-base.so.0"] == e / "lib" / "libggml-base.so.0.25.3"

@@ -201,7 +201,7 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     if not m:
         raise ConfigurationError(f"{what} {text!r} is not HOST:PORT", hint="e.g. 192.168.1.20:50052")
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if not 0 < int(port) < 65536:
+    if not 0 <= int(port) < 65536:  # 0: any free port (a worker's --listen)
         raise ConfigurationError(f"{what} {text!r}: port out of range")
     return host, int(port)
 

@@ -1,0 +1,234 @@
+"""DX Swarm end to end on this machine: real rpc-server, real llama-server, real TLS, loopback only.
+
+Two `dx worker`s and one `dx serve --workers` split SmolLM2 across both; the
+answer is the one a single node gives. A worker killed mid-stream gives that
+client an error event and the head serves again with the worker left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, wait_for
+
+from dx import swarm
+
+pytestmark = pytest.mark.integration
+
+_LISTEN = re.compile(r"worker listening on 127\.0\.0\.1:(\d+)")
+PROMPT = "The three primary colours are"
+
+
+@dataclass
+class WorkerProc:
+    proc: subprocess.Popen
+    port: int
+    status_path: Path
+
+    def status(self) -> dict:
+        return json.loads(self.status_path.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_worker(tmp: Path, name: str, engine: Path, secret: Path) -> WorkerProc:
+    home = tmp / name
+    home.mkdir(parents=True, exist_ok=True)
+    status = tmp / f"{name}.status.json"
+    env = {**dx_env(home, engine), "DX_SWARM_SECRET": str(secret)}
+    proc = subprocess.Popen([sys.executable, "-m", "dx", "worker", "--listen", "127.0.0.1:0", "--status-file",
+                             str(status)], stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115
+                            env=env, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if m := _LISTEN.search(line):
+            w = WorkerProc(proc, int(m.group(1)), status)
+            assert wait_for(status.exists, timeout=10)
+            return w
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"dx worker did not start: {(tmp / f'{name}.stderr').read_text(errors='replace')}")
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    return swarm.write_secret(tmp_path / "secret.pem")
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest) -> Path:
+    binary = engine_binary(request)
+    if not (binary.parent / "ggml-rpc-server").exists():
+        pytest.skip(f"{binary.parent} was built without GGML_RPC")
+    return binary
+
+
+def _complete(server: DXServer, name: str, max_tokens: int = 24, timeout: float = 120) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    body = {"model": name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "seed": 7}
+    conn.request("POST", "/v1/completions", json.dumps(body), {**server.headers, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    assert resp.status == 200, data
+    return json.loads(data)["choices"][0]["text"]
+
+
+def _model_name(server: DXServer) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/v1/models", headers=server.headers)
+    doc = json.loads(conn.getresponse().read())
+    conn.close()
+    return doc["data"][0]["id"]
+
+
+def _ps(server: DXServer) -> list[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/api/ps", headers=server.headers)
+    doc = json.loads(conn.getresponse().read())
+    conn.close()
+    return doc["models"]
+
+
+def _rpc_listens_on_loopback_only(port: int) -> bool:
+    with open("/proc/net/tcp") as fh:
+        rows = [line.split() for line in fh][1:]
+    listening = [r[1] for r in rows if r[3] == "0A" and r[1].endswith(f":{port:04X}")]
+    return listening == [f"0100007F:{port:04X}"]
+
+
+def test_worker_lets_nothing_reach_rpc_server_without_the_secret(tmp_path: Path, secret: Path, engine: Path) -> None:
+    w = start_worker(tmp_path, "w", engine, secret)
+    try:
+        rpc_port = w.status()["rpc_port"]
+        assert _rpc_listens_on_loopback_only(rpc_port)
+        other = swarm.load_secret(swarm.write_secret(tmp_path / "other.pem"))
+        with pytest.raises((ssl.SSLError, OSError)), socket.create_connection(("127.0.0.1", w.port), timeout=15) as raw:
+            tls = other.client_context().wrap_socket(raw)
+            tls.sendall(b"\x0e" + bytes(8))
+            tls.recv(1)
+        for attack in (struct.pack("<BQ", 14, 0), b"GET / HTTP/1.0\r\n\r\n", b""):
+            with socket.create_connection(("127.0.0.1", w.port), timeout=15) as raw:
+                raw.sendall(attack)
+                with contextlib.suppress(OSError):  # the worker may have hung up already
+                    raw.shutdown(socket.SHUT_WR)  # a plain client that has said all it will say
+                raw.settimeout(15)
+                with contextlib.suppress(ConnectionResetError):
+                    while raw.recv(4096):
+                        pass
+        assert wait_for(lambda: w.status()["rejected"] == 4, timeout=20), w.status()
+        st = w.status()
+        assert st["authenticated"] == 0 and st["upstream"] == 0
+        assert swarm.upstream_connections(rpc_port) == 0  # nothing connected to rpc-server, per the kernel
+    finally:
+        w.stop()
+
+
+def test_model_split_across_two_workers_answers_like_one_node_and_survives_losing_one(
+    tmp_path: Path, secret: Path, engine: Path, smollm2_gguf: Path,
+) -> None:
+    single = start_dx(tmp_path / "single", engine=engine, model=str(smollm2_gguf), timeout=120)
+    try:
+        name = _model_name(single)
+        expected = _complete(single, name)
+    finally:
+        single.stop()
+    assert expected.strip()
+
+    w1 = start_worker(tmp_path, "w1", engine, secret)
+    w2 = start_worker(tmp_path, "w2", engine, secret)
+    head: DXServer | None = None
+    try:
+        head = start_dx(tmp_path / "head", "--no-preload", "--workers", f"127.0.0.1:{w1.port},127.0.0.1:{w2.port}",
+                        engine=engine, model=str(smollm2_gguf), timeout=120,
+                        env={"DX_SWARM_SECRET": str(secret)})
+        assert _complete(head, name) == expected  # greedy: the split model gives the same tokens
+
+        (entry,) = _ps(head)
+        placement = {row["worker"]: row["layers"] for row in entry["dx_workers"]}
+        assert placement[f"127.0.0.1:{w1.port}"] > 0 and placement[f"127.0.0.1:{w2.port}"] > 0
+        assert sum(placement.values()) == 30  # SmolLM2-135M's layers, all accounted for
+        assert w1.status()["upstream"] >= 1 and w2.status()["bytes_in"] > 1 << 20  # the weights went over TLS
+
+        # kill worker 2 mid-stream: the client gets an error event, not a hang
+        rpc2 = w2.status()["rpc_pid"]
+        conn = http.client.HTTPConnection("127.0.0.1", head.port, timeout=90)
+        body = {"model": name, "prompt": PROMPT, "max_tokens": 4000, "temperature": 0, "stream": True,
+                "ignore_eos": True}
+        conn.request("POST", "/v1/completions", json.dumps(body), {**head.headers, "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and b'"text"' not in resp.fp.readline():
+            pass  # tokens are flowing: the worker dies mid-stream, not before it
+        w2.proc.kill()
+        w2.proc.wait(15)
+        rest = b""
+        while (line := resp.fp.readline()) and line != b"0\r\n":  # raw chunked lines, each read bounded by 90 s
+            rest += line
+        conn.close()
+        events = [json.loads(line[5:]) for line in rest.splitlines() if line.startswith(b"data: {")]
+        assert events and "error" in events[-1], rest[-500:]
+        assert wait_for(lambda: not pid_alive(rpc2), timeout=15)  # rpc-server went with its dx worker
+
+        # the head serves again, on the worker left, without a restart by hand
+        deadline = time.monotonic() + 120
+        answer = None
+        while answer is None and time.monotonic() < deadline:
+            try:
+                answer = _complete(head, name)
+            except AssertionError:
+                time.sleep(1)
+        assert answer == expected
+        (entry,) = _ps(head)
+        workers = [row["worker"] for row in entry["dx_workers"] if row["worker"] != "head"]
+        assert workers == [f"127.0.0.1:{w1.port}"]
+        said = head.stderr()
+        assert f"worker 127.0.0.1:{w2.port} is unreachable" in said and "serving without it" in said
+    finally:
+        if head is not None:
+            head.stop()
+        w1.stop()
+        w2.stop()
+
+
+def test_serve_refuses_a_worker_it_cannot_use_with_one_line(tmp_path: Path, secret: Path, engine: Path,
+                                                            smollm2_gguf: Path) -> None:
+    w = start_worker(tmp_path, "w", engine, secret)
+    other = swarm.write_secret(tmp_path / "other.pem")
+    try:
+        env = {**dx_env(tmp_path / "home", engine), "DX_SWARM_SECRET": str(other)}
+        (tmp_path / "home").mkdir(exist_ok=True)
+        res = subprocess.run([sys.executable, "-m", "dx", "serve", str(smollm2_gguf), "--port", "0",
+                              "--workers", f"127.0.0.1:{w.port}"], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2, res.stderr
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"worker 127.0.0.1:{w.port}" in lines[0] and "secret" in lines[0], res.stderr
+        assert w.status()["upstream"] == 0
+    finally:
+        w.stop()

@@ -207,6 +207,37 @@ class _Launcher:
 
 _launcher = _Launcher()
 
+#: ggml's loadable GPU backend modules (next to llama-server) -> the name users know
+_GPU_BACKENDS = {"vulkan": "Vulkan", "cuda": "CUDA", "hip": "ROCm"}
+_devices_said = threading.Event()
+
+
+def _say_engine_devices(binary: Path) -> None:
+    """One line, once per process, for a GPU engine: the device it will use, or that it runs on the CPU.
+
+    ggml quietly falls back to its CPU backend when a GPU backend finds no
+    device; ``llama-server --list-devices`` (a fraction of a second) lists the
+    GPU devices it can use, and none means CPU.
+    """
+    if _devices_said.is_set():
+        return
+    _devices_said.set()
+    apis = [name for mod, name in _GPU_BACKENDS.items() if any(binary.parent.glob(f"*ggml-{mod}.*"))]
+    if not apis:
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+    try:
+        out = subprocess.run([str(binary), "--list-devices"], env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    listed = out.split("Available devices:", 1)[-1].split("\n")
+    devices = [d.strip() for d in listed if d.strip() and d.strip() != "(none)"]
+    if devices:
+        print(f"dx: the engine runs on {'; '.join(devices)}", file=sys.stderr, flush=True)
+    else:
+        print(f"dx: the engine found no {' or '.join(apis)} device; running on the CPU", file=sys.stderr, flush=True)
+
 
 def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -295,6 +326,7 @@ class Engine:
         ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
         if purpose == GENERATE:
             extra_args = [*defaults.engine_args(), *extra_args]
+            _say_engine_devices(binary)
         last_error: DXError | None = None
         for _attempt in range(3):  # a port picked free can be taken before the engine binds it
             try:

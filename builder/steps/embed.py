@@ -44,6 +44,7 @@ def run(ctx: BuildContext) -> None:
     if resolved is None:
         raise Skip("no model: the bare runtime is written as is")
     from dx import __version__ as dx_version
+    from dxbuild.engine import _sigterm_as_exit
 
     bundle = ctx.one(ArtifactType.BUNDLE)
     engine = ctx.one(ArtifactType.ENGINE_DIR)
@@ -63,9 +64,11 @@ def run(ctx: BuildContext) -> None:
         metadata["license"] = resolved.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
+    # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
     try:
-        em, file_sha256 = write_minted(bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256,
-                                       dest=Path(tmp))
+        with _sigterm_as_exit():
+            em, file_sha256 = write_minted(bundle.path, resolved.path, fd, metadata,
+                                           expected_sha256=resolved.sha256, dest=Path(tmp))
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)

@@ -1,0 +1,57 @@
+"""A mint stopped while it writes the executable leaves nothing in the output directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _big_gguf(path: Path, mb: int) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("interrupt-me")
+    w.add_tensor("big.weight", np.frombuffer(os.urandom(mb << 20), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _big_gguf(tmp_path_factory.mktemp("big") / "big.gguf", 768)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopped_while_embedding_leaves_no_file(tmp_path: Path, mint_release_dir: Path, big_model: Path,
+                                                sig: signal.Signals) -> None:
+    """mint_release_dir first: engine and bundle are cached, so the mint reaches the embed step at once."""
+    model = big_model
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", str(model), "--no-bench",
+                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    caught = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = list(out.glob(".dx-mint-*.part")) if out.is_dir() else []
+        if parts and parts[0].stat().st_size > 64 << 20:  # inside the model copy
+            proc.send_signal(sig)
+            caught = True
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=120)
+    if not caught:
+        pytest.skip(f"the mint finished before it could be interrupted (rc {proc.returncode})")
+    assert proc.returncode != 0, err
+    assert sorted(p.name for p in out.iterdir()) == [], err

@@ -42,7 +42,10 @@ def run(ctx: BuildContext) -> None:
     final = ctx.out_dir / output_name(ctx.cell, resolved.name if resolved else None)
     staged: Path | None = ctx.facts.get("staged")
     if staged is None:
-        staged, digest = _stage_copy(ctx.one(ArtifactType.BUNDLE).path, ctx.out_dir)
+        from dxbuild.engine import _sigterm_as_exit
+
+        with _sigterm_as_exit():  # SIGTERM unwinds like Ctrl-C: the partly written copy is removed
+            staged, digest = _stage_copy(ctx.one(ArtifactType.BUNDLE).path, ctx.out_dir)
         ctx.facts["staged"] = staged
     else:
         digest = ctx.facts["staged_sha256"]
@@ -60,12 +63,13 @@ def run(ctx: BuildContext) -> None:
 def _stage_copy(src: Path, out_dir: Path) -> tuple[Path, str]:
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=out_dir)
     h = hashlib.sha256()
-    with os.fdopen(fd, "wb") as dst, open(src, "rb") as s:
-        while chunk := s.read(8 << 20):
-            h.update(chunk)
-            dst.write(chunk)
-        os.fchmod(dst.fileno(), 0o755)
+    try:
+        with os.fdopen(fd, "wb") as dst, open(src, "rb") as s:
+            while chunk := s.read(8 << 20):
+                h.update(chunk)
+                dst.write(chunk)
+            os.fchmod(dst.fileno(), 0o755)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return Path(tmp), h.hexdigest()
-
-
-

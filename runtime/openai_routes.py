@@ -11,6 +11,8 @@ path goes where.
 from __future__ import annotations
 
 import contextlib
+import sys
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
@@ -31,11 +33,43 @@ def health(req: Request) -> None:
 
 
 def root(req: Request) -> None:
-    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI."""
+    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI.
+
+    ``/?token=T`` is the browser login (``dx.login``): a valid token sets the session cookie and
+    redirects to ``/``, so the token does not stay in the address bar; a wrong or spent one is 401.
+    """
+    query = urllib.parse.parse_qs(req.path.partition("?")[2])
+    if "token" in query:
+        _login(req, query["token"][0])
+        return
     if "text/html" not in req.headers.get("Accept", ""):
         req.send_text(200, "dx is running\n")
         return
     passthrough(req)
+
+
+def _login(req: Request, token: str) -> None:
+    sessions = req.app.sessions
+    if sessions is None:  # --no-auth: nothing to log in to
+        req.send_response(303)
+        req.send_header("Location", "/")
+        req.send_header("Content-Length", "0")
+        req.end_headers()
+        return
+    sid = sessions.redeem(token)
+    if sid is None:
+        req.send_text(401, "this login link is wrong or was already used: open the newest one dx printed, "
+                           "or /?token=<API key>\n")
+        return
+    req.send_response(303)
+    req.send_header("Location", "/")
+    req.send_header("Set-Cookie", sessions.set_cookie(sid))
+    req.send_header("Cache-Control", "no-store")
+    req.send_header("Content-Length", "0")
+    req.end_headers()
+    host = req.headers.get("Host") or f"127.0.0.1:{sessions.port}"
+    print(f"dx: a browser logged in; the next login URL is {sessions.login_url('http://' + host)}",
+          file=sys.stderr, flush=True)
 
 
 def relay(req: Request) -> None:

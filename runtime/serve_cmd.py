@@ -118,6 +118,9 @@ def serve_cmd(
     shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     what = source.display_name if source is not None else "the models in the store"
     click.echo(f"dx: serving {what} on http://{shown_host}:{bound_port}")
+    if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
+        browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
+        click.echo(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
     if head is not None:
         click.echo(f"dx: split across workers {', '.join(_split_list(workers))} (mutual TLS, {head.secret.path})")
     if api_key:

@@ -102,6 +102,7 @@ class App:
         self.access_log = access_log
         self.allowed_hosts = tuple(allowed_hosts)
         self.origins = OriginPolicy(allow_origins)
+        self.sessions: Any = None  # dx.login.Sessions, made when the port is known (auth on)
         self.started = time.time()
 
 
@@ -483,6 +484,10 @@ class DXServer:
                   file=sys.stderr)
         self.socket = _listen(address)
         self.server_address = self.socket.getsockname()
+        if app.api_key is not None and app.sessions is None:  # browsers log in with a one-time URL
+            from dx.login import Sessions
+
+            app.sessions = Sessions(app.api_key, self.server_address[1])
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -747,13 +752,23 @@ def _listen(address: tuple[str, int]) -> socket.socket:
 def authenticate(req: Request) -> bool:
     """Is this request from someone holding the key? The one place that decides it.
 
-    Today: ``Authorization: Bearer <key>``, or no key configured (``--no-auth``).
-    A browser login (a one-time token that sets a session cookie) belongs here.
+    ``Authorization: Bearer <key>``; or no key configured (``--no-auth``); or a browser's
+    session cookie from the login URL (``dx.login``) — for a write only when the request
+    comes from the page's own origin (the Host was checked before this).
     """
     from dx.auth import bearer_matches
 
     key = req.app.api_key
-    return key is None or bearer_matches(req.headers.get("Authorization"), key)
+    if key is None or bearer_matches(req.headers.get("Authorization"), key):
+        return True
+    sessions = req.app.sessions
+    if sessions is None or not sessions.valid(sessions.session_of(req.headers.get("Cookie"))):
+        return False
+    from dx.login import cookie_may_act
+
+    origin, host = req.headers.get("Origin"), req.headers.get("Host")
+    return cookie_may_act(req.command, origin, req.headers.get("Sec-Fetch-Site"),
+                          origin is not None and host is not None and same_origin(origin, host))
 
 
 class _Writer:

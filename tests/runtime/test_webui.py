@@ -56,3 +56,56 @@ def test_llama_cpp_web_ui_is_served_through_dx(webui_engine: Path, smollm2_gguf:
         assert httpx.get(f"{dx.url}/props", headers=dx.headers, timeout=30).status_code == 200
     finally:
         dx.stop()
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+def test_a_browser_logs_in_with_the_printed_url_and_chats_through_dx(
+    webui_engine: Path, smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    """Auth on: the URL `dx serve` prints logs a real browser in (cookie), and llama.cpp's UI answers a chat."""
+    from dx.store import Store
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:  # test.sh installs Debian's chromium where it can
+        pytest.skip("a Chromium browser is needed (apt-get install chromium)")
+    Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
+    dx = start_dx(tmp_path, "--ctx", "1024", engine=webui_engine / "bin" / "llama-server", model=MODEL)
+    try:
+        found = [m.group(1) for line in dx.lines if (m := re.search(r"(http://\S+/\?token=\S+)", line))]
+        assert found, dx.lines  # the login URL is printed with the address
+        login = found[0]
+        statuses: list[tuple[int, str, str]] = []
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                page.on("response", lambda r: statuses.append((r.status, r.request.method, r.url)))
+                page.goto(login, wait_until="networkidle")
+                assert page.url == f"{dx.url}/", page.url  # the token is not left in the address bar
+                (cookie,) = [c for c in page.context.cookies() if c["name"].startswith("dx_session")]
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+                box = page.wait_for_selector("textarea", timeout=60_000)
+                box.fill("Say hello in three words.")
+                with page.expect_response(lambda r: "/v1/chat/completions" in r.url, timeout=120_000) as info:
+                    box.press("Enter")
+                answer = info.value
+                assert answer.status == 200, answer.text()[:300]
+                answer.finished()
+                page.wait_for_function("document.body.innerText.split('Say hello in three words.').pop()"
+                                       ".trim().length > 3", timeout=60_000)
+                # the key never reached the browser; every API call the UI made was let in
+                assert dx.api_key not in page.content()
+                denied = [s for s in statuses if s[0] == 401]
+                assert not denied, denied
+                # the one-time token is spent: a second browser with the same URL is not logged in
+                other = browser.new_context().new_page()
+                other.goto(login, wait_until="domcontentloaded")
+                assert not [c for c in other.context.cookies() if c["name"].startswith("dx_session")]
+            finally:
+                browser.close()
+    finally:
+        dx.stop()

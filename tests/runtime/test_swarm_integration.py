@@ -51,13 +51,14 @@ class WorkerProc:
                 self.proc.wait()
 
 
-def start_worker(tmp: Path, name: str, engine: Path, secret: Path) -> WorkerProc:
+def start_worker(tmp: Path, name: str, engine: Path | None, secret: Path, *flags: str,
+                 dx: tuple[str, ...] = (sys.executable, "-m", "dx")) -> WorkerProc:
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
     status = tmp / f"{name}.status.json"
     env = {**dx_env(home, engine), "DX_SWARM_SECRET": str(secret)}
-    proc = subprocess.Popen([sys.executable, "-m", "dx", "worker", "--listen", "127.0.0.1:0", "--status-file",
-                             str(status)], stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115
+    proc = subprocess.Popen([*dx, "worker", "--listen", "127.0.0.1:0", "--status-file",
+                             str(status), *flags], stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115
                             env=env, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -231,4 +232,46 @@ def test_serve_refuses_a_worker_it_cannot_use_with_one_line(tmp_path: Path, secr
         assert len(lines) == 1 and f"worker 127.0.0.1:{w.port}" in lines[0] and "secret" in lines[0], res.stderr
         assert w.status()["upstream"] == 0
     finally:
+        w.stop()
+
+
+def test_one_minted_executable_is_the_whole_swarm(tmp_path: Path, minted_smollm2: Path) -> None:
+    """`swarm init` without `cryptography` (the openssl CLI), `worker` on the bundled rpc-server, `serve --workers`."""
+    exe = str(minted_smollm2)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in dx_env(home, None).items() if not k.startswith(("DX_ENGINE", "DX_CACHE", "XDG_"))}
+    res = subprocess.run([exe, "swarm", "init"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    secret = home / "swarm" / "secret.pem"  # $DX_HOME/swarm/secret.pem
+    assert (secret.stat().st_mode & 0o777) == 0o600
+    w = start_worker(tmp_path, "w", None, secret, dx=(exe,))
+    head = None
+    try:
+        assert "engine/bin/ggml-rpc-server" in Path(f"/proc/{w.status()['rpc_pid']}/exe").resolve().as_posix()
+        head = subprocess.Popen([exe, "serve", "--port", "0", "--no-auth", "--workers", f"127.0.0.1:{w.port}"],
+                                env={**env, "DX_SWARM_SECRET": str(secret)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        assert head.stdout is not None
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = head.stdout.readline()
+            if not line:
+                break
+            if m := re.search(r"on http://127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+        assert port, "the minted head did not start"
+        server = DXServer(head, f"http://127.0.0.1:{port}", None, home, tmp_path / "none")
+        assert _complete(server, _model_name(server), max_tokens=8).strip()
+        (entry,) = _ps(server)
+        assert {row["worker"]: row["layers"] for row in entry["dx_workers"]}[f"127.0.0.1:{w.port}"] > 0
+    finally:
+        if head is not None:
+            head.terminate()
+            try:
+                head.wait(20)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait()
         w.stop()

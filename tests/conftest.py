@@ -58,11 +58,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Builds that take tens of minutes on 2 cores run only when asked for by name.
 
     `cuda`: the full CUDA compile (DX_TEST_CUDA=1); `repro`: two cold engine builds
-    compared byte for byte (DX_TEST_REPRO=1). Both are also commands: see README.
+    compared byte for byte (DX_TEST_REPRO=1); `vulkan` and `aarch64`: the vulkan engine
+    run on lavapipe and the cross-built arm64 engine run under qemu (DX_TEST_VULKAN=1,
+    DX_TEST_AARCH64=1; cached after the first build). All are also commands: see README.
     """
     import os
 
-    gates = {"cuda": "DX_TEST_CUDA", "repro": "DX_TEST_REPRO"}
+    gates = {"cuda": "DX_TEST_CUDA", "repro": "DX_TEST_REPRO", "vulkan": "DX_TEST_VULKAN",
+             "aarch64": "DX_TEST_AARCH64"}
     for marker, env in gates.items():
         if os.environ.get(env) == "1":
             continue
@@ -70,3 +73,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, what in (("vulkan", "the vulkan tier on lavapipe (cold build: tens of minutes); DX_TEST_VULKAN=1"),
+                         ("aarch64", "the arm64 cpu engine cross-built, run under qemu; DX_TEST_AARCH64=1")):
+        config.addinivalue_line("markers", f"{marker}: {what}")

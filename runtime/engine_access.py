@@ -9,6 +9,7 @@ errors here are answered by the transport in each API's own shape.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import threading
 import time
@@ -136,9 +137,21 @@ def open_engine(
             return cm, engine, load, conn, resp
         except EngineUnreachable as exc:
             cm.__exit__(None, None, None)
-            if attempt == 2 or engine.alive():
+            if attempt == 2 or not _dead_or_dying(engine):
                 raise EngineError(503, f"{exc}; retry the request") from None
         except EngineUnavailable as exc:
             cm.__exit__(None, None, None)
             raise EngineError(503, f"{exc}; retry the request") from None
     raise AssertionError("unreachable")
+
+
+def _dead_or_dying(engine: Engine, grace: float = 2.0) -> bool:
+    """Its port refused us: has the engine died, or is it dying? A killed process closes its sockets
+    a moment before it can be reaped, so a refusal with the process still there is given ``grace``
+    seconds to turn into an exit (then the lease restarts it) instead of a 503 for a request that
+    never reached any engine."""
+    try:
+        engine.process.wait(grace)
+    except subprocess.TimeoutExpired:
+        return False
+    return True

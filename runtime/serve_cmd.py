@@ -36,8 +36,9 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
 @click.option("--no-auth", is_flag=True, help="Serve without an API key (loopback addresses only).")
 @click.option("--keep-alive", default="5m", show_default=True,
               help="Default idle time before an engine is unloaded (Ollama syntax; -1: never).")
-@click.option("--ctx", "ctx", default=4096, show_default=True, type=click.IntRange(256, 1 << 20),
-              help="Context length per parallel slot.")
+@click.option("--ctx", "ctx", default=None, type=click.IntRange(256, 1 << 20),
+              help="Context length per parallel slot  [default: the model's num_ctx, else 4096]; "
+                   "given, it wins over the model's.")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Parallel request slots per engine.")
 @click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),
@@ -63,7 +64,7 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
 @click.option("--secret", "swarm_secret", default=None, metavar="FILE",
               help="With --workers: the swarm secret file (default: $DX_SWARM_SECRET, else $DX_HOME/swarm/secret.pem).")
 def serve_cmd(
-    model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int, parallel: int,
+    model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int | None, parallel: int,
     max_connections: int, max_requests: int, allowed_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
     max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
     workers: tuple[str, ...] = (), tensor_split: str | None = None, swarm_secret: str | None = None,

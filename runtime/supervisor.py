@@ -548,7 +548,7 @@ class EngineManager:
         binary: Path | None = None,
         log_dir: Path | None = None,
         parallel: int = DEFAULT_PARALLEL,
-        ctx: int = DEFAULT_CTX_PER_SLOT,
+        ctx: int | None = None,  # None: the model's own num_ctx, else DEFAULT_CTX_PER_SLOT
         default_keep_alive: float | None = DEFAULT_KEEP_ALIVE,
         max_loaded: int = 3,
         reap_interval: float = 1.0,
@@ -602,7 +602,8 @@ class EngineManager:
             key = (*source.key, purpose, *defaults.engine_args())
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = _Slot(source=source, purpose=purpose, ctx=defaults.ctx or self._ctx)
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose,
+                                                ctx=self._ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT)
             slot.in_use += 1
             slot.keep_alive = keep
             slot.last_used = time.monotonic()

@@ -154,6 +154,9 @@ def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list
         "--python-flag=isolated",
         f"--user-plugin={TRIM_PLUGIN}",
         "--include-package=dx",  # every dx command; dxverify modules come in as dx imports them
+        # json's C accelerator: Nuitka's anti-bloat leaves it out ("may slow down by using fallback
+        # implementation"), and dx parses every request body (dx.request_json) and engine answer with it.
+        "--include-module=_json",
         "--remove-output",
         "--no-progressbar",
     ]

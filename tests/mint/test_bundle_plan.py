@@ -56,6 +56,7 @@ def test_nuitka_options_are_onefile_cached_archive_with_engine_data(tmp_path: Pa
     assert "--onefile-tempdir-spec={CACHE_DIR}/dx/run/x" in opts
     assert f"--include-data-files={e / 'bin' / 'llama-server'}=engine/bin/llama-server" in opts
     assert "--nofollow-import-to=dxbuild" in opts
+    assert "--include-module=_json" in opts  # the C JSON parser, which Nuitka's anti-bloat would leave out
     assert opts[-1] == str(tmp_path / "s" / "dx_main.py")
 
 

@@ -62,6 +62,9 @@ def run(ctx: BuildContext) -> None:
     }
     if resolved.license:
         metadata["license"] = resolved.license
+    registry = getattr(resolved, "registry", None)
+    if registry:  # an Ollama registry model's params (stop strings, sampling, num_ctx) and system prompt
+        metadata["defaults"] = {"params": registry.get("params") or {}, "system": registry.get("system")}
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.

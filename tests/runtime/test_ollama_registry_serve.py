@@ -127,6 +127,12 @@ def test_dxbuild_mints_a_registry_model(tmp_path: Path, smollm2_gguf: Path, cpu_
     assert em is not None and em.sha256 == digest
     assert em.metadata["model"] == "smolmint:135m"
     assert em.metadata["source"] == "ollama:registry.ollama.ai/library/smolmint:135m"
+    # the params layer travels in the trailer, so the executable's engine gets its stop strings
+    assert em.metadata["defaults"]["params"] == {"stop": ["\n\n"]}
+    from dx.model_defaults import for_source
+    from dx.supervisor import ModelSource
+
+    assert for_source(ModelSource(path=exe, offset=em.offset, length=em.length)).stop == ["\n\n"]
     check = subprocess.run([str(exe), "verify"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "HOME": str(tmp_path), "DX_HOME": str(tmp_path / "dxhome")})
     assert check.returncode == 0, check.stdout + check.stderr

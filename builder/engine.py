@@ -46,7 +46,8 @@ SRC_PREFIX = "/dx/llama.cpp"
 BUILD_PREFIX = "/dx/build"
 
 _NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
-_BACKEND_MODULE = re.compile(r"^(lib)?ggml-(?!base)[a-z0-9_-]+\.(so|dll|dylib)$")
+# ggml's loadable backends, by file name; arm64 CPU variants have dots (libggml-cpu-armv8.2_1.so)
+_BACKEND_MODULE = re.compile(r"^(lib)?ggml-(?!base)[a-z0-9_.-]+?\.(so|dll|dylib)$")
 
 
 @dataclass(frozen=True)

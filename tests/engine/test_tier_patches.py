@@ -141,3 +141,19 @@ def test_mint_for_another_arch_fails_fast_in_one_line(tmp_path: Path) -> None:
     assert "Nuitka compiles the dx runtime only for the machine it runs on" in lines[0]
     assert "dxbuild engine --tier cpu --arch" in lines[0]
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_arm64_cpu_variants_install_next_to_the_executable(tmp_path: Path) -> None:
+    """ggml looks for its backends in the executable's folder; arm64 variant names have dots in them."""
+    from dxbuild.engine import install_tree
+
+    built = tmp_path / "build" / "bin"
+    built.mkdir(parents=True)
+    for name in ("llama-server", "libggml-cpu-armv8.0_1.so", "libggml-cpu-armv8.6_2.so", "libggml-rpc.so",
+                 "libggml-base.so.0.25.3", "libllama.so.0.5.0"):
+        (built / name).write_bytes(b"\x7fELF")
+    dest = tmp_path / "engine"
+    install_tree(tmp_path / "build", dest, ("llama-server",))
+    assert sorted(p.name for p in (dest / "bin").iterdir()) == [
+        "libggml-cpu-armv8.0_1.so", "libggml-cpu-armv8.6_2.so", "libggml-rpc.so", "llama-server"]
+    assert sorted(p.name for p in (dest / "lib").iterdir()) == ["libggml-base.so.0.25.3", "libllama.so.0.5.0"]

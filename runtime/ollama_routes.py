@@ -388,6 +388,9 @@ def delete(req: Request) -> None:
     source = None
     with contextlib.suppress(ModelNotFound):
         source = req.app.resolver(name)
+    if source is not None and name in req.app.resolver.default_names():
+        raise HTTPError(409, f"{name!r} is the model this server was started with; stop the server to delete "
+                             "it (`dx rm`)", kind="conflict_error")
     req.app.resolver.store.delete(name)  # 404 / 403 (Ollama's own models) from the store
     if source is not None and not source.path.exists():  # the blob went with its last name
         req.app.manager.unload_source(source)

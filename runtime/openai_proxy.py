@@ -219,7 +219,10 @@ def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.c
                 body = resp.read() if _has_body(resp) else None
             except (OSError, http.client.HTTPException) as exc:
                 raise EngineUnavailable(f"the engine stopped while answering ({exc.__class__.__name__})") from exc
-            writer.send_response(resp.status)
+            status = resp.status
+            if status >= 500 and body:
+                status, body = client_fault(status, body)
+            writer.send_response(status)
             _copy_headers(writer, resp)
             writer.send_header("Content-Length", length if body is None else str(len(body)))
             writer.end_headers()
@@ -247,6 +250,28 @@ def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.c
         out.write(b"0\r\n\r\n")
     finally:
         conn.close()
+
+
+def client_fault(status: int, body: bytes) -> tuple[int, bytes]:
+    """An engine 5xx that is really the client's mistake becomes a 400 (its message kept).
+
+    llama-server answers 500 when its JSON library rejects a field of the request
+    (``[json.exception.type_error…]``, ``parse_error``) and 501 for a feature this
+    engine was not started with (``--props``, embeddings on a chat engine): what the
+    client asked for, not what failed. Anything else (a real engine fault) stays.
+    """
+    try:
+        doc = json.loads(body)
+        err = doc["error"]
+        message = str(err.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return status, body
+    if status == 501 or "json.exception" in message:
+        err["code"] = 400
+        if status != 501:
+            err["type"] = "invalid_request_error"
+        return 400, json.dumps(doc, separators=(",", ":")).encode()
+    return status, body
 
 
 def _relay_chunked(writer: ResponseWriter, resp: http.client.HTTPResponse, sse: bool) -> None:

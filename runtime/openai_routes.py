@@ -175,6 +175,10 @@ def passthrough(req: Request) -> None:
     if req.app.resolver.default is None:
         raise HTTPError(404, f"no route {method} {path}", kind="not_found_error")
     body = req.read_body() if method in ("POST", "PUT") else None
+    if body:  # llama.cpp's own JSON routes: what the engine would choke on (500) is a 400 here
+        from dx.request_json import parse_strict
+
+        parse_strict(body)
     with engine_for(req.app, "") as (engine, _load):
         target = req.path if req.path.startswith("/") else "/"
         try:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dxverify.errors import ConfigurationError, DXError, ToolError
+from dxverify.errors import DXError, ToolError
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5m
 DEFAULT_PARALLEL = 4
@@ -92,7 +92,9 @@ def verify_source(source: ModelSource) -> str:
     """
     path = Path(source.path)
     if not path.is_file():
-        raise ConfigurationError(f"model file not found: {path}", hint="check the path or `dx list`")
+        from dx.store import ModelNotFoundError  # a 404 on the wire: the model is gone, not the server broken
+
+        raise ModelNotFoundError(f"model file not found: {path}", hint="check the path or `dx list`")
     from dx.model_check import verify_model  # lazy: only when a model is about to load
     from dx.store import dx_home
 

@@ -1,7 +1,11 @@
 """Tiers side by side on SmolLM2: prefill and decode tokens/s of each engine built here, in one run,
 with the ratio to the native cpu tier (the figure: lavapipe and qemu are slower by design).
 
-Run: python3 tests/bench/bench_tiers.py [--runs 2] [-p 64] [-n 32] [--json FILE]
+Run: python3 tests/bench/bench_tiers.py [--runs 2] [-p 64] [-n 32] [-t 1] [--json FILE]
+
+-t defaults to 1 thread: on a shared 2-core machine, ggml's spinning thread pool with 2 threads
+collapses whenever another process takes a core (decode measured here at 5 and 0.2 tokens/s in
+two runs a minute apart; 63 with one thread), which makes ratios noise.
 
 Rows (each only when its engine is in the DX cache; nothing is built here):
   cpu                      native, the best CPU variant for this machine
@@ -48,10 +52,10 @@ def cached_engine_dir(tier: str, arch: str | None = None) -> Path | None:
 
 
 def llama_bench(prefix: list[str], engine: Path, model: Path, p: int, n: int, runs: int, extra: list[str],
-                env: dict[str, str]) -> tuple[float, float, str]:
+                env: dict[str, str], threads: int = 1) -> tuple[float, float, str]:
     """(prefill t/s, decode t/s, backend) from llama-bench's JSON."""
     cmd = [*prefix, str(engine / "bin" / "llama-bench"), "-m", str(model), "-p", str(p), "-n", str(n),
-           "-r", str(runs), "-t", "2", "-o", "json", *extra]
+           "-r", str(runs), "-t", str(threads), "-o", "json", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr[-500:]}")
@@ -78,6 +82,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("-p", type=int, default=64, help="prompt tokens (prefill)")
     ap.add_argument("-n", type=int, default=32, help="generated tokens (decode)")
+    ap.add_argument("-t", "--threads", type=int, default=1, help="engine threads (see above)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
 
@@ -104,7 +109,7 @@ def main() -> None:
             plan.append((f"arm64 @ qemu-aarch64 -cpu {cpu_model}", arm,
                          [str(qemu_user("arm64")), "-cpu", cpu_model, "-L", str(sysroot("arm64"))], [], base))
     print(f"model {model.name} ({model.stat().st_size / 1e6:.1f} MB), pp{args.p} / tg{args.n}, "
-          f"{args.runs} runs, 2 threads; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"{args.runs} runs, {args.threads} thread(s); load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for name, eng in (("cpu", cpu), ("vulkan", vulkan), ("cpu arm64", arm)):
         print(f"  engine {name:10} " + (build_facts(eng) if eng else "not in the cache (dxbuild engine …)"))
     rows = []
@@ -114,7 +119,7 @@ def main() -> None:
         if eng is None:
             continue
         try:
-            pp, tg, backend = llama_bench(prefix, eng, model, args.p, args.n, args.runs, extra, env)
+            pp, tg, backend = llama_bench(prefix, eng, model, args.p, args.n, args.runs, extra, env, args.threads)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             print(f"{name:40} failed: {e}")
             continue

@@ -39,8 +39,11 @@ def test_stopped_while_embedding_leaves_no_file(tmp_path: Path, mint_release_dir
     """mint_release_dir first: engine and bundle are cached, so the mint reaches the embed step at once."""
     model = big_model
     out = tmp_path / "out"
+    # SIGINT as Ctrl-C delivers it in a terminal: the suite may run where SIGINT is ignored (a background
+    # job of a script, some CI runners), which the child would inherit and Python would keep.
     proc = subprocess.Popen([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", str(model), "--no-bench",
-                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     caught = False
     while time.monotonic() < deadline and proc.poll() is None:

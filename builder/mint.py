@@ -10,10 +10,8 @@ the directory never holds a half-written executable.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +69,12 @@ def check_output_dir(out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigurationError(f"output directory {out_dir} is a file, not a directory",
                                  hint="pass -o with a directory path")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".dx-write-test-", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigurationError(f"output directory {out_dir} is not writable ({e.strerror or e})",
-                                 hint="choose another -o directory or fix its permissions") from None
+    from dxbuild.preflight import writable_problem
+
+    problem = writable_problem(out_dir, "output directory", "choose another -o directory or fix its permissions",
+                               ConfigurationError)
+    if problem is not None:
+        raise problem
     return out_dir.resolve()
 
 

@@ -75,20 +75,20 @@ def nuitka_problem(plan: Plan) -> DXError | None:
     return None
 
 
-def _writable(d: Path, what: str, flag: str) -> DXError | None:
+def writable_problem(d: Path, what: str, hint: str, error: type[DXError] = EnvironmentProblem) -> DXError | None:
+    """Create ``d`` if needed and prove a file can be written there (a probe file, removed at once)."""
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".dx-write-test-", dir=d)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        return EnvironmentProblem(f"{what} {d} is not writable ({e.strerror or e})",
-                                  hint=f"fix its permissions or set {flag}")
+        return error(f"{what} {d} is not writable ({e.strerror or e})", hint=hint)
     return None
 
 
 def cache_problem(plan: Plan) -> DXError | None:
-    return _writable(plan.cache, "the DX cache", "DX_CACHE_DIR to another directory")
+    return writable_problem(plan.cache, "the DX cache", "fix its permissions or set DX_CACHE_DIR to another directory")
 
 
 def disk_problem(plan: Plan, free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free) -> DXError | None:

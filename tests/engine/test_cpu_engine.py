@@ -6,69 +6,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from engine_run import chat, free_port, serve
 
 pytestmark = pytest.mark.integration
 
 ALIGN = 64 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def llama_server(engine: Path, model_arg: str, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start the engine's llama-server on a free loopback port; yield (process, base URL) once healthy."""
-    port = _free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(engine / "bin" / "llama-server"), "-m", model_arg, "--host", "127.0.0.1", "--port", str(port),
-             "-c", "1024", "-t", "2", "-np", "1"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"llama-server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"llama-server not healthy in 120 s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield proc, url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """The engine's llama-server on a free loopback port; (process, base URL) once healthy."""
+    with serve([str(engine / "bin" / "llama-server"), "-m", model_arg, "-c", "1024", "-t", "2", "-np", "1"],
+               log, ready_s=120) as running:
+        yield running
 
 
 def _chat(url: str) -> str:
-    r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-        "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-        "max_tokens": 24, "temperature": 0})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    text = body["choices"][0]["message"]["content"]
-    assert isinstance(text, str) and text.strip()
-    assert body["usage"]["completion_tokens"] > 0
-    return text
+    return chat(url, max_tokens=24, timeout=120)
 
 
 def test_engine_layout(cpu_engine: Path) -> None:
@@ -137,7 +96,7 @@ def test_unaligned_offset_is_refused_not_misread(cpu_engine: Path, smollm2_gguf:
     big = tmp_path / "unaligned"
     big.write_bytes(b"x" * 7 + smollm2_gguf.read_bytes())
     r = subprocess.run([str(cpu_engine / "bin" / "llama-server"), "-m", f"{big}#offset=7", "--port",
-                        str(_free_port()), "--host", "127.0.0.1"], capture_output=True, text=True, timeout=120)
+                        str(free_port()), "--host", "127.0.0.1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "not 32 byte aligned, cannot mmap" in r.stdout + r.stderr
 

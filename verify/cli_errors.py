@@ -72,7 +72,8 @@ def environment_problem(exc: BaseException) -> EnvironmentProblem | None:
                                       hint="fix the permissions, or choose another directory (-o, DX_CACHE_DIR, "
                                            "DX_HOME)")
         if isinstance(e, FileNotFoundError) and e.filename and os.sep not in str(e.filename):
-            return EnvironmentProblem(f"the program '{e.filename}' was not found on PATH",
+            return EnvironmentProblem(f"'{e.filename}' was not found (no such file here, nor a program of that "
+                                      "name on PATH)",
                                       hint="install it, or run `dxbuild matrix --host` to see what this machine lacks")
     return None
 

@@ -51,31 +51,31 @@ def root(req: Request) -> None:
 def _login(req: Request, token: str) -> None:
     sessions = req.app.sessions
     if sessions is None:  # --no-auth: nothing to log in to
-        req.send_response(303)
-        req.send_header("Location", "/")
-        req.send_header("Content-Length", "0")
-        req.end_headers()
+        _see_home(req)
         return
     sid = sessions.redeem(token)
     if sid is None:
         req.send_text(401, "this login link is wrong or was already used: open the newest one dx printed, "
                            "or /?token=<API key>\n")
         return
-    req.send_response(303)
-    req.send_header("Location", "/")
-    req.send_header("Set-Cookie", sessions.set_cookie(sid))
-    req.send_header("Cache-Control", "no-store")
-    req.send_header("Content-Length", "0")
-    req.end_headers()
+    _see_home(req, {"Set-Cookie": sessions.set_cookie(sid), "Cache-Control": "no-store"})
     host = req.headers.get("Host") or f"127.0.0.1:{sessions.port}"
     print(f"dx: a browser logged in; the next login URL is {sessions.login_url('http://' + host)}",
           file=sys.stderr, flush=True)
 
 
+def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
+    """303 to ``/`` (the login URL's token does not stay in the address bar)."""
+    req.send_response(303)
+    req.send_header("Location", "/")
+    for k, v in (headers or {}).items():
+        req.send_header(k, v)
+    req.send_header("Content-Length", "0")
+    req.end_headers()
+
+
 def relay(req: Request) -> None:
     """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
-    from dx.openai_proxy import EngineUnavailable
-    from dx.openai_proxy import relay as relay_answer
     from dx.request_json import parse_strict
 
     path = req.path.split("?", 1)[0]
@@ -87,11 +87,7 @@ def relay(req: Request) -> None:
     purpose = "embed" if path == "/v1/embeddings" else "generate"
     cm, _engine, _load, conn, resp = open_engine(req.app, model, None, None, "POST", path, body, purpose)
     try:
-        relay_answer(req, conn, resp)
-    except EngineUnavailable as exc:
-        req.close_connection = True
-        if not req.headers_sent:
-            raise EngineError(503, f"{exc}; retry the request") from None
+        _relay_or_503(req, conn, resp)
     finally:
         cm.__exit__(None, None, None)
 
@@ -169,7 +165,6 @@ def passthrough(req: Request) -> None:
     itself then refuses.
     """
     from dx.openai_proxy import EngineUnavailable, engine_request
-    from dx.openai_proxy import relay as relay_answer
 
     method, path, with_key = req.command, req.path.split("?", 1)[0], req.authorized
     if req.app.resolver.default is None:
@@ -193,12 +188,20 @@ def passthrough(req: Request) -> None:
             conn.close()
             _front_page(req)
             return
-        try:
-            relay_answer(req, conn, resp)
-        except EngineUnavailable as exc:
-            req.close_connection = True
-            if not req.headers_sent:
-                raise EngineError(503, f"{exc}; retry the request") from None
+        _relay_or_503(req, conn, resp)
+
+
+def _relay_or_503(req: Request, conn: Any, resp: Any) -> None:
+    """The engine's answer to the client; an engine gone before anything was sent is a 503 to retry."""
+    from dx.openai_proxy import EngineUnavailable
+    from dx.openai_proxy import relay as relay_answer
+
+    try:
+        relay_answer(req, conn, resp)
+    except EngineUnavailable as exc:
+        req.close_connection = True
+        if not req.headers_sent:
+            raise EngineError(503, f"{exc}; retry the request") from None
 
 
 def _front_page(req: Request) -> None:

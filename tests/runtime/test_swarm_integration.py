@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import json
 import re
-import signal
 import socket
 import ssl
 import struct
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, wait_for
+from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, stop_process, wait_for
 
 from dx import swarm
 
@@ -42,13 +41,7 @@ class WorkerProc:
         return json.loads(self.status_path.read_text())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_worker(tmp: Path, name: str, engine: Path | None, secret: Path, *flags: str,

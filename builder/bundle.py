@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -64,6 +65,9 @@ TRIM_PLUGIN = Path(__file__).with_name("nuitka_trim.py")
 # From the engine directory only what serving needs travels in the bundle.
 # ggml-rpc-server: `dx worker` (DX Swarm) from the same build as llama-server.
 ENGINE_FILES = ("bin/llama-server", "bin/ggml-rpc-server", "engine.json")
+
+# The build-time tools' own libraries (llama-bench, llama-quantize) never travel.
+_TOOL_ONLY_LIB = re.compile(r"libllama-(bench|quantize)-impl\.")
 
 Echo = Callable[[str], None]
 
@@ -124,7 +128,7 @@ def loader_names(folder: Path) -> list[tuple[Path, str]]:
     links to (ggml's backend modules) keeps its own name. Onefile payloads hold
     plain files, so carrying every alias would triple the size.
     """
-    libs = [p for p in sorted(folder.iterdir()) if ".so" in p.name and "bench" not in p.name]
+    libs = [p for p in sorted(folder.iterdir()) if ".so" in p.name and not _TOOL_ONLY_LIB.match(p.name)]
     real = {p.name: p for p in libs if p.is_file() and not p.is_symlink()}
     out: list[tuple[Path, str]] = []
     pointed: set[str] = set()

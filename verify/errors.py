@@ -62,3 +62,12 @@ class EnvironmentProblem(DXError):
     """
 
     exit_code = 7
+
+
+class IncompatibleModelsError(ConfigurationError):
+    """A draft model cannot speculate for its target: their vocabularies differ.
+
+    A ConfigurationError (exit 2), not a MalformedInputError: each GGUF is a valid
+    file on its own; what is wrong is the pairing the user asked for (a flag or a
+    recipe's ``--draft``), and the fix is to choose another draft, not to re-download.
+    """

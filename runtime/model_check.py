@@ -121,10 +121,15 @@ def verify_model(
         raise MalformedInputError(f"cannot read model {path}: {e.strerror}") from None
     read_facts(path, offset, length)
     digest = verified_cache.lookup(cache_dir, path, offset, length) if cache_dir else None
+    from dx import metrics
+
     if digest is None:
         digest = sha256_of(path, offset, length)
+        metrics.model_verified(length if length is not None else st.st_size - offset)
         if cache_dir and os.stat(path).st_mtime_ns == st.st_mtime_ns:
             verified_cache.remember(cache_dir, path, digest, offset, length)
+    else:
+        metrics.model_verified(None)
     if expected_sha256 and digest != expected_sha256.lower():
         raise IntegrityError(
             f"model {path} has SHA-256 {digest}, expected {expected_sha256.lower()}",

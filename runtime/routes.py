@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dx import metrics
 from dx import ollama_routes as ollama
 from dx import openai_routes as openai
 from dx.transport import HTTPError
@@ -46,6 +47,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/v1/embeddings",       openai.relay),
     Route("GET",         "/v1/models",           openai.models),
     Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
+    Route("GET",         "/metrics",             metrics.serve),  # Prometheus: dx's and the engines' numbers
 )
 # Not in the table: any other /api/ path is 404 (405 for other methods); every other path goes
 # to the default model's engine (openai.passthrough) — public for GET/HEAD outside /api/ and /v1/

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dx import __version__
+from dx import __version__, metrics
 from dx.engine_access import EngineError, ModelNotFound
 from dx.ollama_api import BadRequest
 from dxverify.errors import ConfigurationError, DXError
@@ -561,6 +561,7 @@ class DXServer:
                     self._paused_until = time.monotonic() + 0.25
                 return
             if self._open >= self.max_connections and not self._evict_oldest():
+                metrics.REJECTED.inc("connections")
                 _send_quietly(sock, _error_bytes("", 503, "server busy: too many open connections, retry shortly"))
                 sock.close()
                 continue
@@ -612,6 +613,7 @@ class DXServer:
             return
         self._unwatch(conn)
         if not self.workers.submit((conn, head)):
+            metrics.REJECTED.inc("requests")
             _send_quietly(conn.sock, _error_bytes(head.target, 503, "server busy: too many requests in progress, "
                                                   "retry shortly", "server_error"))
             self._drop(conn, watched=False)
@@ -637,6 +639,7 @@ class DXServer:
             return False
         conn = next(iter(self._waiting))
         if conn.buf:  # part of a request: say why
+            metrics.REJECTED.inc("connections")
             _send_quietly(conn.sock, _error_bytes(_target_of(conn.buf), 503,
                                                   "server busy: too many open connections, retry shortly"))
         self._drop(conn)
@@ -811,6 +814,9 @@ class Request:
         self._cors_origin: str | None = None
         self._head: list[str] = []
         self._status = 0
+        self._started = time.monotonic()
+        self._stream_head: float | None = None  # when a chunked answer's head went out (dx.metrics: TTFT)
+        self._auth_failed = False
 
     # -------------------------------------------------- responses
     def send_response(self, code: int, message: str | None = None) -> None:
@@ -823,6 +829,8 @@ class Request:
             return  # CORS is the transport's answer alone (llama-server echoes any Origin)
         if low == "connection" and value.lower() == "close":
             self.close_connection = True
+        elif low == "transfer-encoding" and self._stream_head is None:
+            self._stream_head = 0.0  # stamped when the head is sent
         self._head.append(f"{keyword}: {value}\r\n")
 
     def _head_bytes(self) -> bytes:
@@ -834,6 +842,8 @@ class Request:
         elif self.request_version == "HTTP/1.0":
             self._head.append("Connection: keep-alive\r\n")
         self._head.append("\r\n")
+        if self._stream_head == 0.0:
+            self._stream_head = time.monotonic()
         data = "".join(self._head).encode("latin-1")
         self._head = []
         self.headers_sent = True
@@ -960,11 +970,19 @@ class Request:
 
     def handle(self) -> None:
         method, path = self.command, self.path.split("?", 1)[0]
+        metrics.IN_FLIGHT.inc()
+        try:
+            self._handle(method, path)
+        finally:
+            metrics.request_done(path, self._status, self._started, self._stream_head or None, self._auth_failed)
+
+    def _handle(self, method: str, path: str) -> None:
         try:
             if self._check_site():
                 handler, public = self.server.resolve(method, path)
                 self.authorized = authenticate(self)
                 if not public and not self.authorized:
+                    self._auth_failed = True
                     raise HTTPError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
                                     kind="authentication_error")
                 handler(self)

@@ -87,11 +87,11 @@ def check_pair(target: str | Path, draft: str | Path, *, target_offset: int = 0,
     file is a GGUFError (MalformedInputError), not a wrong verdict.
     """
     with read_gguf(target, target_offset, target_length) as tg, read_gguf(draft, draft_offset, draft_length) as dg:
-        t = vocab_of(tg, _label(target, target_offset, tg))
-        d = vocab_of(dg, _label(draft, draft_offset, dg))
+        t = vocab_of(tg, "target " + _label(target, target_offset, tg))
+        d = vocab_of(dg, "draft " + _label(draft, draft_offset, dg))
         problem = difference(t, d)
     if problem:
-        raise IncompatibleModelsError(f"draft {d.label} is not compatible with target {t.label}: {problem}",
+        raise IncompatibleModelsError(f"{d.label} is not compatible with {t.label}: {problem}",
                                       hint=_HINT)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dx import __version__
+from dx import __version__, metrics
 from dx.engine_access import EngineError, ModelNotFound, engine_for, open_engine
 from dx.ollama_api import BadRequest
 from dx.supervisor import ModelSource
@@ -229,6 +229,7 @@ def _final(name: str, answer: dict[str, Any], started: float, load: float, key: 
         out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get(
             "content", "")
     out.update(done_fields(choice.get("finish_reason"), answer.get("timings"), answer.get("usage"), started, load))
+    metrics.generation(name, answer.get("timings"), answer.get("usage"))
     return out
 
 
@@ -299,6 +300,7 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
     else:
         final["response"] = ""
     final.update(done_fields(finish, timings, usage, started, load))
+    metrics.generation(name, timings, usage)
     emit(final)
     out.write(b"0\r\n\r\n")
 

@@ -1,0 +1,194 @@
+"""The thin CUDA engine's search for cuBLAS/cudart (dx.cuda_libs), with stand-in library directories.
+
+The stand-ins are real ELF shared objects compiled here with the SONAME the
+loader asks for (``gcc -shared -Wl,-soname,libcublas.so.13``): no GPU or
+CUDA is needed, and the checks that read SONAMEs and ELF headers run on
+real files. A fake NVIDIA driver is a fake ``/proc/driver/nvidia/version``
+under a stand-in root, named as such.
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dx import cuda_libs
+
+NAMES13 = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13")
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SONAME -> a tiny shared object carrying that SONAME (majors 13 and 12)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to make stand-in shared objects")
+    out = tmp_path_factory.mktemp("stand-ins")
+    src = out / "empty.c"
+    src.write_text("int dx_stand_in(void) { return 0; }\n")
+    libs = {}
+    for soname in (*NAMES13, "libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12"):
+        dest = out / soname
+        subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(dest), str(src)], check=True)
+        libs[soname] = dest
+    return libs
+
+
+def lib_dir(path: Path, stand_ins: dict[str, Path], names: tuple[str, ...] = NAMES13,
+            as_name: dict[str, str] | None = None) -> Path:
+    """A directory holding copies of ``names`` (each stand-in may be copied under another file name)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copy(stand_ins[n], path / (as_name or {}).get(n, n))
+    return path
+
+
+def fake_driver(root: Path, version: str = "580.95.05") -> None:
+    """A fake /proc/driver/nvidia/version under ``root`` (no GPU here)."""
+    proc = root / "proc" / "driver" / "nvidia"
+    proc.mkdir(parents=True)
+    (proc / "version").write_text(f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {version}  Release\n"
+                                  "GCC version:  gcc version 12.2.0\n")
+
+
+@pytest.fixture
+def layout(tmp_path: Path, stand_ins: dict[str, Path]) -> dict:
+    """Three good places (runtime pack, pip wheel site-packages, system CUDA 13) under a stand-in root."""
+    root = tmp_path / "root"
+    home = tmp_path / "home"
+    pack = lib_dir(home / ".local/share/dx/runtime/cuda13-13.0.2.14/lib", stand_ins)
+    site = tmp_path / "venv/lib/python3.11/site-packages"
+    pip = lib_dir(site / "nvidia/cu13/lib", stand_ins)
+    system = lib_dir(root / "usr/local/cuda-13.0/lib64", stand_ins)
+    return {"root": root, "env": {"HOME": str(home)}, "sys_path": [str(site)],
+            "pack": pack, "pip": pip, "system": system}
+
+
+def run_search(layout: dict, **env: str) -> cuda_libs.CudaSearch:
+    return cuda_libs.search({**layout["env"], **env}, root=layout["root"], sys_path=layout["sys_path"],
+                            use_ldconfig=False, machine="x86_64")
+
+
+def test_order_pack_then_pip_then_system(layout: dict) -> None:
+    found = run_search(layout)
+    assert found.chosen == layout["pack"]
+    assert [c.source for c in found.candidates] == ["pack"], "the search stops at the first usable place"
+    shutil.rmtree(layout["pack"].parent)
+    found = run_search(layout)
+    assert found.chosen == layout["pip"]
+    shutil.rmtree(layout["pip"])
+    found = run_search(layout)
+    assert found.chosen == layout["system"]
+    assert [c.source for c in found.candidates] == ["system"]
+    shutil.rmtree(layout["system"])
+    found = run_search(layout)
+    assert found.chosen is None and found.env({}) == {}
+    assert "no usable CUDA 13 runtime" in found.log_lines()[-1]
+
+
+def test_wrong_major_is_refused_and_logged(layout: dict, stand_ins: dict[str, Path]) -> None:
+    """A pack holding CUDA 12's libraries is passed over for the pip wheel, and the log says why."""
+    shutil.rmtree(layout["pack"])
+    lib_dir(layout["pack"], stand_ins, ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12"))
+    found = run_search(layout)
+    assert found.chosen == layout["pip"]
+    refused = found.candidates[0]
+    assert (refused.source, refused.path, refused.accepted) == ("pack", layout["pack"], False)
+    assert "wrong CUDA major" in refused.reason and "libcublas.so.12" in refused.reason
+    log = "\n".join(found.log_lines())
+    assert f"[pack] {layout['pack']}: refused — wrong CUDA major" in log
+    assert f"[pip] {layout['pip']}: accepted" in log
+    assert f"using {layout['pip']}" in log
+
+
+def test_right_name_wrong_soname_is_refused(layout: dict, stand_ins: dict[str, Path]) -> None:
+    """A CUDA 12 cuBLAS renamed to .so.13 is caught by its SONAME, not trusted by its file name."""
+    (layout["pack"] / "libcublas.so.13").unlink()
+    shutil.copy(stand_ins["libcublas.so.12"], layout["pack"] / "libcublas.so.13")
+    found = run_search(layout)
+    assert found.chosen == layout["pip"]
+    assert "SONAME libcublas.so.12" in found.candidates[0].reason
+
+
+def test_partial_and_non_elf_dirs_are_refused(layout: dict) -> None:
+    (layout["pack"] / "libcublasLt.so.13").unlink()
+    (layout["pip"] / "libcudart.so.13").write_bytes(b"not an ELF file")
+    found = run_search(layout)
+    assert found.chosen == layout["system"]
+    assert [c.accepted for c in found.candidates] == [False, False, True]
+    assert found.candidates[0].reason == "lacks libcublasLt.so.13"
+    assert found.candidates[1].reason == "libcudart.so.13 is not an ELF shared object"
+
+
+def test_wrong_machine_is_refused(layout: dict) -> None:
+    found = cuda_libs.search(layout["env"], root=layout["root"], sys_path=layout["sys_path"],
+                             use_ldconfig=False, machine="aarch64")
+    assert found.chosen is None
+    assert all("built for another machine" in c.reason for c in found.candidates)
+
+
+def test_highest_pack_version_first_and_env_override_wins(layout: dict, stand_ins: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    home = Path(layout["env"]["HOME"])
+    newer = lib_dir(home / ".local/share/dx/runtime/cuda13-13.0.10/lib", stand_ins)
+    assert run_search(layout).chosen == newer, "13.0.10 sorts above 13.0.2.14 as numbers"
+    chosen = lib_dir(tmp_path / "mine" / "lib", stand_ins)
+    found = run_search(layout, DX_CUDA_RUNTIME=str(tmp_path / "mine"))  # a pack dir: its lib/ is used
+    assert (found.chosen, found.candidates[0].source) == (chosen, "env")
+    # XDG_DATA_HOME moves the user's pack folder, as install.sh does
+    data = tmp_path / "data"
+    moved = lib_dir(data / "dx/runtime/cuda13-13.0.2.14/lib", stand_ins)
+    assert run_search(layout, XDG_DATA_HOME=str(data)).chosen == moved
+
+
+def test_root_pack_under_opt(layout: dict, stand_ins: dict[str, Path]) -> None:
+    shutil.rmtree(layout["pack"].parent)
+    opt = lib_dir(layout["root"] / "opt/dx/runtime/cuda13-13.0.2.14/lib", stand_ins)
+    assert run_search(layout).chosen == opt
+
+
+def test_env_prepends_to_ld_library_path(layout: dict) -> None:
+    found = run_search(layout)
+    assert found.env({}) == {"LD_LIBRARY_PATH": str(layout["pack"])}
+    assert found.env({"LD_LIBRARY_PATH": "/x"}) == {"LD_LIBRARY_PATH": f"{layout['pack']}:/x"}
+
+
+def test_notice_names_what_to_install(layout: dict) -> None:
+    found = run_search(layout)  # libraries, but no driver under the stand-in root
+    assert found.driver is None and not found.usable
+    assert "no NVIDIA driver" in found.notice() and "runs on the CPU" in found.notice()
+    fake_driver(layout["root"])
+    found = run_search(layout)
+    assert found.driver == "580.95.05" and found.usable and found.notice() is None
+    for d in ("pack", "pip", "system"):
+        shutil.rmtree(layout[d])
+    notice = run_search(layout).notice()
+    assert notice is not None and "\n" not in notice
+    assert "no CUDA 13 runtime" in notice and "install.sh" in notice
+    assert "pip install nvidia-cublas nvidia-cuda-runtime" in notice
+
+
+def test_thin_engine_detection(tmp_path: Path, stand_ins: dict[str, Path]) -> None:
+    engine = tmp_path / "engine"
+    (engine / "bin").mkdir(parents=True)
+    (engine / "lib").mkdir()
+    server = engine / "bin" / "llama-server"
+    server.write_text("")
+    assert not cuda_libs.is_thin_cuda_engine(server), "a cpu engine needs no search"
+    (engine / "bin" / "libggml-cuda.so").write_text("")
+    assert cuda_libs.is_thin_cuda_engine(server)
+    lib_dir(engine / "lib", stand_ins)
+    assert not cuda_libs.is_thin_cuda_engine(server), "a fat engine carries its own"
+    assert cuda_libs.for_engine(server, {}).env == {}
+
+
+def test_real_cuda13_wheel_layout_is_accepted() -> None:
+    """The nvidia wheels' own files (nvidia/cu13/lib, unpacked into the DX toolchain cache) pass."""
+    found = sorted(glob.glob(str(Path.home() / ".cache/dx/toolchains/cuda13-*/cu13/lib")))
+    if not found:
+        pytest.skip("no CUDA 13 toolkit assembled in the DX cache")
+    assert cuda_libs.check_dir(Path(found[0])) is None
+    assert cuda_libs.elf_soname(Path(found[0]) / "libcublasLt.so.13")[1] == "libcublasLt.so.13"

@@ -82,8 +82,9 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
     """The frozen build cell for ``tier`` on this host (unknown tier → one clear line).
 
     ``cuda_archs`` ("90", "86;90") narrows a CUDA tier's architectures for a local build.
-    ``arch`` (``--arch arm64``/``aarch64``) must be this machine's: the engine cross-compiles,
-    but Nuitka compiles the runtime for the machine it runs on.
+    ``arch`` (``--arch arm64``/``aarch64``) other than this machine's: the engine cross-compiles,
+    and Nuitka, which compiles only for the machine it runs on, runs under qemu-user in a Debian
+    root of that arch (``dxbuild.foreign_bundle``; root, debootstrap and qemu-user-static needed).
     """
     from dxbuild.recipes import get_tier, load_engine_recipe
     from dxbuild.toolchains.host import HOST_ARCH
@@ -92,15 +93,22 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
     from dxmatrix.expand import host_cell
     from dxverify.errors import UnsupportedError
 
-    if arch is not None and normalize_arch(arch) != HOST_ARCH:
-        runner = load_matrix().runners.get(f"linux-{normalize_arch(arch)}", "a runner of that arch")
-        raise UnsupportedError(
-            f"an {normalize_arch(arch)} executable cannot be minted on this {HOST_ARCH} machine: Nuitka compiles "
-            f"the dx runtime only for the machine it runs on (the release workflow mints it on {runner})",
-            hint=f"mint it on an {normalize_arch(arch)} machine; here `dxbuild engine --tier {tier} --arch "
-                 f"{normalize_arch(arch)}` cross-builds its engine")
+    foreign = arch is not None and normalize_arch(arch) != HOST_ARCH
+    if foreign:
+        from dxbuild.foreign_bundle import foreign_problem
+
+        target = normalize_arch(arch)
+        problem = foreign_problem(target)
+        if problem is not None:
+            runner = load_matrix().runners.get(f"linux-{target}", "a runner of that arch")
+            raise UnsupportedError(
+                f"an {target} executable cannot be minted on this {HOST_ARCH} machine: Nuitka compiles the dx "
+                f"runtime only for the machine it runs on, and its qemu route is closed here ({problem})",
+                hint=f"fix that, or mint it on an {target} machine (the release workflow uses {runner}); "
+                     f"`dxbuild engine --tier {tier} --arch {target}` cross-builds its engine here")
     archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
-    cell = host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners)
+    cell = host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners,
+                     arch=normalize_arch(arch) if foreign else None)
     if webui:
         from dxbuild.engine import with_webui
 

@@ -21,9 +21,16 @@ name = "bundle runtime"
 
 def run(ctx: BuildContext) -> None:
     from dxbuild.bundle import ensure_bundle
+    from dxbuild.toolchains.host import HOST_ARCH
 
     engine = ctx.one(ArtifactType.ENGINE_DIR)
-    bundle = ensure_bundle(engine.path, tier=ctx.cell.tier, engine_key=engine.extra["key"], echo=_echo)
+    if ctx.cell.arch != HOST_ARCH:  # Nuitka has no cross mode: it runs under qemu in a root of that arch
+        from dxbuild.foreign_bundle import ensure_foreign_bundle
+
+        bundle = ensure_foreign_bundle(engine.path, tier=ctx.cell.tier, engine_key=engine.extra["key"],
+                                       arch=ctx.cell.arch, echo=_echo)
+    else:
+        bundle = ensure_bundle(engine.path, tier=ctx.cell.tier, engine_key=engine.extra["key"], echo=_echo)
     ctx.facts["bundle"] = bundle
     ctx.add(ArtifactType.BUNDLE, bundle.path, key=bundle.key, reused=bundle.reused)
     how = "reused from the cache" if bundle.reused else "compiled"

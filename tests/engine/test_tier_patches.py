@@ -126,19 +126,23 @@ def test_tier_patch_applies_cleanly_to_the_pinned_source(patch: str, tmp_path: P
         assert "-            ggml_add_cpu_backend_variant(armv8" not in body
 
 
-def test_mint_for_another_arch_fails_fast_in_one_line(tmp_path: Path) -> None:
-    """The engine cross-compiles; the Nuitka runtime does not: say so before any work starts."""
+def test_mint_for_another_arch_without_the_qemu_route_fails_fast_in_one_line(tmp_path: Path) -> None:
+    """The engine cross-compiles; Nuitka needs qemu + debootstrap: without them, say so before any work."""
+    import os
     import sys
 
     from dxbuild.toolchains.host import HOST_ARCH
 
     other = "aarch64" if HOST_ARCH == "x86_64" else "x86_64"
+    # PATH holds only this venv's programs: no debootstrap, chroot or mount
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     r = subprocess.run([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--arch", other, "--model", "smollm2",
-                        "-o", str(tmp_path / "dist")], capture_output=True, text=True, timeout=120)
+                        "-o", str(tmp_path / "dist")], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 5, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dxbuild: error: an "), r.stderr
     assert "Nuitka compiles the dx runtime only for the machine it runs on" in lines[0]
+    assert "qemu route is closed here" in lines[0]
     assert "dxbuild engine --tier cpu --arch" in lines[0]
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 

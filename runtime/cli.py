@@ -66,6 +66,12 @@ for _cmd in _SWARM_COMMANDS:
     cli.add_command(_cmd)
 
 
+# dx.top imports only click at module level; curses loads when `dx top` runs.
+from dx.top import top_cmd  # noqa: E402
+
+cli.add_command(top_cmd)
+
+
 def main() -> None:
     import sys
 

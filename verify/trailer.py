@@ -20,6 +20,28 @@ Trailer, little-endian, ``TRAILER_SIZE`` = 72 bytes::
     u64  metadata length   (<= MAX_METADATA)
     32B  model SHA-256
     8B   magic b"DXMODEL1"
+
+Format version 2 (DESIGN.md §9) carries more than one GGUF — the target ("model")
+and a draft for speculative decoding ("draft"). Each sits on its own 64 KiB
+boundary, one after another, each mapped in place by its own ``FILE#offset=N``::
+
+    [ runtime ][ pad ][ model GGUF ][ pad ][ draft GGUF ][ entry table ][ metadata JSON ][ trailer ]
+
+The trailer keeps its size and magic; in version 2 its offset/length fields give
+the entry table's place (``ENTRY_SIZE`` bytes per entry, at most ``MAX_ENTRIES``),
+the CRC-32 covers table + metadata, and the SHA-256 is the "model" entry's. An
+entry, little-endian::
+
+    u64  offset   (multiple of ALIGNMENT; the first is the runtime's aligned end, each next
+                   one the previous entry's aligned end, the table right after the last)
+    u64  length   (> 0)
+    32B  SHA-256
+    16B  role, ASCII, NUL-padded ("model" exactly once, first; "draft"; no role twice)
+
+The metadata records each other entry under its role (``metadata["draft"]``: model,
+source, sha256, length), and the reader checks that record against the table. A
+single model is still written as version 1, byte for byte as before, so existing
+executables, golden files and readers see no change.
 """
 
 from __future__ import annotations
@@ -38,6 +60,8 @@ from dxverify.errors import IntegrityError, MalformedInputError
 
 MAGIC = b"DXMODEL1"
 FORMAT_VERSION = 1
+FORMAT_VERSION_ENTRIES = 2
+SUPPORTED_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_ENTRIES)
 ALIGNMENT = 64 * 1024
 MAX_METADATA = 1 << 20
 _STRUCT = struct.Struct("<IIQQQ32s8s")
@@ -45,6 +69,27 @@ TRAILER_SIZE = _STRUCT.size
 # Fields every metadata block carries; the runtime shows them and checks them.
 REQUIRED_METADATA = ("model", "source", "sha256", "tier", "dx_version", "llama_cpp_commit")
 _CHUNK = 8 * 1024 * 1024
+_ENTRY = struct.Struct("<QQ32s16s")
+ENTRY_SIZE = _ENTRY.size
+MAX_ENTRIES = 16
+PRIMARY_ROLE = "model"
+ROLES = (PRIMARY_ROLE, "draft")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One GGUF inside the executable: where it lies, its SHA-256 and what it is for."""
+
+    role: str
+    offset: int
+    length: int
+    sha256: str
+    path: Path = Path()
+
+    @property
+    def engine_path(self) -> str:
+        """The model argument for the patched engine: load in place at ``offset``."""
+        return f"{self.path}#offset={self.offset}"
 
 
 @dataclass(frozen=True)
@@ -57,11 +102,33 @@ class EmbeddedModel:
     sha256: str
     metadata: dict[str, Any]
     file_size: int
+    # Every embedded GGUF, the primary model first; a version-1 file has just that one.
+    entries: tuple[Entry, ...] = ()
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            object.__setattr__(self, "entries", (Entry(PRIMARY_ROLE, self.offset, self.length, self.sha256,
+                                                       self.path),))
 
     @property
     def engine_path(self) -> str:
         """The model argument for the patched engine: load in place at ``offset``."""
         return f"{self.path}#offset={self.offset}"
+
+    def entry(self, role: str) -> Entry | None:
+        """The entry with ``role`` ("model", "draft"), or None."""
+        return next((e for e in self.entries if e.role == role), None)
+
+    @property
+    def draft(self) -> Entry | None:
+        return self.entry("draft")
+
+    @property
+    def payload_end(self) -> int:
+        """Where the last GGUF ends (the entry table, or the v1 metadata, starts here)."""
+        last = self.entries[-1]
+        return last.offset + last.length
 
 
 def aligned_offset(runtime_size: int) -> int:
@@ -75,6 +142,23 @@ def pack_trailer(offset: int, length: int, metadata_bytes: bytes, sha256_hex: st
         raise ValueError("sha256 must be 64 hex digits")
     crc = zlib.crc32(metadata_bytes) & 0xFFFFFFFF
     return _STRUCT.pack(FORMAT_VERSION, crc, offset, length, len(metadata_bytes), digest, MAGIC)
+
+
+def pack_entries(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
+    out = bytearray()
+    for e in entries:
+        role = e.role.encode("ascii")
+        digest = bytes.fromhex(e.sha256)
+        if not 0 < len(role) <= 16 or len(digest) != 32:
+            raise ValueError(f"bad entry {e}")
+        out += _ENTRY.pack(e.offset, e.length, digest, role)
+    return bytes(out)
+
+
+def find_entries(path: Path | str) -> tuple[Entry, ...]:
+    """Every GGUF embedded in ``path`` (primary model first); () for a file without a trailer."""
+    found = find_trailer(path)
+    return found.entries if found is not None else ()
 
 
 def find_trailer(path: Path | str) -> EmbeddedModel | None:
@@ -115,13 +199,16 @@ def _read(f: BinaryIO, path: Path) -> EmbeddedModel | None:
         return None
     version, crc, offset, length, meta_len, digest, _ = _STRUCT.unpack(raw)
     where = f"{path}: embedded-model trailer at byte {size - TRAILER_SIZE}"
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise MalformedInputError(
-            f"{where}: format version {version} is not supported (this dx reads {FORMAT_VERSION})",
+            f"{where}: format version {version} is not supported (this dx reads"
+            f" {' and '.join(map(str, SUPPORTED_VERSIONS))})",
             hint="use the dx version that minted it",
         )
     if meta_len > MAX_METADATA:
         raise MalformedInputError(f"{where}: metadata length {meta_len} exceeds {MAX_METADATA}")
+    if version == FORMAT_VERSION_ENTRIES:
+        return _read_v2(f, path, where, size, crc, offset, length, meta_len, digest.hex())
     if offset == 0 or offset % ALIGNMENT:
         raise MalformedInputError(f"{where}: model offset {offset} is not a positive multiple of {ALIGNMENT}")
     expected_end = offset + length + meta_len + TRAILER_SIZE
@@ -135,23 +222,96 @@ def _read(f: BinaryIO, path: Path) -> EmbeddedModel | None:
     meta_bytes = f.read(meta_len)
     if (zlib.crc32(meta_bytes) & 0xFFFFFFFF) != crc:
         raise MalformedInputError(f"{where}: metadata at byte {offset + length} fails its CRC-32")
+    metadata = _metadata(meta_bytes, where, offset + length, digest.hex())
+    return EmbeddedModel(path=path, offset=offset, length=length, sha256=digest.hex(),
+                         metadata=metadata, file_size=size)
+
+
+def _metadata(meta_bytes: bytes, where: str, at: int, sha_hex: str) -> dict[str, Any]:
     try:
         metadata = json.loads(meta_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise MalformedInputError(f"{where}: metadata at byte {offset + length} is not JSON: {e}") from e
+        raise MalformedInputError(f"{where}: metadata at byte {at} is not JSON: {e}") from e
     if not isinstance(metadata, dict):
         raise MalformedInputError(f"{where}: metadata is not a JSON object")
     missing = [k for k in REQUIRED_METADATA if not isinstance(metadata.get(k), str)]
     if missing:
         raise MalformedInputError(f"{where}: metadata lacks {', '.join(missing)}")
-    sha_hex = digest.hex()
     if metadata["sha256"] != sha_hex:
         raise IntegrityError(
             f"{where}: metadata SHA-256 {metadata['sha256']} differs from the trailer's {sha_hex}",
             hint="the executable was altered; download it again",
         )
-    return EmbeddedModel(path=path, offset=offset, length=length, sha256=sha_hex,
-                         metadata=metadata, file_size=size)
+    return metadata
+
+
+def _read_v2(f: BinaryIO, path: Path, where: str, size: int, crc: int, table_at: int, table_len: int,
+             meta_len: int, sha_hex: str) -> EmbeddedModel:
+    """A version-2 trailer: the entry table, each entry checked against the file and the others."""
+    if table_len == 0 or table_len % ENTRY_SIZE or table_len // ENTRY_SIZE > MAX_ENTRIES:
+        raise MalformedInputError(f"{where}: entry table length {table_len} is not 1 to {MAX_ENTRIES} entries"
+                                  f" of {ENTRY_SIZE} bytes")
+    expected_end = table_at + table_len + meta_len + TRAILER_SIZE
+    if expected_end != size:
+        raise MalformedInputError(
+            f"{where}: entry table at {table_at} + {table_len} + metadata {meta_len} + trailer {TRAILER_SIZE}"
+            f" = {expected_end} bytes, but the file has {size}",
+            hint="the file was truncated or appended to; download it again",
+        )
+    f.seek(table_at)
+    table = f.read(table_len)
+    meta_bytes = f.read(meta_len)
+    if (zlib.crc32(table + meta_bytes) & 0xFFFFFFFF) != crc:
+        raise MalformedInputError(f"{where}: entry table + metadata at byte {table_at} fail their CRC-32")
+    entries: list[Entry] = []
+    for i in range(table_len // ENTRY_SIZE):
+        e_off, e_len, e_digest, raw_role = _ENTRY.unpack_from(table, i * ENTRY_SIZE)
+        at = f"{where}: entry {i} (byte {table_at + i * ENTRY_SIZE})"
+        role_bytes = raw_role.rstrip(b"\0")
+        if not role_bytes or b"\0" in role_bytes or not all(0x21 <= c < 0x7F for c in role_bytes):
+            raise MalformedInputError(f"{at}: role {raw_role!r} is not a NUL-padded ASCII name")
+        role = role_bytes.decode("ascii")
+        if role not in ROLES:
+            raise MalformedInputError(f"{at}: role {role!r} is not one of {', '.join(ROLES)}",
+                                      hint="use the dx version that minted it")
+        if any(e.role == role for e in entries):
+            raise MalformedInputError(f"{at}: role {role!r} appears twice")
+        if (i == 0) != (role == PRIMARY_ROLE):
+            raise MalformedInputError(f"{at}: the first entry must be the {PRIMARY_ROLE!r}, and only the first")
+        if e_off == 0 or e_off % ALIGNMENT:
+            raise MalformedInputError(f"{at}: {role} offset {e_off} is not a positive multiple of {ALIGNMENT}")
+        if e_len == 0:
+            raise MalformedInputError(f"{at}: {role} length is 0")
+        if e_off + e_len > table_at:
+            raise MalformedInputError(f"{at}: {role} [{e_off}, {e_off + e_len}) runs past the entry table at"
+                                      f" {table_at}", hint="the file was truncated or forged; download it again")
+        if entries:
+            prev_end = entries[-1].offset + entries[-1].length
+            if e_off < prev_end:
+                raise MalformedInputError(f"{at}: {role} at {e_off} overlaps the {entries[-1].role}, which ends"
+                                          f" at {prev_end}")
+            if e_off != aligned_offset(prev_end):
+                raise MalformedInputError(f"{at}: {role} at {e_off} does not follow the {entries[-1].role}"
+                                          f" (expected {aligned_offset(prev_end)})")
+        entries.append(Entry(role, e_off, e_len, e_digest.hex(), path))
+    last_end = entries[-1].offset + entries[-1].length
+    if last_end != table_at:
+        raise MalformedInputError(f"{where}: entry table at {table_at} does not follow the last entry"
+                                  f" (it ends at {last_end})")
+    model = entries[0]
+    if model.sha256 != sha_hex:
+        raise IntegrityError(f"{where}: the trailer's SHA-256 {sha_hex} differs from the model entry's"
+                             f" {model.sha256}", hint="the executable was altered; download it again")
+    metadata = _metadata(meta_bytes, where, table_at + table_len, sha_hex)
+    for e in entries[1:]:
+        rec = metadata.get(e.role)
+        if not isinstance(rec, dict) or rec.get("sha256") != e.sha256:
+            got = rec.get("sha256") if isinstance(rec, dict) else None
+            raise IntegrityError(f"{where}: metadata {e.role!r} SHA-256 {got} differs from its entry's {e.sha256}",
+                                 hint="the executable was altered; download it again")
+    return EmbeddedModel(path=path, offset=model.offset, length=model.length, sha256=model.sha256,
+                         metadata=metadata, file_size=size, entries=tuple(entries),
+                         version=FORMAT_VERSION_ENTRIES)
 
 
 def hash_region(path: Path | str, offset: int, length: int,
@@ -172,6 +332,17 @@ def hash_region(path: Path | str, offset: int, length: int,
             if progress:
                 progress(n)
     return h.hexdigest()
+
+
+def check_entry_hash(entry: Entry, progress: Callable[[int], None] | None = None) -> None:
+    """Hash one embedded GGUF and compare it with its entry; IntegrityError naming the entry on mismatch."""
+    got = hash_region(entry.path, entry.offset, entry.length, progress)
+    if got != entry.sha256:
+        raise IntegrityError(
+            f"{entry.path}: embedded {entry.role} entry ({entry.length} bytes at offset {entry.offset}) has"
+            f" SHA-256 {got}, the trailer says {entry.sha256}",
+            hint=f"the {entry.role} inside this executable was altered; refusing to use it — download it again",
+        )
 
 
 def check_model_hash(model: EmbeddedModel, progress: Callable[[int], None] | None = None) -> None:
@@ -204,23 +375,34 @@ def check_runtime(model: EmbeddedModel) -> None:
             f"{model.path}: the runtime (first {size} bytes) has SHA-256 {got}, the metadata says {digest}",
             hint="the executable was altered; download it again",
         )
-    with open(model.path, "rb") as f:
-        f.seek(size)
-        if f.read(model.offset - size).strip(b"\0"):
-            raise IntegrityError(f"{model.path}: padding between byte {size} and {model.offset} is not zero",
+    check_padding(model.path, size, model.offset)
+    for prev, e in zip(model.entries, model.entries[1:], strict=False):
+        check_padding(model.path, prev.offset + prev.length, e.offset)
+
+
+def check_padding(path: Path, start: int, end: int) -> None:
+    """The bytes in [start, end) are all zero (padding up to an entry's 64 KiB boundary)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        if f.read(end - start).strip(b"\0"):
+            raise IntegrityError(f"{path}: padding between byte {start} and {end} is not zero",
                                  hint="the executable was altered; download it again")
 
 
 def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
                      metadata: dict[str, Any], expected_sha256: str | None = None,
                      progress: Callable[[int], None] | None = None,
-                     file_hasher: Any = None) -> EmbeddedModel:
-    """Write runtime + padding + model + metadata + trailer to the open file ``dest``.
+                     file_hasher: Any = None, draft: Path | str | None = None,
+                     draft_metadata: dict[str, Any] | None = None,
+                     draft_expected_sha256: str | None = None) -> EmbeddedModel:
+    """Write runtime + padding + model [+ padding + draft] + metadata + trailer to the open file ``dest``.
 
-    The model is hashed while it is copied (one read), and if ``expected_sha256``
-    is given a mismatch raises IntegrityError before the trailer is written, so
-    a model that changed after verification never gets sealed. The caller owns
-    ``dest`` (a temporary file it renames into place on success).
+    Each GGUF is hashed while it is copied (one read), and a mismatch with its
+    expected SHA-256 raises IntegrityError before the trailer is written, so a
+    model that changed after verification never gets sealed. The caller owns
+    ``dest`` (a temporary file it renames into place on success). Without a
+    draft the file is format version 1, with one version 2 (``draft_metadata``
+    is recorded under ``metadata["draft"]``).
 
     ``file_hasher`` (a hashlib object), when given, is fed every byte written, so
     the whole executable's SHA-256 comes out of the same single pass; it runs in
@@ -228,44 +410,90 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
     """
     dest.seek(0)
     dest.truncate()
+    parts = [(PRIMARY_ROLE, model, expected_sha256)]
+    if draft is not None:
+        parts.append(("draft", draft, draft_expected_sha256))
+    entries: list[Entry] = []
     with _Feeder(dest, file_hasher) as out:
         rh = hashlib.sha256()
         with open(runtime, "rb") as src:
             runtime_size = _copy(src, out, rh, None)
-        offset = aligned_offset(runtime_size)
-        out.write(b"\0" * (offset - runtime_size))
-        h = hashlib.sha256()
-        with open(model, "rb", buffering=0) as src:
-            length = _copy(src, out, h, progress)
+        pos = runtime_size
+        for role, src_path, expected in parts:
+            offset = aligned_offset(pos)
+            out.write(b"\0" * (offset - pos))
+            h = hashlib.sha256()
+            with open(src_path, "rb", buffering=0) as src:
+                length = _copy(src, out, h, progress)
+            check_expected(role, src_path, h.hexdigest(), expected)
+            entries.append(Entry(role, offset, length, h.hexdigest()))
+            pos = offset + length
         metadata = {**metadata, "runtime_size": runtime_size, "runtime_sha256": rh.hexdigest()}
-        tail = _seal(model, h.hexdigest(), expected_sha256, metadata, offset, length)
+        tail = seal(entries, metadata, {"draft": draft_metadata or {}})
         out.write(tail)
     dest.flush()
-    meta = json.loads(tail[: -TRAILER_SIZE])
-    total = offset + length + len(tail)
     name = Path(dest.name) if isinstance(getattr(dest, "name", None), str) else Path()
-    return EmbeddedModel(path=name, offset=offset, length=length, sha256=meta["sha256"],
-                         metadata=meta, file_size=total)
+    return sealed_model(name, entries, tail)
+
+
+def sealed_model(path: Path, entries: list[Entry], tail: bytes) -> EmbeddedModel:
+    """The EmbeddedModel a reader will find in a file ending with ``tail`` (what seal returned)."""
+    version, _, _, _, meta_len, _, _ = _STRUCT.unpack(tail[-TRAILER_SIZE:])
+    meta = json.loads(tail[len(tail) - TRAILER_SIZE - meta_len: len(tail) - TRAILER_SIZE])
+    placed = tuple(Entry(e.role, e.offset, e.length, e.sha256, path) for e in entries)
+    m = placed[0]
+    return EmbeddedModel(path=path, offset=m.offset, length=m.length, sha256=m.sha256, metadata=meta,
+                         file_size=placed[-1].offset + placed[-1].length + len(tail), entries=placed,
+                         version=version)
+
+
+def check_expected(role: str, path: Path | str, sha_hex: str, expected: str | None) -> None:
+    """IntegrityError when a GGUF just copied did not hash to its pin (nothing gets sealed)."""
+    if expected is not None and sha_hex != expected.lower():
+        what = "model" if role == PRIMARY_ROLE else f"{role} model"
+        raise IntegrityError(
+            f"{what} {path} has SHA-256 {sha_hex}, expected {expected}",
+            hint="the file is corrupt or was replaced; nothing was written",
+        )
 
 
 def _seal(model: Path | str, sha_hex: str, expected_sha256: str | None, metadata: dict[str, Any],
           offset: int, length: int) -> bytes:
-    """Metadata JSON + trailer for a model that hashed to ``sha_hex``."""
-    if expected_sha256 is not None and sha_hex != expected_sha256.lower():
-        raise IntegrityError(
-            f"model {model} has SHA-256 {sha_hex}, expected {expected_sha256}",
-            hint="the file is corrupt or was replaced; nothing was written",
-        )
+    """Metadata JSON + trailer (version 1) for a model that hashed to ``sha_hex``."""
+    check_expected(PRIMARY_ROLE, model, sha_hex, expected_sha256)
+    return seal([Entry(PRIMARY_ROLE, offset, length, sha_hex)], metadata)
+
+
+def seal(entries: list[Entry], metadata: dict[str, Any], records: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """What follows the last GGUF: [entry table +] metadata JSON + trailer.
+
+    One "model" entry: version 1, byte for byte what older DX wrote. More: version
+    2, each further entry recorded in the metadata under its role (``records[role]``
+    plus its sha256 and length), which the reader checks against the table.
+    """
+    if not entries or entries[0].role != PRIMARY_ROLE:
+        raise ValueError("the first entry must be the model")
+    model = entries[0]
     meta = dict(metadata)
-    meta["sha256"] = sha_hex
-    meta.setdefault("length", length)
+    meta["sha256"] = model.sha256
+    meta.setdefault("length", model.length)
+    for e in entries[1:]:
+        meta[e.role] = {**((records or {}).get(e.role) or {}), "sha256": e.sha256, "length": e.length}
     missing = [k for k in REQUIRED_METADATA if not isinstance(meta.get(k), str)]
     if missing:
         raise ValueError(f"metadata lacks {missing}")
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
     if len(meta_bytes) > MAX_METADATA:
         raise ValueError("metadata too large")
-    return meta_bytes + pack_trailer(offset, length, meta_bytes, sha_hex)
+    if len(entries) == 1:
+        return meta_bytes + pack_trailer(model.offset, model.length, meta_bytes, model.sha256)
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError("too many entries")
+    table = pack_entries(entries)
+    table_at = entries[-1].offset + entries[-1].length
+    crc = zlib.crc32(table + meta_bytes) & 0xFFFFFFFF
+    return table + meta_bytes + _STRUCT.pack(FORMAT_VERSION_ENTRIES, crc, table_at, len(table), len(meta_bytes),
+                                             bytes.fromhex(model.sha256), MAGIC)
 
 
 class _Feeder:

@@ -68,6 +68,10 @@ ENGINE_FILES = ("bin/llama-server", "bin/ggml-rpc-server", "engine.json")
 
 # The build-time tools' own libraries (llama-bench, llama-quantize) never travel.
 _TOOL_ONLY_LIB = re.compile(r"libllama-(bench|quantize)-impl\.")
+# CUDA's own runtime libraries in a cuda engine's lib/: a thin executable leaves them out and finds
+# them at run time (dx.cuda_libs); a fat one carries them (DESIGN.md §8).
+_CUDA_RUNTIME_LIB = re.compile(r"lib(cudart|cublas|cublasLt)\.so")
+CUDA_LIBS_FORMS = ("thin", "fat")
 
 Echo = Callable[[str], None]
 
@@ -97,11 +101,36 @@ def runtime_sources() -> dict[str, bytes]:
     return files
 
 
-def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
+def cuda_runtime_files(engine_dir: Path) -> list[Path]:
+    """The CUDA runtime libraries (cudart, cuBLAS, cuBLASLt) in a cuda engine's ``lib/``; none elsewhere."""
+    lib = engine_dir / "lib"
+    return sorted(p for p in lib.iterdir() if _CUDA_RUNTIME_LIB.match(p.name)) if lib.is_dir() else []
+
+
+def cuda_libs_plan(engine_dir: Path, asked: str | None) -> dict | None:
+    """For a cuda engine: ``{"form": thin|fat, "runtime_libs": [{name, bytes}]}``; None for other engines.
+
+    Thin is the default: the release ships cuBLAS once (the runtime pack install.sh puts in a shared
+    folder, or the nvidia pip wheels), so no model executable carries its 594 MB again; fat stays
+    for a machine that gets one file and nothing else (offline, no installer).
+    """
+    libs = cuda_runtime_files(engine_dir)
+    if not libs:
+        return None
+    form = asked or "thin"
+    if form not in CUDA_LIBS_FORMS:
+        raise ConfigurationError(f"--cuda-libs {form}: not one of {', '.join(CUDA_LIBS_FORMS)}",
+                                 hint="thin (cuBLAS found at run time) or fat (cuBLAS carried inside)")
+    return {"form": form, "runtime_libs": [{"name": p.name, "bytes": p.stat().st_size}
+                                           for p in libs if p.is_file() and not p.is_symlink()]}
+
+
+def engine_files(engine_dir: Path, cuda_libs: str | None = None) -> list[tuple[Path, str]]:
     """(source, path inside the bundle) for the engine files the runtime needs.
 
     Symlinked library names (``libllama.so`` → ``libllama.so.0``) are carried as
     copies of their target's bytes: onefile payloads hold plain files.
+    ``cuda_libs="thin"`` leaves CUDA's runtime libraries out (``libggml-cuda`` stays).
     """
     out: list[tuple[Path, str]] = []
     for rel in ENGINE_FILES:
@@ -115,7 +144,8 @@ def engine_files(engine_dir: Path) -> list[tuple[Path, str]]:
     for sub in ("bin", "lib"):
         folder = engine_dir / sub
         if folder.is_dir():
-            out += [(src, f"{ENGINE_DATA_DIR}/{sub}/{name}") for src, name in loader_names(folder)]
+            out += [(src, f"{ENGINE_DATA_DIR}/{sub}/{name}") for src, name in loader_names(folder)
+                    if not (cuda_libs == "thin" and sub == "lib" and _CUDA_RUNTIME_LIB.match(name))]
     return out
 
 
@@ -200,7 +230,7 @@ def _check_build_deps() -> None:
 
 
 def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: list[tuple[Path, str]],
-               dx_version: str) -> str:
+               dx_version: str, cuda_libs: str | None = None) -> str:
     """Hash of every input of the bundle. Same inputs → same key → cache hit."""
     h = hashlib.sha256()
 
@@ -210,6 +240,8 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("format", b"dx-bundle-1")
     part("engine-key", engine_key.encode())
     part("tier", tier.encode())
+    if cuda_libs is not None:  # thin and fat bundles of one cuda engine are two cache entries
+        part("cuda-libs", cuda_libs.encode())
     part("dx-version", dx_version.encode())
     part("nuitka", _nuitka_version().encode())
     part("python", sys.version.encode())
@@ -245,15 +277,18 @@ def check_payload(binary: Path, log: Path) -> None:
 
 
 def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path | None = None,
-                  echo: Echo | None = None) -> Bundle:
-    """The runtime onefile for this engine: from the cache, or compiled now (minutes)."""
+                  echo: Echo | None = None, cuda_libs: str | None = None) -> Bundle:
+    """The runtime onefile for this engine: from the cache, or compiled now (minutes).
+
+    ``cuda_libs`` ("thin" or "fat") applies to an engine with CUDA runtime libraries; None otherwise.
+    """
     from dx import __version__ as dx_version
 
     t0 = time.monotonic()
     cache = cache or default_cache_dir()
     sources = runtime_sources()
-    engine = engine_files(engine_dir)
-    key = bundle_key(engine_key, tier, sources, engine, dx_version)
+    engine = engine_files(engine_dir, cuda_libs)
+    key = bundle_key(engine_key, tier, sources, engine, dx_version, cuda_libs)
     entry_dir = cache / "bundles" / key[:16]
     binary = entry_dir / "dx"
     meta_path = entry_dir / "bundle.json"
@@ -295,7 +330,7 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
         final.mkdir()
         os.replace(built, final / "dx")
         (final / "bundle.json").write_text(json.dumps({
-            "key": key, "tier": tier, "engine_key": engine_key, "dx_version": dx_version,
+            "key": key, "tier": tier, "engine_key": engine_key, "dx_version": dx_version, "cuda_libs": cuda_libs,
             "nuitka": NUITKA_VERSION, "python": sys.version.split()[0], "unpack_spec": unpack_spec,
             "size": (final / "dx").stat().st_size,
             "engine_bytes": sum(src.stat().st_size for src, _ in engine),

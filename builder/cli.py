@@ -20,6 +20,9 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--no-bench", is_flag=True, help="Skip the benchmark report step.")(f)
     f = click.option("--webui", is_flag=True,
                      help="Build llama.cpp's web UI into the engine (needs npm; about 2.5 MB more).")(f)
+    f = click.option("--cuda-libs", type=click.Choice(["thin", "fat"]), default=None,
+                     help="CUDA tiers: thin (default) leaves cuBLAS/cudart out — found at run time in the DX runtime"
+                          " pack, the nvidia pip wheels or a system CUDA; fat carries them (~600 MB more).")(f)
     f = click.option("--cuda-archs", metavar="LIST",
                      help='Narrow a CUDA tier to these architectures, e.g. "90" (each costs ~20 min of compile'
                           " on 2 cores; releases use the recipe's list).")(f)
@@ -42,11 +45,13 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
               signing_key: Path | None, no_bench: bool = False, previous_size_report: Path | None = None,
-              cuda_archs: str | None = None, webui: bool = False, arch: str | None = None) -> None:
+              cuda_archs: str | None = None, webui: bool = False, arch: str | None = None,
+              cuda_libs: str | None = None) -> None:
     from dxbuild.mint import DEFAULT_TIER, mint
 
     result = mint(tier or DEFAULT_TIER, model, out_dir, sha256=sha256, signing_key=signing_key,
                   options={"no_bench": no_bench, "cuda_archs": cuda_archs, "webui": webui, "arch": arch,
+                           "cuda_libs": cuda_libs,
                            "previous_size_report": str(previous_size_report) if previous_size_report else None})
     click.echo(str(result.path))
     click.echo(f"  size   {result.size} bytes ({result.size / 1e6:.1f} MB)")
@@ -59,7 +64,7 @@ def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | 
 @click.pass_context
 def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
         signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
-        previous_size_report: Path | None, arch: str | None) -> None:
+        previous_size_report: Path | None, arch: str | None, cuda_libs: str | None) -> None:
     """dxbuild — mint self-contained LLM executables.
 
     `dxbuild --gpu TIER --model MODEL [-o DIR]` mints DIR/dx-MODEL-TIER-OS-ARCH;
@@ -69,21 +74,23 @@ def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, 
     if ctx.invoked_subcommand is not None:
         return
     given = [p for p in ("tier", "model", "out_dir", "sha256", "signing_key", "no_bench", "previous_size_report",
-                         "cuda_archs", "webui", "arch")
+                         "cuda_archs", "webui", "arch", "cuda_libs")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if not given:
         click.echo(ctx.get_help())
         return
-    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch)
+    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch,
+              cuda_libs)
 
 
 @cli.command("mint")
 @_mint_options
 def mint_cmd(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
              signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
-             previous_size_report: Path | None, arch: str | None) -> None:
+             previous_size_report: Path | None, arch: str | None, cuda_libs: str | None) -> None:
     """Mint one executable (same as the options on `dxbuild` itself)."""
-    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch)
+    _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch,
+              cuda_libs)
 
 
 @cli.command("install-script")

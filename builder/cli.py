@@ -36,6 +36,9 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--model", metavar="MODEL",
                      help="Recipe name (smollm2, llama3.2), an Ollama registry NAME[:TAG] (qwen2.5:0.5b),"
                           " hf:OWNER/REPO/FILE.gguf, or a .gguf path; without it the bare runtime is written.")(f)
+    f = click.option("--draft", metavar="MODEL", default=None,
+                     help="A draft model for speculative decoding, embedded next to --model (same forms); it must"
+                          " share the model's vocabulary (checked before anything is written).")(f)
     f = click.option("--arch", metavar="ARCH", default=None,
                      help="Target CPU architecture: x86_64 or arm64 (aarch64); default: this machine's.")(f)
     f = click.option("--gpu", "tier", metavar="TIER", default=None,
@@ -46,12 +49,12 @@ def _mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
               signing_key: Path | None, no_bench: bool = False, previous_size_report: Path | None = None,
               cuda_archs: str | None = None, webui: bool = False, arch: str | None = None,
-              cuda_libs: str | None = None) -> None:
+              cuda_libs: str | None = None, draft: str | None = None) -> None:
     from dxbuild.mint import DEFAULT_TIER, mint
 
     result = mint(tier or DEFAULT_TIER, model, out_dir, sha256=sha256, signing_key=signing_key,
                   options={"no_bench": no_bench, "cuda_archs": cuda_archs, "webui": webui, "arch": arch,
-                           "cuda_libs": cuda_libs,
+                           "cuda_libs": cuda_libs, "draft": draft,
                            "previous_size_report": str(previous_size_report) if previous_size_report else None})
     click.echo(str(result.path))
     click.echo(f"  size   {result.size} bytes ({result.size / 1e6:.1f} MB)")
@@ -64,7 +67,7 @@ def _run_mint(tier: str | None, model: str | None, out_dir: Path, sha256: str | 
 @click.pass_context
 def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
         signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
-        previous_size_report: Path | None, arch: str | None, cuda_libs: str | None) -> None:
+        previous_size_report: Path | None, arch: str | None, cuda_libs: str | None, draft: str | None) -> None:
     """dxbuild — mint self-contained LLM executables.
 
     `dxbuild --gpu TIER --model MODEL [-o DIR]` mints DIR/dx-MODEL-TIER-OS-ARCH;
@@ -74,23 +77,24 @@ def cli(ctx: click.Context, tier: str | None, model: str | None, out_dir: Path, 
     if ctx.invoked_subcommand is not None:
         return
     given = [p for p in ("tier", "model", "out_dir", "sha256", "signing_key", "no_bench", "previous_size_report",
-                         "cuda_archs", "webui", "arch", "cuda_libs")
+                         "cuda_archs", "webui", "arch", "cuda_libs", "draft")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if not given:
         click.echo(ctx.get_help())
         return
     _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch,
-              cuda_libs)
+              cuda_libs, draft)
 
 
 @cli.command("mint")
 @_mint_options
 def mint_cmd(tier: str | None, model: str | None, out_dir: Path, sha256: str | None,
              signing_key: Path | None, no_bench: bool, cuda_archs: str | None, webui: bool,
-             previous_size_report: Path | None, arch: str | None, cuda_libs: str | None) -> None:
+             previous_size_report: Path | None, arch: str | None, cuda_libs: str | None,
+             draft: str | None) -> None:
     """Mint one executable (same as the options on `dxbuild` itself)."""
     _run_mint(tier, model, out_dir, sha256, signing_key, no_bench, previous_size_report, cuda_archs, webui, arch,
-              cuda_libs)
+              cuda_libs, draft)
 
 
 @cli.command("install-script")

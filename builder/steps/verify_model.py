@@ -6,6 +6,11 @@ state (path, size, mtime, inode) was hashed before, the remembered digest is
 compared now; otherwise the embed step hashes the bytes as it copies them and
 refuses a mismatch before the executable is sealed — one read of the model,
 not two, and what is sealed is exactly what was checked.
+
+A ``--draft`` gets the same checks, and then the pair is checked as llama.cpp
+would before speculating (``dxverify.spec_pair``): a draft whose vocabulary
+differs is refused here, with one line, before the engine, the bundle or any
+file in the output directory is made.
 """
 
 from __future__ import annotations
@@ -36,23 +41,37 @@ def run(ctx: BuildContext) -> None:
     resolved = ctx.facts.get("model")
     if resolved is None:
         raise Skip("no model")
+    ctx.facts["model"], ctx.facts["model_facts"], checked = _verify(resolved, "")
+    if checked:
+        ctx.facts["model_sha256_checked"] = True
+    draft = ctx.facts.get("draft")
+    if draft is None:
+        return
+    ctx.facts["draft"], ctx.facts["draft_facts"], _ = _verify(draft, "draft ")
+    from dxverify.spec_pair import check_pair
+
+    check_pair(resolved.path, draft.path)
+    _echo(f"    draft {draft.name} shares {resolved.name}'s vocabulary (llama.cpp's speculative compatibility check)")
+
+
+def _verify(resolved, label: str):  # type: ignore[no-untyped-def]
+    """(resolved with its digest when known, GGUF facts, whether the SHA-256 was checked against the cache)."""
     from dx.model_check import read_facts
     from dxverify import verified_cache
 
     facts = read_facts(resolved.path)
-    ctx.facts["model_facts"] = facts
-    _echo(f"    GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params, {facts.quant or '?'})")
+    _echo(f"    {label}GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params,"
+          f" {facts.quant or '?'})")
     known = verified_cache.lookup(verified_cache_dir(), resolved.path)
     if known is not None and resolved.sha256 is None:
-        ctx.facts["model"] = dataclasses.replace(resolved, sha256=known)
-        ctx.facts["model_sha256_checked"] = True
-        _echo(f"    SHA-256 {known[:16]}… (hashed before, file unchanged)")
-    elif known is not None:
+        _echo(f"    {label}SHA-256 {known[:16]}… (hashed before, file unchanged)")
+        return dataclasses.replace(resolved, sha256=known), facts, True
+    if known is not None:
         if known != resolved.sha256:
-            raise IntegrityError(f"model {resolved.path} has SHA-256 {known}, expected {resolved.sha256}",
+            raise IntegrityError(f"{label}model {resolved.path} has SHA-256 {known}, expected {resolved.sha256}",
                                  hint="the file is corrupt or was replaced; delete it and mint again")
-        ctx.facts["model_sha256_checked"] = True
-        _echo(f"    SHA-256 {known[:16]}… matches the pin (hashed before, file unchanged)")
-    else:
-        pin = "the pin" if resolved.pinned else "nothing (unpinned local file): it is recorded"
-        _echo(f"    SHA-256 is compared with {pin} while the model is embedded")
+        _echo(f"    {label}SHA-256 {known[:16]}… matches the pin (hashed before, file unchanged)")
+        return resolved, facts, True
+    pin = "the pin" if resolved.pinned else "nothing (unpinned local file): it is recorded"
+    _echo(f"    {label}SHA-256 is compared with {pin} while the model is embedded")
+    return resolved, facts, False

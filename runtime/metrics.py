@@ -77,20 +77,16 @@ def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str
 class _Family:
     kind = "untyped"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
+                 registry: list[_Family] | None = None) -> None:
         self.name = name
         self.help = help_text
         self.labelnames = tuple(labelnames)
         self._values: dict[tuple[str, ...], Any] = {}
-        REGISTRY.append(self)
+        (REGISTRY if registry is None else registry).append(self)
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-
-    def reset(self) -> None:
-        """Forget every series (tests)."""
-        with _lock:
-            self._values.clear()
 
 
 class Counter(_Family):
@@ -124,8 +120,9 @@ _INF_LE = 'le="+Inf"'
 class Histogram(_Family):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float], labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float], labelnames: Sequence[str] = (),
+                 registry: list[_Family] | None = None) -> None:
+        super().__init__(name, help_text, labelnames, registry)
         self.buckets = tuple(sorted(buckets))
 
     def observe(self, value: float, *labels: str) -> None:
@@ -149,7 +146,7 @@ class Histogram(_Family):
             running = 0
             for bound, c in zip(self.buckets, counts, strict=True):
                 running += c
-                le = 'le="' + fmt(bound) + '"'
+                le = f'le="{float(bound)!r}"'  # "1.0", as prometheus_client spells bucket bounds
                 out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
             out.append(f"{self.name}_bucket{_labels(self.labelnames, key, _INF_LE)} {n}")
             out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {fmt(total)}")
@@ -410,6 +407,14 @@ def _gauge_lines(name: str, help_text: str, rows: Sequence[tuple[str, float]], l
     return out
 
 
+def exposition(families: Iterable[_Family]) -> list[str]:
+    """HELP, TYPE and the samples of each family, in order."""
+    out: list[str] = []
+    for fam in families:
+        out += fam.header() + fam.lines()
+    return out
+
+
 def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     """The whole exposition: dx's families, the loaded engines' gauges, then their ``llamacpp:*`` samples."""
     from dx import __version__
@@ -446,8 +451,7 @@ def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     lines += ["# HELP dx_engine_leases Requests holding the model's engine now", "# TYPE dx_engine_leases gauge"]
     lines += [f'dx_engine_leases{{model="{_escape_label(lm.name)}",purpose="{_escape_label(lm.purpose)}"}} '
               f"{lm.in_use}" for lm in loaded]
-    for fam in REGISTRY:
-        lines += fam.header() + fam.lines()
+    lines += exposition(REGISTRY)
     for name, key, help_text in _SLOT_GAUGES:
         lines += _gauge_lines(name, help_text, [(m, nums[key]) for m, nums in slot_rows])
     lines += merge_engines(scraped)

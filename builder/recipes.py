@@ -118,6 +118,9 @@ class Tier:
     toolchain: ToolchainName = field(metadata={"doc": "how the compiler for this tier is obtained"})
     size_budget_mb: int = field(metadata={"doc": "stripped engine directory must stay under this (MB)",
                                           "minimum": 1})
+    thin_size_budget_mb: int | None = field(default=None, metadata={
+        "doc": "cuda tiers: a thin executable without a model (cuBLAS/cudart left out) must stay under this (MB)",
+        "minimum": 1})
     cmake: dict[str, str] = field(default_factory=dict, metadata={"doc": CMAKE_VALUE_DOC})
     cmake_by_arch: dict[str, dict[str, str]] = field(default_factory=dict, metadata={
         "doc": "extra CMake values per arch (x86_64, arm64)"})

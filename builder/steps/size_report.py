@@ -174,12 +174,37 @@ def _file_growth(entry: dict[str, Any], previous: dict[str, Any] | None) -> list
     return sorted(grew, key=lambda g: -g["delta"])
 
 
+def cuda_libs_entry(entry: dict[str, Any], cuda: dict[str, Any], thin_budget_mb: int | None) -> dict[str, Any]:
+    """Thin and fat side by side for one cuda executable; raises OverBudget for a thin one over its budget.
+
+    Only the form that was minted is measured; the other one's engine directory is this one's
+    plus or minus the cuBLAS/cudart files (unpacked bytes, exact).
+    """
+    libs = sum(int(f["bytes"]) for f in cuda["runtime_libs"])
+    engine_dir = entry["unpacked"]["engine"] + entry["unpacked"]["backend"]
+    no_model = entry["total"] - entry["components"]["model"] - entry["components"]["trailer"]
+    thin = cuda["form"] == "thin"
+    out = {"form": cuda["form"], "runtime_libs_bytes": libs,
+           "engine_dir_thin_bytes": engine_dir if thin else engine_dir - libs,
+           "engine_dir_fat_bytes": engine_dir + libs if thin else engine_dir,
+           "executable_without_model_bytes": no_model, "thin_budget_mb": thin_budget_mb if thin else None}
+    if thin and thin_budget_mb:
+        out["thin_ok"] = no_model <= thin_budget_mb * 1_000_000
+        if not out["thin_ok"]:
+            raise OverBudget(f"{entry['file']}: thin executable without its model is {no_model / 1e6:.1f} MB, "
+                             f"over the tier's thin budget of {thin_budget_mb} MB",
+                             hint="raise thin_size_budget_mb in recipes/tiers.toml or narrow cuda_archs")
+    return out
+
+
 def size_report(exes: list[tuple[Path, str, int | None, int | None]], out_dir: Path,
-                previous: Path | None = None) -> tuple[dict[str, Any], list[Path]]:
+                previous: Path | None = None, cuda: dict[str, Any] | None = None,
+                thin_budget_mb: int | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Measure ``(exe, tier, budget_mb, runtime_size)`` each; write size-report.{json,md,svg}.
 
     The report is written even when a tier is over budget (so the numbers can
-    be looked at); the OverBudget error is raised afterwards.
+    be looked at); the OverBudget error is raised afterwards. ``cuda`` (the
+    bundle step's thin/fat plan) adds both forms' sizes to each entry.
     """
     prev = load_report(previous, "size") if previous else None
     artifacts, failure = [], None
@@ -193,6 +218,12 @@ def size_report(exes: list[tuple[Path, str, int | None, int | None]], out_dir: P
                                "engine_dir_bytes": entry["unpacked"]["engine"] + entry["unpacked"]["backend"],
                                "growth": _growth(entry, prev)}
             failure = failure or e
+        if cuda:
+            try:
+                entry["cuda_libs"] = cuda_libs_entry(entry, cuda, thin_budget_mb)
+            except OverBudget as e:
+                failure = failure or e
+                entry["cuda_libs"] = {"form": cuda["form"], "error": str(e)}
         artifacts.append(entry)
     doc = {"report": "size", "format": REPORT_FORMAT, "labels": LABELS, "components": list(COMPONENTS),
            "artifacts": artifacts}
@@ -211,6 +242,12 @@ def run(ctx: BuildContext) -> None:
     budget = getattr(ctx.cell, "size_budget_mb", None) or None
     items = [(a.path, a.extra.get("tier") or ctx.cell.tier, budget, runtime_size) for a in exes]
     previous = ctx.options.get("previous_size_report")
-    _, paths = size_report(items, ctx.out_dir, Path(previous) if previous else None)
+    cuda = ctx.facts.get("cuda_libs")
+    thin_budget = None
+    if cuda:
+        from dxbuild.recipes import get_tier
+
+        thin_budget = get_tier(ctx.cell.tier).thin_size_budget_mb
+    _, paths = size_report(items, ctx.out_dir, Path(previous) if previous else None, cuda, thin_budget)
     for p in paths:
         ctx.add(ArtifactType.REPORT, p, report="size")

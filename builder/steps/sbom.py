@@ -4,7 +4,9 @@ What is inside a minted file, so a user can answer "am I affected by CVE-X?"
 without running it: llama.cpp (commit, source hash, DX's patches), the
 compilers and GPU toolkits that built it, the Python and Nuitka that made the
 runtime, every Python distribution compiled into the runtime (with versions
-and licenses), and the embedded model (source, SHA-256, license).
+and licenses), and the embedded model (source, SHA-256, license) — and a
+``--draft`` as a second model component (bom-ref ``draft-model``, property
+``dx:model:role`` = ``draft``).
 
 Which Python distributions are inside: the bundle step records them in
 ``ctx.facts["bundle_python_distributions"]`` (``[{"name", "version"}]``);
@@ -151,9 +153,12 @@ def _patches(patches: list[dict[str, Any]]):
     ])
 
 
-def _subject_description(model: dict[str, Any] | None) -> str:
+DRAFT_REF = "draft-model"
+
+
+def _subject_description(model: dict[str, Any] | None, draft: dict[str, Any] | None = None) -> str:
     return ("DX self-contained LLM executable (llama.cpp engine + dx runtime"
-            + (" + embedded model)" if model else ")"))
+            + (" + embedded model" if model else "") + (" + draft model" if draft else "") + ")")
 
 
 def _sha256(hexdigest: str):
@@ -174,6 +179,7 @@ def build_bom(
     timestamp: datetime,
     native_libs: list[dict[str, Any]] | None = None,
     serial: uuid.UUID | None = None,
+    draft: dict[str, Any] | None = None,
 ):
     """The CycloneDX Bom for one executable (pure; the reference :func:`mint_document` is tested against)."""
     native_libs = native_libs or []
@@ -184,7 +190,7 @@ def build_bom(
 
     subject = Component(
         name=exe_name, version=dx_version, type=ComponentType.APPLICATION, bom_ref=SUBJECT_REF,
-        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model),
+        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model, draft),
     )
     components: list[Component] = []
     commit = engine.get("llama_cpp_commit") or "unknown"
@@ -246,6 +252,14 @@ def build_bom(
             version=model["sha256"][:12], hashes=_sha256(model["sha256"]), licenses=_license(model.get("license")),
             properties=[Property(name="dx:model:source", value=str(model.get("source"))),
                         Property(name="dx:model:size", value=str(model.get("size")))],
+        ))
+    if model and draft:
+        components.append(Component(
+            name=draft["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=DRAFT_REF,
+            version=draft["sha256"][:12], hashes=_sha256(draft["sha256"]), licenses=_license(draft.get("license")),
+            properties=[Property(name="dx:model:source", value=str(draft.get("source"))),
+                        Property(name="dx:model:size", value=str(draft.get("size"))),
+                        Property(name="dx:model:role", value="draft")],
         ))
     bom = Bom(components=components)
     bom.serial_number = serial or uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
@@ -394,24 +408,20 @@ def sbom_timestamp() -> datetime:
 
 
 def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256: str, dx_version: str,
-                  model: dict[str, Any] | None, timestamp: datetime) -> dict[str, Any]:
+                  model: dict[str, Any] | None, timestamp: datetime,
+                  draft: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole SBOM of one executable: the bundle's components plus this mint's subject and model.
 
     The same document build_bom + bom_to_json make (the model sorts last, as the
     library orders components by type); the serial number is a UUID of the rest.
     """
     comps = list(components)
-    if model:
-        entry: dict[str, Any] = {
-            "bom-ref": "model", "hashes": [{"alg": "SHA-256", "content": model["sha256"]}],
-            "name": model["name"], "type": "machine-learning-model", "version": str(model["sha256"])[:12],
-            "properties": [{"name": "dx:model:size", "value": str(model.get("size"))},
-                           {"name": "dx:model:source", "value": str(model.get("source"))}],
-        }
-        if lic := license_json(model.get("license")):
-            entry["licenses"] = lic
-        comps.append(entry)
-    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model),
+    models = [_model_component(model, "model", [])] if model else []
+    if model and draft:
+        models.append(_model_component(draft, DRAFT_REF, [{"name": "dx:model:role", "value": "draft"}]))
+    # The library orders components by type, then name, version and bom-ref: the models come last.
+    comps += sorted(models, key=lambda c: (c["name"], c["version"], c["bom-ref"]))
+    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft),
                "hashes": [{"alg": "SHA-256", "content": exe_sha256}], "licenses": license_json(DX_LICENSE),
                "name": exe_name, "type": "application", "version": dx_version}
     refs = sorted(c["bom-ref"] for c in comps)
@@ -424,6 +434,19 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
     body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
     doc["serialNumber"] = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'dx-sbom:' + hashlib.sha256(body).hexdigest())}"
     return doc
+
+
+def _model_component(model: dict[str, Any], ref: str, extra: list[dict[str, str]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "bom-ref": ref, "hashes": [{"alg": "SHA-256", "content": model["sha256"]}],
+        "name": model["name"], "type": "machine-learning-model", "version": str(model["sha256"])[:12],
+        "properties": sorted([{"name": "dx:model:size", "value": str(model.get("size"))},
+                              {"name": "dx:model:source", "value": str(model.get("source"))}, *extra],
+                             key=lambda p: (p["name"], p["value"])),
+    }
+    if lic := license_json(model.get("license")):
+        entry["licenses"] = lic
+    return entry
 
 
 def check_document(doc: dict[str, Any]) -> None:
@@ -440,7 +463,7 @@ def check_document(doc: dict[str, Any]) -> None:
         need(False, f"timestamp {meta.get('timestamp')!r}")
     refs = [meta["component"]["bom-ref"]] + [c.get("bom-ref") for c in doc["components"]]
     need(len(set(refs)) == len(refs), "bom-ref values are not unique")
-    for c in [meta["component"], *(c for c in doc["components"] if c.get("bom-ref") == "model")]:
+    for c in [meta["component"], *(c for c in doc["components"] if c.get("bom-ref") in ("model", DRAFT_REF))]:
         need(isinstance(c.get("name"), str) and bool(c["name"]), f"component {c.get('bom-ref')} has no name")
         for h in c.get("hashes", []):
             need(bool(_HEX64.match(str(h.get("content")))), f"{c['bom-ref']}: SHA-256 {h.get('content')!r}")
@@ -470,17 +493,20 @@ def run(ctx: BuildContext) -> None:
     if not exes:
         raise Skip("no executables were minted")
     components = bundle_part(ctx, _engine_json(ctx))
-    resolved = ctx.facts.get("model")
-    model = None
-    if resolved is not None:
-        model = {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
-                 "size": resolved.size, "license": resolved.license}
+    model, draft = (_model_record(ctx.facts.get(k)) for k in ("model", "draft"))
     timestamp = sbom_timestamp()
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing
         doc = mint_document(components, exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version,
-                            model=model, timestamp=timestamp)
+                            model=model, timestamp=timestamp, draft=draft)
         check_document(doc)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
         write_text_atomic(dest, document_text(doc))
         ctx.add(ArtifactType.SBOM, dest, describes=a.path.name)
+
+
+def _model_record(resolved: Any) -> dict[str, Any] | None:
+    if resolved is None:
+        return None
+    return {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
+            "size": resolved.size, "license": resolved.license}

@@ -7,10 +7,14 @@ each rule is tested without the hardware it talks about.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dx.hardware import Hardware
 from dx.model_check import ModelFacts
+
+if TYPE_CHECKING:
+    from dx.cuda_libs import CudaSearch
 
 # Minimum NVIDIA driver per CUDA tier (the same numbers the release manifest carries).
 MIN_DRIVER = {"cuda13": 580, "cuda12": 525}
@@ -144,11 +148,33 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def report_json(hw: Hardware, tier: TierChoice, plan: ModelPlan | None) -> dict[str, Any]:
-    return {"hardware": hw.to_json(), "tier": asdict(tier), "model": asdict(plan) if plan else None}
+def cuda_runtime(engine: Path | None = None) -> CudaSearch | None:
+    """For a thin CUDA engine (the one dx would start), the whole cuBLAS/cudart search; None otherwise."""
+    from dx.cuda_libs import search_for_engine
+    from dxverify.errors import DXError
+
+    if engine is None:
+        from dx.engine_locate import locate_engine
+
+        try:
+            engine = locate_engine()
+        except DXError:
+            return None
+    return search_for_engine(engine)
 
 
-def report_text(hw: Hardware, tier: TierChoice, plan: ModelPlan | None) -> str:
+def report_json(hw: Hardware, tier: TierChoice, plan: ModelPlan | None,
+                cuda: CudaSearch | None = None) -> dict[str, Any]:
+    doc = {"hardware": hw.to_json(), "tier": asdict(tier), "model": asdict(plan) if plan else None}
+    if cuda is not None:
+        doc["cuda_libs"] = {"chosen": str(cuda.chosen) if cuda.chosen else None, "driver": cuda.driver,
+                            "candidates": [{"source": c.source, "path": str(c.path), "accepted": c.accepted,
+                                            "reason": c.reason} for c in cuda.candidates],
+                            "notice": cuda.notice()}
+    return doc
+
+
+def report_text(hw: Hardware, tier: TierChoice, plan: ModelPlan | None, cuda_libs: CudaSearch | None = None) -> str:
     cpu = hw.cpu
     lines = [
         f"os/arch   {hw.os}/{hw.arch}",
@@ -170,6 +196,11 @@ def report_text(hw: Hardware, tier: TierChoice, plan: ModelPlan | None) -> str:
         lines.append(f"vulkan    {', '.join(hw.vulkan_devices)}")
     lines.append(f"tier      {tier.tier} — {tier.reason}")
     lines += [f"advice    {a}" for a in tier.advice]
+    if cuda_libs is not None:  # a thin CUDA engine: where its cuBLAS/cudart come from, every place looked at
+        lines += [f"cuda-libs {line.removeprefix('dx: cuda: ')}" for line in cuda_libs.log_lines()]
+        notice = cuda_libs.notice()
+        if notice:
+            lines.append(f"advice    {notice.removeprefix('dx: ')}")
     if plan:
         where = "VRAM" if plan.fits_vram else "RAM" if plan.fits_ram else "neither VRAM nor RAM"
         lines += [

@@ -192,3 +192,21 @@ def test_real_cuda13_wheel_layout_is_accepted() -> None:
         pytest.skip("no CUDA 13 toolkit assembled in the DX cache")
     assert cuda_libs.check_dir(Path(found[0])) is None
     assert cuda_libs.elf_soname(Path(found[0]) / "libcublasLt.so.13")[1] == "libcublasLt.so.13"
+
+
+def test_doctor_shows_the_search(layout: dict, stand_ins: dict[str, Path]) -> None:
+    """`dx doctor` prints every place looked at and the verdict, and the install line when none fits."""
+    from dx.doctor import pick_tier, report_json, report_text
+    from dx.hardware import detect
+
+    shutil.rmtree(layout["pack"])
+    lib_dir(layout["pack"], stand_ins, ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12"))
+    found = run_search(layout)
+    hw = detect()
+    text = report_text(hw, pick_tier(hw), None, found)
+    assert f"cuda-libs [pack] {layout['pack']}: refused — wrong CUDA major" in text
+    assert f"cuda-libs using {layout['pip']}" in text
+    assert "advice    no NVIDIA driver" in text, "no driver under the stand-in root"
+    doc = report_json(hw, pick_tier(hw), None, found)["cuda_libs"]
+    assert doc["chosen"] == str(layout["pip"]) and [c["accepted"] for c in doc["candidates"]] == [False, True]
+    assert "cuda-libs" not in report_text(hw, pick_tier(hw), None), "a cpu engine: no cuda section"

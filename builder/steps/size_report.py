@@ -6,7 +6,9 @@ runtimes), the Python runtime (the compiled ``dx`` and its extension modules),
 Nuitka's overhead (the onefile bootstrap and per-file headers), the model and
 DX's padding + trailer. The engine, backend and Python parts are read from the
 Nuitka archive headers (dxbuild.onefile_payload): exact stored (compressed)
-bytes and unpacked bytes per file.
+bytes and unpacked bytes per file. With a draft embedded (trailer version 2) the
+"model" component is both GGUFs, and ``ggufs`` lists each entry's role and bytes,
+so the report shows the two sizes and the executable against their sum.
 
 The budget is the tier recipe's ``size_budget_mb``: the unpacked engine
 directory (engine + backend libraries) must stay under it. Over budget fails
@@ -59,8 +61,9 @@ def measure(exe: Path, runtime_size: int | None = None) -> dict[str, Any]:
     exe = Path(exe)
     total = exe.stat().st_size
     em = find_trailer(exe)
+    ggufs = [{"role": e.role, "bytes": e.length} for e in em.entries] if em is not None else []
     if em is not None:
-        model = em.length
+        model = sum(g["bytes"] for g in ggufs)
         if runtime_size is None:  # the bundle ends before the zero padding up to the model
             runtime_size = _strip_zero_padding(exe, em.offset)
     else:
@@ -81,7 +84,7 @@ def measure(exe: Path, runtime_size: int | None = None) -> dict[str, Any]:
     assert sum(stored.values()) == total
     files.sort(key=lambda f: -f["stored"])
     return {"file": exe.name, "total": total, "components": stored, "unpacked": unpacked,
-            "largest_files": files[:12]}
+            "largest_files": files[:12], "ggufs": ggufs}
 
 
 def _strip_zero_padding(exe: Path, offset: int) -> int:

@@ -78,13 +78,10 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
 
     cell = ctx.cell
     engine, engine_dir = _engine_info(ctx)
-    resolved = ctx.facts.get("model")
-    model = None
-    if resolved is not None:
-        model = {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
-                 "size": resolved.size, "license": resolved.license}
+    model = _model_facts(ctx.facts.get("model"))
+    draft = _model_facts(ctx.facts.get("draft"))
     min_driver = engine.get("min_nvidia_driver", getattr(cell, "min_nvidia_driver", None))
-    return {
+    facts = {
         "dx_facts": FACTS_FORMAT,
         "file": exe.name,
         "tier": extra.get("tier") or cell.tier,
@@ -107,6 +104,16 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
             "cpu": cpu_requirements(engine_dir, dict(engine.get("cmake_flags", {}))),
         },
     }
+    if draft is not None:  # only two-model executables carry the key: older facts files stay as they were
+        facts["draft"] = draft
+    return facts
+
+
+def _model_facts(resolved: Any) -> dict[str, Any] | None:
+    if resolved is None:
+        return None
+    return {"name": resolved.name, "source": resolved.source, "sha256": resolved.sha256,
+            "size": resolved.size, "license": resolved.license}
 
 
 def _require(cond: bool, where: Path, what: str) -> None:
@@ -153,6 +160,7 @@ def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str
             "size": f["size"], "sha256": f["sha256"],
             "engine_commit": (f.get("engine") or {}).get("llama_cpp_commit"),
             "model": f.get("model"),
+            **({"draft": f["draft"]} if f.get("draft") else {}),
             "requirements": f["requirements"],
             **_trust_files(directory, f["file"]),
         })

@@ -5,6 +5,11 @@ is, run that kind's structure check, then the hash. New kinds (a minted
 executable) and new checks (signatures) are one function each, so the command
 grows without growing branches. Exit codes: 0 valid, 3 malformed
 (MalformedInputError), 4 hash mismatch (IntegrityError), 2 bad flags.
+
+A two-model executable (trailer version 2: the target and a draft) is checked
+entry by entry: every GGUF's structure and SHA-256 against its own table entry,
+the pair's vocabularies as llama.cpp's speculation would (``dxverify.spec_pair``),
+and a failure names the entry ("draft entry …") so the user knows which part broke.
 """
 
 from __future__ import annotations
@@ -128,10 +133,65 @@ def _check_executable(result: VerifyResult) -> None:
     result.expected_sha256, result.expected_from = em.sha256, "trailer"
     result.embedded = {k: em.metadata.get(k) for k in (
         "model", "tier", "os", "arch", "dx_version", "llama_cpp_commit", "source", "runtime_size")}
-    result.embedded.update(offset=em.offset, length=em.length, file_size=em.file_size)
+    result.embedded.update(offset=em.offset, length=em.length, file_size=em.file_size,
+                           format_version=em.version, entries=[_entry_record(em, e) for e in em.entries])
+    if len(em.entries) > 1:
+        result.expected_from = "trailer, model entry"
     _check_gguf(result)
     if result.summary is not None:
         result.summary["embedded_at"] = em.offset
+    if result.ok:
+        _check_other_entries(result, em)
+
+
+def _entry_record(em: Any, e: Any) -> dict[str, Any]:
+    meta = em.metadata if e.role == "model" else (em.metadata.get(e.role) or {})
+    return {"role": e.role, "offset": e.offset, "length": e.length, "sha256": e.sha256,
+            "model": meta.get("model"), "source": meta.get("source")}
+
+
+def _check_other_entries(result: VerifyResult, em: Any) -> None:
+    """Each further entry's GGUF structure, then the draft/target pair's vocabularies."""
+    from dxverify.gguf import GGUFError, read_gguf
+
+    for e in em.entries[1:]:
+        try:
+            with read_gguf(result.path, e.offset, e.length):
+                pass
+        except GGUFError as err:
+            result.fail(GGUFError(err.code, f"{e.role} entry at byte {e.offset}: {err.detail}", field=err.field,
+                                  offset=err.offset, path=result.path))
+            return
+    draft = em.draft
+    if draft is not None:
+        from dxverify.errors import IncompatibleModelsError
+        from dxverify.spec_pair import check_pair
+
+        try:
+            check_pair(result.path, result.path, target_offset=em.offset, target_length=em.length,
+                       draft_offset=draft.offset, draft_length=draft.length)
+        except IncompatibleModelsError as err:
+            result.fail(err, code="incompatible_draft")
+
+
+def _check_entry_hashes(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
+    """The SHA-256 of every entry after the model (the model's is the main hash check)."""
+    from dxverify.hashing import sha256_file
+
+    for rec in (result.embedded or {}).get("entries", [])[1:]:
+        try:
+            got = sha256_file(result.path, rec["offset"], rec["length"], progress)
+        except DXError as e:
+            result.fail(e, code="unreadable")
+            return
+        rec["sha256_ok"] = got == rec["sha256"]
+        if not rec["sha256_ok"]:
+            result.fail(IntegrityError(
+                f"{result.path}: the {rec['role']} entry ('{rec.get('model')}', {rec['length']} bytes at byte"
+                f" {rec['offset']}) has SHA-256 {got}, its trailer entry says {rec['sha256']}",
+                hint=f"the {rec['role']} model inside this executable was altered; download it again",
+            ), code="sha256_mismatch", offset=rec["offset"])
+            return
 
 
 def _check_executable_parts(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
@@ -213,6 +273,8 @@ def verify_path(
     if result.ok and (hash_mode == "always" or (hash_mode == "expected" and result.expected_sha256)):
         _check_hash(result, progress)
         if result.ok and result.kind == "executable":
+            _check_entry_hashes(result, progress)
+        if result.ok and result.kind == "executable":
             _check_executable_parts(result, progress)
     return result
 
@@ -227,7 +289,16 @@ def _human_report(result: VerifyResult) -> str:
     if result.sha256:
         how = f"matches {result.expected_from}" if result.expected_sha256 else "no expected hash known"
         lines.append(f"sha256:         {result.sha256} ({how})")
+    entries = (result.embedded or {}).get("entries") or []
+    if len(entries) > 1:
+        lines.append(f"entries:        {len(entries)} (trailer format version {result.embedded['format_version']})")
+        lines += [f"  {_entry_line(e)}" for e in entries]
     return "\n".join(lines)
+
+
+def _entry_line(e: dict[str, Any]) -> str:
+    return (f"{e['role']:<6} '{e.get('model')}' {e['length']} bytes at byte {e['offset']}, sha256 {e['sha256']}"
+            + (f" (from {e['source']})" if e.get("source") else ""))
 
 
 def _progress_printer() -> Callable[[int, int], None] | None:
@@ -359,6 +430,10 @@ def verify_cmd(
                    f" tier {e.get('tier')}, llama.cpp {str(e.get('llama_cpp_commit'))[:12]})"
                    + (", SHA-256 matches the metadata" if e.get("runtime_size") else ""))
         click.echo(f"model:   '{e.get('model')}' from {e.get('source')}, {e['length']} bytes at byte {e['offset']}")
+        for d in e.get("entries", [])[1:]:
+            checked = ", SHA-256 matches its entry" if d.get("sha256_ok") else ""
+            click.echo(f"{d['role'] + ':':<8} '{d.get('model')}' from {d.get('source')}, {d['length']} bytes at byte"
+                       f" {d['offset']}{checked}; shares the model's vocabulary")
         if result.file_sha256:
             click.echo(f"file:    sha256 {result.file_sha256} (matches {result.file_expected_from})")
     if signed_by:

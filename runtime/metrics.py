@@ -217,17 +217,21 @@ def _known_routes() -> frozenset[str]:
     return _known
 
 
-def request_done(path: str, status: int, started: float, head_sent: float | None, auth_failed: bool) -> None:
-    """One answered request (the transport, at its end). ``head_sent``: when a streamed answer's head went out."""
-    now = time.monotonic()
+def request_done(path: str, status: int, started: float, auth_failed: bool) -> None:
+    """One answered request (the transport, at its end; ``started``: monotonic time its head was complete)."""
     route = route_label(path)
     REQUESTS.inc(route, str(status) if status else "none")
-    DURATION.observe(now - started, route)
+    DURATION.observe(time.monotonic() - started, route)
     if auth_failed:
         AUTH_FAILURES.inc()
-    if head_sent is not None and route in GENERATION_ROUTES:
-        TTFT.observe(head_sent - started, route)
     IN_FLIGHT.inc(by=-1)
+
+
+def first_token(path: str, started: float) -> None:
+    """The head of a streamed answer is going out now (the transport): on a generation route, that is TTFT."""
+    route = route_label(path)
+    if route in GENERATION_ROUTES:
+        TTFT.observe(time.monotonic() - started, route)
 
 
 def generation(model: str, timings: Any, usage: Any) -> None:

@@ -179,7 +179,7 @@ class History:
         ttft = _delta_buckets(buckets(new, "dx_time_to_first_token_seconds"),
                               buckets(old, "dx_time_to_first_token_seconds")) if span > 0 else []
         codes = by_label(new, "dx_requests_total", "code")
-        requests = sum(codes.values())
+        requests = _api_requests(new)
         started = total(new, "dx_start_time_seconds")
         version = next((labels.get("version", "") for labels, _ in new.get("dx_build_info", ())), "")
         return View(
@@ -195,7 +195,7 @@ class History:
             ttft_p95=quantile(0.95, ttft),
             ttft_streams=int(ttft[-1][1]) if ttft else 0,
             requests=requests,
-            requests_per_min=(requests - total(old, "dx_requests_total")) * 60.0 / span if span > 0 else 0.0,
+            requests_per_min=(requests - _api_requests(old)) * 60.0 / span if span > 0 else 0.0,
             errors_4xx=sum(v for c, v in codes.items() if c.startswith("4")),
             errors_5xx=sum(v for c, v in codes.items() if c.startswith("5")),
             rejected=total(new, "dx_rejected_total"),
@@ -203,6 +203,11 @@ class History:
             scrape_failures=total(new, "dx_engine_scrape_failures_total"),
             error=self.error,
         )
+
+
+def _api_requests(metrics: Metrics) -> float:
+    """Requests answered, the scrapes of /metrics (this dashboard's own) left out."""
+    return sum(v for labels, v in metrics.get("dx_requests_total", ()) if labels.get("route") != "/metrics")
 
 
 def _tokens(metrics: Metrics, model: str | None = None) -> float:

@@ -815,7 +815,7 @@ class Request:
         self._head: list[str] = []
         self._status = 0
         self._started = time.monotonic()
-        self._stream_head: float | None = None  # when a chunked answer's head went out (dx.metrics: TTFT)
+        self._streaming = False  # a chunked answer: its head goes out with the engine's first token (dx.metrics)
         self._auth_failed = False
 
     # -------------------------------------------------- responses
@@ -829,8 +829,8 @@ class Request:
             return  # CORS is the transport's answer alone (llama-server echoes any Origin)
         if low == "connection" and value.lower() == "close":
             self.close_connection = True
-        elif low == "transfer-encoding" and self._stream_head is None:
-            self._stream_head = 0.0  # stamped when the head is sent
+        elif low == "transfer-encoding":
+            self._streaming = True
         self._head.append(f"{keyword}: {value}\r\n")
 
     def _head_bytes(self) -> bytes:
@@ -842,8 +842,9 @@ class Request:
         elif self.request_version == "HTTP/1.0":
             self._head.append("Connection: keep-alive\r\n")
         self._head.append("\r\n")
-        if self._stream_head == 0.0:
-            self._stream_head = time.monotonic()
+        if self._streaming:
+            self._streaming = False
+            metrics.first_token(self.path.split("?", 1)[0], self._started)
         data = "".join(self._head).encode("latin-1")
         self._head = []
         self.headers_sent = True
@@ -974,7 +975,7 @@ class Request:
         try:
             self._handle(method, path)
         finally:
-            metrics.request_done(path, self._status, self._started, self._stream_head or None, self._auth_failed)
+            metrics.request_done(path, self._status, self._started, self._auth_failed)
 
     def _handle(self, method: str, path: str) -> None:
         try:

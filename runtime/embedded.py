@@ -12,6 +12,11 @@ Before anything is served the model is checked: its GGUF structure at every
 start (milliseconds) and its SHA-256 against the trailer on the first start,
 then remembered by (path, size, mtime, inode) in ``dxverify.verified_cache``.
 A byte changed anywhere in the model makes the executable refuse to serve.
+
+A two-model executable (trailer version 2, ``dxbuild --model M --draft D``) also
+carries a draft for speculative decoding: ``embedded_draft()`` hands it out as a
+ModelSource of its own (``FILE#offset=N`` like the model), verified the same way;
+verifying the model verifies the draft too, so a damaged draft stops the start.
 """
 
 from __future__ import annotations
@@ -85,12 +90,40 @@ def model_name(em: EmbeddedModel) -> str:
 
 
 def verify_embedded(em: EmbeddedModel) -> None:
-    """Refuse a damaged embedded model: structure every time, SHA-256 once (cached)."""
+    """Refuse a damaged embedded model (and draft): structure every time, SHA-256 once (cached)."""
     verify_embedded_source(model_source(em))
+    draft = draft_source(em)
+    if draft is not None:
+        verify_embedded_source(draft, role="draft")
 
 
-def verify_embedded_source(source: ModelSource) -> None:
-    """verify_source for an embedded model, naming the executable on a mismatch.
+def draft_source(em: EmbeddedModel) -> ModelSource | None:
+    """The supervisor's handle on the embedded draft model, or None when the file carries none."""
+    entry = getattr(em, "draft", None)
+    if entry is None:
+        return None
+    from dx.supervisor import ModelSource
+
+    record = em.metadata.get("draft") or {}
+    name = str(record.get("model") or "draft") if isinstance(record, dict) else "draft"
+    return ModelSource(path=em.path, offset=entry.offset, length=entry.length, name=name, sha256=entry.sha256)
+
+
+def embedded_draft(path: Path | None = None) -> ModelSource | None:
+    """The verified embedded draft as a ModelSource (for ``--spec-draft-model``), or None when there is none.
+
+    Verifying it checks the target too (a draft is only ever used with it), and
+    raises IntegrityError / MalformedInputError naming the damaged entry.
+    """
+    em = find_embedded(path)
+    if em is None or getattr(em, "draft", None) is None:
+        return None
+    verify_embedded(em)
+    return draft_source(em)
+
+
+def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
+    """verify_source for an embedded model (or draft), naming the executable and the entry on a mismatch.
 
     The verifier's own errors name the field and byte offset; a hash mismatch is
     re-raised naming the executable, so the user knows which file to replace.
@@ -101,13 +134,13 @@ def verify_embedded_source(source: ModelSource) -> None:
         verify_source(source)
     except IntegrityError as e:
         raise IntegrityError(
-            f"{source.path}: the embedded model '{source.display_name}' does not match its recorded"
+            f"{source.path}: the embedded {role} '{source.display_name}' does not match its recorded"
             f" SHA-256 {source.sha256} ({e.message})",
             hint="the executable was altered or damaged; refusing to serve — download it again",
         ) from None
     except MalformedInputError as e:
         raise MalformedInputError(
-            f"{source.path}: the embedded model '{source.display_name}' (at offset {source.offset})"
+            f"{source.path}: the embedded {role} '{source.display_name}' (at offset {source.offset})"
             f" is damaged: {e.message}",
             hint="the executable was altered or damaged; refusing to serve — download it again",
         ) from None

@@ -92,9 +92,6 @@ def model_name(em: EmbeddedModel) -> str:
 def verify_embedded(em: EmbeddedModel) -> None:
     """Refuse a damaged embedded model (and draft): structure every time, SHA-256 once (cached)."""
     verify_embedded_source(model_source(em))
-    draft = draft_source(em)
-    if draft is not None:
-        verify_embedded_source(draft, role="draft")
 
 
 def draft_source(em: EmbeddedModel) -> ModelSource | None:
@@ -125,6 +122,10 @@ def embedded_draft(path: Path | None = None) -> ModelSource | None:
 def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
     """verify_source for an embedded model (or draft), naming the executable and the entry on a mismatch.
 
+    Verifying the model of a two-model executable verifies its draft too: the
+    file is one artifact, and a damaged draft refuses the start (``dx serve``
+    calls this for the embedded model whether or not it speculates).
+
     The verifier's own errors name the field and byte offset; a hash mismatch is
     re-raised naming the executable, so the user knows which file to replace.
     """
@@ -144,6 +145,22 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
             f" is damaged: {e.message}",
             hint="the executable was altered or damaged; refusing to serve — download it again",
         ) from None
+    if role == "model":
+        draft = _draft_beside(source)
+        if draft is not None:
+            verify_embedded_source(draft, role="draft")
+
+
+def _draft_beside(source: ModelSource) -> ModelSource | None:
+    """The draft that travels with ``source`` when it is the primary model of a two-model executable."""
+    if not source.offset:
+        return None
+    from dxverify.trailer import find_trailer
+
+    em = find_trailer(source.path)
+    if em is None or em.offset != source.offset:
+        return None
+    return draft_source(em)
 
 
 def embedded_source(path: Path | None = None) -> ModelSource | None:

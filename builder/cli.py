@@ -128,6 +128,21 @@ register_trust_commands(cli)  # keygen, sign, verify-release, manifest, bench, r
 register_engine_commands(cli)  # engine, matrix, schema
 
 
+@cli.command("wheel")
+@click.option("--tier", required=True, metavar="TIER", help="cpu, cuda13, vulkan, …: builds dx-engine-TIER.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
+              show_default=True, help="Directory to write the wheel to.")
+@click.option("--metadata", is_flag=True, help="Print the wheel's METADATA (from scikit-build-core; compiles nothing).")
+def wheel_cmd(tier: str, out_dir: Path, metadata: bool) -> None:
+    """Build the engine wheel dx-engine-TIER with scikit-build-core (cached by the engine key); print its path."""
+    from dxbuild.wheel import build_wheel, wheel_metadata
+
+    if metadata:
+        click.echo(wheel_metadata(tier), nl=False)
+        return
+    click.echo(str(build_wheel(tier, out_dir, echo=lambda line: click.echo(line, err=True)).path))
+
+
 @cli.command("render-ci")
 @click.option("--check", is_flag=True, help="Exit non-zero if the committed workflows differ; write nothing.")
 def render_ci_cmd(check: bool) -> None:

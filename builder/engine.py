@@ -219,11 +219,11 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _write_engine_json(dest: Path, plan: EnginePlan, recipe: EngineRecipe, toolchain: Toolchain,
-                       source_sha: str, commit: str, build_seconds: float) -> dict[str, object]:
+def engine_info(plan: EnginePlan, recipe: EngineRecipe, toolchain: Toolchain, source_sha: str,
+                commit: str) -> dict[str, object]:
+    """engine.json's fields, with ``size_bytes`` and ``files`` still empty (the engine wheel shares them)."""
     cell = plan.cell
-    size = dir_size(dest)
-    info: dict[str, object] = {
+    return {
         "tier": cell.tier,
         "os": cell.os,
         "arch": cell.arch,
@@ -237,13 +237,21 @@ def _write_engine_json(dest: Path, plan: EnginePlan, recipe: EngineRecipe, toolc
         "cuda_archs": list(cell.cuda_archs),
         "min_nvidia_driver": cell.min_nvidia_driver,
         "runtime_needs": list(cell.runtime_needs),
-        "size_bytes": size,
+        "size_bytes": 0,
         "size_budget_mb": cell.size_budget_mb,
         "binaries": {"llama-server": "bin/llama-server", "llama-bench": "bin/llama-bench"},
-        "files": {p.relative_to(dest).as_posix(): file_sha256(p)
-                  for p in sorted(dest.rglob("*")) if p.is_file() and not p.is_symlink()},
+        "files": {},
         "layout": LAYOUT_VERSION,
     }
+
+
+def _write_engine_json(dest: Path, plan: EnginePlan, recipe: EngineRecipe, toolchain: Toolchain,
+                       source_sha: str, commit: str, build_seconds: float) -> dict[str, object]:
+    size = dir_size(dest)
+    info = engine_info(plan, recipe, toolchain, source_sha, commit)
+    info["size_bytes"] = size
+    info["files"] = {p.relative_to(dest).as_posix(): file_sha256(p)
+                     for p in sorted(dest.rglob("*")) if p.is_file() and not p.is_symlink()}
     # engine.json holds only what the inputs decide, so two builds are byte-identical;
     # how long this build took goes next to the logs
     (dest / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -296,6 +304,11 @@ def build_engine(
     t0 = time.monotonic()
     log = logs / f"engine-{cell.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
+    from dxbuild.wheel import installed_engine
+
+    wheel = installed_engine(cell, recipe, echo)   # before provisioning: decided without running a compiler
+    if wheel:
+        return wheel
     toolchain = toolchains.provision(cell, cache, log)
     patch_hashes = tuple((p.name, file_sha256(p)) for p in recipe.patch_paths())
     plan = plan_engine(cell, recipe, toolchain, patch_hashes)

@@ -346,14 +346,8 @@ def check_entry_hash(entry: Entry, progress: Callable[[int], None] | None = None
 
 
 def check_model_hash(model: EmbeddedModel, progress: Callable[[int], None] | None = None) -> None:
-    """Hash the embedded model and compare it with the trailer; IntegrityError on mismatch."""
-    got = hash_region(model.path, model.offset, model.length, progress)
-    if got != model.sha256:
-        raise IntegrityError(
-            f"{model.path}: embedded model ({model.length} bytes at offset {model.offset}) has SHA-256 {got},"
-            f" the trailer says {model.sha256}",
-            hint="the model inside this executable was altered; refusing to use it — download it again",
-        )
+    """Hash the embedded (primary) model and compare it with the trailer; IntegrityError on mismatch."""
+    check_entry_hash(model.entries[0], progress)
 
 
 def check_runtime(model: EmbeddedModel) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_embedded_runtime import META
+from test_minted import _flip
 
 from dx import embedded
 from dxverify import trailer
@@ -27,14 +28,6 @@ def two_model_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv(embedded.SELF_ENV, str(exe))
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     return exe
-
-
-def _flip(path: Path, at: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 1]))
 
 
 def test_draft_source_points_into_the_file(two_model_file: Path, smollm2_gguf: Path) -> None:

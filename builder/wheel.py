@@ -41,6 +41,7 @@ from dxbuild.run_cmd import Echo, run_cmd, stderr_echo
 from dxverify.errors import ConfigurationError, ToolError
 
 PROJECT_DIR = Path(__file__).with_name("engine_wheel")
+AUDIT_MODULE = Path(__file__).with_name("wheel_audit.py")   # decides the platform tag: part of the wheel key
 #: the executables a wheel ships: the ones a minted executable carries (dxbuild.bundle.ENGINE_FILES)
 EXECUTABLES = ("llama-server", "ggml-rpc-server")
 #: per tier: distribution -> the shared libraries it provides. The wheel declares the
@@ -179,8 +180,8 @@ def wheel_key(engine_key: str, tier: str) -> str:
     """Everything that decides the wheel's bytes beyond the engine: its project files, name, version, deps."""
     h = hashlib.sha256()
     for part in (engine_key, dist_name(tier), __version__, REQUIRES_PYTHON, *dependencies(tier), *EXECUTABLES,
-                 *(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in sorted(PROJECT_DIR.iterdir())
-                   if p.is_file())):
+                 *(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in [
+                     *sorted(q for q in PROJECT_DIR.iterdir() if q.is_file()), AUDIT_MODULE])):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 

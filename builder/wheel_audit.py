@@ -10,9 +10,10 @@ library it needs must be
   wheels' libraries, the GPU driver's).
 
 An absolute RUNPATH is a problem too (it points into the build machine). The
-platform tag is the manylinux one the newest ``GLIBC_2.N`` symbol version
-needed allows (``manylinux_2_N_<arch>``, never below 2_17), as auditwheel
-would name it; ``auditwheel show`` checks the same wheels in the tests.
+platform tag is the manylinux one the needed symbol versions allow
+(``GLIBC_2.N``, and libstdc++'s ``GLIBCXX_``/``CXXABI_``/``GCC_`` through
+auditwheel's policy table; never below 2_17), as auditwheel names it;
+``auditwheel show`` checks the same wheels in the tests.
 """
 
 from __future__ import annotations
@@ -35,7 +36,36 @@ MANYLINUX_ALLOWLIST = frozenset({
     "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2",
     "librt.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1",
 })
+#: the newest libstdc++/libgcc symbol versions each manylinux glibc level guarantees
+#: (auditwheel's manylinux-policy.json, x86_64 and aarch64 alike but for GCC_, where the higher is kept)
+_POLICY: tuple[tuple[tuple[int, int], dict[str, str]], ...] = (
+    ((2, 17), {"GLIBCXX": "3.4.19", "CXXABI": "1.3.7", "GCC": "4.7.0"}),
+    ((2, 24), {"GLIBCXX": "3.4.22", "CXXABI": "1.3.10", "GCC": "4.8.0"}),
+    ((2, 27), {"GLIBCXX": "3.4.24", "CXXABI": "1.3.11", "GCC": "7.0.0"}),
+    ((2, 31), {"GLIBCXX": "3.4.28", "CXXABI": "1.3.12", "GCC": "7.0.0"}),
+    ((2, 34), {"GLIBCXX": "3.4.29", "CXXABI": "1.3.13", "GCC": "7.0.0"}),
+    ((2, 35), {"GLIBCXX": "3.4.30", "CXXABI": "1.3.13", "GCC": "12.0.0"}),
+    ((2, 39), {"GLIBCXX": "3.4.33", "CXXABI": "1.3.15", "GCC": "14.0.0"}),
+)
 _MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".") if x.isdigit())
+
+
+def glibc_level(version: str) -> tuple[int, int] | None:
+    """The manylinux glibc level a needed symbol version (``GLIBC_2.34``, ``GLIBCXX_3.4.30``) asks for."""
+    family, _, number = version.partition("_")
+    if family == "GLIBC":
+        v = _version(number)
+        return (v[0], v[1]) if len(v) >= 2 else None
+    if family not in ("GLIBCXX", "CXXABI", "GCC"):
+        return None
+    for level, newest in _POLICY:
+        if _version(number) <= _version(newest[family]):
+            return level
+    return (99, 0)   # newer than any policy DX knows: no manylinux tag fits
 _DT_NEEDED, _DT_SONAME, _DT_RPATH, _DT_RUNPATH = 1, 14, 15, 29
 _SHT_DYNAMIC, _SHT_VERNEED = 6, 0x6FFFFFFE
 
@@ -151,9 +181,9 @@ def audit_wheel(wheel: Path, allowed: frozenset[str] = frozenset()) -> WheelAudi
                 result.problems.append(f"{member} needs {lib}: not in the wheel, not on the manylinux "
                                        f"allowlist, not declared{where}")
             for v in deps.versions:
-                m = re.fullmatch(r"GLIBC_(\d+)\.(\d+)(?:\.\d+)?", v)
-                if m:
-                    result.glibc = max(result.glibc, (int(m.group(1)), int(m.group(2))))
+                level = glibc_level(v)
+                if level:
+                    result.glibc = max(result.glibc, level)
     if result.elf_files == 0:
         result.problems.append("no ELF files in the wheel")
     return result

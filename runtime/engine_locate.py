@@ -6,10 +6,16 @@ built with and a developer checkout falls back to what is at hand:
 1. bundled: ``engine/bin/llama-server`` next to the ``dx`` package (inside a
    Nuitka onefile bundle the engine directory is shipped as data there);
 2. ``$DX_ENGINE`` (a path to a llama-server binary or an engine directory);
-3. the dxbuild engine cache: ``$DX_CACHE_DIR`` or ``~/.cache/dx`` →
+3. an installed engine wheel (``pip install 'dxbuild[cpu]'`` pulls ``dx-engine-cpu``):
+   the first importable ``dx_engine_<tier>`` package, GPU tiers before cpu (each
+   GPU engine carries the CPU kernels too), found with ``importlib.util.find_spec``
+   — a path lookup, nothing imported — so ``pip install`` then ``dx serve`` needs no build;
+4. the dxbuild engine cache: ``$DX_CACHE_DIR`` or ``~/.cache/dx`` →
    ``engines/cpu-linux-<arch>-*/bin/llama-server``, the newest ``engine.json``
    (the builder is not imported: the runtime must not depend on it);
-4. ``llama-server`` on ``PATH``.
+5. ``llama-server`` on ``PATH``.
+
+``$DX_ENGINE`` stays above the wheel: a path the user names wins over what pip installed.
 """
 
 from __future__ import annotations
@@ -51,6 +57,26 @@ def _from_env() -> Path | None:
     return path
 
 
+#: engine wheels' packages, in the order they are preferred (dxbuild.wheel.package_name)
+_WHEEL_PACKAGES = ("dx_engine_cuda13", "dx_engine_cuda12", "dx_engine_rocm", "dx_engine_vulkan",
+                   "dx_engine_metal", "dx_engine_cpu")
+
+
+def _from_wheel() -> Path | None:
+    import importlib.util
+
+    for name in _WHEEL_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            binary = Path(folder) / "bin" / _BINARY
+            if binary.is_file() and os.access(binary, os.X_OK):
+                return binary
+    return None
+
+
 def _cache_dir() -> Path:
     env = os.environ.get("DX_CACHE_DIR")
     if env:
@@ -82,7 +108,7 @@ def _from_cache() -> Path | None:
 
 def locate_engine() -> Path:
     """Return the llama-server to run, or raise a ConfigurationError saying where we looked."""
-    for finder in (_bundled_engine, _from_env, _from_cache):
+    for finder in (_bundled_engine, _from_env, _from_wheel, _from_cache):
         found = finder()
         if found is not None:
             return found
@@ -90,9 +116,10 @@ def locate_engine() -> Path:
     if on_path:
         return Path(on_path)
     raise ConfigurationError(
-        "no llama-server engine found (looked in the bundle, $DX_ENGINE, "
+        "no llama-server engine found (looked in the bundle, $DX_ENGINE, the dx-engine-* wheels, "
         f"{_cache_dir() / 'engines'} and PATH)",
-        hint="build one with `dxbuild engine --tier cpu` or set DX_ENGINE=/path/to/llama-server",
+        hint="`pip install 'dxbuild[cpu]'`, build one with `dxbuild engine --tier cpu`, "
+             "or set DX_ENGINE=/path/to/llama-server",
     )
 
 

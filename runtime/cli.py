@@ -66,10 +66,21 @@ for _cmd in _SWARM_COMMANDS:
     cli.add_command(_cmd)
 
 
-# dx.top imports only click at module level; curses loads when `dx top` runs.
-from dx.top import top_cmd  # noqa: E402
+@cli.command("top")
+@click.option("--host", envvar="DX_HOST", default=None,
+              help="The dx server (host[:port] or URL; DX_HOST; default 127.0.0.1:11434).")
+@click.option("--once", is_flag=True, help="Print one snapshot (two scrapes a second apart) and exit.")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
+              help="Seconds between scrapes.")
+def top_cmd(host: str | None, once: bool, interval: float) -> None:
+    """A live dashboard of a running dx server: models, slots, KV cache, tokens/s, TTFT, errors.
 
-cli.add_command(top_cmd)
+    Reads the server's /metrics with the same host and key as `dx ps` (DX_API_KEY, else ~/.dx/api_key).
+    On a terminal it redraws every second (q quits); piped, it prints one line per second.
+    """
+    from dx.top import main as top_main  # dx.top (and curses) load only when `dx top` runs
+
+    top_main(host, once, interval)
 
 
 def main() -> None:

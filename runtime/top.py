@@ -28,9 +28,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import click
-
-Labels = tuple[tuple[str, str], ...]
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
 
 WINDOW = 60.0  # seconds of history for the sparkline, the TTFT quantiles and the per-minute counts
@@ -462,18 +459,8 @@ def _suppress(exc: type[BaseException]):  # type: ignore[no-untyped-def]
     return contextlib.suppress(exc)
 
 
-@click.command("top")
-@click.option("--host", envvar="DX_HOST", default=None,
-              help="The dx server (host[:port] or URL; DX_HOST; default 127.0.0.1:11434).")
-@click.option("--once", is_flag=True, help="Print one snapshot (two scrapes a second apart) and exit.")
-@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
-              help="Seconds between scrapes.")
-def top_cmd(host: str | None, once: bool, interval: float) -> None:
-    """A live dashboard of a running dx server: models, slots, KV cache, tokens/s, TTFT, errors.
-
-    Reads the server's /metrics with the same host and key as `dx ps` (DX_API_KEY, else ~/.dx/api_key).
-    On a terminal it redraws every second (q quits); piped, it prints one line per second.
-    """
+def main(host: str | None, once: bool = False, interval: float = 1.0) -> None:
+    """``dx top``: the server at ``host`` (as ``dx ps`` finds it), with its key (DX_API_KEY, else ~/.dx/api_key)."""
     import os
 
     from dx.chat_cli import _key_from_home, normalize_host

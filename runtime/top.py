@@ -125,6 +125,7 @@ class View:
     rss: float | None = None
     models: tuple[ModelRow, ...] = ()
     in_flight: int = 0
+    waiting: int = 0  # requests the engines hold back until a slot is free (llamacpp:requests_deferred)
     tokens_per_s: float = 0.0
     spark: tuple[float, ...] = ()
     ttft_p50: float | None = None
@@ -186,6 +187,7 @@ class History:
             rss=total(new, "dx_resident_memory_bytes") or None,
             models=tuple(_model_rows(new, prev[1] if prev else None, t_new - prev[0] if prev else 0.0)),
             in_flight=max(0, int(total(new, "dx_requests_in_flight")) - 1),  # not counting this scrape
+            waiting=int(total(new, "llamacpp:requests_deferred")),
             tokens_per_s=self.rates[-1][1] if self.rates else 0.0,
             spark=tuple(r for _, r in self.rates),
             ttft_p50=quantile(0.5, ttft),
@@ -298,8 +300,9 @@ def render(view: View, width: int = 100, spark_chars: str = SPARK_UNICODE, clock
         lines.append(f"! {view.error}")
     busy = sum(r.slots_busy or 0 for r in view.models)
     slots = sum(r.slots_total or 0 for r in view.models)
-    lines.append(f"models loaded {len(view.models)}   requests in flight {view.in_flight}   slots busy {busy}/{slots}"
-                 f"   requests {int(view.requests)} ({view.requests_per_min:.0f}/min)")
+    waiting = f" ({view.waiting} waiting for a slot)" if view.waiting else ""
+    lines.append(f"models loaded {len(view.models)}   requests in flight {view.in_flight}{waiting}   slots busy "
+                 f"{busy}/{slots}   requests {int(view.requests)} ({view.requests_per_min:.0f}/min)")
     label = f"tokens/s {view.tokens_per_s:7.1f}  "
     lines.append(label + sparkline(view.spark, max(0, min(60, width - len(label) - 1)), spark_chars))
     if view.ttft_streams:

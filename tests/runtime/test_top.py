@@ -45,6 +45,7 @@ dx_engine_kv_used_tokens{{model="m\\"1"}} 1024
 dx_engine_kv_capacity_tokens{{model="m\\"1"}} 4096
 dx_engine_decoding_tokens{{model="m\\"1"}} {decoding}
 llamacpp:tokens_predicted_total{{model="m\\"1"}} {tokens}
+llamacpp:requests_deferred{{model="m\\"1"}} 1
 llamacpp:spec_decode_num_draft_tokens_total{{model="m\\"1"}} {drafted}
 llamacpp:spec_decode_num_accepted_tokens_total{{model="m\\"1"}} {accepted}
 {buckets}
@@ -65,7 +66,7 @@ def test_view_from_two_scrapes() -> None:
     [row] = v.models  # the embedding engine is not a row
     assert (row.name, row.slots_busy, row.slots_total, row.kv_used, row.kv_capacity) == ('m"1', 2, 4, 1024, 4096)
     assert row.tokens_per_s == pytest.approx(60.0)
-    assert v.in_flight == 2  # the scrape itself is not counted
+    assert v.in_flight == 2 and v.waiting == 1  # the scrape itself is not counted
     assert v.requests == 40 + 2 + 1 and v.requests_per_min == pytest.approx(30 * 60 / 2)  # /metrics left out
     assert (v.errors_4xx, v.errors_5xx, v.auth_failures) == (2, 1, 4)
     # 10 streams in the window: 4 in (0.1, 0.5], 6 in (0.5, 1.0]; the first scrape's one is not
@@ -80,7 +81,7 @@ def test_render_is_the_view_on_screen() -> None:
     text = "\n".join(lines)
     assert all(len(line) <= 90 for line in lines)
     assert lines[0].endswith("12:00:00") and "dx 9.9" in lines[0]
-    assert "models loaded 1   requests in flight 2   slots busy 2/4" in text
+    assert "models loaded 1   requests in flight 2 (1 waiting for a slot)   slots busy 2/4" in text
     assert re.search(r"tokens/s\s+60\.0", text)
     assert "p50 583 ms" in text and "(10 streams)" in text
     assert "4xx 2   5xx 1" in text and "auth failures 4" in text

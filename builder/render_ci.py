@@ -27,6 +27,7 @@ ACTIONS = {
     "msvc_dev_cmd": "ilammy/msvc-dev-cmd@v1",
     "cuda_toolkit": "Jimver/cuda-toolkit@v0.2.24",
     "vulkan_sdk": "jakoch/install-vulkan-sdk-action@v1",
+    "pypi_publish": "pypa/gh-action-pypi-publish@release/v1",   # PyPA's documented ref for trusted publishing
 }
 
 # Toolchain versions the CI installs for the tiers whose toolchain is the host's.
@@ -81,6 +82,19 @@ def matrix_entries() -> list[dict[str, Any]]:
     return github_matrix(expand(load_matrix(), load_tiers(), load_engine_recipe()))["include"]
 
 
+#: the manylinux image engine wheels are built in: glibc 2.28, so pip takes them on most Linux systems
+MANYLINUX_IMAGE = "quay.io/pypa/manylinux_2_28"
+
+
+def wheel_cells(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One engine-wheel job per Linux cell of a published tier (``dxbuild.wheel.PUBLISHED_TIERS``)."""
+    from dxbuild.wheel import PUBLISHED_TIERS
+
+    return [{"tier": e["tier"], "arch": e["arch"], "runner": e["runner"],
+             "image": f"{MANYLINUX_IMAGE}_{'aarch64' if e['arch'] == 'arm64' else e['arch']}"}
+            for e in entries if e["os"] == "linux" and e["tier"] in PUBLISHED_TIERS]
+
+
 def check_toolchains(entries: list[dict[str, Any]]) -> None:
     for e in entries:
         oses = TOOLCHAIN_SETUP.get(e["toolchain"])
@@ -100,6 +114,7 @@ def render_workflows(entries: list[dict[str, Any]] | None = None) -> dict[str, s
     env.filters["flow"] = _flow
     values = {
         "cells": entries,
+        "wheel_cells": wheel_cells(entries),
         "toolchains": sorted({e["toolchain"] for e in entries}),
         "actions": ACTIONS,
         "python_version": PYTHON_VERSION,

@@ -57,6 +57,9 @@ DRIVER_LIBS: dict[str, tuple[str, ...]] = {
     "cuda13": ("libcuda.so.1",), "cuda12": ("libcuda.so.1",), "vulkan": ("libvulkan.so.1",),
 }
 REQUIRES_PYTHON = ">=3.10"  # dxbuild's and dx's own
+#: the tiers whose wheels the release workflow builds (Linux, in the manylinux_2_28 image) and publishes to PyPI;
+#: the extras in pyproject.toml name these. Others build locally with `dxbuild wheel --tier TIER`.
+PUBLISHED_TIERS = ("cpu", "cuda13")
 
 
 def dist_name(tier: str) -> str:
@@ -191,8 +194,12 @@ def _cached_wheel(entry: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def build_wheel(tier: str, out_dir: Path, *, cache: Path | None = None, echo: Echo | None = stderr_echo) -> WheelResult:
-    """The ``dx-engine-<tier>`` wheel for this machine in ``out_dir``: from the wheel cache, or built now."""
+def build_wheel(tier: str, out_dir: Path, *, cuda_archs: tuple[str, ...] | None = None, cache: Path | None = None,
+                echo: Echo | None = stderr_echo) -> WheelResult:
+    """The ``dx-engine-<tier>`` wheel for this machine in ``out_dir``: from the wheel cache, or built now.
+
+    ``cuda_archs`` narrows a CUDA tier (a local or test build); releases use the recipe's list.
+    """
     from dxbuild import toolchains
     from dxbuild.engine import _build_lock, plan_engine
     from dxbuild.paths import cache_dir
@@ -203,7 +210,7 @@ def build_wheel(tier: str, out_dir: Path, *, cache: Path | None = None, echo: Ec
     t0 = time.monotonic()
     cache = cache or cache_dir()
     recipe = load_engine_recipe()
-    cell = host_cell(get_tier(tier), recipe, runners=load_matrix().runners)
+    cell = host_cell(get_tier(tier), recipe, cuda_archs=cuda_archs, runners=load_matrix().runners)
     recipe = recipe.with_patches(cell.tier_patches)
     log = cache / "logs" / f"wheel-{cell.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -111,13 +111,13 @@ def dx_env(home: Path, engine: Path | None) -> dict[str, str]:
 
 def start_dx(
     tmp: Path, *args: str, engine: Path | None = None, model: str | None = None, timeout: float = 60.0,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, python: str = sys.executable,
 ) -> DXServer:
-    """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL."""
+    """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL (``python``: another venv's)."""
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     stderr_path = tmp / "dx-serve.stderr"
-    cmd = [sys.executable, "-m", "dx", "serve", *([model] if model else []), "--port", "0", *args]
+    cmd = [python, "-m", "dx", "serve", *([model] if model else []), "--port", "0", *args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), env={**dx_env(home, engine), **(env or {})}, text=True,  # noqa: SIM115
     )

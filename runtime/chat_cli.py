@@ -63,6 +63,20 @@ class Sampling:
         return d
 
 
+@dataclass(frozen=True)
+class SpecOptions:
+    """``dx run``'s speculation options, as given (dx.speculative resolves and checks them)."""
+
+    mode: str | None = None
+    draft: str | None = None
+    n_max: int | None = None
+    n_min: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.mode, self.draft, self.n_max, self.n_min))
+
+
 class ChatBackend(Protocol):
     name: str
 
@@ -131,18 +145,22 @@ class LocalEngine:
 
     model: str | None
     ctx: int | None = None
+    speculation: SpecOptions = field(default_factory=SpecOptions)
     name: str = ""
     engine: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from dx.embedded import resolve
+        from dx.speculative import prepare
         from dx.supervisor import Engine
 
         # The model inside a minted executable (no MODEL, or one of its names); else the store
-        # (pulls hf: on demand). Either way it is verified before the engine sees it.
+        # (pulls hf: on demand). Either way it is verified before the engine sees it, and so is a draft.
         source = resolve(self.model)
         self.name = source.display_name
-        self.engine = Engine.start(source, ctx=self.ctx, parallel=1)
+        s = self.speculation
+        spec = prepare(source, s.mode, s.draft, s.n_max, s.n_min)
+        self.engine = Engine.start(source, ctx=self.ctx, parallel=1, extra_args=spec.engine_args())
 
     def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
         body = {"model": self.name, "messages": messages, "stream": True, **sampling.openai()}
@@ -276,6 +294,7 @@ def run(
     ctx: int | None,
     stdin: IO[str],
     stdout: IO[str],
+    speculation: SpecOptions | None = None,
 ) -> None:
     """What ``dx run`` does; piped stdin is the prompt (after PROMPT, if both are given).
 
@@ -290,7 +309,12 @@ def run(
         example = f'run {model} "Why is the sky blue?"' if model else 'run "Why is the sky blue?"'
         raise ConfigurationError("nothing on stdin and no PROMPT",
                                  hint=f"give a PROMPT (try: {example}), or start it on a terminal to chat")
-    backend: ChatBackend = RemoteServer(host, model or "") if host else LocalEngine(model, ctx=ctx)
+    speculation = speculation or SpecOptions()
+    if host and speculation.given:
+        raise ConfigurationError("--draft and --spec set up the engine dx run starts; with --host the server's apply",
+                                 hint="start the server with them: dx serve MODEL --draft DRAFT")
+    backend: ChatBackend = (RemoteServer(host, model or "") if host
+                            else LocalEngine(model, ctx=ctx, speculation=speculation))
     if system is None and isinstance(backend, LocalEngine):
         from dx.model_defaults import for_source
 

@@ -243,11 +243,17 @@ def done_fields(
     finish_reason: str | None, timings: dict[str, Any] | None, usage: dict[str, Any] | None,
     started: float, load_duration: float,
 ) -> dict[str, Any]:
-    """The statistics of Ollama's final chunk, from the engine's timings."""
+    """The statistics of Ollama's final chunk, from the engine's timings.
+
+    With speculative decoding the engine also counts drafted and accepted tokens
+    (``draft_n``, ``draft_n_accepted``); Ollama has no such fields, so they are added
+    under the engine's names, only when the engine reports them.
+    """
     t = timings or {}
     u = usage or {}
     prompt_n = t.get("prompt_n", u.get("prompt_tokens", 0))
     eval_n = t.get("predicted_n", u.get("completion_tokens", 0))
+    draft = {key: int(t[key]) for key in ("draft_n", "draft_n_accepted") if isinstance(t.get(key), (int, float))}
     return {
         "done": True,
         "done_reason": {"length": "length", "tool_calls": "stop"}.get(finish_reason or "stop", "stop"),
@@ -257,6 +263,7 @@ def done_fields(
         "prompt_eval_duration": int(float(t.get("prompt_ms", 0.0)) * 1e6),
         "eval_count": int(eval_n or 0),
         "eval_duration": int(float(t.get("predicted_ms", 0.0)) * 1e6),
+        **draft,
     }
 
 

@@ -145,7 +145,7 @@ def verify_release(
     if manifest.is_file():
         try:
             doc = json.loads(manifest.read_text(encoding="utf-8"))
-            artifacts = doc["artifacts"]
+            artifacts = doc["artifacts"] + doc.get("runtime_packs", [])  # runtime packs are checked alike
         except (ValueError, KeyError, TypeError) as e:
             report.fail(f"{manifest} is not a DX manifest: {e}")
             artifacts = []

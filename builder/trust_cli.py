@@ -1,4 +1,4 @@
-"""`dxbuild` commands for trust and reports: keygen, sign, verify-release, manifest, bench, repro.
+"""`dxbuild` commands for trust and reports: keygen, sign, verify-release, manifest, bench, repro, runtime-pack.
 
 Kept apart from dxbuild.cli so that file stays a short list of groups; each
 command imports its module lazily so `dxbuild --help` stays fast.
@@ -186,7 +186,31 @@ def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bu
             click.echo(f"  {d['path']}: {d['kind']} ({causes})")
 
 
+@click.command("runtime-pack")
+@click.option("--cuda", "major", type=int, default=13, show_default=True, help="CUDA major version.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
+              show_default=True, help="Release directory to write it to (its manifest and SHA256SUMS are updated).")
+@click.option("--key", "key_path", type=_FILE, help="Private key (default: DX_SIGNING_KEY / DX_SIGNING_KEY_PEM).")
+def runtime_pack_cmd(major: int, out_dir: Path, key_path: Path | None) -> None:
+    """Write dx-cudaN-runtime-linux-ARCH.tar.xz (cuBLAS, cuBLASLt, cudart + licences) for thin executables."""
+    from dxbuild.keys import find_signing_key
+    from dxbuild.runtime_pack import build_runtime_pack
+    from dxbuild.steps.manifest import manifest_for_directory
+    from dxbuild.steps.sign import sign_directory
+
+    key = find_signing_key(key_path)
+    pack = build_runtime_pack(major, out_dir, echo=lambda line: click.echo(line, err=True))
+    click.echo(str(pack.path))
+    click.echo(f"  size     {pack.size} bytes ({pack.size / 1e6:.1f} MB; {pack.unpacked / 1e6:.1f} MB unpacked)")
+    click.echo(f"  sha256   {pack.sha256}")
+    click.echo(f"  version  {pack.version}")
+    manifest_for_directory(out_dir)
+    sign_directory(out_dir, key)
+    if key is None:
+        click.echo("signing skipped: no key (pass --key or set DX_SIGNING_KEY / DX_SIGNING_KEY_PEM)", err=True)
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to the `dxbuild` group."""
-    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd, repro):
+    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd, repro, runtime_pack_cmd):
         group.add_command(cmd)

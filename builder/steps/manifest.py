@@ -11,8 +11,12 @@ and checks each file's size and SHA-256 against its facts on the way.
 
     dx-manifest 1 <dx-version>
     artifact <tier> <os> <arch> <min_driver or -> <file> <size> <sha256>
+    runtime-pack <tier> <os> <arch> <min_driver or -> <file> <size> <sha256> <version>
 
-Both are written to a temporary name and renamed into place.
+A ``runtime-pack`` line is a tier's shared GPU libraries (dxbuild.runtime_pack:
+cuBLAS/cudart for cuda13), installed once per machine into
+``<runtime dir>/<tier>-<version>``; an install.sh that predates it skips the
+line (it reads only ``artifact`` lines). Both are written to a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ FACTS_FORMAT = 1
 MANIFEST_FORMAT = 1
 FACTS_SUFFIX = ".json"
 _WORD = re.compile(r"^[a-z0-9_-]+$")
+_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+_-]*$")
+RUNTIME_PACK = "runtime-pack"
+KINDS = ("executable", RUNTIME_PACK)
 _FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _CPU_VARIANT = re.compile(r"^libggml-cpu-([a-z0-9_]+)\.(so|dll|dylib)$")
 # The order x86 variants are tried in, lowest first; the lowest present is the minimum CPU.
@@ -136,6 +143,10 @@ def check_facts(doc: Any, where: Path) -> dict[str, Any]:
     md = req.get("min_nvidia_driver")
     _require(md is None or (isinstance(md, int) and 0 < md < 10000), where, "bad 'min_nvidia_driver'")
     _require(isinstance(doc.get("engine"), dict), where, "missing 'engine'")
+    _require(doc.get("kind", "executable") in KINDS, where, f"'kind' must be one of {', '.join(KINDS)}")
+    if doc.get("kind") == RUNTIME_PACK:
+        version = (doc.get("runtime_pack") or {}).get("version")
+        _require(isinstance(version, str) and bool(_VERSION.match(version)), where, "bad 'runtime_pack.version'")
     return doc
 
 
@@ -153,8 +164,14 @@ def _trust_files(directory: Path, fname: str) -> dict[str, Any]:
 
 def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str) -> dict[str, Any]:
     """The manifest document: one entry per artifact, sorted so equal inputs give equal bytes."""
-    artifacts = []
+    artifacts, packs = [], []
     for f in sorted(facts, key=lambda f: (f["tier"], f["os"], f["arch"], f["file"])):
+        if f.get("kind") == RUNTIME_PACK:
+            packs.append({"file": f["file"], "tier": f["tier"], "os": f["os"], "arch": f["arch"],
+                          "size": f["size"], "sha256": f["sha256"], "version": f["runtime_pack"]["version"],
+                          "min_nvidia_driver": f["requirements"].get("min_nvidia_driver"),
+                          **_trust_files(directory, f["file"])})
+            continue
         artifacts.append({
             "file": f["file"], "tier": f["tier"], "os": f["os"], "arch": f["arch"],
             "size": f["size"], "sha256": f["sha256"],
@@ -164,7 +181,10 @@ def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str
             "requirements": f["requirements"],
             **_trust_files(directory, f["file"]),
         })
-    return {"dx_manifest": MANIFEST_FORMAT, "dx_version": dx_version, "artifacts": artifacts}
+    doc = {"dx_manifest": MANIFEST_FORMAT, "dx_version": dx_version, "artifacts": artifacts}
+    if packs:
+        doc["runtime_packs"] = packs
+    return doc
 
 
 def manifest_text(doc: dict[str, Any]) -> str:
@@ -174,6 +194,10 @@ def manifest_text(doc: dict[str, Any]) -> str:
         md = a["requirements"].get("min_nvidia_driver")
         lines.append(f"artifact {a['tier']} {a['os']} {a['arch']} {md if md else '-'} "
                      f"{a['file']} {a['size']} {a['sha256']}")
+    for p in doc.get("runtime_packs", []):
+        md = p.get("min_nvidia_driver")
+        lines.append(f"{RUNTIME_PACK} {p['tier']} {p['os']} {p['arch']} {md if md else '-'} "
+                     f"{p['file']} {p['size']} {p['sha256']} {p['version']}")
     return "\n".join(lines) + "\n"
 
 
@@ -185,15 +209,20 @@ def parse_manifest_text(text: str) -> dict[str, Any]:
     head = lines[0].split(" ")
     if len(head) != 3 or head[0] != "dx-manifest" or head[1] != str(MANIFEST_FORMAT):
         raise MalformedInputError(f"manifest.txt line 1 is not 'dx-manifest {MANIFEST_FORMAT} <version>'")
-    out = []
+    out, packs = [], []
     for no, line in enumerate(lines[1:], 2):
         parts = line.split(" ")
+        if len(parts) == 9 and parts[0] == RUNTIME_PACK:
+            _, tier, os_name, arch, md, fname, size, sha, version = parts
+            packs.append({"tier": tier, "os": os_name, "arch": arch, "file": fname, "size": int(size),
+                          "sha256": sha, "version": version, "min_nvidia_driver": None if md == "-" else int(md)})
+            continue
         if len(parts) != 8 or parts[0] != "artifact":
             raise MalformedInputError(f"manifest.txt line {no}: expected 8 fields, got {len(parts)}")
         _, tier, os_name, arch, md, fname, size, sha = parts
         out.append({"tier": tier, "os": os_name, "arch": arch, "min_nvidia_driver": None if md == "-" else int(md),
                     "file": fname, "size": int(size), "sha256": sha})
-    return {"dx_version": head[2], "artifacts": out}
+    return {"dx_version": head[2], "artifacts": out, "runtime_packs": packs}
 
 
 def write_manifest(directory: Path, doc: dict[str, Any]) -> tuple[Path, Path]:

@@ -53,7 +53,7 @@ RELEASE_CELLS = [
 
 # Tools install.sh may use; everything else is absent from its PATH.
 TOOLS = ["awk", "cat", "chmod", "cp", "curl", "wget", "grep", "head", "mkdir", "mktemp", "mv",
-         "openssl", "rm", "sha256sum", "shasum", "perl", "sort", "tr", "wc", "sed", "env", "sleep"]
+         "openssl", "rm", "sha256sum", "shasum", "perl", "sort", "tr", "wc", "sed", "env", "sleep", "tar", "xz"]
 
 
 def _dx_zipapp(dest: Path, comment: str) -> None:

@@ -150,11 +150,11 @@ def prepare(
     n_min: int | None = None,
 ) -> Speculation:
     """What ``dx serve``/``dx run`` do with their options: resolve, plan and check, or stop with one line."""
-    if target is None:
-        if draft is not None or mode in ("draft", "ngram"):
-            raise ConfigurationError("--draft and --spec need a MODEL to speculate for",
+    if target is None:  # the store's models: n-grams suit any of them, a draft pairs with one model
+        if draft is not None or mode == "draft":
+            raise ConfigurationError("--draft needs a MODEL to speculate for",
                                      hint="name the target: dx serve MODEL --draft DRAFT")
-        return Speculation()
+        return plan(mode, None, n_max=n_max, n_min=n_min)
     embedded = embedded_draft_for(target)
     chosen = resolve_draft(draft, embedded) if draft is not None else None
     spec = plan(mode, chosen, embedded_draft=embedded, n_max=n_max, n_min=n_min)

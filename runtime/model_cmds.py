@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from dx import speculative
+
 
 def _store():  # type: ignore[no-untyped-def]
     from dx.store import Store
@@ -58,16 +60,18 @@ host_option = click.option(
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=None, help="Stop after this many tokens.")
 @click.option("--seed", type=int, default=None, help="Sampling seed, for repeatable answers.")
 @click.option("--ctx", type=click.IntRange(256, 1 << 20), default=None, help="Context size (engine default 4096).")
+@speculative.options
 def run_cmd(
     model: str | None, prompt: tuple[str, ...], host: str | None, system: str | None,
     temperature: float | None, max_tokens: int | None, seed: int | None, ctx: int | None,
+    draft: str | None = None, spec: str | None = None, draft_max: int | None = None, draft_min: int | None = None,
 ) -> None:
     """Answer PROMPT with MODEL, or chat when no PROMPT is given (piped stdin is read as the prompt).
 
     MODEL is a store name, a path to a GGUF, or hf:OWNER/REPO/FILE.gguf (pulled on first use).
     In an executable with a model inside, MODEL may be left out: `run "PROMPT"`, or `run` to chat.
     """
-    from dx.chat_cli import Sampling, run
+    from dx.chat_cli import Sampling, SpecOptions, run
     from dx.embedded import find_embedded, run_arguments
 
     if model is None:
@@ -81,6 +85,7 @@ def run_cmd(
     run(
         model, " ".join(prompt) if prompt else None, host=host, system=system,
         sampling=Sampling(temperature, max_tokens, seed), ctx=ctx, stdin=sys.stdin, stdout=sys.stdout,
+        speculation=SpecOptions(spec, draft, draft_max, draft_min),
     )
 
 

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from dx import speculative
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 
@@ -63,11 +65,13 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
               help="With --workers: the share of the layers each worker gets (default: by free memory).")
 @click.option("--secret", "swarm_secret", default=None, metavar="FILE",
               help="With --workers: the swarm secret file (default: $DX_SWARM_SECRET, else $DX_HOME/swarm/secret.pem).")
+@speculative.options
 def serve_cmd(
     model: str | None, host: str, port: int, no_auth: bool, keep_alive: str, ctx: int | None, parallel: int,
     max_connections: int, max_requests: int, allowed_hosts: tuple[str, ...], allow_origins: tuple[str, ...],
     max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
     workers: tuple[str, ...] = (), tensor_split: str | None = None, swarm_secret: str | None = None,
+    draft: str | None = None, spec: str | None = None, draft_max: int | None = None, draft_min: int | None = None,
 ) -> None:
     """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
 
@@ -102,6 +106,8 @@ def serve_cmd(
             from dx.embedded import verify_embedded_source
 
             verify_embedded_source(source)  # the same check, naming the executable on a mismatch
+    # the draft verified and paired with the model now: an incompatible pair stops here, before any engine
+    speculation = speculative.prepare(source, spec, draft, draft_max, draft_min)
 
     from dx.swarm import head_from_options
 
@@ -109,7 +115,8 @@ def serve_cmd(
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)
     manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep,
-                            extra_args=head.engine_args if head is not None else ())
+                            extra_args=head.engine_args if head is not None else (),
+                            model_args=speculative.engine_args_for(source, speculation))
     limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, max_requests=max_requests,
                           header_timeout=request_timeout)
     app = App(manager, resolver, api_key, limits, access_log=access_log,
@@ -122,6 +129,8 @@ def serve_cmd(
     if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
         browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
         click.echo(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
+    if speculation.mode != "none":
+        click.echo(f"dx: {speculation.describe()}")
     if head is not None:
         click.echo(f"dx: split across workers {', '.join(_split_list(workers))} (mutual TLS, {head.secret.path})")
     if api_key:

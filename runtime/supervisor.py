@@ -555,6 +555,7 @@ class EngineManager:
         max_loaded: int = 3,
         reap_interval: float = 1.0,
         extra_args: Sequence[str] | Callable[[str], Sequence[str]] = (),
+        model_args: Callable[[ModelSource, str], Sequence[str]] | None = None,
     ) -> None:
         self._resolve = resolve
         self._binary = binary
@@ -565,6 +566,8 @@ class EngineManager:
         self._max_loaded = max_loaded
         # a callable is asked at every (re)start, with the engine's purpose (dx.swarm: the workers still up)
         self._extra_args = extra_args if callable(extra_args) else tuple(extra_args)
+        # asked at every (re)start with the model and purpose (dx.speculative: the draft for its target only)
+        self._model_args = model_args
         self._slots: dict[tuple[str | int, ...], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -643,7 +646,8 @@ class EngineManager:
                 parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
                 binary=self._binary,
                 log_dir=self._log_dir,
-                extra_args=self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args,
+                extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),
+                            *(self._model_args(slot.source, slot.purpose) if self._model_args else ())],
                 purpose=slot.purpose,
             )
             return slot.engine

@@ -84,10 +84,15 @@ def pinned_wheels(major: int) -> dict[str, tuple[str, tuple[str, ...]]]:
     return pins
 
 
-def fetch_wheels(major: int, cache: Path, log: Path) -> dict[str, Path]:
-    """The pinned wheels for this machine, from the DX download cache or pip (``--require-hashes``)."""
+#: pip's --platform tags for a pack made for another arch (the wheels are manylinux, any Python).
+PLATFORMS = {"x86_64": ("manylinux_2_27_x86_64", "manylinux_2_17_x86_64"),
+             "arm64": ("manylinux_2_27_aarch64", "manylinux_2_17_aarch64")}
+
+
+def fetch_wheels(major: int, cache: Path, log: Path, arch: str) -> dict[str, Path]:
+    """The pinned wheels for ``arch``, from the DX download cache or pip (``--require-hashes``)."""
     pins = pinned_wheels(major)
-    folder = cache / "downloads" / f"cuda{major}-runtime-wheels"
+    folder = cache / "downloads" / f"cuda{major}-runtime-wheels-{arch}"
     found = _cached_wheels(folder, pins)
     if len(found) == len(pins):
         return found
@@ -97,8 +102,9 @@ def fetch_wheels(major: int, cache: Path, log: Path) -> dict[str, Path]:
         req = tmp / "requirements.txt"
         req.write_text("".join(f"{n}=={v} " + " ".join(f"--hash=sha256:{h}" for h in hs) + "\n"
                                for n, (v, hs) in sorted(pins.items())))
+        platform = [a for tag in PLATFORMS[arch] for a in ("--platform", tag)]
         run_cmd([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-                 "--disable-pip-version-check", "-d", tmp / "w", "-r", req], log=log,
+                 "--disable-pip-version-check", *platform, "-d", tmp / "w", "-r", req], log=log,
                 what=f"pip download of the CUDA {major} runtime wheels")
         folder.mkdir(exist_ok=True)
         for whl in (tmp / "w").glob("*.whl"):
@@ -129,7 +135,7 @@ def _epoch() -> int:
 def pack_members(major: int, wheels: dict[str, Path], versions: dict[str, str]) -> dict[str, bytes]:
     """``{path inside the pack: bytes}``: lib/<SONAME>, licenses/<wheel>-License.txt, dx-runtime.json."""
     members: dict[str, bytes] = {}
-    for name, whl in sorted(wheels.items()):
+    for name, whl in sorted(wheels.items()):  # the wheels' own files, unchanged (no host library enters)
         with zipfile.ZipFile(whl) as z:
             names = z.namelist()
             for lib in PACK_WHEELS[major][name]:
@@ -174,16 +180,16 @@ def build_runtime_pack(major: int, out_dir: Path, *, arch: str | None = None, ca
                        echo: Echo | None = None) -> RuntimePack:
     """Fetch the pinned wheels (cached), write the pack and its facts file into ``out_dir``."""
     from dxbuild.toolchains.host import HOST_ARCH
+    from dxmatrix.cell import normalize_arch
 
-    arch = arch or HOST_ARCH
-    if arch != HOST_ARCH:
-        raise ConfigurationError(f"runtime packs are made for this machine's arch ({HOST_ARCH}), not {arch}",
-                                 hint="run it on an arm64 machine for the arm64 pack")
+    arch = normalize_arch(arch) if arch else HOST_ARCH
+    if arch not in PLATFORMS:
+        raise ConfigurationError(f"--arch {arch}: runtime packs are made for {', '.join(PLATFORMS)}")
     cache = cache or default_cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     log = cache / "downloads" / f"cuda{major}-runtime-wheels.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    wheels = fetch_wheels(major, cache, log)
+    wheels = fetch_wheels(major, cache, log, arch)
     pins = pinned_wheels(major)
     versions = {n: pins[n][0] for n in sorted(pins)}
     version = "-".join(versions[n] for n in ("nvidia-cublas", "nvidia-cuda-runtime"))

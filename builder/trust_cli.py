@@ -190,8 +190,9 @@ def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bu
 @click.option("--cuda", "major", type=int, default=13, show_default=True, help="CUDA major version.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
               show_default=True, help="Release directory to write it to (its manifest and SHA256SUMS are updated).")
+@click.option("--arch", default=None, metavar="ARCH", help="x86_64 or arm64 (default: this machine's).")
 @click.option("--key", "key_path", type=_FILE, help="Private key (default: DX_SIGNING_KEY / DX_SIGNING_KEY_PEM).")
-def runtime_pack_cmd(major: int, out_dir: Path, key_path: Path | None) -> None:
+def runtime_pack_cmd(major: int, out_dir: Path, arch: str | None, key_path: Path | None) -> None:
     """Write dx-cudaN-runtime-linux-ARCH.tar.xz (cuBLAS, cuBLASLt, cudart + licences) for thin executables."""
     from dxbuild.keys import find_signing_key
     from dxbuild.runtime_pack import build_runtime_pack
@@ -199,7 +200,7 @@ def runtime_pack_cmd(major: int, out_dir: Path, key_path: Path | None) -> None:
     from dxbuild.steps.sign import sign_directory
 
     key = find_signing_key(key_path)
-    pack = build_runtime_pack(major, out_dir, echo=lambda line: click.echo(line, err=True))
+    pack = build_runtime_pack(major, out_dir, arch=arch, echo=lambda line: click.echo(line, err=True))
     click.echo(str(pack.path))
     click.echo(f"  size     {pack.size} bytes ({pack.size / 1e6:.1f} MB; {pack.unpacked / 1e6:.1f} MB unpacked)")
     click.echo(f"  sha256   {pack.sha256}")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_minted import _flip, copy_fresh, engine_pids, fresh_env
+from test_minted import Running, _flip, copy_fresh, engine_pids, fresh_env
 
 from dxverify import trailer
 
@@ -97,6 +97,39 @@ def test_flipped_draft_byte_fails_verify_and_refuses_to_serve(two_model_dir: Pat
     assert res.returncode == 4, res.stdout + res.stderr
     assert "embedded draft 'smollm2-draft' does not match its recorded SHA-256" in res.stderr
     assert "Traceback" not in res.stderr and engine_pids(exe) == []
+
+
+def _mapped_offsets(pid: int, path: Path) -> list[tuple[int, int]]:
+    """(file offset, length) of every mapping of ``path`` in process ``pid``."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].removesuffix(" (deleted)") == str(path):
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((int(parts[2], 16), hi - lo))
+    return out
+
+
+def test_serves_with_the_embedded_draft_both_mapped_in_place(two_model_dir: Path, tmp_path: Path) -> None:
+    """No arguments: the engine gets the embedded draft (FILE#offset=N) and maps both models out of the file."""
+    import openai
+
+    exe, home = copy_fresh(two_model_dir / EXE_NAME, tmp_path)
+    em = trailer.read_trailer(exe)
+    with Running(exe, home) as run:
+        client = openai.OpenAI(base_url=run.url + "/v1", api_key=run.key, timeout=120)
+        chat = client.chat.completions.create(model="smollm2", max_tokens=16, temperature=0,
+                                              messages=[{"role": "user", "content": "Count to five."}])
+        assert chat.choices[0].message.content.strip()
+        pids = engine_pids(exe)
+        assert len(pids) == 1, pids
+        argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+        assert f"{exe}#offset={em.offset}".encode() in argv
+        assert argv[argv.index(b"--spec-draft-model") + 1] == f"{exe}#offset={em.draft.offset}".encode()
+        maps = _mapped_offsets(pids[0], exe)
+        for entry in em.entries:  # some mapping of the executable lies inside each GGUF's region
+            assert any(off < entry.offset + entry.length and off + n > entry.offset for off, n in maps), \
+                (entry, maps)
 
 
 def test_one_model_mint_is_still_version_1(mint_release_dir: Path) -> None:

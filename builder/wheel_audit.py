@@ -23,6 +23,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -213,6 +214,7 @@ def retag(wheel: Path, platform_tag: str) -> Path:
                     dst.writestr(item, record)
                 else:
                     dst.writestr(item, src.read(item))
+        shutil.copymode(wheel, tmp_name)   # mkstemp made it 0600
         os.replace(tmp_name, new)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

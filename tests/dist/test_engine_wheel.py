@@ -199,6 +199,7 @@ def test_retag_keeps_record_valid(cpu_wheel: dict[str, object], tmp_path: Path) 
     shutil.copy2(Path(str(cpu_wheel["path"])), copy)
     new = retag(copy, "manylinux_2_99_x86_64")
     assert new.name.endswith("-py3-none-manylinux_2_99_x86_64.whl") and not copy.exists()
+    assert new.stat().st_mode & 0o777 == Path(str(cpu_wheel["path"])).stat().st_mode & 0o777 == 0o644
     with zipfile.ZipFile(new) as zf:
         info = next(n for n in zf.namelist() if n.endswith(".dist-info/WHEEL"))
         text = zf.read(info)

@@ -232,3 +232,27 @@ def test_top_wrong_key_or_no_server_is_one_line(dx: DXServer, tmp_path: Path) ->
     gone = subprocess.run([sys.executable, "-m", "dx", "top", "--host", f"127.0.0.1:{port}"], capture_output=True,
                           text=True, timeout=60, env=top_env(dx))
     assert gone.returncode == 8 and gone.stderr.count("\n") == 1 and "no dx server at" in gone.stderr, gone.stderr
+
+
+@pytest.mark.integration
+def test_top_shows_speculative_acceptance(request: pytest.FixtureRequest, smollm2_gguf: Path,
+                                          tmp_path: Path) -> None:
+    """SmolLM2 as its own draft (`dx serve --draft`): the engine's draft counters reach the SPEC ACCEPT column."""
+    from dx.store import Store
+
+    Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
+    server = start_dx(tmp_path, "--ctx", "1024", "--parallel", "1", "--draft", MODEL, engine=engine_binary(request),
+                      model=MODEL, timeout=120)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=300)
+        done = client.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=24, temperature=0)
+        assert done.usage is not None and done.usage.completion_tokens == 24
+        res = subprocess.run([sys.executable, "-m", "dx", "top", "--once", "--host", server.url],
+                             capture_output=True, text=True, timeout=60, env=top_env(server))
+        assert res.returncode == 0, res.stderr
+        row = next(line for line in res.stdout.splitlines() if line.startswith(MODEL))
+        accept = re.search(r"(\d+)% of (\d+)$", row)
+        assert accept is not None and int(accept.group(2)) > 0, res.stdout
+        assert int(accept.group(1)) >= 50  # its own draft: greedy drafts are the target's own tokens
+    finally:
+        server.stop()

@@ -210,3 +210,83 @@ def test_doctor_shows_the_search(layout: dict, stand_ins: dict[str, Path]) -> No
     doc = report_json(hw, pick_tier(hw), None, found)["cuda_libs"]
     assert doc["chosen"] == str(layout["pip"]) and [c["accepted"] for c in doc["candidates"]] == [False, True]
     assert "cuda-libs" not in report_text(hw, pick_tier(hw), None), "a cpu engine: no cuda section"
+
+
+# ---- with the real engine: a thin CUDA engine stand-in on the real cpu engine -----------------------
+def _thin_engine(tmp_path: Path, cpu_engine: Path, stand_ins: dict[str, Path]) -> Path:
+    """The real cpu engine plus a stand-in ``libggml-cuda.so`` that, like the real one, needs libcublas.so.13.
+
+    ggml dlopens every backend module beside llama-server (GGML_BACKEND_DL): this one fails to
+    load when no libcublas.so.13 is on the search path, and ggml goes on with its CPU variants —
+    silently: a release ggml (NDEBUG) logs nothing about a backend it could not load
+    (``ggml_backend_load_all_from_path``), which is why dx says it in one line.
+    """
+    engine = tmp_path / "engine"
+    shutil.copytree(cpu_engine, engine, symlinks=True)
+    src = tmp_path / "cuda.c"
+    src.write_text("int cublasCreate_v2(void *);\nint dx_stand_in_cuda(void) { return cublasCreate_v2(0); }\n")
+    link = tmp_path / "link"
+    link.mkdir()
+    shutil.copy(stand_ins["libcublas.so.13"], link / "libcublas.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(engine / "bin" / "libggml-cuda.so"), str(src),
+                    f"-L{link}", "-Wl,--allow-shlib-undefined", "-lcublas"], check=True)
+    return engine / "bin" / "llama-server"
+
+
+def _engine_log(server) -> str:  # type: ignore[no-untyped-def]
+    return "\n".join(p.read_text(errors="replace") for p in (server.home / "logs").glob("engine-*.log"))
+
+
+@pytest.mark.integration
+def test_thin_engine_without_cublas_runs_on_the_cpu_and_says_one_line(
+        tmp_path: Path, cpu_engine: Path, smollm2_gguf: Path, stand_ins: dict[str, Path]) -> None:
+    import httpx
+    from serve_harness import start_dx
+
+    binary = _thin_engine(tmp_path, cpu_engine, stand_ins)
+    env = {"XDG_DATA_HOME": str(tmp_path / "empty"), "VIRTUAL_ENV": "", "CONDA_PREFIX": ""}
+    server = start_dx(tmp_path, "--ctx", "512", engine=binary, model=str(smollm2_gguf), env=env, timeout=120)
+    try:
+        r = httpx.post(f"{server.url}/v1/completions", headers=server.headers, timeout=120,
+                       json={"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+        said = [line for line in server.stderr().splitlines() if "CPU" in line]
+        log = _engine_log(server)
+        environ = Path(f"/proc/{server.children()[0]}/environ").read_bytes().split(b"\0")
+    finally:
+        server.stop()
+    assert len(said) == 1 and "the engine runs on the CPU" in said[0], said
+    assert "pip install nvidia-cublas nvidia-cuda-runtime" in said[0]
+    assert "dx: cuda: thin engine; looking for" in log and "dx: cuda: no usable CUDA 13 runtime" in log
+    assert not any(e.startswith(b"LD_LIBRARY_PATH=") for e in environ)
+    devices = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=60).stdout
+    assert "(none)" in devices, "ggml skipped the CUDA module it could not load: CPU only"
+
+
+@pytest.mark.integration
+def test_thin_engine_gets_the_chosen_dir_on_its_library_path(
+        tmp_path: Path, cpu_engine: Path, smollm2_gguf: Path, stand_ins: dict[str, Path]) -> None:
+    """DX_CUDA_RUNTIME's stand-ins are found, logged, and the engine child loads libcublas.so.13 from there."""
+    import httpx
+    from serve_harness import start_dx
+
+    binary = _thin_engine(tmp_path, cpu_engine, stand_ins)
+    runtime = lib_dir(tmp_path / "pack" / "lib", stand_ins)
+    server = start_dx(tmp_path, "--ctx", "512", engine=binary, model=str(smollm2_gguf),
+                      env={"DX_CUDA_RUNTIME": str(runtime)}, timeout=120)
+    try:
+        r = httpx.post(f"{server.url}/v1/completions", headers=server.headers, timeout=120,
+                       json={"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+        log = _engine_log(server)
+        pid = server.children()[0]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        own = Path(f"/proc/{server.proc.pid}/environ").read_bytes()
+    finally:
+        server.stop()
+    assert f"dx: cuda: [env] {runtime}: accepted" in log and f"dx: cuda: using {runtime}" in log
+    assert f"LD_LIBRARY_PATH={runtime}".encode() in environ, "the chosen folder goes to the engine child"
+    assert str(runtime / "libcublas.so.13") not in maps, "ggml unloaded the module it could not use"
+    assert str(runtime).encode() not in own.replace(f"DX_CUDA_RUNTIME={runtime}".encode(), b""), \
+        "dx's own environment is left alone: only the engine child gets the folder"

@@ -283,7 +283,7 @@ def doctor_cmd(model: str | None, as_json: bool) -> None:
 
     In an executable with a model inside, that model is the one planned for when MODEL is left out.
     """
-    from dx.doctor import pick_tier, plan_model, report_json, report_text
+    from dx.doctor import cuda_runtime, pick_tier, plan_model, report_json, report_text
     from dx.hardware import detect
 
     hw = detect()
@@ -299,9 +299,9 @@ def doctor_cmd(model: str | None, as_json: bool) -> None:
         src = resolve(model, pull=False, verify=False)  # no MODEL in an executable: the one inside it
         plan = plan_model(hw, tier, src.display_name, src.size(), read_facts(Path(src.path), src.offset, src.length))
     if as_json:
-        click.echo(json.dumps(report_json(hw, tier, plan), indent=1))
+        click.echo(json.dumps(report_json(hw, tier, plan, cuda_runtime()), indent=1))
     else:
-        click.echo(report_text(hw, tier, plan))
+        click.echo(report_text(hw, tier, plan, cuda_runtime()))
 
 
 COMMANDS = [run_cmd, list_cmd, show_cmd, pull_cmd, rm_cmd, cp_cmd, ps_cmd, doctor_cmd]

@@ -23,9 +23,11 @@ Exits 1 (after the table) when the texts differ, and prints where.
 Measured on the shared 2-core machine (load ~4, -t 1, --runs 2 --tokens 96): pair
 94.8 -> 32.4 decode tok/s (0.34x), acceptance 0.96 (422/438), greedy identical; ngram
 69.9 -> 63.6 (0.91x), acceptance 0.39, greedy output parted at char 359/579 of the
-rewrite. On this CPU the target evaluates a batch at about the per-token cost of one
-decode (prompt eval ~57 tok/s vs decode ~57-95), so verifying drafts saves nothing and
-the draft's work is overhead; speculation pays where decode is bandwidth-bound (GPU).
+rewrite. Why the pair loses here: the draft is the target's own size in Q4_1 (135M vs
+135M Q8_0), so drafting 3 tokens costs about 3 target decodes, and a 135M model on one
+CPU thread is compute-bound, so a 4-token verification is far from one decode's cost
+(a 15-30 token prompt ran at 2.7x decode's tok/s, at load 8 at 1x). Speculation pays
+with a much smaller draft and a bandwidth-bound target (a larger model, a GPU).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def _check_build_deps() -> None:
 
 
 def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: list[tuple[Path, str]],
-               dx_version: str, cuda_libs: str | None = None) -> str:
+               dx_version: str, cuda_libs: str | None = None, extra_options: tuple[str, ...] = ()) -> str:
     """Hash of every input of the bundle. Same inputs → same key → cache hit."""
     h = hashlib.sha256()
 
@@ -249,6 +249,8 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("builder", Path(__file__).read_bytes())  # this file decides the Nuitka options
     part("trim-plugin", TRIM_PLUGIN.read_bytes())
     part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR, "include-package=dx"]).encode())
+    if extra_options:
+        part("extra-options", json.dumps(list(extra_options)).encode())
     for name in sorted(sources):
         part("src:" + name, sources[name])
     for _src, dest in engine:
@@ -277,10 +279,12 @@ def check_payload(binary: Path, log: Path) -> None:
 
 
 def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path | None = None,
-                  echo: Echo | None = None, cuda_libs: str | None = None) -> Bundle:
+                  echo: Echo | None = None, cuda_libs: str | None = None,
+                  extra_options: tuple[str, ...] = ()) -> Bundle:
     """The runtime onefile for this engine: from the cache, or compiled now (minutes).
 
     ``cuda_libs`` ("thin" or "fat") applies to an engine with CUDA runtime libraries; None otherwise.
+    ``extra_options`` go to Nuitka after DX's own (and into the key): dxbuild.foreign_bundle's ``--lto=no``.
     """
     from dx import __version__ as dx_version
 
@@ -288,7 +292,7 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
     cache = cache or default_cache_dir()
     sources = runtime_sources()
     engine = engine_files(engine_dir, cuda_libs)
-    key = bundle_key(engine_key, tier, sources, engine, dx_version, cuda_libs)
+    key = bundle_key(engine_key, tier, sources, engine, dx_version, cuda_libs, extra_options)
     entry_dir = cache / "bundles" / key[:16]
     binary = entry_dir / "dx"
     meta_path = entry_dir / "bundle.json"
@@ -315,7 +319,7 @@ def ensure_bundle(engine_dir: Path, *, tier: str, engine_key: str, cache: Path |
         # option for it): stdio and file names are UTF-8 whatever the locale (PEP 540), so
         # no locale codec is needed at start (see nuitka_trim.py).
         cmd = [sys.executable, "-X", "utf8", "-m", "nuitka", *nuitka_options(
-            stage=stage, out_dir=out, output_name="dx", engine=engine, unpack_spec=unpack_spec)]
+            stage=stage, out_dir=out, output_name="dx", engine=engine, unpack_spec=unpack_spec), *extra_options]
         env = nuitka_env(work)
         env["PYTHONPATH"] = str(stage)
         log = cache / "bundles" / f"{key[:16]}.log"

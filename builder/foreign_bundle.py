@@ -10,7 +10,7 @@ the kernel's binfmt_misc. Nothing is extracted from the result by hand: the bund
 it writes is the same one a native arm64 machine writes, and it is moved into this host's
 bundle cache under a key that adds the root's identity to the bundle's own inputs.
 
-It is slow — about 30 minutes on 2 cores, because gcc itself is emulated — and needs
+It is slow — tens of minutes on 2 cores, because gcc itself is emulated — and needs
 root (chroot, mounts). The release workflow mints arm64 natively on an arm64 runner; this
 path is for building and testing the arm64 cell on an x86_64 machine (DX_TEST_AARCH64).
 """
@@ -52,6 +52,10 @@ PY_PACKAGES = ("click", "zstandard", "ordered-set", "packaging", "setuptools", "
 #: The packages copied into the root for ``ensure_bundle`` to import (never compiled into the runtime
 #: but dx and dxverify, which are).
 SOURCE_PACKAGES = ("dx", "dxverify", "dxbuild", "dxmatrix")
+#: Nuitka's link-time optimisation under emulation: a single-threaded ``lto1`` link of ~15 min on
+#: 2 cores (Nuitka itself says "Slow C linking detected … consider --lto=no"). Without it the
+#: compile is the same C, linked plainly.
+NUITKA_EXTRA = ("--lto=no",)
 
 
 def foreign_problem(arch: str) -> str | None:
@@ -204,7 +208,8 @@ _INSIDE = """\
 import json, sys
 from pathlib import Path
 from dxbuild.bundle import ensure_bundle
-b = ensure_bundle(Path(sys.argv[1]), tier=sys.argv[2], engine_key=sys.argv[3], cache=Path(sys.argv[4]), echo=print)
+b = ensure_bundle(Path(sys.argv[1]), tier=sys.argv[2], engine_key=sys.argv[3], cache=Path(sys.argv[4]), echo=print,
+                  extra_options=tuple(json.loads(sys.argv[5])))
 print("DX-BUNDLE " + json.dumps({"path": str(b.path), "key": b.key, "unpack_spec": b.unpack_spec}), flush=True)
 """
 
@@ -213,7 +218,8 @@ def foreign_key(engine_dir: Path, tier: str, engine_key: str, arch: str, root_py
     """The host-side key: every input of the bundle, plus the root it is compiled in."""
     from dx import __version__ as dx_version
 
-    inner = bundle_key(engine_key, tier, runtime_sources(), engine_files(engine_dir), dx_version)
+    inner = bundle_key(engine_key, tier, runtime_sources(), engine_files(engine_dir), dx_version,
+                       extra_options=NUITKA_EXTRA)
     return hashlib.sha256(f"dx-foreign-bundle-1\0{arch}\0{root_key(arch)}\0{root_python}\0{inner}".encode()).hexdigest()
 
 
@@ -251,7 +257,7 @@ def ensure_foreign_bundle(engine_dir: Path, *, tier: str, engine_key: str, arch:
     log = cache / "bundles" / f"{key[:16]}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     if echo:
-        echo(f"compiling the {arch} dx runtime with Nuitka under qemu in {root} (about 30 min on 2 cores; log: {log})")
+        echo(f"compiling the {arch} dx runtime with Nuitka under qemu in {root} (tens of minutes on 2 cores; log: {log})")
     found: dict[str, str] = {}
 
     def on_line(line: str) -> None:
@@ -261,7 +267,7 @@ def ensure_foreign_bundle(engine_dir: Path, *, tier: str, engine_key: str, arch:
     env = {**_chroot_env(), "PYTHONPATH": "/opt/dx/job/src", "CCACHE_DIR": "/opt/dx/ccache"}
     with _mounted(root):
         run_cmd(["chroot", str(root), "/opt/dx/venv/bin/python", "-X", "utf8", "/opt/dx/job/inside.py",
-                 "/opt/dx/job/engine", tier, engine_key, "/opt/dx/cache"],
+                 "/opt/dx/job/engine", tier, engine_key, "/opt/dx/cache", json.dumps(NUITKA_EXTRA)],
                 log=log, env=env, echo=echo, on_line=on_line, what=f"Nuitka under qemu ({arch} runtime bundle)")
     if not found:
         raise ToolError(f"the {arch} bundle build printed no result", hint=f"see {log}")

@@ -32,8 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dx import metrics
 from dxverify.errors import DXError, ToolError
+
+if TYPE_CHECKING:
+    from dx.cuda_libs import EngineCuda
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5m
 DEFAULT_PARALLEL = 4
@@ -228,6 +233,11 @@ def _say_engine_devices(binary: Path) -> None:
     if not apis:
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+    cuda = _cuda_for(binary, env)
+    if cuda.notice:  # a thin CUDA engine without cuBLAS or a driver: the one line names what to install
+        print(cuda.notice, file=sys.stderr, flush=True)
+        return
+    env.update(cuda.env)
     try:
         out = subprocess.run([str(binary), "--list-devices"], env=env, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=60).stdout
@@ -239,6 +249,13 @@ def _say_engine_devices(binary: Path) -> None:
         print(f"dx: the engine runs on {'; '.join(devices)}", file=sys.stderr, flush=True)
     else:
         print(f"dx: the engine found no {' or '.join(apis)} device; running on the CPU", file=sys.stderr, flush=True)
+
+
+def _cuda_for(binary: Path, env: dict[str, str]) -> EngineCuda:
+    """A thin CUDA engine's cuBLAS/cudart search (dx.cuda_libs): env additions, log lines, notice."""
+    from dx.cuda_libs import for_engine  # imported only when an engine starts: dx stays import-light
+
+    return for_engine(binary, env)
 
 
 def _free_loopback_port() -> int:
@@ -366,16 +383,19 @@ class Engine:
         if purpose == EMBED:
             argv += ["--embeddings", "--pooling", "mean", "-b", str(ctx), "-ub", str(ctx)]
         else:
-            argv += ["--jinja"]
+            argv += ["--jinja", "--metrics"]  # the engine's /metrics, which dx.metrics re-emits by model
         argv += list(extra_args)
         # The engine takes its settings from DX alone: llama-server also reads LLAMA_ARG_*
         # variables and a user config.ini, either of which could override the secret key,
         # the loopback bind or the model we verified.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
         env["XDG_CONFIG_HOME"] = str(Path(log_path).parent / "engine-config")
+        cuda = _cuda_for(binary, env)  # a thin CUDA engine: where cuBLAS was found, for this child only
+        env.update(cuda.env)
         t0 = time.monotonic()
         log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
+            log.write("".join(line + "\n" for line in cuda.log_lines).encode())
             log.write(f"+ {' '.join(a if a != api_key else '***' for a in argv)}\n".encode())
             log.flush()
             preexec = _pdeathsig_preexec()
@@ -639,6 +659,7 @@ class EngineManager:
                 engine.stop()
                 slot.engine = None
                 slot.restarts += 1
+                metrics.ENGINE_RESTARTS.inc(slot.source.display_name, slot.purpose)
             self._check_backoff(slot)
             slot.engine = Engine.start(
                 slot.source,
@@ -650,6 +671,7 @@ class EngineManager:
                             *(self._model_args(slot.source, slot.purpose) if self._model_args else ())],
                 purpose=slot.purpose,
             )
+            metrics.ENGINE_STARTS.inc(slot.source.display_name, slot.purpose)
             return slot.engine
 
     def _note_crash(self, slot: _Slot, engine: Engine) -> None:
@@ -675,12 +697,13 @@ class EngineManager:
             excess = len(loaded) + 1 - self._max_loaded
             idle = sorted((s for s in loaded if s.in_use == 0), key=lambda s: s.last_used)
         for slot in idle[: max(0, excess)]:
-            self._unload_slot(slot)
+            self._unload_slot(slot, "evicted")
 
-    def _unload_slot(self, slot: _Slot) -> bool:
+    def _unload_slot(self, slot: _Slot, reason: str = "requested") -> bool:
         with slot.lock:
             if slot.engine is None:
                 return False
+            metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, reason)
             slot.engine.stop()
             slot.engine = None
             return True
@@ -694,6 +717,7 @@ class EngineManager:
                 if time.monotonic() - slot.last_used < slot.keep_alive:
                     return
             if slot.engine is not None:
+                metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, "idle")
                 slot.engine.stop()
                 slot.engine = None
 
@@ -758,4 +782,4 @@ class EngineManager:
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:
-            self._unload_slot(slot)
+            self._unload_slot(slot, "shutdown")

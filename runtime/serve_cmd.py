@@ -109,9 +109,11 @@ def serve_cmd(
     # the draft verified and paired with the model now: an incompatible pair stops here, before any engine
     speculation = speculative.prepare(source, spec, draft, draft_max, draft_min)
 
-    from dx.swarm import head_from_options
+    head = None
+    if workers or tensor_split:  # dx.swarm (and ssl, libssl) only for a swarm head: dx serve stays small
+        from dx.swarm import head_from_options
 
-    head = head_from_options(_split_list(workers), tensor_split, swarm_secret)  # checks every worker, or stops
+        head = head_from_options(_split_list(workers), tensor_split, swarm_secret)  # checks every worker, or stops
     api_key = None if no_auth else load_or_create_api_key()
     resolver = ModelResolver(source)
     manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep,

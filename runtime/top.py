@@ -279,8 +279,8 @@ def _kv(row: ModelRow) -> str:
 
 
 def _accept(row: ModelRow) -> str:
-    if row.drafted <= 0:
-        return "off"
+    if row.drafted <= 0:  # no draft tokens yet: speculation off, or no answer finished since the engine started
+        return "-"
     return f"{100 * row.accepted / row.drafted:.0f}% of {int(row.drafted)}"
 
 
@@ -344,7 +344,7 @@ def plain_line(view: View, clock: str = "") -> str:
         f"ttft_p95={_secs(view.ttft_p95).replace(' ', '')}",
         f"4xx={int(view.errors_4xx)}",
         f"5xx={int(view.errors_5xx)}",
-        f"spec={100 * sum(r.accepted for r in view.models) / drafted:.0f}%" if drafted else "spec=off",
+        f"spec={100 * sum(r.accepted for r in view.models) / drafted:.0f}%" if drafted else "spec=-",
     ]
     if view.error:
         parts.append(f"error={view.error}")

@@ -80,8 +80,13 @@ def main() -> None:
         from dxbuild.models import resolve
 
         model = resolve("smollm2").path
+    engine = args.engine
+    if engine is None:  # dx runs with a fresh HOME here, so it would not find the cached engine by itself
+        from dxbuild.engine import host_engine
+
+        engine = host_engine("cpu") / "bin" / "llama-server"
     tmp = Path(tempfile.mkdtemp(prefix="dx-bench-metrics-"))
-    server = start_dx(tmp, "--keep-alive", "-1", "--ctx", "1024", engine=args.engine, model=str(model))
+    server = start_dx(tmp, "--keep-alive", "-1", "--ctx", "1024", engine=engine, model=str(model))
     try:
         if not wait_for(lambda: engine_up(server.port, server.api_key), 120):
             raise SystemExit("the engine did not come up")

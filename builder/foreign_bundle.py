@@ -185,8 +185,12 @@ def ensure_root(arch: str, cache: Path, echo: Echo | None = None) -> Path:
                     what="pip install in the root")
             run_cmd([*chroot, *pip, "--no-build-isolation", pins[-1]], log=log, env=env, echo=echo,
                     what="pip install Nuitka in the root")
-            version = subprocess.run([*chroot, f"{venv}/bin/python", "-c", "import sys; print(sys.version)"],
-                                     env=env, check=True, capture_output=True, text=True).stdout.strip()
+            probe = subprocess.run([*chroot, f"{venv}/bin/python", "-c", "import sys; print(sys.version)"],
+                                   env=env, capture_output=True, text=True)
+            if probe.returncode != 0:
+                raise ToolError(f"the root's Python does not start under qemu: {probe.stderr.strip()[-300:]}",
+                                hint=f"see {log}, then mint again (the half-made root is removed)")
+            version = probe.stdout.strip()
         (work / "opt" / "dx" / "root.json").write_text(json.dumps(
             {"key": key, "suite": SUITE, "arch": arch, "python": version, "pins": pins}, indent=1))
         if root.exists():

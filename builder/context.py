@@ -27,6 +27,10 @@ class ArtifactType(str, enum.Enum):
     PUBLIC_KEY = "public-key"
 
 
+class Skip(Exception):
+    """Raised by a step that does not apply to this build; the message says why (the runner prints it)."""
+
+
 @dataclass
 class Artifact:
     type: ArtifactType
@@ -43,7 +47,7 @@ class Artifact:
 class BuildContext:
     """Everything one build knows. ``cell`` is the frozen, validated plan."""
 
-    cell: Any                       # dxbuild.recipes / dxmatrix Cell (frozen)
+    cell: Any                       # dxmatrix.recipes / dxmatrix Cell (frozen)
     out_dir: Path
     model: str | None = None        # what the user asked for (name, hf:..., path)
     options: dict[str, Any] = field(default_factory=dict)

@@ -38,7 +38,7 @@ def pick_tier() -> str:
     else gets cpu, which runs everywhere (the GPU tiers carry CPU kernels too,
     but a cpu build is far smaller and quicker to make).
     """
-    from dxbuild.recipes import load_tiers
+    from dxmatrix.recipes import load_tiers
 
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -84,18 +84,18 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
     ``cuda_archs`` ("90", "86;90") narrows a CUDA tier's architectures for a local build.
     ``arch`` (``--arch arm64``/``aarch64``) other than this machine's: the engine cross-compiles,
     and Nuitka, which compiles only for the machine it runs on, runs under qemu-user in a Debian
-    root of that arch (``dxbuild.foreign_bundle``; root, debootstrap and qemu-user-static needed).
+    root of that arch (``dxbuild.bundle.foreign``; root, debootstrap and qemu-user-static needed).
     """
-    from dxbuild.recipes import get_tier, load_engine_recipe
     from dxbuild.toolchains.host import HOST_ARCH
+    from dxbuild.toolchains.plan import host_cell
     from dxmatrix.cell import normalize_arch, parse_cuda_archs
     from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
+    from dxmatrix.recipes import get_tier, load_engine_recipe
     from dxverify.errors import UnsupportedError
 
     foreign = arch is not None and normalize_arch(arch) != HOST_ARCH
     if foreign:
-        from dxbuild.foreign_bundle import foreign_problem
+        from dxbuild.bundle.foreign import foreign_problem
 
         target = normalize_arch(arch)
         problem = foreign_problem(target)
@@ -110,7 +110,7 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
     cell = host_cell(get_tier(tier), load_engine_recipe(), cuda_archs=archs, runners=load_matrix().runners,
                      arch=normalize_arch(arch) if foreign else None)
     if webui:
-        from dxbuild.engine import with_webui
+        from dxbuild.engine.plan import with_webui
 
         cell = with_webui(cell)
     return cell

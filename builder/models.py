@@ -25,7 +25,8 @@ import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from dxbuild.paths import cache_dir, project_root
+from dxbuild.paths import cache_dir
+from dxmatrix.resources import recipes_dir
 from dxverify.errors import ConfigurationError, DXError, IntegrityError, MalformedInputError
 
 if sys.version_info >= (3, 11):
@@ -83,7 +84,7 @@ def _is_hex64(s: object) -> bool:
 
 def load_model_recipes(path: Path | None = None) -> dict[str, ModelRecipe]:
     """Read recipes/models.toml into frozen recipes; every mistake names file and key."""
-    path = path or project_root() / "recipes" / "models.toml"
+    path = path or recipes_dir() / "models.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -13,12 +13,9 @@ from typing import Protocol
 
 import click
 
-from dxbuild.context import BuildContext
+from dxbuild.context import BuildContext, Skip
 
-
-class Skip(Exception):
-    """Raised by a step that does not apply to this build; the message says why."""
-
+__all__ = ["Skip", "Step", "default_steps", "run_steps"]
 
 class Step(Protocol):
     name: str

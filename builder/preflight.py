@@ -60,10 +60,10 @@ def tier_problem(plan: Plan) -> DXError | None:
 
 def nuitka_problem(plan: Plan) -> DXError | None:
     """Nuitka compiles the runtime against Python's headers, with zstandard for the payload."""
-    from dxbuild.bundle import _check_build_deps
+    from dxbuild.bundle.nuitka import check_build_deps
 
     try:
-        _check_build_deps()
+        check_build_deps()
     except DXError as e:
         return e
     include = sysconfig.get_paths().get("include") or ""
@@ -116,7 +116,7 @@ def disk_problem(plan: Plan, free: Callable[[Path], int] = lambda p: shutil.disk
 
 def key_problem(plan: Plan) -> DXError | None:
     """A signing key that is named must be readable and decrypt now, not after the build."""
-    from dxbuild.keys import find_signing_key
+    from dxbuild.release.keys import find_signing_key
 
     try:
         find_signing_key(plan.signing_key)

@@ -242,3 +242,20 @@ def _session_members(sid: int) -> list[int] | None:
         if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
             members.append(int(name))
     return members
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While building or writing, SIGTERM unwinds like Ctrl-C: the tool tree is stopped and temp folders removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from dxbuild.recipes import EngineRecipe, Tier
+from dxmatrix.recipes import EngineRecipe, Tier
 from dxverify.errors import ConfigurationError, UnsupportedError
 
 _CUDA_ARCH = re.compile(r"[0-9]{2,3}[a-z]?(?:-(?:real|virtual))?")

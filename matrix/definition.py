@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dxbuild.paths import project_root
-from dxbuild.recipes import ArchName, OsName, TierName
-from dxbuild.typed_config import json_schema, load_dataclass, read_toml
+from dxmatrix.recipes import ArchName, OsName, TierName
+from dxmatrix.resources import matrix_path
+from dxmatrix.typed_config import json_schema, load_dataclass, read_toml
 from dxverify.errors import ConfigurationError
 
 
@@ -55,10 +55,6 @@ class MatrixFile:
         for i, r in enumerate(self.include):
             if r.tier is None or r.os is None or r.arch is None:
                 raise ConfigurationError(f"include[{i}] ({r.describe()}): an include must name tier, os and arch")
-
-
-def matrix_path() -> Path:
-    return project_root() / "matrix" / "matrix.toml"
 
 
 def load_matrix(path: Path | None = None) -> MatrixFile:

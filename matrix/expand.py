@@ -1,4 +1,4 @@
-"""Expand the matrix into cells, and plan what this host can build.
+"""Expand the matrix into cells, and resolve the cell a given host builds.
 
 :func:`expand` is pure: recipes and the matrix file in, an ordered list of
 frozen cells out. Every rule must do something — an exclude that matches no
@@ -8,11 +8,12 @@ reported as one, naming the rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from dxbuild.recipes import EngineRecipe, Tier, suggest
-from dxmatrix.cell import Cell, resolve_cell
+from dxmatrix.cell import Cell, normalize_arch, resolve_cell
 from dxmatrix.definition import MatrixFile
+from dxmatrix.recipes import EngineRecipe, Tier
+from dxmatrix.typed_config import suggest
 from dxverify.errors import ConfigurationError, UnsupportedError
 
 
@@ -63,32 +64,21 @@ def github_matrix(cells: Sequence[Cell]) -> dict[str, list[dict[str, object]]]:
     return {"include": [c.as_json() for c in cells]}
 
 
-def host_plan(cells: Sequence[Cell]) -> list[tuple[Cell, str | None]]:
-    """Each cell with the reason this host cannot build it, or None when it can."""
-    from dxbuild.toolchains import host_problem
+def cell_for_host(tier: Tier, engine: EngineRecipe, *, host_os: str, host_arch: str,
+                  problem: Callable[[Cell], str | None], arch: str | None = None,
+                  cuda_archs: Sequence[str] | None = None, runners: Mapping[str, str] | None = None) -> Cell:
+    """The cell for building ``tier`` on a ``host_os``/``host_arch`` machine (pure).
 
-    return [(c, host_problem(c)) for c in cells]
-
-
-def host_cell(tier: Tier, engine: EngineRecipe, *, arch: str | None = None,
-              cuda_archs: Sequence[str] | None = None, runners: Mapping[str, str] | None = None) -> Cell:
-    """The cell for building ``tier`` on this machine (``dxbuild engine``).
-
-    ``arch`` (``arm64`` or ``aarch64``) other than this machine's is a cross
-    build, accepted when a cross toolchain for it is here (the cpu tier on
-    Linux: ``dxbuild.toolchains.cross_gnu``).
+    ``arch`` (``arm64`` or ``aarch64``) other than the host's is a cross build,
+    accepted when ``problem(cell)`` (the caller's toolchain check) finds none.
     """
-    from dxbuild.toolchains import host_problem
-    from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
-    from dxmatrix.cell import normalize_arch
-
-    arch = normalize_arch(arch) if arch is not None else HOST_ARCH
-    if HOST_OS not in tier.os:
-        raise UnsupportedError(f"tier {tier.name} cannot be built on {HOST_OS}: it applies to {', '.join(tier.os)}",
+    arch = normalize_arch(arch) if arch is not None else host_arch
+    if host_os not in tier.os:
+        raise UnsupportedError(f"tier {tier.name} cannot be built on {host_os}: it applies to {', '.join(tier.os)}",
                                hint="build it on a runner of that OS (see `dxbuild matrix`)")
-    cell = resolve_cell(engine, tier, HOST_OS, arch, runners=runners, cuda_archs=cuda_archs)
-    if arch != HOST_ARCH:
-        problem = host_problem(cell)
-        if problem:
-            raise UnsupportedError(f"cannot build {tier.name} for {arch} on this {HOST_ARCH} machine: {problem}")
+    cell = resolve_cell(engine, tier, host_os, arch, runners=runners, cuda_archs=cuda_archs)
+    if arch != host_arch:
+        why = problem(cell)
+        if why:
+            raise UnsupportedError(f"cannot build {tier.name} for {arch} on this {host_arch} machine: {why}")
     return cell

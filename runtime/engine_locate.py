@@ -57,7 +57,7 @@ def _from_env() -> Path | None:
     return path
 
 
-#: engine wheels' packages, in the order they are preferred (dxbuild.wheel.package_name)
+#: engine wheels' packages, in the order they are preferred (dxbuild.engine.wheel.package_name)
 _WHEEL_PACKAGES = ("dx_engine_cuda13", "dx_engine_cuda12", "dx_engine_rocm", "dx_engine_vulkan",
                    "dx_engine_metal", "dx_engine_cpu")
 

@@ -1,7 +1,7 @@
 """Hugging Face Hub downloads with the standard library: ``dx pull`` in a dx executable.
 
 A minted or installed ``dx`` executable leaves huggingface_hub (with httpx, its
-TLS stack and its CLI) out to stay small (dxbuild.bundle.NOFOLLOW), so there
+TLS stack and its CLI) out to stay small (dxbuild.bundle.nuitka.NOFOLLOW), so there
 ``dx pull hf:…`` speaks the Hub's public file protocol itself:
 
 * ``HEAD {endpoint}/{repo}/resolve/{revision}/{file}`` (redirects not followed)

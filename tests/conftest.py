@@ -21,7 +21,7 @@ def cpu_engine() -> Path:
 
     A cold build takes several minutes on 2 cores; later sessions hit the cache in about a second.
     """
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     return host_engine("cpu")
 

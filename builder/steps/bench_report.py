@@ -1,6 +1,6 @@
 """Step: benchmark the minted executable on this machine (bench-report.{json,md,svg}).
 
-Runs dxbuild.bench on each executable that carries a model and was built for
+Runs dxbuild.release.bench on each executable that carries a model and was built for
 this machine's OS and architecture. ``--no-bench`` skips it; ``--bench-runs N``
 and ``--bench-vs-engine`` tune it (defaults: 1 run, DX only, so a mint stays quick;
 ``dxbuild bench EXE --runs 5 --vs-engine`` is the full measurement).
@@ -13,8 +13,7 @@ import sys
 
 import click
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 
 name = "bench report"
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -23,7 +22,7 @@ _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "ar
 def run(ctx: BuildContext) -> None:
     if ctx.options.get("bench") is False or ctx.options.get("no_bench"):
         raise Skip("disabled with --no-bench")
-    from dxbuild.bench import bench_and_report
+    from dxbuild.release.bench import bench_and_report
     from dxverify.trailer import find_trailer
 
     host_os = {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)

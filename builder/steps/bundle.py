@@ -20,13 +20,13 @@ name = "bundle runtime"
 
 
 def run(ctx: BuildContext) -> None:
-    from dxbuild.bundle import cuda_libs_plan, ensure_bundle
+    from dxbuild.bundle.nuitka import cuda_libs_plan, ensure_bundle
     from dxbuild.toolchains.host import HOST_ARCH
 
     engine = ctx.one(ArtifactType.ENGINE_DIR)
     cuda = ctx.facts["cuda_libs"] = cuda_libs_plan(engine.path, ctx.options.get("cuda_libs"))  # thin/fat, or None
     if ctx.cell.arch != HOST_ARCH:  # Nuitka has no cross mode: it runs under qemu in a root of that arch
-        from dxbuild.foreign_bundle import ensure_foreign_bundle
+        from dxbuild.bundle.foreign import ensure_foreign_bundle
 
         bundle = ensure_foreign_bundle(engine.path, tier=ctx.cell.tier, engine_key=engine.extra["key"],
                                        arch=ctx.cell.arch, echo=_echo)

@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 
 from dxbuild.atomic import write_text_atomic
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxverify.errors import IntegrityError, MalformedInputError
 from dxverify.signatures import sha256_file
 

@@ -33,8 +33,7 @@ from typing import Any
 
 import click
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 
 
 def _echo(line: str) -> None:
@@ -49,7 +48,7 @@ def run(ctx: BuildContext) -> None:
     if resolved is None:
         raise Skip("no model: the bare runtime is written as is")
     from dx import __version__ as dx_version
-    from dxbuild.engine import _sigterm_as_exit
+    from dxbuild.run_cmd import sigterm_as_exit
 
     bundle = ctx.one(ArtifactType.BUNDLE)
     engine = ctx.one(ArtifactType.ENGINE_DIR)
@@ -80,7 +79,7 @@ def run(ctx: BuildContext) -> None:
     ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             em, file_sha256 = write_minted(
                 bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256, dest=Path(tmp),
                 draft=drafted.path if drafted is not None else None,

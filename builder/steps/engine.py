@@ -1,6 +1,6 @@
 """Step: the tier's llama.cpp engine directory, from the cache or compiled now.
 
-``dxbuild.engine.build_engine`` keys the cache by everything that decides the
+``dxbuild.engine.build.build_engine`` keys the cache by everything that decides the
 engine's bytes; a hit costs seconds and runs no compiler.
 """
 
@@ -21,8 +21,8 @@ name = "engine"
 
 
 def run(ctx: BuildContext) -> None:
-    from dxbuild.engine import build_engine
-    from dxbuild.recipes import load_engine_recipe
+    from dxbuild.engine.build import build_engine
+    from dxmatrix.recipes import load_engine_recipe
 
     path = build_engine(ctx.cell, load_engine_recipe(), echo=_echo)
     info = json.loads((path / "engine.json").read_text())

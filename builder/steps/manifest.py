@@ -13,7 +13,7 @@ and checks each file's size and SHA-256 against its facts on the way.
     artifact <tier> <os> <arch> <min_driver or -> <file> <size> <sha256>
     runtime-pack <tier> <os> <arch> <min_driver or -> <file> <size> <sha256> <version>
 
-A ``runtime-pack`` line is a tier's shared GPU libraries (dxbuild.runtime_pack:
+A ``runtime-pack`` line is a tier's shared GPU libraries (dxbuild.release.runtime_pack:
 cuBLAS/cudart for cuda13), installed once per machine into
 ``<runtime dir>/<tier>-<version>``; an install.sh that predates it skips the
 line (it reads only ``artifact`` lines). Both are written to a temporary name and renamed into place.
@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dxbuild.atomic import write_text_atomic
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 from dxverify.signatures import sha256_file
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import click
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 
 
 def _echo(line: str) -> None:

@@ -46,8 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dxbuild.atomic import write_text_atomic
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxverify.errors import MalformedInputError
 from dxverify.signatures import sha256_file
 
@@ -100,7 +99,7 @@ def runtime_distributions(exclude: set[str] | None = None) -> list[dict[str, Any
     """Distributions in the runtime's import closure (the fallback when Nuitka's list is absent)."""
     if exclude is None:
         try:
-            from dxbuild.bundle import NOFOLLOW
+            from dxbuild.bundle.nuitka import NOFOLLOW
         except ImportError:  # pragma: no cover - bundle module always ships with dxbuild
             NOFOLLOW = ()
         exclude = set(NOFOLLOW)
@@ -291,7 +290,7 @@ def bundled_native_libraries(bundle: Path) -> list[dict[str, Any]]:
     They come from the Python that compiled the runtime; the versions we can know
     (OpenSSL's, from that Python's ``ssl`` module) are recorded, the rest by file name.
     """
-    from dxbuild.onefile_payload import read_payload
+    from dxbuild.bundle.payload import read_payload
 
     out = []
     for e in read_payload(bundle).entries:
@@ -348,7 +347,7 @@ def bundle_part(ctx: BuildContext, engine: dict[str, Any]) -> list[dict[str, Any
     bundle = bundles[0] if bundles else None
     nuitka_version = None
     if bundle is not None:
-        from dxbuild.bundle import NUITKA_VERSION as nuitka_version
+        from dxbuild.bundle.nuitka import NUITKA_VERSION as nuitka_version
     kept = bundle.path.with_name(PART_NAME) if bundle is not None else None
     key = _part_key(str(bundle.extra.get("key")) if bundle else None, engine, dists, nuitka_version)
     if kept is not None:
@@ -399,9 +398,9 @@ def sbom_timestamp() -> datetime:
     Never the wall clock: two mints of the same inputs must give the same bytes. No
     input carries a date we could trust offline (file times say when something was
     downloaded or unpacked), while the engine's binaries are already dated with
-    dxbuild.engine's fixed SOURCE_DATE_EPOCH (1980-01-01): the SBOM says the same.
+    dxbuild.engine.build's fixed SOURCE_DATE_EPOCH (1980-01-01): the SBOM says the same.
     """
-    from dxbuild.engine import SOURCE_DATE_EPOCH as ENGINE_EPOCH
+    from dxbuild.engine.plan import SOURCE_DATE_EPOCH as ENGINE_EPOCH
 
     sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     return datetime.fromtimestamp(int(sde if sde.isdigit() else ENGINE_EPOCH), tz=timezone.utc)

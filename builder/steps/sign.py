@@ -3,7 +3,7 @@
 Writes ``<file>.sig`` (raw 64 bytes, checkable with ``openssl pkeyutl -verify
 -rawin``) and the public key ``dx-release.pub`` next to them. The key comes from
 ``ctx.options["signing_key"]`` (``--key``), ``DX_SIGNING_KEY`` or
-``DX_SIGNING_KEY_PEM`` (see dxbuild.keys); without one the step is skipped and
+``DX_SIGNING_KEY_PEM`` (see dxbuild.release.keys); without one the step is skipped and
 says how to sign — never an ephemeral key, whose signatures would prove nothing.
 
 :func:`sign_directory` is the same for a directory that already exists
@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.keys import PUBLIC_KEY_NAME, SigningKey, find_signing_key, sign_file
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
+from dxbuild.release.keys import PUBLIC_KEY_NAME, SigningKey, find_signing_key, sign_file
 from dxbuild.steps.checksums import SUMS_NAME, write_sums
 
 name = "sign"

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxverify.errors import ToolError
 from dxverify.signatures import sha256_file
 

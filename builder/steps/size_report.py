@@ -5,7 +5,7 @@ libggml-base), the backend libraries (CPU variants, CUDA/Vulkan modules and
 runtimes), the Python runtime (the compiled ``dx`` and its extension modules),
 Nuitka's overhead (the onefile bootstrap and per-file headers), the model and
 DX's padding + trailer. The engine, backend and Python parts are read from the
-Nuitka archive headers (dxbuild.onefile_payload): exact stored (compressed)
+Nuitka archive headers (dxbuild.bundle.payload): exact stored (compressed)
 bytes and unpacked bytes per file. With a draft embedded (trailer version 2) the
 "model" component is both GGUFs, and ``ggufs`` lists each entry's role and bytes,
 so the report shows the two sizes and the executable against their sum.
@@ -22,10 +22,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from dxbuild.context import ArtifactType, BuildContext
-from dxbuild.onefile_payload import read_payload
-from dxbuild.pipeline import Skip
-from dxbuild.reports import REPORT_FORMAT, load_report, write_report
+from dxbuild.bundle.payload import read_payload
+from dxbuild.context import ArtifactType, BuildContext, Skip
+from dxbuild.release.reports import REPORT_FORMAT, load_report, write_report
 from dxverify.errors import ConfigurationError
 from dxverify.trailer import find_trailer
 
@@ -248,7 +247,7 @@ def run(ctx: BuildContext) -> None:
     cuda = ctx.facts.get("cuda_libs")
     thin_budget = None
     if cuda:
-        from dxbuild.recipes import get_tier
+        from dxmatrix.recipes import get_tier
 
         thin_budget = get_tier(ctx.cell.tier).thin_size_budget_mb
     _, paths = size_report(items, ctx.out_dir, Path(previous) if previous else None, cuda, thin_budget)

@@ -19,8 +19,7 @@ import dataclasses
 
 import click
 
-from dxbuild.context import BuildContext
-from dxbuild.pipeline import Skip
+from dxbuild.context import BuildContext, Skip
 from dxverify.errors import IntegrityError
 
 

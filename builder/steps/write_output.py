@@ -42,9 +42,9 @@ def run(ctx: BuildContext) -> None:
     final = ctx.out_dir / output_name(ctx.cell, resolved.name if resolved else None)
     staged: Path | None = ctx.facts.get("staged")
     if staged is None:
-        from dxbuild.engine import _sigterm_as_exit
+        from dxbuild.run_cmd import sigterm_as_exit
 
-        with _sigterm_as_exit():  # SIGTERM unwinds like Ctrl-C: the partly written copy is removed
+        with sigterm_as_exit():  # SIGTERM unwinds like Ctrl-C: the partly written copy is removed
             staged, digest = _stage_copy(ctx.one(ArtifactType.BUNDLE).path, ctx.out_dir)
         ctx.facts["staged"] = staged
     else:

@@ -13,15 +13,17 @@ engine build never asks ``if tier == ...``:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from dxbuild.toolchains.base import Toolchain
 from dxverify.errors import UnsupportedError
 
 if TYPE_CHECKING:
     from dxmatrix.cell import Cell
+
+__all__ = ["MODULES", "Toolchain", "host_problem", "module_for", "module_for_cell", "provision"]
 
 #: toolchain name (as in tiers.toml) -> module under dxbuild.toolchains
 MODULES = {
@@ -32,21 +34,6 @@ MODULES = {
     "vulkan-host": "vulkan_host",
     "xcode": "xcode",
 }
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    """A ready toolchain: how to call CMake and what it adds to the build."""
-
-    name: str
-    cmake: str                                        # absolute path of cmake
-    ninja: str                                        # absolute path of ninja
-    env: dict[str, str] = field(default_factory=dict)           # added to the build environment
-    cmake_defs: dict[str, str] = field(default_factory=dict)    # extra -D values (compiler paths...)
-    versions: dict[str, str] = field(default_factory=dict)      # part of the engine cache key
-    cuda_flags: str = ""                              # extra CMAKE_CUDA_FLAGS
-    runtime_libs: tuple[str, ...] = ()                # shared libraries shipped in the engine's lib/
-    strip: str = ""                                   # the target's strip ("" = the host's)
 
 
 def module_for(name: str) -> ModuleType:

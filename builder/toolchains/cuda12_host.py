@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dxbuild.toolchains import Toolchain
 from dxbuild.toolchains import host as host_tc
+from dxbuild.toolchains.base import Toolchain
 
 if TYPE_CHECKING:
     from dxmatrix.cell import Cell

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dxbuild.run_cmd import capture, run_cmd
-from dxbuild.toolchains import Toolchain
 from dxbuild.toolchains import host as host_tc
+from dxbuild.toolchains.base import Toolchain
 from dxverify.errors import ConfigurationError, MalformedInputError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ _TARGET_ARCH = {"x86_64": "x86_64-linux", "arm64": "sbsa-linux"}
 
 
 def _wheels(cell: Cell) -> dict[str, tuple[str, ...]]:
-    from dxbuild.recipes import get_tier
+    from dxmatrix.recipes import get_tier
 
     wheels = get_tier(cell.tier).toolkit_wheels
     if not wheels:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dxbuild.run_cmd import capture
-from dxbuild.toolchains import Toolchain
 from dxbuild.toolchains import host as host_tc
+from dxbuild.toolchains.base import Toolchain
 
 if TYPE_CHECKING:
     from dxmatrix.cell import Cell

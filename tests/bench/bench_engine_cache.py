@@ -39,7 +39,7 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
         assert "cache hit" in r.stderr, r.stderr
 
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     t0 = time.perf_counter()
     host_engine(args.tier, echo=None)

@@ -82,7 +82,7 @@ def main() -> None:
         model = resolve("smollm2").path
     engine = args.engine
     if engine is None:  # dx runs with a fresh HOME here, so it would not find the cached engine by itself
-        from dxbuild.engine import host_engine
+        from dxbuild.engine.build import host_engine
 
         engine = host_engine("cpu") / "bin" / "llama-server"
     tmp = Path(tempfile.mkdtemp(prefix="dx-bench-metrics-"))

@@ -5,7 +5,7 @@
 
 Measures, in one run (prints numbers and ratios; asserts nothing):
   1. bare cpu runtime size, split into engine / Python runtime / Nuitka bootstrap
-     (read from the onefile archive's own file table, dxbuild.onefile_payload);
+     (read from the onefile archive's own file table, dxbuild.bundle.payload);
   2. mint time with a cached tier for SmolLM2 and for a >= 1 GB GGUF (written
      here with the `gguf` package), next to `cp` + `sha256sum` of the same file;
   3. first start (fresh HOME: unpack + first SHA-256) and warm start of the
@@ -212,9 +212,9 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)} ({os.cpu_count()} CPUs)", flush=True)
 
-    from dxbuild.engine import host_engine
+    from dxbuild.bundle.payload import read_payload
+    from dxbuild.engine.build import host_engine
     from dxbuild.models import resolve
-    from dxbuild.onefile_payload import read_payload
     from dxverify.trailer import read_trailer
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="dx-bench-mint-"))

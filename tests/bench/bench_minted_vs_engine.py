@@ -27,7 +27,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", "smollm2", "-o", str(out),
                         "--no-bench"], check=True)
         exe = next(p for p in out.iterdir() if p.name.startswith("dx-smollm2-cpu-") and "." not in p.name)
-    from dxbuild.bench import bench_and_report
+    from dxbuild.release.bench import bench_and_report
 
     _, paths = bench_and_report(exe, exe.parent, runs=args.runs, vs_engine=True, echo=print)
     print(paths[1].read_text())

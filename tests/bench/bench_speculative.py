@@ -202,7 +202,7 @@ def main() -> int:
 
     from dx.speculative import Speculation
     from dx.supervisor import ModelSource
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
     from dxbuild.models import resolve
 
     engine_dir = args.engine or host_engine("cpu")

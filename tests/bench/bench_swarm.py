@@ -100,7 +100,7 @@ def main() -> None:
                     help="rpc-server threads per worker (default: rpc-server's, half the CPUs); the single node "
                          "uses llama-server's default")
     args = ap.parse_args()
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     engine = host_engine("cpu") / "bin" / "llama-server"
     if args.model is None:

@@ -32,12 +32,14 @@ LAVAPIPE = {"GGML_VK_VISIBLE_DEVICES": "0", "GGML_VK_DISABLE_F16": "1", "GGML_VK
 def cached_engine_dir(tier: str, arch: str | None = None) -> Path | None:
     """The engine for ``tier`` (and ``arch``) if it is already in the DX cache; None otherwise."""
     from dxbuild import toolchains
-    from dxbuild.engine import cached_engine, plan_engine
+    from dxbuild.engine.build import cached_engine
+    from dxbuild.engine.plan import plan_engine
     from dxbuild.paths import cache_dir
-    from dxbuild.recipes import file_sha256, get_tier, load_engine_recipe
+    from dxbuild.toolchains.plan import host_cell
     from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
+    from dxmatrix.recipes import get_tier, load_engine_recipe
     from dxverify.errors import DXError
+    from dxverify.hashing import sha256_file as file_sha256
 
     try:
         recipe = load_engine_recipe()

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dxbuild import foreign_bundle as fb
+from dxbuild.bundle import foreign as fb
 
 
 def test_unknown_arch_is_named() -> None:

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from dxbuild.paths import project_root
-from dxbuild.recipes import get_tier, load_engine_recipe, load_tiers
-from dxbuild.schema_files import check_schemas, expected_schemas
-from dxbuild.typed_config import read_toml
+from dxbuild.release.schema_files import check_schemas, expected_schemas
+from dxmatrix.recipes import get_tier, load_engine_recipe, load_tiers
+from dxmatrix.typed_config import read_toml
 from dxverify.errors import ConfigurationError
 
 SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -61,7 +61,7 @@ def test_committed_recipes_load() -> None:
 
 def test_every_patch_file_is_listed() -> None:
     on_disk = sorted(p.name for p in (project_root() / "recipes" / "patches").glob("*.patch"))
-    from dxbuild.recipes import load_tiers
+    from dxmatrix.recipes import load_tiers
 
     tier_patches = {p for t in load_tiers().values()
                     for p in (*t.patches, *(q for ps in t.patches_by_target.values() for q in ps))}

@@ -1,4 +1,4 @@
-"""The CUDA runtime pack (dxbuild.runtime_pack): members, deterministic .tar.xz, facts and manifest (no download).
+"""The CUDA runtime pack (dxbuild.release.runtime_pack): members, deterministic .tar.xz, facts and manifest (no download).
 
 The wheels here are small stand-ins laid out like NVIDIA's (``nvidia/cu13/lib/…``,
 ``*.dist-info/licenses/License.txt``); the real pack from the pinned wheels is made
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild import runtime_pack
+from dxbuild.release import runtime_pack
 from dxbuild.steps.manifest import build_manifest, gather_facts, manifest_text, parse_manifest_text
 from dxverify.errors import ConfigurationError, MalformedInputError
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.install_script import render_install_script
-from dxbuild.keys import keygen
+from dxbuild.release.install_script import render_install_script
+from dxbuild.release.keys import keygen
 from dxbuild.paths import project_root
 
 SHELLS = {
@@ -109,7 +109,7 @@ def write_facts(directory: Path, name: str, tier: str, os_name: str, arch: str, 
 
 def finish_release(directory: Path, key_dir: Path) -> None:
     """What the release job does once every cell's files are gathered: manifest, then sign."""
-    from dxbuild.keys import find_signing_key
+    from dxbuild.release.keys import find_signing_key
     from dxbuild.steps.manifest import manifest_for_directory
     from dxbuild.steps.sign import sign_directory
 
@@ -341,7 +341,7 @@ def machine(tmp_path, tmp_path_factory):
 
 
 def render_to(path: Path, base_url: str, public_key: Path | None) -> Path:
-    from dxbuild.install_script import load_public_key_pem
+    from dxbuild.release.install_script import load_public_key_pem
 
     pem = load_public_key_pem(public_key) if public_key else None
     path.write_text(render_install_script(base_url, pem))

@@ -1,4 +1,4 @@
-"""The engine wheel per tier (dxbuild.wheel, dxbuild.wheel_audit): built by scikit-build-core,
+"""The engine wheel per tier (dxbuild.engine.wheel, dxbuild.engine.wheel_audit): built by scikit-build-core,
 audited, installed into a fresh venv, served from, and minted from without a compiler.
 
 The cpu wheel build is real (scikit-build-core → CMake → ninja on the pinned, patched
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.recipes import get_tier
-from dxbuild.wheel import REQUIRES_PYTHON, allowed_outside, wheel_metadata
-from dxbuild.wheel_audit import audit_wheel, glibc_level, read_elf_deps, retag
+from dxmatrix.recipes import get_tier
+from dxbuild.engine.wheel import REQUIRES_PYTHON, allowed_outside, wheel_metadata
+from dxbuild.engine.wheel_audit import audit_wheel, glibc_level, read_elf_deps, retag
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILERS = ("cc", "c++", "gcc", "g++", "cmake", "ninja", "nvcc")
@@ -340,8 +340,8 @@ def test_cuda13_wheel_declares_and_does_not_carry_cublas(tmp_path: Path) -> None
 def test_release_builds_each_published_tier_and_publishes_with_trusted_publishing() -> None:
     import yaml
 
-    from dxbuild.render_ci import ACTIONS, matrix_entries
-    from dxbuild.wheel import PUBLISHED_TIERS
+    from dxbuild.release.render_ci import ACTIONS, matrix_entries
+    from dxbuild.engine.wheel import PUBLISHED_TIERS
 
     jobs = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"]
     build = jobs["engine-wheels"]

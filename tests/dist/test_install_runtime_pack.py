@@ -1,6 +1,6 @@
 """install.sh and the cuda13 runtime pack, under dash, bash and busybox ash, from a loopback release.
 
-The release is made the real way (dxbuild.runtime_pack writes the pack and its
+The release is made the real way (dxbuild.release.runtime_pack writes the pack and its
 facts file, dxbuild.steps.manifest the manifest, dxbuild.steps.sign SHA256SUMS and
 the Ed25519 signatures); only the pack's libraries are stand-ins (a few bytes
 each: install.sh never loads them) and the NVIDIA driver is a fake (an
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SHELLS, Release, finish_release, make_release, render_to, run_install
 
-from dxbuild.runtime_pack import RuntimePack, pack_name, write_pack_facts, write_tar_xz
+from dxbuild.release.runtime_pack import RuntimePack, pack_name, write_pack_facts, write_tar_xz
 from dxbuild.steps.manifest import parse_manifest_text
 
 ALL_SHELLS = list(SHELLS)

@@ -18,7 +18,7 @@ from conftest import (
     run_install,
 )
 
-from dxbuild.keys import find_signing_key, keygen, sign_file
+from dxbuild.release.keys import find_signing_key, keygen, sign_file
 
 ALL_SHELLS = list(SHELLS)
 

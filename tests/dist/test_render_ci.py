@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dxbuild.paths import project_root
-from dxbuild.render_ci import ACTIONS, WORKFLOWS, matrix_entries, render_workflows
+from dxbuild.release.render_ci import ACTIONS, WORKFLOWS, matrix_entries, render_workflows
 from dxverify.errors import ConfigurationError
 
 ROOT = project_root()

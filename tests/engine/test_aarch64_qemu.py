@@ -28,11 +28,11 @@ VARIANTS = ["armv8.0_1", "armv8.2_1", "armv8.2_2", "armv8.2_3", "armv8.6_1", "ar
 
 @pytest.fixture(scope="module")
 def arm64_engine() -> Path:
-    from dxbuild.engine import build_engine
-    from dxbuild.recipes import get_tier, load_engine_recipe
+    from dxbuild.engine.build import build_engine
     from dxbuild.toolchains.host import HOST_ARCH, HOST_OS
+    from dxbuild.toolchains.plan import host_cell
     from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
+    from dxmatrix.recipes import get_tier, load_engine_recipe
 
     if HOST_OS != "linux":
         pytest.skip("the arm64 engine is cross-built on Linux")

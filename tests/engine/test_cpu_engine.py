@@ -54,7 +54,7 @@ def test_engine_layout(cpu_engine: Path) -> None:
 
 
 def test_cache_hit_returns_same_dir(cpu_engine: Path) -> None:
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     seen: list[str] = []
     again = host_engine("cpu", echo=seen.append)

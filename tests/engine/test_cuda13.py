@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from dxbuild.engine import configure_only, host_engine
-from dxbuild.recipes import get_tier, load_engine_recipe
-from dxmatrix.expand import host_cell
+from dxbuild.engine.build import configure_only, host_engine
+from dxbuild.toolchains.plan import host_cell
+from dxmatrix.recipes import get_tier, load_engine_recipe
 
 
 @pytest.mark.integration

@@ -26,7 +26,7 @@ MACHINE = platform.machine()
 
 @pytest.fixture(scope="module")
 def cuda13_engine() -> Path:
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     return host_engine("cuda13", cuda_archs=("90",))
 

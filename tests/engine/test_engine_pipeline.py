@@ -20,10 +20,10 @@ from typing import IO
 
 import pytest
 
-from dxbuild.engine import build_engine
-from dxbuild.recipes import EngineRecipe, EngineSource, get_tier
-from dxbuild.source import tree_hash
+from dxbuild.engine.build import build_engine
+from dxbuild.engine.source import tree_hash
 from dxmatrix.cell import resolve_cell
+from dxmatrix.recipes import EngineRecipe, EngineSource, get_tier
 from dxverify.errors import IntegrityError, ToolError
 
 pytestmark = pytest.mark.integration
@@ -165,8 +165,8 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
         import signal
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from pathlib import Path
-        from dxbuild.engine import build_engine
-        from dxbuild.recipes import EngineRecipe, EngineSource, get_tier
+        from dxbuild.engine.build import build_engine
+        from dxmatrix.recipes import EngineRecipe, EngineSource, get_tier
         from dxmatrix.cell import resolve_cell
         from dxbuild.toolchains.host import HOST_OS, HOST_ARCH
         r = EngineRecipe(source=EngineSource(kind="dir", path={recipe.source.path!r}, sha256={recipe.source.sha256!r}),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.engine import Progress, install_tree, plan_engine
-from dxbuild.recipes import EngineSource, get_tier, load_engine_recipe
-from dxbuild.source import _check_dir, apply_patches, tree_hash, unpack_sdist
+from dxbuild.engine.cmake import Progress, install_tree
+from dxbuild.engine.plan import plan_engine
+from dxbuild.engine.source import _check_dir, apply_patches, tree_hash, unpack_sdist
 from dxbuild.toolchains import Toolchain
 from dxmatrix.cell import resolve_cell
+from dxmatrix.recipes import EngineSource, get_tier, load_engine_recipe
 from dxverify.errors import IntegrityError, MalformedInputError, ToolError
 
 TC = Toolchain(name="host", cmake="/x/cmake", ninja="/x/ninja",
@@ -163,7 +164,7 @@ def test_real_patches_apply_to_pinned_source(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_pip_download_with_wrong_hash_is_refused(tmp_path: Path) -> None:
     """The real pinned sdist fetched by pip against a wrong pin: IntegrityError, nothing kept or unpacked."""
-    from dxbuild.source import download_sdist
+    from dxbuild.engine.source import download_sdist
 
     src = EngineSource(kind="sdist", package="llama-cpp-python", version="0.3.36", sha256="0" * 64,
                        subdir="vendor/llama.cpp")

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.engine import plan_engine
-from dxbuild.recipes import file_sha256, get_tier, load_engine_recipe, load_tiers
+from dxbuild.engine.plan import plan_engine
 from dxbuild.toolchains import Toolchain, cross_gnu, module_for_cell
 from dxmatrix.cell import normalize_arch, resolve_cell
+from dxmatrix.recipes import get_tier, load_engine_recipe, load_tiers
 from dxverify.errors import ConfigurationError
+from dxverify.hashing import sha256_file as file_sha256
 
 TC = Toolchain(name="host", cmake="/x/cmake", ninja="/x/ninja", versions={"cmake": "3.25", "cc": "gcc 12"})
 VULKAN_PATCH = "0002-vulkan-without-layer-settings-ext.patch"
@@ -104,7 +105,7 @@ def test_cross_toolchain_file_and_dispatch() -> None:
 @pytest.mark.parametrize("patch", [VULKAN_PATCH, SME_PATCH])
 def test_tier_patch_applies_cleanly_to_the_pinned_source(patch: str, tmp_path: Path) -> None:
     """Against the pinned sdist (downloaded once, cached): no fuzz, and it changes what it says."""
-    from dxbuild.source import prepare_source
+    from dxbuild.engine.source import prepare_source
 
     if not shutil.which("patch"):
         pytest.skip("needs patch(1)")
@@ -149,7 +150,7 @@ def test_mint_for_another_arch_without_the_qemu_route_fails_fast_in_one_line(tmp
 
 def test_arm64_cpu_variants_install_next_to_the_executable(tmp_path: Path) -> None:
     """ggml looks for its backends in the executable's folder; arm64 variant names have dots in them."""
-    from dxbuild.engine import install_tree
+    from dxbuild.engine.cmake import install_tree
 
     built = tmp_path / "build" / "bin"
     built.mkdir(parents=True)

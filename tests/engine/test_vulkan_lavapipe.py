@@ -50,7 +50,7 @@ def _need_lavapipe() -> None:
 
 @pytest.fixture(scope="module")
 def vulkan_engine() -> Path:
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     _need_lavapipe()
     return host_engine("vulkan")

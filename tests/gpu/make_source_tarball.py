@@ -3,7 +3,7 @@
 
 The machine lends at most 64 MiB of carried files, so this is not the 77 MB
 sdist: it is DX's pinned llama.cpp tree with DX's patches already applied
-(``dxbuild.source.prepare_source``, the same tree every engine is built from),
+(``dxbuild.engine.source.prepare_source``, the same tree every engine is built from),
 trimmed to what a cuda13 ``llama-server`` + ``llama-bench`` build reads —
 no models, docs, tests, examples, benches, the web UI's sources or other
 backends' kernels (ggml adds a backend's folder only when its GGML_<X> is ON)
@@ -59,9 +59,9 @@ def keep(rel: Path) -> bool:
 
 def source_tree() -> Path:
     """DX's patched llama.cpp tree for the cuda13 tier (cached by dxbuild; unpacked here if not)."""
+    from dxbuild.engine.source import prepare_source
     from dxbuild.paths import cache_dir
-    from dxbuild.recipes import get_tier, load_engine_recipe
-    from dxbuild.source import prepare_source
+    from dxmatrix.recipes import get_tier, load_engine_recipe
 
     recipe = load_engine_recipe().with_patches(get_tier("cuda13").patches)
     log = cache_dir() / "logs" / "gpu-check-source.log"
@@ -71,8 +71,8 @@ def source_tree() -> Path:
 
 def cmake_flags() -> str:
     """The cuda13 tier's CMake values for sm_90, one ``-DK=V`` per line (what dxbuild would pass)."""
-    from dxbuild.recipes import get_tier, load_engine_recipe
-    from dxmatrix.expand import host_cell
+    from dxbuild.toolchains.plan import host_cell
+    from dxmatrix.recipes import get_tier, load_engine_recipe
 
     cell = host_cell(get_tier("cuda13"), load_engine_recipe(), cuda_archs=("90",))
     return "".join(f"-D{k}={v}\n" for k, v in cell.cmake)

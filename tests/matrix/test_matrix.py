@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.recipes import get_tier, load_engine_recipe, load_tiers
+from dxbuild.toolchains.plan import host_cell, host_plan
 from dxmatrix.cell import parse_cuda_archs, resolve_cell
 from dxmatrix.definition import load_matrix
-from dxmatrix.expand import expand, github_matrix, host_cell, host_plan
+from dxmatrix.expand import expand, github_matrix
+from dxmatrix.recipes import get_tier, load_engine_recipe, load_tiers
 from dxverify.errors import ConfigurationError, UnsupportedError
 
 HEAD = """

@@ -2,7 +2,7 @@
 answering under qemu-user.
 
 The engine cross-compiles; the runtime is compiled by the pinned Nuitka running under qemu in an
-arm64 Debian root (dxbuild.foreign_bundle). Marked ``aarch64`` and opt-in (DX_TEST_AARCH64=1): the
+arm64 Debian root (dxbuild.bundle.foreign). Marked ``aarch64`` and opt-in (DX_TEST_AARCH64=1): the
 first run makes the root (~10 min) and compiles under emulation (30-55 min on 2 cores); both are
 cached, so a repeat with the same runtime sources is a normal mint.
 """
@@ -25,7 +25,7 @@ EM_AARCH64 = 0xB7
 
 @pytest.fixture(scope="module")
 def arm64_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dxbuild.foreign_bundle import foreign_problem
+    from dxbuild.bundle.foreign import foreign_problem
     from dxbuild.toolchains.host import HOST_ARCH
 
     if HOST_ARCH != "x86_64":
@@ -42,7 +42,7 @@ def arm64_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _root() -> Path:
     """The arm64 root the runtime was compiled in: its libraries stand in for an arm64 machine's."""
-    from dxbuild.foreign_bundle import SUITE, root_key
+    from dxbuild.bundle.foreign import SUITE, root_key
     from dxbuild.paths import cache_dir
 
     return cache_dir() / "roots" / f"debian-{SUITE}-arm64-{root_key('arm64')[:16]}"

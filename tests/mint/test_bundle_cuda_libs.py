@@ -1,4 +1,4 @@
-"""Thin and fat CUDA bundles (dxbuild.bundle): which engine files travel, and the cache key (no compile)."""
+"""Thin and fat CUDA bundles (dxbuild.bundle.nuitka): which engine files travel, and the cache key (no compile)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild import bundle
+from dxbuild.bundle import nuitka as bundle
 from dxverify.errors import ConfigurationError
 
 

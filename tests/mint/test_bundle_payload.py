@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.bundle import check_payload, nuitka_env
+from dxbuild.bundle.nuitka import check_payload, nuitka_env
 from dxverify.errors import ToolError
 
 _ZSTD = b"\x28\xb5\x2f\xfd"

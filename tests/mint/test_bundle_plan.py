@@ -1,4 +1,4 @@
-"""dxbuild.bundle planning: Nuitka options, engine file selection, cache key (no compile)."""
+"""dxbuild.bundle.nuitka planning: Nuitka options, engine file selection, cache key (no compile)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild import bundle
+from dxbuild.bundle import nuitka as bundle
 from dxverify.errors import ConfigurationError
 
 
@@ -85,4 +85,4 @@ def test_missing_zstandard_fails_the_bundle_step_clearly(monkeypatch: pytest.Mon
 
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard → ImportError
     with pytest.raises(ToolError, match="zstandard"):
-        bundle._check_build_deps()
+        bundle.check_build_deps()

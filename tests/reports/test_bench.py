@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild import bench
-from dxbuild.reports import write_report
+from dxbuild.release import bench
+from dxbuild.release.reports import write_report
 from dxverify.errors import ConfigurationError, IntegrityError
 
 

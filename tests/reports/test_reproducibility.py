@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.reproducibility import compare_trees, repro_engine
+from dxbuild.release.reproducibility import compare_trees, repro_engine
 
 GCC = shutil.which("gcc") or shutil.which("cc")
 SRC = r'''

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from dxbuild.onefile_payload import read_payload
+from dxbuild.bundle.payload import read_payload
 from dxbuild.steps import size_report
 from dxverify.errors import ConfigurationError, MalformedInputError
 from dxverify.trailer import write_executable

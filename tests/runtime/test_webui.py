@@ -23,7 +23,7 @@ MODEL = "smollm2:135m"
 
 @pytest.fixture(scope="module")
 def webui_engine() -> Path:
-    from dxbuild.engine import host_engine
+    from dxbuild.engine.build import host_engine
 
     if shutil.which("npm") is None:  # test.sh installs it where it can, as with the other tools
         pytest.skip("npm is needed to build llama.cpp's web UI (apt-get install npm)")

@@ -23,7 +23,7 @@ def make_cell(tier: str = "cpu", driver: int | None = None) -> Cell:
 
 
 def make_engine_dir(root: Path, tier: str, driver: int | None) -> Path:
-    """An engine directory laid out as dxbuild.engine writes it (only what the steps read)."""
+    """An engine directory laid out as dxbuild.engine.build writes it (only what the steps read)."""
     d = root / f"engine-{tier}"
     (d / "lib").mkdir(parents=True)
     (d / "bin").mkdir()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.keys import find_signing_key, keygen, sign_file
+from dxbuild.release.keys import find_signing_key, keygen, sign_file
 
 DX = shutil.which("dx")
 pytestmark = pytest.mark.skipif(DX is None, reason="dx console script not installed")

@@ -11,7 +11,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from dxbuild.keys import keygen
+from dxbuild.release.keys import keygen
 
 pytestmark = pytest.mark.integration
 

@@ -146,7 +146,7 @@ def test_same_inputs_same_bytes_without_source_date_epoch(tmp_path: Path, minted
 
 
 def _fake_bundle(path: Path) -> Path:
-    """A file holding a Nuitka onefile archive payload (the layout dxbuild.onefile_payload reads)."""
+    """A file holding a Nuitka onefile archive payload (the layout dxbuild.bundle.payload reads)."""
     import struct
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from dxbuild.cli import cli
-from dxbuild.keys import (
+from dxbuild.release.check import verify_release
+from dxbuild.release.keys import (
     PUBLIC_KEY_NAME,
     find_signing_key,
     keygen,
     load_private_key,
     sign_file,
 )
-from dxbuild.release_verify import verify_release
 from dxbuild.steps.checksums import SUMS_NAME, parse_sums
 from dxbuild.steps.sign import sign_directory
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dxbuild.release_verify import PINNED_TRUSTED_ROOT
+from dxbuild.release.check import PINNED_TRUSTED_ROOT
 from dxbuild.steps.sign import sign_directory
 from dxbuild.steps.sigstore_sign import BUNDLE_SUFFIX
 from dxverify.errors import IntegrityError

@@ -10,9 +10,9 @@ import pytest
 @pytest.fixture(scope="session")
 def pinned_llama_cpp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pristine llama.cpp tree of the pinned engine recipe: sdist fetched and hash-checked once, cached."""
+    from dxbuild.engine.source import download_sdist, unpack_sdist
     from dxbuild.paths import cache_dir
-    from dxbuild.recipes import load_engine_recipe
-    from dxbuild.source import download_sdist, unpack_sdist
+    from dxmatrix.recipes import load_engine_recipe
 
     src = load_engine_recipe().source
     if src.kind != "sdist":

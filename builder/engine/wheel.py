@@ -1,9 +1,9 @@
 """`dxbuild wheel`: the engine as one pip wheel per tier (dx-engine-cpu, dx-engine-cuda13, …).
 
-The wheel is built by scikit-build-core from ``builder/engine_wheel/`` (a
+The wheel is built by scikit-build-core from ``builder/engine/engine_wheel/`` (a
 pyproject.toml template and a small CMakeLists.txt), out of the same unpacked,
 patched source tree and with the same CMake values as ``dxbuild engine``: the
-plan is :func:`dxbuild.engine.plan_engine`'s, so the wheel's ``engine.json``
+plan is :func:`dxbuild.engine.plan.plan_engine`'s, so the wheel's ``engine.json``
 carries the same key as the cached engine of that cell and ccache serves the
 compile. ``wheel.py-api = "py3"``: nothing in it is a Python extension, so one
 wheel per tier installs on any Python 3. A GPU tier's vendor libraries (cuBLAS,
@@ -12,10 +12,10 @@ cudart) are declared dependencies on NVIDIA's own wheels, never carried.
 Built wheels are cached in ``wheels/<cell>-<key16>/`` by the engine key plus
 everything else that decides the wheel (its project files, name, version,
 dependencies); a repeat run copies the cached file. Every wheel passes
-:mod:`dxbuild.wheel_audit` before it is cached, and is tagged with the
+:mod:`dxbuild.engine.wheel_audit` before it is cached, and is tagged with the
 manylinux policy its ELF files satisfy.
 
-:func:`installed_engine` is the other direction: an installed engine wheel
+``dxbuild.engine.installed`` is the other direction: an installed engine wheel
 whose key equals the one planned is the engine, and no compiler runs.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -36,13 +35,22 @@ from pathlib import Path
 
 import jinja2
 
-from dxbuild import __version__
+from dxbuild import __version__, toolchains
+from dxbuild.engine.cmake import Progress, build_env, build_lock, cmake_configure_cmd, engine_info, jobs
+from dxbuild.engine.installed import dist_name, package_name
+from dxbuild.engine.plan import plan_engine
+from dxbuild.engine.source import prepare_source
+from dxbuild.engine.wheel_audit import audit_wheel, retag
+from dxbuild.paths import cache_dir
 from dxbuild.run_cmd import Echo, run_cmd, stderr_echo
+from dxbuild.templates import environment
+from dxbuild.toolchains.plan import plan_host_cell
 from dxverify.errors import ConfigurationError, ToolError
+from dxverify.hashing import sha256_file
 
 PROJECT_DIR = Path(__file__).with_name("engine_wheel")
 AUDIT_MODULE = Path(__file__).with_name("wheel_audit.py")   # decides the platform tag: part of the wheel key
-#: the executables a wheel ships: the ones a minted executable carries (dxbuild.bundle.ENGINE_FILES)
+#: the executables a wheel ships: the ones a minted executable carries (dxbuild.bundle.nuitka.ENGINE_FILES)
 EXECUTABLES = ("llama-server", "ggml-rpc-server")
 #: per tier: distribution -> the shared libraries it provides. The wheel declares the
 #: distribution (its major version pinned by recipes/tiers.toml's toolkit_wheels) and carries none of them.
@@ -62,21 +70,13 @@ REQUIRES_PYTHON = ">=3.10"  # dxbuild's and dx's own
 PUBLISHED_TIERS = ("cpu", "cuda13")
 
 
-def dist_name(tier: str) -> str:
-    return f"dx-engine-{tier}"
-
-
-def package_name(tier: str) -> str:
-    return f"dx_engine_{tier}"
-
-
 def dependencies(tier: str) -> list[str]:
     """Requirements on the vendor wheels, e.g. ``nvidia-cublas>=13.0.2.14,<14``.
 
     The lower bound is the version the toolchain builds against; any later
     release of the same major keeps the SONAME (``libcublas.so.13``) and ABI.
     """
-    from dxbuild.recipes import get_tier
+    from dxmatrix.recipes import get_tier
 
     declared = DECLARED_LIBS.get(tier, {})
     if not declared:
@@ -102,8 +102,6 @@ def allowed_outside(tier: str) -> frozenset[str]:
 
 
 def _templates() -> jinja2.Environment:
-    from dxbuild.ci_templates import environment
-
     env = environment()   # DX's [[ ]] delimiters, strict undefined
     env.loader = jinja2.FileSystemLoader(str(PROJECT_DIR))
     return env
@@ -131,7 +129,7 @@ def wheel_metadata(tier: str) -> str:
     """The METADATA a wheel of ``tier`` gets, from scikit-build-core without configuring or compiling anything."""
     from scikit_build_core.build import prepare_metadata_for_build_wheel
 
-    from dxbuild.recipes import load_engine_recipe
+    from dxmatrix.recipes import load_engine_recipe
 
     with tempfile.TemporaryDirectory(prefix="dx-wheel-meta-") as tmp:
         project = render_project(tier, Path(tmp) / "project", commit=load_engine_recipe().source.commit)
@@ -200,22 +198,14 @@ def build_wheel(tier: str, out_dir: Path, *, cuda_archs: tuple[str, ...] | None 
 
     ``cuda_archs`` narrows a CUDA tier (a local or test build); releases use the recipe's list.
     """
-    from dxbuild import toolchains
-    from dxbuild.engine import _build_lock, plan_engine
-    from dxbuild.paths import cache_dir
-    from dxbuild.recipes import file_sha256, get_tier, load_engine_recipe
-    from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
-
     t0 = time.monotonic()
     cache = cache or cache_dir()
-    recipe = load_engine_recipe()
-    cell = host_cell(get_tier(tier), recipe, cuda_archs=cuda_archs, runners=load_matrix().runners)
+    cell, recipe = plan_host_cell(tier, cuda_archs=cuda_archs)
     recipe = recipe.with_patches(cell.tier_patches)
     log = cache / "logs" / f"wheel-{cell.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     toolchain = toolchains.provision(cell, cache, log)
-    patch_hashes = tuple((p.name, file_sha256(p)) for p in recipe.patch_paths())
+    patch_hashes = tuple((p.name, sha256_file(p)) for p in recipe.patch_paths())
     plan = wheel_engine_plan(plan_engine(cell, recipe, toolchain, patch_hashes), tier)
     entry = cache / "wheels" / f"{cell.name}-{wheel_key(plan.key, tier)[:16]}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +221,7 @@ def build_wheel(tier: str, out_dir: Path, *, cuda_archs: tuple[str, ...] | None 
     hit = _cached_wheel(entry)
     if hit:
         return deliver(hit, True)
-    with _build_lock(entry.parent / f".{entry.name}.lock", f"wheel {dist_name(tier)}", echo):
+    with build_lock(entry.parent / f".{entry.name}.lock", f"wheel {dist_name(tier)}", echo):
         hit = _cached_wheel(entry)
         if hit:
             return deliver(hit, True)
@@ -251,10 +241,6 @@ def build_wheel(tier: str, out_dir: Path, *, cuda_archs: tuple[str, ...] | None 
 def _build_new(tier: str, plan, recipe, toolchain, cache: Path, log: Path,  # type: ignore[no-untyped-def]
                echo: Echo | None) -> Path:
     """Render the project, run scikit-build-core through pip, audit and tag the result; the wheel's path."""
-    from dxbuild.engine import Progress, _build_env, _cmake_configure_cmd, _jobs, engine_info
-    from dxbuild.source import prepare_source
-    from dxbuild.wheel_audit import audit_wheel, retag
-
     progress = Progress(echo)
     if echo:
         echo(f"wheel {dist_name(tier)}: building with scikit-build-core (engine key {plan.key[:16]}); log: {log}")
@@ -273,12 +259,12 @@ def _build_new(tier: str, plan, recipe, toolchain, cache: Path, log: Path,  # ty
         info["binaries"] = {name: f"bin/{name}" for name in EXECUTABLES}
         (work / "engine-base.json").write_text(json.dumps(info, indent=2) + "\n")
         # exactly `dxbuild engine`'s -D values (tier flags, toolchain, reproducible paths), as config settings
-        defs = [a[2:] for a in _cmake_configure_cmd(plan, toolchain, src.path, build) if a.startswith("-D")]
+        defs = [a[2:] for a in cmake_configure_cmd(plan, toolchain, src.path, build) if a.startswith("-D")]
         defs += [f"DX_LLAMA_SOURCE_DIR={src.path}", f"DX_ENGINE_PACKAGE={package_name(tier)}",
                  f"DX_ENGINE_JSON={work / 'engine-base.json'}", f"DX_ENGINE_EXECUTABLES={';'.join(EXECUTABLES)}"]
         settings = [f"build-dir={build}", *(f"cmake.define.{d}" for d in defs)]
-        env = _build_env(toolchain, src.path, build)
-        env["CMAKE_BUILD_PARALLEL_LEVEL"] = _jobs()
+        env = build_env(toolchain, src.path, build)
+        env["CMAKE_BUILD_PARALLEL_LEVEL"] = jobs()
         out = work / "dist"
         progress.start("scikit-build-core: configure, compile, install")
         run_cmd([sys.executable, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "--no-index",
@@ -299,56 +285,3 @@ def _build_new(tier: str, plan, recipe, toolchain, cache: Path, log: Path,  # ty
     finally:
         shutil.rmtree(build, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-
-
-# ------------------------------------------------------------------ using an installed wheel
-
-
-def installed_engine_dir(tier: str) -> Path | None:
-    """The package folder of an importable ``dx_engine_<tier>`` (found, not imported), if it has an engine.json."""
-    try:
-        spec = importlib.util.find_spec(package_name(tier))
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        if (Path(loc) / "engine.json").is_file():
-            return Path(loc)
-    return None
-
-
-def installed_engine(cell, recipe, echo: Echo | None = stderr_echo) -> Path | None:  # type: ignore[no-untyped-def]
-    """An installed engine wheel's folder when it was built from exactly what ``cell`` plans, else None.
-
-    Decided without running a tool: the plan's key is recomputed with the
-    toolchain the wheel records (the machine minting from a wheel need not have
-    a compiler at all) and compared with the wheel's key, so any other
-    difference — source, patches, CMake values, target — is a miss, said in one line.
-    """
-    from dxbuild.engine import plan_engine
-    from dxbuild.recipes import file_sha256
-    from dxbuild.toolchains import Toolchain
-
-    folder = installed_engine_dir(cell.tier)
-    if folder is None:
-        return None
-    try:
-        info = json.loads((folder / "engine.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (info.get("os"), info.get("arch")) != (cell.os, cell.arch):
-        return None
-    recorded = dict(info.get("toolchain") or {})
-    stand_in = Toolchain(name=str(recorded.pop("name", "")), cmake="", ninja="",
-                         versions={k: str(v) for k, v in recorded.items()})
-    patch_hashes = tuple((p.name, file_sha256(p)) for p in recipe.patch_paths())
-    key = plan_engine(cell, recipe, stand_in, patch_hashes).key
-    if key != info.get("key"):
-        if echo:
-            echo(f"engine {cell.name}: the installed {dist_name(cell.tier)} has engine key "
-                 f"{str(info.get('key'))[:16]}, this recipe plans {key[:16]}: building it instead")
-        return None
-    if echo:
-        echo(f"engine {cell.name}: from the installed {dist_name(cell.tier)} wheel ({key[:16]}): {folder}")
-    return folder

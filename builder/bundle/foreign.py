@@ -4,7 +4,7 @@ Nuitka compiles only for the machine it runs on, and has no cross mode. The engi
 cross-compiles (``toolchains/cross_gnu.py``); the runtime cannot. So for an arm64
 executable on an x86_64 host DX makes a minimal arm64 Debian root from Debian's own
 archive (debootstrap), installs the pinned Nuitka and the runtime's build dependencies
-into a venv there, and runs the same ``dxbuild.bundle.ensure_bundle`` inside it: every
+into a venv there, and runs the same ``dxbuild.bundle.nuitka.ensure_bundle`` inside it: every
 arm64 program in the root (Python, gcc, ld) runs under ``qemu-aarch64-static`` through
 the kernel's binfmt_misc. Nothing is extracted from the result by hand: the bundle entry
 it writes is the same one a native arm64 machine writes, and it is moved into this host's
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from dxbuild.bundle import Bundle, bundle_key, engine_files, runtime_sources
+from dxbuild.bundle.nuitka import Bundle, bundle_key, engine_files, runtime_sources
 from dxbuild.run_cmd import run_cmd
 from dxverify.errors import EnvironmentProblem, ToolError, UnsupportedError
 
@@ -111,7 +111,7 @@ def ensure_binfmt(arch: str, echo: Echo | None) -> None:
 
 
 def _pins() -> list[str]:
-    from dxbuild.bundle import NUITKA_VERSION
+    from dxbuild.bundle.nuitka import NUITKA_VERSION
 
     pins = []
     for name in PY_PACKAGES:
@@ -211,7 +211,7 @@ def _remove_root(path: Path) -> None:
 _INSIDE = """\
 import json, sys
 from pathlib import Path
-from dxbuild.bundle import ensure_bundle
+from dxbuild.bundle.nuitka import ensure_bundle
 b = ensure_bundle(Path(sys.argv[1]), tier=sys.argv[2], engine_key=sys.argv[3], cache=Path(sys.argv[4]), echo=print,
                   extra_options=tuple(json.loads(sys.argv[5])))
 print("DX-BUNDLE " + json.dumps({"path": str(b.path), "key": b.key, "unpack_spec": b.unpack_spec}), flush=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dxbuild.keys import PUBLIC_KEY_NAME
-from dxbuild.paths import project_root
+from dxbuild.paths import ci_dir
+from dxbuild.release.keys import PUBLIC_KEY_NAME
 from dxbuild.steps.checksums import SUMS_NAME, parse_sums
 from dxbuild.steps.sigstore_sign import BUNDLE_SUFFIX
 from dxverify.errors import DXError, IntegrityError
@@ -27,7 +27,7 @@ from dxverify.signatures import (
 )
 
 #: The sigstore trusted root DX pins (a reviewed copy of sigstore's public-good root).
-PINNED_TRUSTED_ROOT = project_root() / "ci" / "sigstore" / "trusted_root.json"
+PINNED_TRUSTED_ROOT = ci_dir() / "sigstore" / "trusted_root.json"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dxbuild.paths import project_root
-from dxbuild.recipes import schemas as recipe_schemas
+from dxmatrix.recipes import schemas as recipe_schemas
 
 
 def expected_schemas() -> dict[Path, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dxbuild import __version__
-from dxbuild.ci_templates import render
+from dxbuild.templates import render
 from dxverify.errors import ConfigurationError
 
 TEMPLATE = "install.sh.j2"

@@ -20,12 +20,13 @@ import click
 def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, webui: bool, configure_only: bool,
                as_json: bool) -> None:
     """Build (or find in the cache) llama-server + llama-bench for TIER; print the engine directory."""
-    from dxbuild.engine import build_engine, with_webui
-    from dxbuild.engine import configure_only as do_configure_only
-    from dxbuild.recipes import get_tier, load_engine_recipe
+    from dxbuild.engine.build import build_engine
+    from dxbuild.engine.build import configure_only as do_configure_only
+    from dxbuild.engine.plan import with_webui
+    from dxbuild.toolchains.plan import host_cell
     from dxmatrix.cell import parse_cuda_archs
     from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
+    from dxmatrix.recipes import get_tier, load_engine_recipe
 
     recipe = load_engine_recipe()
     archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
@@ -49,9 +50,10 @@ def engine_cmd(tier: str, arch: str | None, cuda_archs: str | None, webui: bool,
               help="Each cell: builds and runs here, builds here, or why not (--json: the buildable cells).")
 def matrix_cmd(as_json: bool, host_only: bool) -> None:
     """Show the release matrix: tier × os × arch after include/exclude."""
-    from dxbuild.recipes import load_engine_recipe, load_tiers
+    from dxbuild.toolchains.plan import host_plan
     from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import expand, github_matrix, host_plan
+    from dxmatrix.expand import expand, github_matrix
+    from dxmatrix.recipes import load_engine_recipe, load_tiers
 
     cells = expand(load_matrix(), load_tiers(), load_engine_recipe())
     if host_only:
@@ -87,7 +89,7 @@ def matrix_cmd(as_json: bool, host_only: bool) -> None:
 @click.option("--write", is_flag=True, help="Regenerate the committed JSON schemas.")
 def schema_cmd(write: bool) -> None:
     """Check (default) or regenerate the JSON schemas of recipes/*.toml and matrix/matrix.toml."""
-    from dxbuild.schema_files import check_schemas, write_schemas
+    from dxbuild.release.schema_files import check_schemas, write_schemas
 
     if write:
         for p in write_schemas():

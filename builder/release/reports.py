@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 
 from dxbuild.atomic import write_text_atomic
-from dxbuild.paths import project_root
+from dxbuild.paths import ci_dir
 
 REPORT_FORMAT = 1
 
@@ -44,7 +44,7 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(project_root() / "ci" / "reports")),
+        loader=jinja2.FileSystemLoader(str(ci_dir() / "reports")),
         bytecode_cache=_bytecode_cache(),
         variable_start_string="[[", variable_end_string="]]",
         block_start_string="[%", block_end_string="%]",

@@ -3,7 +3,7 @@
 Nuitka ships every codec of the ``encodings`` package in a standalone build,
 because a program may start under any locale and needs that locale's codec to
 set up its standard streams. The dx runtime is compiled in UTF-8 mode
-(PEP 540; ``dxbuild.bundle`` runs Nuitka under ``python -X utf8``, whose mode
+(PEP 540; ``dxbuild.bundle.nuitka`` runs Nuitka under ``python -X utf8``, whose mode
 the compiled program keeps): its streams and file names are UTF-8 whatever the locale,
 so the CJK multibyte codecs (about 1.5 MB of extension modules) are never
 needed. Nothing offers a switch for that, so this plugin removes them from the

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from dxbuild import __version__
-from dxbuild.engine_cli import register as register_engine_commands
-from dxbuild.trust_cli import register as register_trust_commands
+from dxbuild.cli.engine_cmds import register as register_engine_commands
+from dxbuild.cli.release_cmds import register as register_trust_commands
 from dxverify.cli_errors import run_cli
 
 
@@ -106,8 +106,8 @@ def mint_cmd(tier: str | None, model: str | None, out_dir: Path, sha256: str | N
               help="Write here (mode 755) instead of standard output.")
 def install_script(base_url: str | None, public_key: Path | None, output: Path | None) -> None:
     """Render install.sh for one release (URL and public key baked in)."""
-    from dxbuild.ci_templates import write_atomically
-    from dxbuild.install_script import load_public_key_pem, render_install_script
+    from dxbuild.release.install_script import load_public_key_pem, render_install_script
+    from dxbuild.templates import write_atomically
     from dxverify.errors import ConfigurationError
 
     if not base_url:
@@ -136,7 +136,7 @@ register_engine_commands(cli)  # engine, matrix, schema
 @click.option("--metadata", is_flag=True, help="Print the wheel's METADATA (from scikit-build-core; compiles nothing).")
 def wheel_cmd(tier: str, out_dir: Path, cuda_archs: str | None, metadata: bool) -> None:
     """Build the engine wheel dx-engine-TIER with scikit-build-core (cached by the engine key); print its path."""
-    from dxbuild.wheel import build_wheel, wheel_metadata
+    from dxbuild.engine.wheel import build_wheel, wheel_metadata
     from dxmatrix.cell import parse_cuda_archs
 
     if metadata:
@@ -150,7 +150,7 @@ def wheel_cmd(tier: str, out_dir: Path, cuda_archs: str | None, metadata: bool) 
 @click.option("--check", is_flag=True, help="Exit non-zero if the committed workflows differ; write nothing.")
 def render_ci_cmd(check: bool) -> None:
     """Render .github/workflows/{release,ci}.yml from ci/workflows/*.j2 and the matrix."""
-    from dxbuild.render_ci import stale_workflows, write_workflows
+    from dxbuild.release.render_ci import stale_workflows, write_workflows
     from dxverify.errors import ConfigurationError
 
     if check:

@@ -14,7 +14,7 @@ that differs the report names the cause where it can be recognised:
 - ``recorded value``: a JSON key that records the build itself (``build_seconds``);
 - otherwise the ELF sections whose bytes differ.
 
-The build already sets what removes these (dxbuild.engine: ``SOURCE_DATE_EPOCH``,
+The build already sets what removes these (dxbuild.engine.build: ``SOURCE_DATE_EPOCH``,
 ``-ffile-prefix-map``/``-fdebug-prefix-map``, ``LC_ALL``/``TZ``); this module is how
 we know it worked.
 """
@@ -153,16 +153,13 @@ def repro_engine(tier: str = "cpu", *, workdir: Path | None = None, targets: tup
                  cmake_overrides: dict[str, str] | None = None, keep: bool = False,
                  echo: Echo | None = None) -> dict[str, Any]:
     """Build the ``tier`` engine twice from scratch and compare (minutes: two cold builds)."""
-    from dxbuild.engine import build_engine
+    from dxbuild.engine.build import build_engine
     from dxbuild.paths import cache_dir
-    from dxbuild.recipes import get_tier, load_engine_recipe
-    from dxmatrix.definition import load_matrix
-    from dxmatrix.expand import host_cell
+    from dxbuild.toolchains.plan import plan_host_cell
 
-    recipe = load_engine_recipe()
+    cell, recipe = plan_host_cell(tier)
     if targets:
         recipe = dataclasses.replace(recipe, targets=tuple(targets))
-    cell = host_cell(get_tier(tier), recipe, runners=load_matrix().runners)
     if cmake_overrides:
         cmake = dict(cell.cmake)
         cmake.update(cmake_overrides)
@@ -195,7 +192,7 @@ def repro_engine(tier: str = "cpu", *, workdir: Path | None = None, targets: tup
 def repro_bundle(engine_dir: Path, *, tier: str, engine_key: str, workdir: Path | None = None,
                  echo: Echo | None = None) -> dict[str, Any]:
     """Compile the runtime bundle twice (fresh bundle caches) and compare (minutes: two Nuitka runs)."""
-    from dxbuild.bundle import ensure_bundle
+    from dxbuild.bundle.nuitka import ensure_bundle
 
     root = Path(tempfile.mkdtemp(prefix="dx-repro-bundle-", dir=workdir))
     try:

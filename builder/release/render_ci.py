@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dxbuild.ci_templates import environment, write_atomically
 from dxbuild.paths import project_root
+from dxbuild.templates import environment, write_atomically
 from dxverify.errors import ConfigurationError
 
 # Every action pinned to one major version, in one place.
@@ -75,9 +75,9 @@ def _flow(entry: dict[str, Any]) -> str:
 
 def matrix_entries() -> list[dict[str, Any]]:
     """The release matrix, as ``dxbuild matrix --json`` prints it."""
-    from dxbuild.recipes import load_engine_recipe, load_tiers
     from dxmatrix.definition import load_matrix
     from dxmatrix.expand import expand, github_matrix
+    from dxmatrix.recipes import load_engine_recipe, load_tiers
 
     return github_matrix(expand(load_matrix(), load_tiers(), load_engine_recipe()))["include"]
 
@@ -87,8 +87,8 @@ MANYLINUX_IMAGE = "quay.io/pypa/manylinux_2_28"
 
 
 def wheel_cells(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One engine-wheel job per Linux cell of a published tier (``dxbuild.wheel.PUBLISHED_TIERS``)."""
-    from dxbuild.wheel import PUBLISHED_TIERS
+    """One engine-wheel job per Linux cell of a published tier (``dxbuild.engine.wheel.PUBLISHED_TIERS``)."""
+    from dxbuild.engine.wheel import PUBLISHED_TIERS
 
     return [{"tier": e["tier"], "arch": e["arch"], "runner": e["runner"],
              "image": f"{MANYLINUX_IMAGE}_{'aarch64' if e['arch'] == 'arm64' else e['arch']}"}
@@ -103,7 +103,7 @@ def check_toolchains(entries: list[dict[str, Any]]) -> None:
                 f"matrix cell {e['tier']}-{e['os']}-{e['arch']}: the release workflow cannot set up "
                 f"toolchain {e['toolchain']!r} on {e['os']}",
                 hint="add its setup step to ci/workflows/release.yml.j2 and TOOLCHAIN_SETUP in "
-                     "builder/render_ci.py, or exclude the cell in matrix/matrix.toml")
+                     "builder/release/render_ci.py, or exclude the cell in matrix/matrix.toml")
 
 
 def render_workflows(entries: list[dict[str, Any]] | None = None) -> dict[str, str]:

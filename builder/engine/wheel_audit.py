@@ -6,7 +6,7 @@ library it needs must be
 
 - inside the wheel, reachable through the file's own ``$ORIGIN`` RUNPATH,
 - on the manylinux allowlist (glibc's libraries, libstdc++, libgcc_s, the loader), or
-- allowed for the tier (``dxbuild.wheel.allowed_outside``: the declared vendor
+- allowed for the tier (``dxbuild.engine.wheel.allowed_outside``: the declared vendor
   wheels' libraries, the GPU driver's).
 
 An absolute RUNPATH is a problem too (it points into the build machine). The

@@ -12,11 +12,11 @@ from pathlib import Path
 import jinja2
 
 from dxbuild.atomic import write_text_atomic
-from dxbuild.paths import project_root
+from dxbuild.paths import ci_dir
 
 
 def templates_dir() -> Path:
-    return project_root() / "ci"
+    return ci_dir()
 
 
 def sh_quote(value: object) -> str:

@@ -3,7 +3,7 @@
 ``recipes/engine.toml`` pins the engine source and lists the patches;
 ``recipes/tiers.toml`` describes each backend tier (CMake flags, the OS/arch it
 applies to, its toolchain, its size budget, and what it needs at run time).
-Both load into frozen dataclasses through :mod:`dxbuild.typed_config`, so a
+Both load into frozen dataclasses through :mod:`dxmatrix.typed_config`, so a
 typo'd key is an error naming the file and key, and the committed JSON schemas
 (``recipes/schema/*.schema.json``, regenerated with ``dxbuild schema --write``)
 come from these same classes.
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dxbuild.paths import project_root
-from dxbuild.typed_config import json_schema, load_dataclass, read_toml, suggest
+from dxmatrix.resources import recipes_dir
+from dxmatrix.typed_config import json_schema, load_dataclass, read_toml, suggest
 from dxverify.errors import ConfigurationError
 
 OS_NAMES = ("linux", "macos", "windows")
@@ -185,10 +184,6 @@ class TiersFile:
             raise ConfigurationError("tiers: no tier defined", hint="add a [tiers.cpu] table")
 
 
-def recipes_dir() -> Path:
-    return project_root() / "recipes"
-
-
 def load_engine_recipe(path: Path | None = None) -> EngineRecipe:
     """Load and validate ``recipes/engine.toml``; every patch it names must exist."""
     path = path or recipes_dir() / "engine.toml"
@@ -238,14 +233,6 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 def render_schema(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def asdict(obj: Any) -> dict[str, Any]:

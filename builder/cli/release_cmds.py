@@ -25,8 +25,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
 def keygen(out_dir: Path, passphrase: bool, force: bool) -> None:
     """Write an Ed25519 release key pair (private key mode 0600)."""
-    from dxbuild.keys import ENV_PASSPHRASE
-    from dxbuild.keys import keygen as make_keys
+    from dxbuild.release.keys import ENV_PASSPHRASE
+    from dxbuild.release.keys import keygen as make_keys
 
     secret = None
     if passphrase:
@@ -44,7 +44,7 @@ def keygen(out_dir: Path, passphrase: bool, force: bool) -> None:
               help="Also make sigstore bundles when an OIDC identity is available.")
 def sign(directory: Path, key_path: Path | None, sigstore: bool) -> None:
     """Write SHA256SUMS and signatures for every file already in DIRECTORY."""
-    from dxbuild.keys import find_signing_key
+    from dxbuild.release.keys import find_signing_key
     from dxbuild.steps import sigstore_sign
     from dxbuild.steps.sign import is_release_file, sign_directory
 
@@ -73,7 +73,7 @@ def sign(directory: Path, key_path: Path | None, sigstore: bool) -> None:
 def verify_release_cmd(directory: Path, public_key: Path | None, identity: str | None, issuer: str | None,
                        trusted_root: Path | None, allow_unsigned: bool) -> None:
     """Check every artifact in DIRECTORY against SHA256SUMS, signatures and the manifest."""
-    from dxbuild.release_verify import verify_release
+    from dxbuild.release.check import verify_release
     from dxverify.signatures import GITHUB_ACTIONS_ISSUER
 
     report = verify_release(directory, public_key=public_key, identity=identity,
@@ -110,7 +110,7 @@ def manifest_cmd(directory: Path) -> None:
 def bench(exe: Path, runs: int, vs_engine: bool, engine: Path | None, model_arg: str | None,
           baseline: Path | None, tolerance: float, out_dir: Path) -> None:
     """Benchmark a minted executable on this machine (start, first token, tokens/s, memory)."""
-    from dxbuild.bench import bench_and_report
+    from dxbuild.release.bench import bench_and_report
 
     _, paths = bench_and_report(exe, out_dir, runs=runs, vs_engine=vs_engine, engine=engine, model_arg=model_arg,
                                   baseline=baseline, tolerance=tolerance,
@@ -138,7 +138,7 @@ def size_report_cmd(exes: tuple[Path, ...], budget_mb: int | None, previous: Pat
         budget = budget_mb
         if budget is None and tier:
             try:
-                from dxbuild.recipes import get_tier
+                from dxmatrix.recipes import get_tier
 
                 budget = get_tier(tier).size_budget_mb
             except DXError:  # an unknown tier simply has no budget here
@@ -163,14 +163,14 @@ def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bu
     """Build the engine (and bundle) twice from scratch; report what differs and why (slow: cold builds)."""
     import json
 
-    from dxbuild.reproducibility import repro_bundle, repro_engine
+    from dxbuild.release.reproducibility import repro_bundle, repro_engine
 
     echo = lambda s: click.echo(s, err=True)  # noqa: E731
     overrides = {"GGML_CPU_ALL_VARIANTS": "OFF"} if single_cpu_variant else None
     report = {"engine": repro_engine(tier, targets=targets or None, cmake_overrides=overrides, keep=keep,
                                      echo=echo)}
     if with_bundle:
-        from dxbuild.engine import host_engine
+        from dxbuild.engine.build import host_engine
 
         engine_dir = host_engine(tier, echo=echo)
         key = json.loads((engine_dir / "engine.json").read_text())["key"]
@@ -194,8 +194,8 @@ def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bu
 @click.option("--key", "key_path", type=_FILE, help="Private key (default: DX_SIGNING_KEY / DX_SIGNING_KEY_PEM).")
 def runtime_pack_cmd(major: int, out_dir: Path, arch: str | None, key_path: Path | None) -> None:
     """Write dx-cudaN-runtime-linux-ARCH.tar.xz (cuBLAS, cuBLASLt, cudart + licences) for thin executables."""
-    from dxbuild.keys import find_signing_key
-    from dxbuild.runtime_pack import build_runtime_pack
+    from dxbuild.release.keys import find_signing_key
+    from dxbuild.release.runtime_pack import build_runtime_pack
     from dxbuild.steps.manifest import manifest_for_directory
     from dxbuild.steps.sign import sign_directory
 

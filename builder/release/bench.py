@@ -379,7 +379,7 @@ def bench_and_report(exe: Path, out_dir: Path, *, runs: int = 3, vs_engine: bool
                      engine: Path | None = None, model_arg: str | None = None, baseline: Path | None = None,
                      tolerance: float = 0.1, echo: Echo | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Bench, write bench-report.{json,md,svg}, then fail if a figure regressed past the baseline."""
-    from dxbuild.reports import load_report, write_report
+    from dxbuild.release.reports import load_report, write_report
 
     base = load_report(baseline, "bench") if baseline else None
     doc = bench_executable(exe, runs=runs, vs_engine=vs_engine, engine=engine, model_arg=model_arg, echo=echo)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dxbuild.paths import cache_dir
-from dxbuild.recipes import EngineRecipe, EngineSource, file_sha256
 from dxbuild.run_cmd import Echo, capture, require_tool, run_cmd, stderr_echo
+from dxmatrix.recipes import EngineRecipe, EngineSource
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError, ToolError
+from dxverify.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
     """Raise IntegrityError unless ``path`` hashes to ``expected``."""
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise IntegrityError(
             f"{what}: SHA-256 mismatch for {path.name}: expected {expected}, got {actual}",
@@ -101,7 +102,7 @@ def download_sdist(src: EngineSource, cache: Path, log: Path, echo: Echo | None 
     downloads.mkdir(parents=True, exist_ok=True)
     stem = f"{src.package.replace('-', '_')}-{src.version}"
     for cand in downloads.glob(f"{stem}.tar.gz"):
-        if file_sha256(cand) == src.sha256:
+        if sha256_file(cand) == src.sha256:
             return cand
     tmp = Path(tempfile.mkdtemp(prefix=".pip-download-", dir=downloads))
     try:
@@ -155,7 +156,7 @@ def tree_hash(root: Path) -> str:
             if not p.is_file():
                 continue
             x = "x" if os.access(p, os.X_OK) else "-"
-            h.update(f"F {p.relative_to(root).as_posix()} {x} {file_sha256(p)}\n".encode())
+            h.update(f"F {p.relative_to(root).as_posix()} {x} {sha256_file(p)}\n".encode())
     return h.hexdigest()
 
 
@@ -221,7 +222,7 @@ def apply_patches(tree: Path, patches: list[Path], log: Path, echo: Echo | None 
 
 def _patched_tree(pristine: Path, identity: str, patches: list[Path], cache: Path, log: Path,
                   echo: Echo | None) -> tuple[Path, tuple[tuple[str, str], ...]]:
-    applied = tuple((p.name, file_sha256(p)) for p in patches)
+    applied = tuple((p.name, sha256_file(p)) for p in patches)
     if not patches:
         return pristine, applied
     key = hashlib.sha256(repr((identity, applied)).encode()).hexdigest()[:16]

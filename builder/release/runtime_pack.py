@@ -67,7 +67,7 @@ def pack_name(major: int, arch: str) -> str:
 
 def pinned_wheels(major: int) -> dict[str, tuple[str, tuple[str, ...]]]:
     """name -> (version, allowed SHA-256s), from the tier's toolkit pins (one source of truth)."""
-    from dxbuild.recipes import get_tier
+    from dxmatrix.recipes import get_tier
 
     if major not in PACK_WHEELS:
         raise ConfigurationError(f"--cuda {major}: DX makes runtime packs for CUDA {', '.join(map(str, PACK_WHEELS))}",
@@ -127,7 +127,7 @@ def _cached_wheels(folder: Path, pins: dict[str, tuple[str, tuple[str, ...]]]) -
 
 
 def _epoch() -> int:
-    from dxbuild.engine import SOURCE_DATE_EPOCH
+    from dxbuild.engine.plan import SOURCE_DATE_EPOCH
 
     return int(os.environ.get("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH))
 
@@ -207,8 +207,8 @@ def build_runtime_pack(major: int, out_dir: Path, *, arch: str | None = None, ca
 def write_pack_facts(pack: RuntimePack, major: int, arch: str) -> Path:
     """``<pack>.json``: the facts file ``dxbuild manifest`` gathers (kind ``runtime-pack``)."""
     from dx import __version__ as dx_version
-    from dxbuild.recipes import get_tier
     from dxbuild.steps.manifest import FACTS_FORMAT, write_facts
+    from dxmatrix.recipes import get_tier
 
     tier = get_tier(TIER[major])
     return write_facts(pack.path, {

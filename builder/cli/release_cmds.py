@@ -44,8 +44,8 @@ def keygen(out_dir: Path, passphrase: bool, force: bool) -> None:
               help="Also make sigstore bundles when an OIDC identity is available.")
 def sign(directory: Path, key_path: Path | None, sigstore: bool) -> None:
     """Write SHA256SUMS and signatures for every file already in DIRECTORY."""
+    from dxbuild.release import sigstore as release_sigstore
     from dxbuild.release.keys import find_signing_key
-    from dxbuild.steps import sigstore_sign
     from dxbuild.steps.sign import is_release_file, sign_directory
 
     key = find_signing_key(key_path)
@@ -54,10 +54,10 @@ def sign(directory: Path, key_path: Path | None, sigstore: bool) -> None:
         click.echo(f"wrote {p}")
     if key is None:
         click.echo("signing skipped: no key (pass --key or set DX_SIGNING_KEY / DX_SIGNING_KEY_PEM)", err=True)
-    token = sigstore_sign.detect_identity_token() if sigstore else None
+    token = release_sigstore.detect_identity_token() if sigstore else None
     if token:
         files = sorted(p for p in directory.iterdir() if is_release_file(p))
-        for p in sigstore_sign.sign_files(files, token):
+        for p in release_sigstore.sign_files(files, token):
             click.echo(f"wrote {p}")
     elif sigstore:
         click.echo("sigstore skipped: no OIDC identity here (CI only)", err=True)
@@ -90,7 +90,7 @@ def verify_release_cmd(directory: Path, public_key: Path | None, identity: str |
 @click.argument("directory", type=_DIR)
 def manifest_cmd(directory: Path) -> None:
     """(Re)build manifest.json and manifest.txt from the <artifact>.json facts files in DIRECTORY."""
-    from dxbuild.steps.manifest import manifest_for_directory
+    from dxbuild.release.manifest import manifest_for_directory
 
     for p in manifest_for_directory(directory):
         click.echo(f"wrote {p}")
@@ -195,8 +195,8 @@ def repro(tier: str, targets: tuple[str, ...], single_cpu_variant: bool, with_bu
 def runtime_pack_cmd(major: int, out_dir: Path, arch: str | None, key_path: Path | None) -> None:
     """Write dx-cudaN-runtime-linux-ARCH.tar.xz (cuBLAS, cuBLASLt, cudart + licences) for thin executables."""
     from dxbuild.release.keys import find_signing_key
+    from dxbuild.release.manifest import manifest_for_directory
     from dxbuild.release.runtime_pack import build_runtime_pack
-    from dxbuild.steps.manifest import manifest_for_directory
     from dxbuild.steps.sign import sign_directory
 
     key = find_signing_key(key_path)

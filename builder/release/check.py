@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dxbuild.paths import ci_dir
 from dxbuild.release.keys import PUBLIC_KEY_NAME
-from dxbuild.steps.checksums import SUMS_NAME, parse_sums
-from dxbuild.steps.sigstore_sign import BUNDLE_SUFFIX
+from dxbuild.release.sigstore import BUNDLE_SUFFIX
+from dxbuild.release.sums import SUMS_NAME, parse_sums
 from dxverify.errors import DXError, IntegrityError
 from dxverify.signatures import (
     GITHUB_ACTIONS_ISSUER,

@@ -207,7 +207,7 @@ def build_runtime_pack(major: int, out_dir: Path, *, arch: str | None = None, ca
 def write_pack_facts(pack: RuntimePack, major: int, arch: str) -> Path:
     """``<pack>.json``: the facts file ``dxbuild manifest`` gathers (kind ``runtime-pack``)."""
     from dx import __version__ as dx_version
-    from dxbuild.steps.manifest import FACTS_FORMAT, write_facts
+    from dxbuild.release.manifest import FACTS_FORMAT, write_facts
     from dxmatrix.recipes import get_tier
 
     tier = get_tier(TIER[major])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxbuild.release.keys import PUBLIC_KEY_NAME, SigningKey, find_signing_key, sign_file
-from dxbuild.steps.checksums import SUMS_NAME, write_sums
+from dxbuild.release.sums import SUMS_NAME, write_sums
 
 name = "sign"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dxbuild.release import runtime_pack
-from dxbuild.steps.manifest import build_manifest, gather_facts, manifest_text, parse_manifest_text
+from dxbuild.release.manifest import build_manifest, gather_facts, manifest_text, parse_manifest_text
 from dxverify.errors import ConfigurationError, MalformedInputError
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trust"))

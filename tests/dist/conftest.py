@@ -94,8 +94,8 @@ class Release:
 def write_facts(directory: Path, name: str, tier: str, os_name: str, arch: str, min_driver: int | None,
                 version: str, model: str | None = None) -> None:
     """The facts file a CI job leaves next to its executable (dxbuild.steps.manifest's format)."""
-    from dxbuild.steps.manifest import FACTS_FORMAT
-    from dxbuild.steps.manifest import write_facts as write
+    from dxbuild.release.manifest import FACTS_FORMAT
+    from dxbuild.release.manifest import write_facts as write
 
     exe = directory / name
     write(exe, {
@@ -110,7 +110,7 @@ def write_facts(directory: Path, name: str, tier: str, os_name: str, arch: str, 
 def finish_release(directory: Path, key_dir: Path) -> None:
     """What the release job does once every cell's files are gathered: manifest, then sign."""
     from dxbuild.release.keys import find_signing_key
-    from dxbuild.steps.manifest import manifest_for_directory
+    from dxbuild.release.manifest import manifest_for_directory
     from dxbuild.steps.sign import sign_directory
 
     manifest_for_directory(directory)

@@ -61,7 +61,7 @@ def test_two_model_layout_and_release_files(two_model_dir: Path, smollm2_gguf: P
     assert facts["draft"]["name"] == "smollm2-draft" and facts["draft"]["sha256"] == em.draft.sha256
     manifest = json.loads((two_model_dir / "manifest.json").read_text())
     assert manifest["artifacts"][0]["draft"]["size"] == size
-    from dxbuild.steps.manifest import check_facts
+    from dxbuild.release.manifest import check_facts
 
     check_facts(facts, exe)
     bom = json.loads((two_model_dir / f"{EXE_NAME}.cdx.json").read_text())

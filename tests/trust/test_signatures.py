@@ -19,7 +19,7 @@ from dxbuild.release.keys import (
     load_private_key,
     sign_file,
 )
-from dxbuild.steps.checksums import SUMS_NAME, parse_sums
+from dxbuild.release.sums import SUMS_NAME, parse_sums
 from dxbuild.steps.sign import sign_directory
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 from dxverify.signatures import verify_file
@@ -233,7 +233,7 @@ def test_checksums_step_keeps_earlier_cells(tmp_path: Path, minted_ctx) -> None:
 def test_sigstore_identity_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     """No identity anywhere → None (without asking sigstore); SIGSTORE_ID_TOKEN is taken as is; a CI
     identity that is configured but cannot be fetched is a one-line ToolError, not a silent skip."""
-    from dxbuild.steps import sigstore_sign
+    from dxbuild.release import sigstore as sigstore_sign
     from dxverify.errors import ToolError
 
     for var in ("SIGSTORE_ID_TOKEN", "GITHUB_ACTIONS", *sigstore_sign._AMBIENT_ENV):

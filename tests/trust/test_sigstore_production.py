@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dxbuild.release.check import PINNED_TRUSTED_ROOT
+from dxbuild.release.sigstore import BUNDLE_SUFFIX
 from dxbuild.steps.sign import sign_directory
-from dxbuild.steps.sigstore_sign import BUNDLE_SUFFIX
 from dxverify.errors import IntegrityError
 from dxverify.signatures import verify_sigstore_bundle
 

@@ -1,4 +1,4 @@
-"""One build's shared state: the resolved cell, its inputs, and every artifact.
+"""One build's shared state: the frozen request, the resolved cell, what steps hand on, and every artifact.
 
 Steps read and write one BuildContext; every file a step produces is recorded
 in ``ctx.artifacts`` with a type, so later steps ask "all executables" instead
@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dxbuild.models import ResolvedModel
+from dxmatrix.cell import Cell
 
 
 class ArtifactType(str, enum.Enum):
@@ -43,16 +46,39 @@ class Artifact:
             self.name = self.path.name
 
 
+@dataclass(frozen=True)
+class MintOptions:
+    """What one mint was asked for (``dxbuild [OPTIONS]``), parsed once; the CLI's flags by name."""
+
+    tier: str | None = None                 # --gpu: cpu, cuda13, … or auto (None: cpu)
+    model: str | None = None                # --model: recipe, registry name, hf:…, or a .gguf path
+    out_dir: Path = Path("dist")            # -o
+    sha256: str | None = None               # --sha256: the model's expected SHA-256
+    signing_key: Path | None = None         # --key (else DX_SIGNING_KEY…)
+    no_bench: bool = False                  # --no-bench
+    previous_size_report: Path | None = None
+    cuda_archs: str | None = None           # --cuda-archs "90" (a local CUDA build)
+    webui: bool = False                     # --webui
+    arch: str | None = None                 # --arch: another CPU architecture than this machine's
+    cuda_libs: str | None = None            # --cuda-libs thin|fat
+    draft: str | None = None                # --draft: a draft model, embedded next to --model
+
+
 @dataclass
 class BuildContext:
-    """Everything one build knows. ``cell`` is the frozen, validated plan."""
+    """Everything one build knows. ``cell`` is the frozen, validated plan; the rest is handed on by steps."""
 
-    cell: Any                       # dxmatrix.recipes / dxmatrix Cell (frozen)
+    cell: Cell
     out_dir: Path
-    model: str | None = None        # what the user asked for (name, hf:..., path)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: MintOptions = field(default_factory=MintOptions)
     artifacts: list[Artifact] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)  # step outputs for later steps
+    # what steps hand to later steps (each set by the step named)
+    model: ResolvedModel | None = None      # resolve_model; verify_model and embed confirm its SHA-256
+    draft: ResolvedModel | None = None      # resolve_model (--draft)
+    staged: Path | None = None              # embed's temporary file; write_output renames it (removed on failure)
+    staged_sha256: str | None = None        # embed: the staged file's SHA-256, hashed while it was written
+    cuda_libs: dict[str, Any] | None = None  # bundle: the thin/fat CUDA library plan (size_report reads it)
+    python_distributions: list[dict[str, Any]] | None = None  # bundle: the runtime's Python packages (sbom)
 
     def add(self, type: ArtifactType, path: Path, **extra: Any) -> Artifact:
         art = Artifact(type=type, path=Path(path), extra=dict(extra))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from dxbuild.context import ArtifactType, BuildContext
+from dxbuild.context import ArtifactType, BuildContext, MintOptions
+from dxmatrix.cell import Cell
 from dxverify.errors import ConfigurationError
 
 DEFAULT_TIER = "cpu"
@@ -78,7 +79,7 @@ def check_output_dir(out_dir: Path) -> Path:
     return out_dir.resolve()
 
 
-def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arch: str | None = None) -> object:
+def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arch: str | None = None) -> Cell:
     """The frozen build cell for ``tier`` on this host (unknown tier → one clear line).
 
     ``cuda_archs`` ("90", "86;90") narrows a CUDA tier's architectures for a local build.
@@ -116,32 +117,27 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
     return cell
 
 
-def mint(tier: str, model: str | None, out_dir: Path, *, sha256: str | None = None,
-         signing_key: Path | None = None, steps: list | None = None,
-         options: dict | None = None) -> MintResult:
+def mint(options: MintOptions, *, steps: list | None = None) -> MintResult:
     """Run the whole pipeline and return the executable that was written."""
     from dxbuild.pipeline import default_steps, run_steps
 
+    tier = options.tier or DEFAULT_TIER
     if tier == "auto":
         tier = pick_tier()
         click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
-    cell = plan_cell(tier, (options or {}).get("cuda_archs"), bool((options or {}).get("webui")),
-                     (options or {}).get("arch"))
-    out_dir = check_output_dir(out_dir)
+    cell = plan_cell(tier, options.cuda_archs, options.webui, options.arch)
+    out_dir = check_output_dir(options.out_dir)
     if steps is None:  # the real pipeline: check everything that can be checked before any work starts
         from dxbuild import preflight
         from dxbuild.paths import cache_dir
 
-        preflight.preflight(preflight.plan(cell, model, out_dir, signing_key, cache_dir()),  # type: ignore[arg-type]
+        preflight.preflight(preflight.plan(cell, options.model, out_dir, options.signing_key, cache_dir()),
                             echo=lambda s: click.echo(s, err=True))
-    ctx = BuildContext(cell=cell, out_dir=out_dir, model=model,
-                       options={"sha256": sha256, "signing_key": str(signing_key) if signing_key else None,
-                                **(options or {})})
+    ctx = BuildContext(cell=cell, out_dir=out_dir, options=options)
     try:
         run_steps(ctx, steps if steps is not None else default_steps())
     finally:
-        staged = ctx.facts.pop("staged", None)
-        if staged is not None:
-            Path(staged).unlink(missing_ok=True)
+        if ctx.staged is not None:
+            ctx.staged.unlink(missing_ok=True)
     exe = ctx.one(ArtifactType.EXECUTABLE)
     return MintResult(exe.path, int(exe.extra["size"]), str(exe.extra["sha256"]), ctx)

@@ -1,4 +1,4 @@
-"""`dxbuild engine`, `dxbuild matrix` and `dxbuild schema`: the recipe/matrix/engine commands.
+"""`dxbuild engine`, `wheel`, `matrix` and `schema`: the engine and plan commands (listed in `dxbuild.cli.COMMANDS`).
 
 Heavy modules are imported inside the commands so `dxbuild --help` stays fast.
 """
@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so `dxbuild --help` stays fast.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -104,7 +105,19 @@ def schema_cmd(write: bool) -> None:
     click.echo("schemas up to date")
 
 
-def register(cli: click.Group) -> None:
-    for cmd in (engine_cmd, matrix_cmd, schema_cmd):
-        cli.add_command(cmd)
+@click.command("wheel")
+@click.option("--tier", required=True, metavar="TIER", help="cpu, cuda13, vulkan, …: builds dx-engine-TIER.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
+              show_default=True, help="Directory to write the wheel to.")
+@click.option("--cuda-archs", metavar="LIST", help='Narrow a CUDA tier, e.g. "90" (releases use the recipe\'s list).')
+@click.option("--metadata", is_flag=True, help="Print the wheel's METADATA (from scikit-build-core; compiles nothing).")
+def wheel_cmd(tier: str, out_dir: Path, cuda_archs: str | None, metadata: bool) -> None:
+    """Build the engine wheel dx-engine-TIER with scikit-build-core (cached by the engine key); print its path."""
+    from dxbuild.engine.wheel import build_wheel, wheel_metadata
+    from dxmatrix.cell import parse_cuda_archs
 
+    if metadata:
+        click.echo(wheel_metadata(tier), nl=False)
+        return
+    archs = parse_cuda_archs(cuda_archs) if cuda_archs is not None else None
+    click.echo(str(build_wheel(tier, out_dir, cuda_archs=archs, echo=lambda line: click.echo(line, err=True)).path))

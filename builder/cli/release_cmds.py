@@ -1,4 +1,4 @@
-"""`dxbuild` commands for trust and reports: keygen, sign, verify-release, manifest, bench, repro, runtime-pack.
+"""`dxbuild` release commands: keygen, sign, verify-release, manifest, bench, size-report, repro, runtime-pack, install-script, render-ci.
 
 Kept apart from dxbuild.cli so that file stays a short list of groups; each
 command imports its module lazily so `dxbuild --help` stays fast.
@@ -211,7 +211,49 @@ def runtime_pack_cmd(major: int, out_dir: Path, arch: str | None, key_path: Path
         click.echo("signing skipped: no key (pass --key or set DX_SIGNING_KEY / DX_SIGNING_KEY_PEM)", err=True)
 
 
-def register(group: click.Group) -> None:
-    """Add this module's commands to the `dxbuild` group."""
-    for cmd in (keygen, sign, verify_release_cmd, manifest_cmd, bench, size_report_cmd, repro, runtime_pack_cmd):
-        group.add_command(cmd)
+@click.command("install-script")
+@click.option("--base-url", envvar="DX_RELEASE_BASE_URL", metavar="URL",
+              help="Where the release files live (env DX_RELEASE_BASE_URL).")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              envvar="DX_RELEASE_PUBLIC_KEY", help="Ed25519 public key (dx-release.pub) to bake in.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write here (mode 755) instead of standard output.")
+def install_script(base_url: str | None, public_key: Path | None, output: Path | None) -> None:
+    """Render install.sh for one release (URL and public key baked in)."""
+    from dxbuild.release.install_script import load_public_key_pem, render_install_script
+    from dxbuild.templates import write_atomically
+    from dxverify.errors import ConfigurationError
+
+    if not base_url:
+        raise ConfigurationError("no release URL", hint="pass --base-url URL (or set DX_RELEASE_BASE_URL)")
+    pem = load_public_key_pem(public_key) if public_key else None
+    text = render_install_script(base_url, pem)
+    if pem is None:
+        click.echo("dxbuild: warning: no --public-key: the script will install without checking signatures",
+                   err=True)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomically(output, text, mode=0o755)
+        click.echo(f"wrote {output}", err=True)
+
+
+@click.command("render-ci")
+@click.option("--check", is_flag=True, help="Exit non-zero if the committed workflows differ; write nothing.")
+def render_ci_cmd(check: bool) -> None:
+    """Render .github/workflows/{release,ci}.yml from ci/workflows/*.j2 and the matrix."""
+    from dxbuild.release.render_ci import stale_workflows, write_workflows
+    from dxverify.errors import ConfigurationError
+
+    if check:
+        stale = stale_workflows()
+        if stale:
+            raise ConfigurationError(f"workflows out of date: {', '.join(stale)}",
+                                     hint="run `dxbuild render-ci` and commit the result")
+        click.echo("workflows up to date")
+        return
+    written = write_workflows()
+    for p in written:
+        click.echo(f"wrote {p}")
+    if not written:
+        click.echo("workflows up to date")

@@ -20,7 +20,7 @@ _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "ar
 
 
 def run(ctx: BuildContext) -> None:
-    if ctx.options.get("bench") is False or ctx.options.get("no_bench"):
+    if ctx.options.no_bench:
         raise Skip("disabled with --no-bench")
     from dxbuild.release.bench import bench_and_report
     from dxverify.trailer import find_trailer
@@ -39,8 +39,7 @@ def run(ctx: BuildContext) -> None:
         raise Skip("no executable with a model built for this machine's OS and architecture")
     for exe in todo:
         _, paths = bench_and_report(
-            exe, ctx.out_dir, runs=int(ctx.options.get("bench_runs", 1)),
-            vs_engine=bool(ctx.options.get("bench_vs_engine", False)),
+            exe, ctx.out_dir, runs=1, vs_engine=False,
             echo=lambda s: click.echo(f"    {s}", err=True))
         for p in paths:
             ctx.add(ArtifactType.REPORT, p, report="bench")

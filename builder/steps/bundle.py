@@ -24,7 +24,7 @@ def run(ctx: BuildContext) -> None:
     from dxbuild.toolchains.host import HOST_ARCH
 
     engine = ctx.one(ArtifactType.ENGINE_DIR)
-    cuda = ctx.facts["cuda_libs"] = cuda_libs_plan(engine.path, ctx.options.get("cuda_libs"))  # thin/fat, or None
+    cuda = ctx.cuda_libs = cuda_libs_plan(engine.path, ctx.options.cuda_libs)  # thin/fat, or None
     if ctx.cell.arch != HOST_ARCH:  # Nuitka has no cross mode: it runs under qemu in a root of that arch
         from dxbuild.bundle.foreign import ensure_foreign_bundle
 
@@ -33,7 +33,6 @@ def run(ctx: BuildContext) -> None:
     else:
         bundle = ensure_bundle(engine.path, tier=ctx.cell.tier, engine_key=engine.extra["key"], echo=_echo,
                                cuda_libs=cuda and cuda["form"])
-    ctx.facts["bundle"] = bundle
     ctx.add(ArtifactType.BUNDLE, bundle.path, key=bundle.key, reused=bundle.reused)
     how = "reused from the cache" if bundle.reused else "compiled"
     if cuda:
@@ -41,7 +40,7 @@ def run(ctx: BuildContext) -> None:
         _echo(f"    cuda libraries: {cuda['form']} — cuBLAS/cudart ({mb:.0f} MB) "
               + ("found at run time (dx.cuda_libs)" if cuda["form"] == "thin" else "carried inside"))
     _echo(f"    {how}: {bundle.path} ({bundle.path.stat().st_size / 1e6:.1f} MB)")
-    ctx.facts["bundle_python_distributions"] = python_distributions(bundle.path)
+    ctx.python_distributions = python_distributions(bundle.path)
 
 
 def python_distributions(binary: Path) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ name = "embed model"
 
 
 def run(ctx: BuildContext) -> None:
-    resolved = ctx.facts.get("model")
+    resolved = ctx.model
     if resolved is None:
         raise Skip("no model: the bare runtime is written as is")
     from dx import __version__ as dx_version
@@ -69,14 +69,14 @@ def run(ctx: BuildContext) -> None:
     registry = getattr(resolved, "registry", None)
     if registry:  # an Ollama registry model's params (stop strings, sampling, num_ctx) and system prompt
         metadata["defaults"] = {"params": registry.get("params") or {}, "system": registry.get("system")}
-    drafted = ctx.facts.get("draft")
+    drafted = ctx.draft
     draft_meta = None
     if drafted is not None:
         draft_meta = {"model": drafted.name, "source": drafted.source}
         if drafted.license:
             draft_meta["license"] = drafted.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
-    ctx.facts["staged"] = Path(tmp)  # write_output renames it; the runner removes it on failure
+    ctx.staged = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
     try:
         with sigterm_as_exit():
@@ -87,15 +87,14 @@ def run(ctx: BuildContext) -> None:
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
-    ctx.facts["staged_sha256"] = file_sha256
+    ctx.staged_sha256 = file_sha256
     if resolved.sha256 is None:  # an unpinned local file: its digest is what was just embedded
-        ctx.facts["model"] = dataclasses.replace(resolved, sha256=em.sha256)
+        ctx.model = dataclasses.replace(resolved, sha256=em.sha256)
     _remember_verified(resolved.path, em.sha256)
     if drafted is not None and em.draft is not None:
         if drafted.sha256 is None:
-            ctx.facts["draft"] = dataclasses.replace(drafted, sha256=em.draft.sha256)
+            ctx.draft = dataclasses.replace(drafted, sha256=em.draft.sha256)
         _remember_verified(drafted.path, em.draft.sha256)
-    ctx.facts["embedded"] = em
     for e in em.entries:
         _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
     _echo(f"    trailer sealed (format version {em.version})")

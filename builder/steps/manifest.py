@@ -49,8 +49,8 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
 
     cell = ctx.cell
     engine, engine_dir = _engine_info(ctx)
-    model = _model_facts(ctx.facts.get("model"))
-    draft = _model_facts(ctx.facts.get("draft"))
+    model = _model_facts(ctx.model)
+    draft = _model_facts(ctx.draft)
     min_driver = engine.get("min_nvidia_driver", getattr(cell, "min_nvidia_driver", None))
     facts = {
         "dx_facts": FACTS_FORMAT,

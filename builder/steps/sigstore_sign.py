@@ -9,8 +9,6 @@ name = "sigstore"
 
 
 def run(ctx: BuildContext) -> None:
-    if ctx.options.get("sigstore") is False:
-        raise Skip("disabled with --no-sigstore")
     token = detect_identity_token()
     if not token:
         raise Skip("no OIDC identity here (runs in CI with id-token: write, or set SIGSTORE_ID_TOKEN)")

@@ -243,13 +243,12 @@ def run(ctx: BuildContext) -> None:
     runtime_size = bundles[0].path.stat().st_size if bundles and bundles[0].path.is_file() else None
     budget = getattr(ctx.cell, "size_budget_mb", None) or None
     items = [(a.path, a.extra.get("tier") or ctx.cell.tier, budget, runtime_size) for a in exes]
-    previous = ctx.options.get("previous_size_report")
-    cuda = ctx.facts.get("cuda_libs")
+    cuda = ctx.cuda_libs
     thin_budget = None
     if cuda:
         from dxmatrix.recipes import get_tier
 
         thin_budget = get_tier(ctx.cell.tier).thin_size_budget_mb
-    _, paths = size_report(items, ctx.out_dir, Path(previous) if previous else None, cuda, thin_budget)
+    _, paths = size_report(items, ctx.out_dir, ctx.options.previous_size_report, cuda, thin_budget)
     for p in paths:
         ctx.add(ArtifactType.REPORT, p, report="size")

@@ -20,6 +20,7 @@ import dataclasses
 import click
 
 from dxbuild.context import BuildContext, Skip
+from dxbuild.models import ResolvedModel
 from dxverify.errors import IntegrityError
 
 
@@ -37,24 +38,22 @@ def verified_cache_dir():  # type: ignore[no-untyped-def]
 
 
 def run(ctx: BuildContext) -> None:
-    resolved = ctx.facts.get("model")
+    resolved = ctx.model
     if resolved is None:
         raise Skip("no model")
-    ctx.facts["model"], ctx.facts["model_facts"], checked = _verify(resolved, "")
-    if checked:
-        ctx.facts["model_sha256_checked"] = True
-    draft = ctx.facts.get("draft")
+    ctx.model = _verify(resolved, "")
+    draft = ctx.draft
     if draft is None:
         return
-    ctx.facts["draft"], ctx.facts["draft_facts"], _ = _verify(draft, "draft ")
+    ctx.draft = _verify(draft, "draft ")
     from dxverify.spec_pair import check_pair
 
     check_pair(resolved.path, draft.path)
     _echo(f"    draft {draft.name} shares {resolved.name}'s vocabulary (llama.cpp's speculative compatibility check)")
 
 
-def _verify(resolved, label: str):  # type: ignore[no-untyped-def]
-    """(resolved with its digest when known, GGUF facts, whether the SHA-256 was checked against the cache)."""
+def _verify(resolved: ResolvedModel, label: str) -> ResolvedModel:
+    """The model with its digest when the verified cache knows it; structure checked, a known digest compared."""
     from dx.model_check import read_facts
     from dxverify import verified_cache
 
@@ -64,13 +63,13 @@ def _verify(resolved, label: str):  # type: ignore[no-untyped-def]
     known = verified_cache.lookup(verified_cache_dir(), resolved.path)
     if known is not None and resolved.sha256 is None:
         _echo(f"    {label}SHA-256 {known[:16]}… (hashed before, file unchanged)")
-        return dataclasses.replace(resolved, sha256=known), facts, True
+        return dataclasses.replace(resolved, sha256=known)
     if known is not None:
         if known != resolved.sha256:
             raise IntegrityError(f"{label}model {resolved.path} has SHA-256 {known}, expected {resolved.sha256}",
                                  hint="the file is corrupt or was replaced; delete it and mint again")
         _echo(f"    {label}SHA-256 {known[:16]}… matches the pin (hashed before, file unchanged)")
-        return resolved, facts, True
+        return resolved
     pin = "the pin" if resolved.pinned else "nothing (unpinned local file): it is recorded"
     _echo(f"    {label}SHA-256 is compared with {pin} while the model is embedded")
-    return resolved, facts, False
+    return resolved

@@ -38,23 +38,23 @@ def safe_model_name(model: str) -> str:
 
 
 def run(ctx: BuildContext) -> None:
-    resolved = ctx.facts.get("model")
+    resolved = ctx.model
     final = ctx.out_dir / output_name(ctx.cell, resolved.name if resolved else None)
-    staged: Path | None = ctx.facts.get("staged")
+    staged = ctx.staged
     if staged is None:
         from dxbuild.run_cmd import sigterm_as_exit
 
         with sigterm_as_exit():  # SIGTERM unwinds like Ctrl-C: the partly written copy is removed
             staged, digest = _stage_copy(ctx.one(ArtifactType.BUNDLE).path, ctx.out_dir)
-        ctx.facts["staged"] = staged
+        ctx.staged = staged
     else:
-        digest = ctx.facts["staged_sha256"]
+        assert ctx.staged_sha256 is not None  # embed hashed it while writing
+        digest = ctx.staged_sha256
     os.replace(staged, final)
-    ctx.facts.pop("staged", None)
+    ctx.staged = None
     size = final.stat().st_size
     ctx.add(ArtifactType.EXECUTABLE, final, sha256=digest, size=size, tier=ctx.cell.tier,
             os=ctx.cell.os, arch=ctx.cell.arch, model=resolved.name if resolved else None)
-    ctx.facts["executable"] = final
     _echo(f"    {final}")
     _echo(f"    size {size} bytes ({size / 1e6:.1f} MB)")
     _echo(f"    sha256 {digest}")

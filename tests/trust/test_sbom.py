@@ -57,7 +57,7 @@ def test_step_writes_valid_sbom(tmp_path: Path, minted_ctx) -> None:
 
 def test_bundle_list_of_distributions_wins(tmp_path: Path, minted_ctx) -> None:
     ctx = minted_ctx(tmp_path / "out", model=False)
-    ctx.facts["bundle_python_distributions"] = [{"name": "click", "version": "8.1.7", "license": "BSD-3-Clause"}]
+    ctx.python_distributions = [{"name": "click", "version": "8.1.7", "license": "BSD-3-Clause"}]
     sbom.run(ctx)
     doc = json.loads(ctx.one(ArtifactType.SBOM).path.read_text())
     pypi = [c for c in doc["components"] if c["bom-ref"].startswith("pypi:")]
@@ -138,7 +138,7 @@ def test_same_inputs_same_bytes_without_source_date_epoch(tmp_path: Path, minted
     assert first["metadata"]["timestamp"] == "1980-01-01T00:00:00+00:00"  # the engine's build epoch
 
     ctx = minted_ctx(tmp_path / "c")
-    ctx.facts["model"] = dataclasses.replace(ctx.facts["model"], sha256="d" * 64)
+    ctx.model = dataclasses.replace(ctx.model, sha256="d" * 64)
     sbom.run(ctx)
     changed = json.loads(ctx.one(ArtifactType.SBOM).path.read_bytes())
     assert changed["serialNumber"] != first["serialNumber"]
@@ -160,7 +160,7 @@ def test_bundle_part_is_made_once_and_kept_in_the_bundle_entry(tmp_path: Path, m
     ctx = minted_ctx(tmp_path / "out")
     bundle = _fake_bundle(tmp_path / "bundles" / "k16" / "dx")
     ctx.add(ArtifactType.BUNDLE, bundle, key="f" * 64)
-    ctx.facts["bundle_python_distributions"] = _DISTS
+    ctx.python_distributions = _DISTS
     sbom.run(ctx)
     kept = bundle.with_name(sbom.PART_NAME)
     part = json.loads(kept.read_text())
@@ -179,7 +179,7 @@ def test_bundle_part_is_made_once_and_kept_in_the_bundle_entry(tmp_path: Path, m
     assert "model" in _components(doc)
 
     # Anything that went into it changes (here the distribution list): it is made anew.
-    ctx.facts["bundle_python_distributions"] = [dict(_DISTS[0], version="8.2.0")]
+    ctx.python_distributions = [dict(_DISTS[0], version="8.2.0")]
     ctx.artifacts = [a for a in ctx.artifacts if a.type != ArtifactType.SBOM]
     sbom.run(ctx)
     doc = json.loads(ctx.one(ArtifactType.SBOM).path.read_text())

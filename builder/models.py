@@ -28,6 +28,7 @@ from pathlib import Path
 from dxbuild.paths import cache_dir
 from dxmatrix.resources import recipes_dir
 from dxverify.errors import ConfigurationError, DXError, IntegrityError, MalformedInputError
+from dxverify.hashing import sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,14 +135,8 @@ def load_model_recipes(path: Path | None = None) -> dict[str, ModelRecipe]:
     return recipes
 
 
-def _sha256_file(path: Path) -> str:
-    from dxverify.hashing import sha256_file
-
-    return sha256_file(path)
-
-
 def _check(path: Path, expected: str, what: str) -> str:
-    got = _sha256_file(path)
+    got = sha256_file(path)
     if got != expected:
         raise IntegrityError(
             f"{what}: SHA-256 is {got}, expected {expected}",
@@ -309,7 +304,7 @@ def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRec
         if sha256 is None and not hash_local:
             return ResolvedModel(name, local.resolve(), None, local.stat().st_size,
                                  f"file:{local.resolve()}", pinned=False)
-        digest = _sha256_file(local)
+        digest = sha256_file(local)
         if sha256 and digest != sha256:
             raise IntegrityError(f"{spec}: SHA-256 is {digest}, expected {sha256}")
         return ResolvedModel(name, local.resolve(), digest, local.stat().st_size,

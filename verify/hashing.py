@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
+from dxverify.errors import ConfigurationError, MalformedInputError
 
 # Large enough that per-call overhead vanishes, small enough to stay in L2/L3 friendly territory.
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -110,12 +110,3 @@ def expected_sha256_for(path: str | os.PathLike[str]) -> str | None:
         if name.strip() == p.name:
             return normalize_sha256(digest, source=f"{sums}:{lineno}")
     return None
-
-
-def check_sha256(path: str | os.PathLike[str], expected: str, actual: str) -> None:
-    """Raise IntegrityError (exit 4) when the hashes differ."""
-    if expected.lower() != actual.lower():
-        raise IntegrityError(
-            f"{os.fspath(path)}: SHA-256 mismatch: expected {expected.lower()}, got {actual}",
-            hint="the file is corrupt or not the one you meant; download it again",
-        )

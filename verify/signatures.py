@@ -15,7 +15,6 @@ Both verifiers raise :class:`IntegrityError` naming the file that failed, and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError, UnsupportedError
+from dxverify.hashing import sha256_file
 
 ED25519_SIGNATURE_LEN = 64
 
@@ -48,18 +48,6 @@ def file_bytes(path: Path) -> Iterator[bytes | mmap.mmap]:
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             yield m
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, streamed (never the whole file in memory)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except OSError as e:
-        raise MalformedInputError(f"cannot read {path}: {e.strerror}") from e
-    return h.hexdigest()
 
 
 def load_public_key(path: Path):  # -> Ed25519PublicKey (import kept lazy for the runtime)

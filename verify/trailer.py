@@ -451,13 +451,6 @@ def check_expected(role: str, path: Path | str, sha_hex: str, expected: str | No
         )
 
 
-def _seal(model: Path | str, sha_hex: str, expected_sha256: str | None, metadata: dict[str, Any],
-          offset: int, length: int) -> bytes:
-    """Metadata JSON + trailer (version 1) for a model that hashed to ``sha_hex``."""
-    check_expected(PRIMARY_ROLE, model, sha_hex, expected_sha256)
-    return seal([Entry(PRIMARY_ROLE, offset, length, sha_hex)], metadata)
-
-
 def seal(entries: list[Entry], metadata: dict[str, Any], records: dict[str, dict[str, Any]] | None = None) -> bytes:
     """What follows the last GGUF: [entry table +] metadata JSON + trailer.
 

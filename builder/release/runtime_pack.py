@@ -42,7 +42,7 @@ from pathlib import Path
 from dxbuild.paths import cache_dir as default_cache_dir
 from dxbuild.run_cmd import run_cmd
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
-from dxverify.signatures import sha256_file
+from dxverify.hashing import sha256_file
 
 #: The wheels a pack is made of, and the libraries taken from each (the SONAME names).
 PACK_WHEELS = {13: {"nvidia-cuda-runtime": ("libcudart.so.13",),

@@ -48,7 +48,7 @@ from typing import Any
 from dxbuild.atomic import write_text_atomic
 from dxbuild.context import ArtifactType, BuildContext, Skip
 from dxverify.errors import MalformedInputError
-from dxverify.signatures import sha256_file
+from dxverify.hashing import sha256_file
 
 name = "sbom"
 SBOM_SUFFIX = ".cdx.json"

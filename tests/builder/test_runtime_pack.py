@@ -89,7 +89,7 @@ def test_facts_and_manifest_entry_are_schema_valid(tmp_path: Path, wheels: dict[
     members = runtime_pack.pack_members(13, wheels, {})
     dest = tmp_path / runtime_pack.pack_name(13, "x86_64")
     runtime_pack.write_tar_xz(dest, "cuda13-13.0.2.14-13.0.96", members)
-    from dxverify.signatures import sha256_file
+    from dxverify.hashing import sha256_file
 
     pack = runtime_pack.RuntimePack(dest, "13.0.2.14-13.0.96", dest.stat().st_size, sha256_file(dest), 9)
     facts_path = runtime_pack.write_pack_facts(pack, 13, "x86_64")

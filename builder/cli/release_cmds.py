@@ -1,6 +1,6 @@
 """`dxbuild` release commands: keygen, sign, verify-release, manifest, bench, size-report, repro, runtime-pack, install-script, render-ci.
 
-Kept apart from dxbuild.cli so that file stays a short list of groups; each
+Listed in `dxbuild.cli.COMMANDS` and imported only when one of them runs; each
 command imports its module lazily so `dxbuild --help` stays fast.
 """
 

@@ -6,7 +6,7 @@ this). The tests parse the output with ``prometheus_client``'s own parser.
 
 What is counted, and where:
 
-* the transport (``dx.transport``): every answered request by route and status
+* the transport (``dx.server.transport``): every answered request by route and status
   code, its duration, auth failures, requests in progress, requests refused at
   the door (503 before a worker takes them: too many requests or connections);
 * time to first token (``dx_time_to_first_token_seconds``): from the moment a
@@ -16,8 +16,8 @@ What is counted, and where:
   ``first_result`` before it sends any header), and dx sends its own head right
   after the engine's, so that instant is the first token, model loading and
   prompt processing included. Non-streamed answers are in the duration histogram;
-* the supervisor (``dx.supervisor``): engine starts, restarts after a death, unloads;
-* the verifier (``dx.model_check``): bytes hashed, and checks answered from the cache;
+* the supervisor (``dx.engine.manager``): engine starts, restarts after a death, unloads;
+* the verifier (``dx.models.check``): bytes hashed, and checks answered from the cache;
 * the Ollama routes: generated tokens and tokens/s of each answer, from the
   ``timings`` block the engine sends at the end (they parse it anyway). The
   OpenAI routes are relayed byte for byte and parsed for nothing; every API's
@@ -211,7 +211,7 @@ _known: frozenset[str] | None = None
 def _known_routes() -> frozenset[str]:
     global _known
     if _known is None:
-        from dx.routes import ROUTES
+        from dx.server.routes import ROUTES
 
         _known = frozenset(r.path for r in ROUTES if not r.path.endswith("*"))
     return _known

@@ -56,7 +56,7 @@ def run(ctx: BuildContext) -> None:
 
 def _verify(resolved, label: str):  # type: ignore[no-untyped-def]
     """(resolved with its digest when known, GGUF facts, whether the SHA-256 was checked against the cache)."""
-    from dx.model_check import read_facts
+    from dx.models.check import read_facts
     from dxverify import verified_cache
 
     facts = read_facts(resolved.path)

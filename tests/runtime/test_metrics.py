@@ -110,7 +110,7 @@ def test_route_labels_are_bounded() -> None:
 # ------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.store import Store
+    from dx.models.store import Store
 
     tmp = tmp_path_factory.mktemp("metrics")
     Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dx.server.ollama_wire import BadRequest
+from dx.errors import InvalidModelNameError
 from dxverify.errors import ConfigurationError
 
 DEFAULT_TAG = "latest"
@@ -22,9 +22,6 @@ _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 HF_PREFIX = "hf:"
 _SHOWN = 80  # characters of a rejected name quoted back in an error (it may be megabytes long)
 
-
-class InvalidModelNameError(ConfigurationError, BadRequest):
-    """Not a model name (``../../x``, ``/etc/passwd``, empty, overlong, a NUL...)."""
 
 
 def _shown(text: str) -> str:

@@ -150,7 +150,7 @@ class LocalEngine:
     engine: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from dx.engine.manager import Engine
+        from dx.engine.process import Engine
         from dx.engine.speculative import prepare
         from dx.models.embedded import resolve
 
@@ -220,7 +220,7 @@ class RemoteServer:
 
 
 def _key_from_home() -> str | None:
-    from dx.models.store import dx_home
+    from dx.config import dx_home
 
     try:
         return (dx_home() / "api_key").read_text().strip() or None

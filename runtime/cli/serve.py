@@ -82,8 +82,11 @@ def serve_cmd(
     import signal
     import threading
 
-    from dx.engine.manager import EngineManager, parse_keep_alive, verify_source
-    from dx.server.app import App, ModelResolver, ServerLimits, make_server
+    from dx.engine.keep_alive import parse_keep_alive
+    from dx.engine.manager import EngineManager
+    from dx.models.catalog import ModelResolver
+    from dx.models.source import verify_source
+    from dx.server.app import App, ServerLimits, make_server
     from dx.server.auth import api_key_path, check_bind_policy, load_or_create_api_key
     from dxverify.errors import ConfigurationError
 

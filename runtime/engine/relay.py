@@ -22,8 +22,10 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Protocol
 
+from dx.errors import EngineUnavailable, EngineUnreachable
+
 if TYPE_CHECKING:
-    from dx.engine.manager import Engine
+    from dx.engine.process import Engine
 
 ENGINE_TIMEOUT = 900.0  # a long prefill on a slow CPU still answers well inside this
 _HOP_BY_HOP = frozenset(
@@ -36,12 +38,6 @@ _HOP_BY_HOP = frozenset(
 _READ = 65536
 
 
-class EngineUnavailable(Exception):
-    """The engine went away (crashed, was killed) while serving this request."""
-
-
-class EngineUnreachable(EngineUnavailable):
-    """The engine refused the connection: the request never reached it (safe to retry)."""
 
 
 class ResponseWriter(Protocol):

@@ -31,7 +31,7 @@ import click
 from dxverify.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
 MODES = ("none", "draft", "ngram")
 #: DX's mode -> (the engine's --spec-type, its n-max flag, its n-min flag), from the pinned common/arg.cpp
@@ -137,7 +137,7 @@ def check(target: ModelSource, spec: Speculation) -> None:
     draft = spec.draft
     if draft is None:
         return
-    from dx.engine.manager import verify_source
+    from dx.models.source import verify_source
     from dxverify.spec_pair import check_pair
 
     verify_source(draft)
@@ -165,7 +165,8 @@ def prepare(
 def engine_args_for(target: ModelSource | None, spec: Speculation) -> Callable[[ModelSource, str], Sequence[str]]:
     """Per-engine arguments for the EngineManager: the draft goes to ``target``'s generation engine only,
     n-grams to every generation engine; the draft is verified again at every (re)start."""
-    from dx.engine.manager import GENERATE, verify_source
+    from dx.engine.process import GENERATE
+    from dx.models.source import verify_source
 
     def args(source: ModelSource, purpose: str) -> Sequence[str]:
         if purpose != GENERATE or spec.mode == "none":

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
 # Ollama option -> llama-server flag (values are numbers).
 _FLAGS = {

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from dxverify.errors import IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
     from dxverify.trailer import EmbeddedModel
 
 # Lets a developer or test point an uncompiled `python -m dx` at a minted file.
@@ -78,7 +78,7 @@ def find_embedded(path: Path | None = None) -> EmbeddedModel | None:
 
 def model_source(em: EmbeddedModel) -> ModelSource:
     """The supervisor's handle on the embedded model (path + offset + length + hash)."""
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
     return ModelSource(path=em.path, offset=em.offset, length=em.length,
                        name=model_name(em), sha256=em.sha256)
@@ -99,7 +99,7 @@ def draft_source(em: EmbeddedModel) -> ModelSource | None:
     entry = getattr(em, "draft", None)
     if entry is None:
         return None
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
     record = em.metadata.get("draft") or {}
     name = str(record.get("model") or "draft") if isinstance(record, dict) else "draft"
@@ -129,7 +129,7 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
     The verifier's own errors name the field and byte offset; a hash mismatch is
     re-raised naming the executable, so the user knows which file to replace.
     """
-    from dx.engine.manager import verify_source
+    from dx.models.source import verify_source
 
     try:
         verify_source(source)

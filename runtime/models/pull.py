@@ -222,7 +222,7 @@ def _import_from_hf_cache(
                 hf.repo_id, hf.filename, revision=hf.revision, local_files_only=True, cache_dir=_user_hf_cache()
             )
     except Exception:
-        from dx.models.store import ModelNotFoundError
+        from dx.errors import ModelNotFoundError
 
         raise ModelNotFoundError(
             f"{hf} is not in the store or the Hugging Face cache, and HF_HUB_OFFLINE is set",
@@ -289,7 +289,7 @@ def _status(e: BaseException) -> int | None:
 
 def _as_dx_error(e: BaseException, hf: HFFile) -> DXError:
     hub = _hub()
-    from dx.models.store import ModelNotFoundError
+    from dx.errors import ModelNotFoundError
 
     errors = hub.errors
     # "cannot find the requested files in the local cache" hides the real (network) cause.
@@ -429,7 +429,7 @@ def pull_missing(store: Store, spec: str, missing: DXError, progress: ProgressCa
     When the registry cannot help either, the error says both things (the name is not here, and why
     the registry did not give it).
     """
-    from dx.models.store import ModelNotFoundError
+    from dx.errors import ModelNotFoundError
     from dx.registry import ollama as reg
 
     try:
@@ -482,7 +482,7 @@ def _stderr_progress(rname: Any) -> ProgressCallback:
 
 def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None) -> ModelEntry:
     """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path."""
-    from dx.models.store import ModelNotFoundError
+    from dx.errors import ModelNotFoundError
     from dx.names import is_hf, looks_like_path
 
     if is_hf(spec):

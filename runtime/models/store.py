@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from dx.config import dx_home
+from dx.errors import ModelNotFoundError, ReadOnlyModelError
 from dx.models.check import ModelFacts, read_facts, verify_model
 from dx.names import ModelName, is_hf, looks_like_path, parse_hf, parse_name
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
 MANIFEST_SCHEMA = 1
 STALE_AFTER = 24 * 3600.0  # a partial file this old belongs to no running import
@@ -43,18 +45,6 @@ _HEX = frozenset("0123456789abcdef")
 ProgressCallback = Callable[[str, "int | None", "int | None"], None]
 
 
-class ModelNotFoundError(ConfigurationError):
-    """No model by that name (the server answers 404)."""
-
-
-class ReadOnlyModelError(ConfigurationError):
-    """The model belongs to Ollama; DX lists and serves it but never changes it."""
-
-
-def dx_home() -> Path:
-    """DX's own directory: ``$DX_HOME`` or ``~/.dx`` (models, API key, caches)."""
-    env = os.environ.get("DX_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".dx"
 
 
 @dataclass(frozen=True)
@@ -181,7 +171,7 @@ class Store:
         network; others are pulled first when ``pull`` is true. With ``verify``
         (the default) the structure is checked now and the full SHA-256 once.
         """
-        from dx.engine.manager import ModelSource
+        from dx.models.source import ModelSource
 
         spec = spec.strip()
         if is_hf(spec):

@@ -97,7 +97,7 @@ def _error(hf: HFFile, exc: BaseException) -> DXError:
     if isinstance(exc, urllib.error.HTTPError):
         code = exc.code
         if code == 404:
-            from dx.models.store import ModelNotFoundError
+            from dx.errors import ModelNotFoundError
 
             return ModelNotFoundError(f"{hf.filename} not found in {hf.repo_id} (revision {hf.revision}) at {where}",
                                       hint="check OWNER/REPO and the file name")

@@ -248,7 +248,7 @@ def _http_error(name: RegistryName, url: str, exc: urllib.error.HTTPError) -> Ex
             f"{where} asks for a token to pull {name}" + (f" ({challenge})" if challenge else "")
             + "; DX pulls anonymously", hint=f"set {TOKEN_ENV} to a bearer token for this registry")
     if exc.code == 404:
-        from dx.models.store import ModelNotFoundError
+        from dx.errors import ModelNotFoundError
 
         return ModelNotFoundError(f"{name.short} not found at {base_url(name)}",
                                   hint="check the name and tag (ollama.com/library lists them)")

@@ -11,7 +11,8 @@ live apart, as llama.cpp splits server-http.cpp from server.cpp:
 
 from __future__ import annotations
 
-from dx.engine.lease import EngineError, ModelNotFound, ModelResolver
+from dx.errors import EngineError, ModelNotFound
+from dx.models.catalog import ModelResolver
 from dx.server.transport import App, DXServer, HTTPError, Request, ServerLimits
 from dx.server.transport import make_server as _bind
 

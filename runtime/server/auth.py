@@ -24,7 +24,7 @@ _KEY_PREFIX = "dx-"
 
 
 def api_key_path() -> Path:
-    from dx.models.store import dx_home
+    from dx.config import dx_home
 
     return dx_home() / KEY_FILE
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__, metrics
-from dx.engine.lease import EngineError, ModelNotFound, engine_for, open_engine
-from dx.engine.manager import ModelSource
-from dx.server.ollama_wire import BadRequest
+from dx.engine.lease import engine_for, open_engine
+from dx.errors import BadRequest, EngineError, ModelNotFound
+from dx.models.source import ModelSource
 from dx.server.transport import HTTPError
 from dxverify.errors import DXError
 
@@ -114,7 +114,7 @@ def show(req: Request) -> None:
 
 def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
     """Ollama loads (or, with keep_alive 0, unloads) a model on an empty request."""
-    from dx.engine.manager import parse_keep_alive
+    from dx.engine.keep_alive import parse_keep_alive
     from dx.server.ollama_wire import now_iso
 
     keep_alive = doc.get("keep_alive")
@@ -178,7 +178,7 @@ def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
 def _complete(
     req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
 ) -> None:
-    from dx.engine.relay import EngineUnavailable
+    from dx.errors import EngineUnavailable
     from dx.server.ollama_wire import engine_error_message, now_iso
 
     started = time.monotonic()
@@ -249,7 +249,8 @@ def start_ndjson(req: Request) -> Callable[[dict[str, Any]], None]:
 
 
 def _stream(req: Request, name: str, resp: Any, started: float, load: float, key: str) -> None:
-    from dx.engine.relay import EngineUnavailable, iter_chunks
+    from dx.engine.relay import iter_chunks
+    from dx.errors import EngineUnavailable
     from dx.server.ollama_wire import done_fields, now_iso, sse_events, tool_calls_to_ollama
 
     emit = start_ndjson(req)
@@ -335,7 +336,8 @@ def embeddings(req: Request) -> None:
 
 
 def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) -> tuple[dict[str, Any], float]:
-    from dx.engine.relay import EngineUnavailable, engine_json
+    from dx.engine.relay import engine_json
+    from dx.errors import EngineUnavailable
     from dx.server.ollama_wire import engine_error_message
 
     with engine_for(req.app, name, keep_alive, purpose="embed") as (engine, load):

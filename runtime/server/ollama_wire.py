@@ -13,11 +13,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from dx.errors import BadRequest
+
 NS = 1_000_000_000
 
-
-class BadRequest(ValueError):
-    """The request does not match Ollama's API (answered 400 with {"error": ...})."""
 
 
 # ------------------------------------------------------------------ options

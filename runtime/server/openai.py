@@ -16,7 +16,8 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
-from dx.engine.lease import EngineError, ModelNotFound, engine_for, open_engine
+from dx.engine.lease import engine_for, open_engine
+from dx.errors import EngineError, ModelNotFound
 from dx.server.transport import HTTPError
 from dxverify.errors import DXError
 
@@ -136,7 +137,8 @@ def model(req: Request) -> None:
 
 
 def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
-    from dx.engine.relay import EngineUnavailable, engine_json
+    from dx.engine.relay import engine_json
+    from dx.errors import EngineUnavailable
 
     try:
         status, doc = engine_json(engine, "/v1/models", timeout=5.0)
@@ -164,7 +166,8 @@ def passthrough(req: Request) -> None:
     web UI's public assets are fetched without it, everything else the engine
     itself then refuses.
     """
-    from dx.engine.relay import EngineUnavailable, engine_request
+    from dx.engine.relay import engine_request
+    from dx.errors import EngineUnavailable
 
     method, path, with_key = req.command, req.path.split("?", 1)[0], req.authorized
     if req.app.resolver.default is None:
@@ -193,8 +196,8 @@ def passthrough(req: Request) -> None:
 
 def _relay_or_503(req: Request, conn: Any, resp: Any) -> None:
     """The engine's answer to the client; an engine gone before anything was sent is a 503 to retry."""
-    from dx.engine.relay import EngineUnavailable
     from dx.engine.relay import relay as relay_answer
+    from dx.errors import EngineUnavailable
 
     try:
         relay_answer(req, conn, resp)

@@ -20,7 +20,7 @@ import json
 import math
 from typing import Any
 
-from dx.server.ollama_wire import BadRequest
+from dx.errors import InvalidJSON
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 # A number out of range needs 19+ digits before its point (an integer past int64,
@@ -32,9 +32,6 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NUMBER_SHAPE = bytes.maketrans(b"123456789E[: \t\n\r", b"000000000e,,,,,,")
 _LONG_DIGITS, _LONG_EXPONENT = b"," + b"0" * 19, b"e000"
 
-
-class InvalidJSON(BadRequest):
-    """The body is not strict JSON (answered 400 by either API)."""
 
 
 def _reject_constant(name: str) -> Any:

@@ -59,9 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import __version__, metrics
-from dx.engine.lease import EngineError, ModelNotFound
-from dx.server.ollama_wire import BadRequest
-from dxverify.errors import ConfigurationError, DXError
+from dx.errors import http_answer
+from dxverify.errors import ConfigurationError
 
 MiB = 1 << 20
 
@@ -989,24 +988,20 @@ class Request:
                 handler(self)
         except HTTPError as exc:
             self.send_error_json(exc.status, exc.message, exc.kind)
-        except BadRequest as exc:
-            self.send_error_json(400, str(exc))
-        except ModelNotFound as exc:
-            self.send_error_json(404, str(exc), "not_found_error")
-        except EngineError as exc:
-            self.send_error_json(exc.status, exc.message, "server_error")
-        except DXError as exc:
-            status = 404 if type(exc).__name__ == "ModelNotFoundError" else 500
-            if type(exc).__name__ == "ReadOnlyModelError":
-                status = 403
-            self.send_error_json(status, str(exc), "server_error")
         except (ConnectionError, TimeoutError):
             self.close_connection = True
-        except Exception as exc:  # a bug in dx: still an answer in the API's shape
-            self.close_connection = True
-            print(f"dx: internal error on {method} {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            with contextlib.suppress(OSError):
-                self.send_error_json(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+        except Exception as exc:
+            answer = http_answer(exc)  # each failure carries its status and error type (dx.errors)
+            if answer is not None:
+                self.send_error_json(answer[0], str(exc), answer[1])
+            else:  # a bug in dx: still an answer in the API's shape
+                self.close_connection = True
+                print(f"dx: internal error on {method} {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    self.send_error_json(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+        self._log_access(method)
+
+    def _log_access(self, method: str) -> None:
         if self.app.access_log:
             host = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
             stamp = time.strftime("%d/%b/%Y %H:%M:%S")

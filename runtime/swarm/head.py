@@ -38,7 +38,7 @@ VALID_DAYS = 3650
 
 # --------------------------------------------------------------------------- the secret file
 def default_secret_path() -> Path:
-    from dx.models.store import dx_home
+    from dx.config import dx_home
 
     return dx_home() / "swarm" / "secret.pem"
 
@@ -246,8 +246,8 @@ class Worker:
 
     def __init__(self, listen: tuple[str, int], secret: Secret, *, cache: bool = True, threads: int | None = None,
                  status_path: Path | None = None) -> None:
+        from dx.engine.launcher import _free_loopback_port, _pdeathsig_preexec
         from dx.engine.locate import locate_rpc_server
-        from dx.engine.manager import _free_loopback_port, _pdeathsig_preexec
 
         self.listen = listen
         binary = locate_rpc_server()
@@ -262,7 +262,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
         env["LLAMA_CACHE"] = str(_cache_dir() / "rpc-cache")  # rpc-server keeps its tensors under .../rpc
         self.cache_dir = Path(env["LLAMA_CACHE"]) / "rpc"
-        from dx.engine.manager import default_log_dir
+        from dx.engine.launcher import default_log_dir
 
         log_dir = default_log_dir()
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +274,7 @@ class Worker:
         while not _listening(self.rpc_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                from dx.engine.manager import _tail
+                from dx.engine.launcher import _tail
 
                 raise ToolError(f"rpc-server did not start: {_tail(self.log_path)}", hint=f"see {self.log_path}")
             time.sleep(0.05)
@@ -320,7 +320,7 @@ class Worker:
             self.write_status()
             time.sleep(0.5)
         self.write_status()
-        from dx.engine.manager import _tail
+        from dx.engine.launcher import _tail
 
         raise ToolError(f"rpc-server exited with status {self.process.returncode}: {_tail(self.log_path)}",
                         hint=f"see {self.log_path}; start `dx worker` again")
@@ -394,7 +394,7 @@ class Head:
 
     def engine_args(self, purpose: str) -> list[str]:
         """Arguments for an engine (re)start: the workers that answer now. Embedding engines stay local."""
-        from dx.engine.manager import GENERATE
+        from dx.engine.process import GENERATE
 
         if purpose != GENERATE:
             return []

@@ -200,8 +200,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from dx.engine.manager import ModelSource
     from dx.engine.speculative import Speculation
+    from dx.models.source import ModelSource
     from dxbuild.engine import host_engine
     from dxbuild.models import resolve
 

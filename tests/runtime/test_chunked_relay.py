@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dx.engine.relay import ChunkedBody, EngineUnavailable, iter_chunks, relay
+from dx.engine.relay import ChunkedBody, iter_chunks, relay
+from dx.errors import EngineUnavailable
 
 
 def encode(parts: list[bytes], trailer: bytes = b"") -> bytes:

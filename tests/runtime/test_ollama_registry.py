@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from ollama_registry_server import FakeRegistry, media
 
-from dx.models.store import ModelNotFoundError, Store
+from dx.errors import ModelNotFoundError
+from dx.models.store import Store
 from dx.registry import ollama as reg
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError
@@ -355,7 +356,7 @@ def test_defaults_are_found_from_the_engine_source(store: Store, env: FakeRegist
     ollama = fake_ollama_store(tmp_path / "ollama", env, "library/smoltest", "135m")
     theirs = Store(tmp_path / "other", ollama_dir=ollama).get("smoltest:135m")
     assert theirs.read_only
-    from dx.engine.manager import ModelSource
+    from dx.models.source import ModelSource
 
     assert for_source(ModelSource(path=theirs.path, name=theirs.name)).params == PARAMS
 

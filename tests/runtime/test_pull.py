@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from hub_server import FakeHub
 
+from dx.errors import ModelNotFoundError
 from dx.models.pull import DownloadError
-from dx.models.store import ModelNotFoundError, Store
+from dx.models.store import Store
 from dxverify.errors import IntegrityError, MalformedInputError
 
 pytestmark = pytest.mark.integration  # the real huggingface_hub client against a loopback Hub

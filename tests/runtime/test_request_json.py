@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dx.server.ollama_wire import BadRequest
-from dx.server.request_json import InvalidJSON, parse_strict
+from dx.errors import BadRequest, InvalidJSON
+from dx.server.request_json import parse_strict
 
 REJECTED = {
     "lone high surrogate": (b'{"prompt": "\\ud800"}', "lone UTF-16 surrogate"),

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.locate import locate_engine
-from dx.engine.manager import ModelSource, parse_keep_alive
+from dx.models.source import ModelSource
 from dx.server.auth import bearer_matches, check_bind_policy, is_loopback, load_or_create_api_key
 from dx.server.ollama_wire import (
     BadRequest,

@@ -21,8 +21,8 @@ import openai
 import pytest
 from serve_harness import DXServer, dx_env, engine_binary, start_dx
 
-from dx.engine.manager import ModelSource
 from dx.engine.speculative import Speculation, plan
+from dx.models.source import ModelSource
 from dxverify.errors import ConfigurationError
 
 GREEDY = {"temperature": 0, "seed": 1, "max_tokens": 48}
@@ -68,7 +68,7 @@ def test_defaults_and_contradictions() -> None:
 
 def test_a_draft_goes_to_its_target_only(smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The EngineManager asks per model and purpose: the draft pairs with one model, n-grams suit every one."""
-    from dx.engine.manager import EMBED, GENERATE
+    from dx.engine.process import EMBED, GENERATE
     from dx.engine.speculative import engine_args_for
 
     monkeypatch.setenv("DX_HOME", str(tmp_path))

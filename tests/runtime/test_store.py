@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dx.models.store import ModelNotFoundError, ReadOnlyModelError, Store
+from dx.errors import ModelNotFoundError, ReadOnlyModelError
+from dx.models.store import Store
 from dx.names import parse_hf, parse_name
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
@@ -140,8 +141,7 @@ def test_names_are_validated() -> None:
                          ids=repr)
 def test_an_invalid_name_is_the_senders_error_everywhere(store: Store, smollm2_gguf: Path, bad: str) -> None:
     """Exit 2 on the CLI (ConfigurationError), 400 from the server (BadRequest): never an internal error."""
-    from dx.names import InvalidModelNameError
-    from dx.server.ollama_wire import BadRequest
+    from dx.errors import BadRequest, InvalidModelNameError
 
     store.import_file(smollm2_gguf, "smollm2")
     for call in (lambda: store.delete(bad), lambda: store.copy(bad, "ok:1"), lambda: store.copy("smollm2", bad),

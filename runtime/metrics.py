@@ -205,15 +205,16 @@ def route_label(path: str) -> str:
     return "engine"  # passed to the default model's engine (web UI, /props, ...)
 
 
-_known: frozenset[str] | None = None
+_known: frozenset[str] = frozenset()
+
+
+def set_known_routes(paths: Iterable[str]) -> None:
+    """The route table's own paths, each its own label (``dx.server.routes`` registers them as it loads)."""
+    global _known
+    _known = frozenset(p for p in paths if not p.endswith("*"))
 
 
 def _known_routes() -> frozenset[str]:
-    global _known
-    if _known is None:
-        from dx.server.routes import ROUTES
-
-        _known = frozenset(r.path for r in ROUTES if not r.path.endswith("*"))
     return _known
 
 
@@ -260,7 +261,10 @@ def model_verified(nbytes: int | None) -> None:
 
 # ---------------------------------------------------------------- the engines' own metrics
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*")
+# a label value may hold any character, "}" included, once escaped as the format says (\\, \", \n)
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created", "_gsum", "_gcount", "_info")
 
 
@@ -316,6 +320,16 @@ def parse_exposition(text: str) -> dict[str, Family]:
             (name[: -len(s)] for s in _SUFFIXES if name.endswith(s) and name[: -len(s)] in families), name)
         family(owner).samples.append((name, labels, value))
     return families
+
+
+def parse_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The same parse as :func:`parse_exposition`, as {sample name: [(labels, value)]} (what ``dx top`` reads)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in parse_exposition(text).values():
+        for name, labels, value in fam.samples:
+            parsed = {k: re.sub(r"\\[\\\"n]", lambda e: _UNESCAPE[e.group(0)], v) for k, v in _LABEL.findall(labels)}
+            out.setdefault(name, []).append((parsed, float(value)))
+    return out
 
 
 def merge_engines(per_model: Iterable[tuple[str, dict[str, Family]]]) -> list[str]:

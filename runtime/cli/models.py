@@ -18,7 +18,7 @@ from dx.engine import speculative
 
 
 def _store():  # type: ignore[no-untyped-def]
-    from dx.models.store import Store
+    from dx.models.catalog import Store
 
     return Store()
 
@@ -112,7 +112,7 @@ def _embedded_listing() -> list[tuple[Any, int, int | None]]:
     from dx.models.check import ModelFacts
     from dx.models.details import details_or_empty
     from dx.models.embedded import find_embedded, model_name
-    from dx.models.store import ModelEntry
+    from dx.models.entry import ModelEntry
 
     em = find_embedded()
     if em is None:
@@ -138,7 +138,8 @@ def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
 
     from dx.models.check import read_facts
     from dx.models.details import details_for
-    from dx.models.store import ModelDetails, ModelEntry
+    from dx.models.entry import ModelEntry
+    from dx.models.store import ModelDetails
     from dx.names import looks_like_path
 
     embedded = _embedded_listing() if not model or not looks_like_path(model) else []

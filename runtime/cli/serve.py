@@ -97,7 +97,7 @@ def serve_cmd(
         raise ConfigurationError(f"--keep-alive: {exc}") from None
 
     if model:
-        from dx.models.store import Store
+        from dx.models.catalog import Store
 
         source = Store().resolve(model)  # pulls hf: files; verifies structure + SHA-256 (cached)
     else:

@@ -22,38 +22,16 @@ from __future__ import annotations
 
 import collections
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dx.metrics import parse_samples as parse_metrics  # the one Prometheus text parser
+
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
 
 WINDOW = 60.0  # seconds of history for the sparkline, the TTFT quantiles and the per-minute counts
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
-_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
-def parse_metrics(text: str) -> Metrics:
-    """Text exposition -> {sample name: [(labels, value)]}; comments and lines that do not parse are skipped."""
-    out: Metrics = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.fullmatch(line)
-        if m is None:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        labels = {k: re.sub(r"\\[\\\"n]", lambda e: _UNESCAPE[e.group(0)], v)
-                  for k, v in _LABEL.findall(m.group(2) or "")}
-        out.setdefault(m.group(1), []).append((labels, value))
-    return out
 
 
 def total(metrics: Metrics, name: str, **match: str) -> float:

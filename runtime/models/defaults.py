@@ -117,7 +117,7 @@ def _embedded(path: Path) -> ModelDefaults:
 
 
 def _dx_store(blob: Path, name: str) -> ModelDefaults | None:
-    from dx.models.store import Store
+    from dx.models.catalog import Store
 
     store = Store(blob.parent.parent.parent, ollama_dir=False)
     entry = store.get(name)

@@ -219,7 +219,7 @@ def resolve(spec: str | None, *, pull: bool = True, verify: bool = True) -> Mode
     if not spec:
         raise ConfigurationError("no MODEL given, and this dx carries no model of its own",
                                  hint="name one: a store name (`dx list`), a GGUF path or hf:OWNER/REPO/FILE.gguf")
-    from dx.models.store import Store
+    from dx.models.catalog import Store
 
     return Store().resolve(spec, pull=pull, verify=verify)
 
@@ -247,7 +247,7 @@ def _names_a_model(text: str) -> bool:
     from dxverify.errors import DXError
 
     try:
-        from dx.models.store import Store
+        from dx.models.catalog import Store
 
         Store().get(text)
         return True

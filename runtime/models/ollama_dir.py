@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dx.models.check import ModelFacts
-from dx.models.store import ModelEntry
+from dx.models.entry import ModelEntry
 
 if TYPE_CHECKING:
     from dx.registry.ollama import Layer, Manifest, RegistryName

@@ -28,7 +28,9 @@ from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, DXError, IntegrityError
 
 if TYPE_CHECKING:
-    from dx.models.store import ModelEntry, ProgressCallback, Store
+    from dx.models.entry import ModelEntry
+    from dx.models.store import ModelStore as Store
+    from dx.models.store import ProgressCallback
 
 _SHA256 = re.compile(r"\b([0-9a-fA-F]{64})\b")
 _TRUE = {"1", "true", "yes", "on"}

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -31,11 +31,13 @@ from urllib.parse import quote, unquote
 from dx.config import dx_home
 from dx.errors import ModelNotFoundError, ReadOnlyModelError
 from dx.models.check import ModelFacts, read_facts, verify_model
-from dx.names import ModelName, is_hf, looks_like_path, parse_hf, parse_name
+from dx.models.entry import ModelEntry
+from dx.models.ollama_dir import default_ollama_dir, discover
+from dx.names import ModelName, parse_name
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
-    from dx.models.source import ModelSource
+    pass
 
 MANIFEST_SCHEMA = 1
 STALE_AFTER = 24 * 3600.0  # a partial file this old belongs to no running import
@@ -45,40 +47,6 @@ _HEX = frozenset("0123456789abcdef")
 ProgressCallback = Callable[[str, "int | None", "int | None"], None]
 
 
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model the store can serve."""
-
-    name: str                    # "name:tag"
-    sha256: str
-    size: int
-    modified: float              # seconds since the epoch
-    path: Path                   # the blob (or Ollama's blob)
-    source: str                  # "hf:…", "file:…", "ollama", "copy:…"
-    read_only: bool = False      # True for Ollama's models
-    facts: ModelFacts = field(default_factory=ModelFacts)
-    registry: dict[str, Any] | None = None  # pulled from Ollama's registry: manifest digest, layers, params…
-
-    @property
-    def digest(self) -> str:
-        return f"sha256:{self.sha256}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "sha256": self.sha256,
-            "size": self.size,
-            "modified": self.modified,
-            "path": str(self.path),
-            "source": self.source,
-            "read_only": self.read_only,
-            "family": self.facts.family,
-            "quant": self.facts.quant,
-            "parameter_size": self.facts.parameter_size,
-            "context_length": self.facts.context_length,
-        }
 
 
 @dataclass(frozen=True)
@@ -98,7 +66,7 @@ class ModelDetails:
         return str(t) if t is not None else None
 
 
-class Store:
+class ModelStore:
     """The store rooted at ``root`` (DX_HOME); Ollama's models from ``ollama_dir`` read-only.
 
     ``ollama_dir=None`` means the default (``$OLLAMA_MODELS`` or ``~/.ollama/models``);
@@ -113,8 +81,6 @@ class Store:
         self.tmp = self.models / "tmp"
         self.downloads = self.models / "downloads"
         if ollama_dir is None or ollama_dir is True:
-            from dx.models.ollama_dir import default_ollama_dir
-
             self.ollama_dir: Path | None = default_ollama_dir()
         elif ollama_dir is False:
             self.ollama_dir = None
@@ -156,56 +122,6 @@ class Store:
         return None
 
     # ---- resolving what the user typed ---------------------------------------
-
-    def resolve(
-        self,
-        spec: str,
-        *,
-        pull: bool = True,
-        verify: bool = True,
-        progress: ProgressCallback | None = None,
-    ) -> ModelSource:
-        """Turn a store name, a GGUF path or ``hf:OWNER/REPO/FILE.gguf`` into a verified ModelSource.
-
-        ``hf:`` files already pulled are served from the store without the
-        network; others are pulled first when ``pull`` is true. With ``verify``
-        (the default) the structure is checked now and the full SHA-256 once.
-        """
-        from dx.models.source import ModelSource
-
-        spec = spec.strip()
-        if is_hf(spec):
-            hf = parse_hf(spec)
-            entry = self.find_by_source(str(hf))
-            if entry is None:
-                if not pull:
-                    raise ModelNotFoundError(f"{spec} has not been pulled", hint=f"run `dx pull {spec}`")
-                entry = self.pull(spec, progress=progress)
-            return self._source_for(entry, verify, ModelSource)
-        if looks_like_path(spec) or (os.sep in spec and Path(spec).exists()):
-            path = Path(spec).expanduser()
-            if not path.is_file():
-                raise ModelNotFoundError(f"no GGUF file at {path}", hint="check the path")
-            path = path.resolve()
-            # A blob named sha256-<hex>, or a SHA256SUMS beside the file, says what the bytes must hash to.
-            from dxverify.hashing import expected_sha256_for
-
-            sha = self.verify_path(path, expected_sha256=expected_sha256_for(path)) if verify else ""
-            return ModelSource(path=path, name=path.name, sha256=sha or None)
-        try:
-            entry = self.get(spec)
-        except ModelNotFoundError as missing:
-            if not pull:
-                raise
-            from dx.models.pull import pull_missing
-
-            entry = pull_missing(self, spec, missing, progress)  # Ollama's registry, as `ollama run` does
-        return self._source_for(entry, verify, ModelSource)
-
-    def _source_for(self, entry: ModelEntry, verify: bool, source_cls: Any) -> ModelSource:
-        if verify:
-            self.verify_path(entry.path, expected_sha256=entry.sha256)
-        return source_cls(path=entry.path, name=entry.name, sha256=entry.sha256)
 
     def verify_path(self, path: Path, *, expected_sha256: str | None = None) -> str:
         """Structure now, SHA-256 once (cached under DX_HOME); returns the SHA-256."""
@@ -278,41 +194,6 @@ class Store:
             return entry
         finally:
             tmp.unlink(missing_ok=True)
-
-    def pull(
-        self,
-        spec: str,
-        *,
-        name: str | None = None,
-        sha256: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> ModelEntry:
-        """Fetch ``hf:OWNER/REPO/FILE.gguf`` (huggingface_hub) or import a local GGUF path."""
-        if is_hf(spec):
-            from dx.models.pull import pull_hf
-
-            return pull_hf(self, parse_hf(spec), name=name, sha256=sha256, progress=progress)
-        if looks_like_path(spec) or Path(spec).is_file():
-            path = Path(spec).expanduser()
-            if name is None:
-                stem = path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
-                name = stem.lower()
-            entry = self.import_file(path, name, sha256=sha256)
-            if progress:
-                progress("success", entry.size, entry.size)
-            return entry
-        # An existing store name: nothing to fetch, unless it came from (or is) an Ollama registry model.
-        try:
-            entry = self.get(spec)
-        except ModelNotFoundError:
-            entry = None
-        if entry is None or entry.read_only or entry.source.startswith("registry:"):
-            from dx.models.pull import pull_registry
-
-            return pull_registry(self, spec, name=name, progress=progress)
-        if progress:
-            progress("success", entry.size, entry.size)
-        return entry
 
     def name_blob(self, name: str, sha256: str, source: str, registry: dict[str, Any] | None = None) -> ModelEntry:
         """Give a blob already in the store (verified when it entered) a name from another source."""
@@ -459,8 +340,6 @@ class Store:
     def _ollama_entries(self) -> list[ModelEntry]:
         if self.ollama_dir is None:
             return []
-        from dx.models.ollama_dir import discover
-
         return discover(self.ollama_dir)
 
     def _remember_verified(self, blob: Path, digest: str) -> None:
@@ -489,8 +368,3 @@ def _copy_hashing(src: Path, out_fd: int) -> str:
         fout.flush()
         os.fsync(fout.fileno())
     return h.hexdigest()
-
-
-def default_store() -> Store:
-    return Store()
-

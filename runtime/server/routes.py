@@ -85,3 +85,5 @@ def resolve(method: str, path: str) -> tuple[Handler, bool]:
     if path.startswith("/api/"):
         return _no_route, False
     return openai.passthrough, method in ("GET", "HEAD") and not path.startswith("/v1/")
+
+metrics.set_known_routes(r.path for r in ROUTES)  # each of the table's paths is its own metrics label

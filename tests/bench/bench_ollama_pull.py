@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=512, help="size of the random blob")
     args = ap.parse_args()
 
-    from dx.models.store import Store
+    from dx.models.catalog import Store
     from dx.registry import ollama as reg
     from dxbuild.models import resolve
 

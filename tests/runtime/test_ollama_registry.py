@@ -22,7 +22,7 @@ import pytest
 from ollama_registry_server import FakeRegistry, media
 
 from dx.errors import ModelNotFoundError
-from dx.models.store import Store
+from dx.models.catalog import Store
 from dx.registry import ollama as reg
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError
@@ -240,7 +240,7 @@ def test_a_stalled_part_is_dropped_and_asked_again(env: FakeRegistry, tmp_path: 
 
 _PULL_CHILD = """
 import sys
-from dx.models.store import Store
+from dx.models.catalog import Store
 Store(sys.argv[1], ollama_dir=False).pull("smoltest:135m")
 """
 

@@ -13,7 +13,7 @@ import pytest
 from ollama_registry_server import FakeRegistry
 from serve_harness import DXServer, engine_binary, start_dx
 
-from dx.models.store import Store
+from dx.models.catalog import Store
 
 pytestmark = pytest.mark.integration
 

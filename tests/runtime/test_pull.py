@@ -14,8 +14,8 @@ import pytest
 from hub_server import FakeHub
 
 from dx.errors import ModelNotFoundError
+from dx.models.catalog import Store
 from dx.models.pull import DownloadError
-from dx.models.store import Store
 from dxverify.errors import IntegrityError, MalformedInputError
 
 pytestmark = pytest.mark.integration  # the real huggingface_hub client against a loopback Hub

@@ -136,7 +136,7 @@ def chat(server: DXServer, prompt: str, **extra: object) -> dict:
 def servers(request: pytest.FixtureRequest, smollm2_gguf: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, DXServer]]:
     """Three `dx serve` of the same SmolLM2: no speculation, SmolLM2 as its own draft, and n-grams."""
-    from dx.models.store import Store
+    from dx.models.catalog import Store
 
     engine = engine_binary(request)
     started: dict[str, DXServer] = {}

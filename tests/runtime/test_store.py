@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dx.errors import ModelNotFoundError, ReadOnlyModelError
-from dx.models.store import Store
+from dx.models.catalog import Store
 from dx.names import parse_hf, parse_name
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 

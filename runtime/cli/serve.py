@@ -1,12 +1,11 @@
 """`dx serve [MODEL]`: the Ollama/OpenAI-compatible server.
 
-Kept out of ``dx.cli`` so that ``dx --help`` and the other commands never
-import the server; inside this module heavy parts load when the command runs.
+Only the flags: they become one ``dx.server.app.ServeOptions`` and
+``dx.server.app.serve`` (the composition root) does the rest. The server is
+imported when the command runs, so ``dx --help`` and the other commands never load it.
 """
 
 from __future__ import annotations
-
-import sys
 
 import click
 
@@ -14,14 +13,6 @@ from dx.engine import speculative
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
-
-
-def embedded_model_source():  # type: ignore[no-untyped-def]
-    """The model appended to this very executable (a minted ``dx``), if any (see dx.models.embedded)."""
-    from dx.models.embedded import find_embedded, model_source
-
-    found = find_embedded()
-    return model_source(found) if found is not None else None
 
 
 def _split_list(values: tuple[str, ...]) -> list[str]:
@@ -79,89 +70,14 @@ def serve_cmd(
     serves the models in its store. The API key lives in $DX_HOME/api_key
     (~/.dx/api_key), created at first start with mode 0600.
     """
-    import signal
-    import threading
+    from dx.server.app import ServeOptions, serve
+    from dx.server.context import ServerLimits
 
-    from dx.engine.keep_alive import parse_keep_alive
-    from dx.engine.manager import EngineManager
-    from dx.models.catalog import ModelResolver
-    from dx.models.source import verify_source
-    from dx.server.app import App, ServerLimits, make_server
-    from dx.server.auth import api_key_path, check_bind_policy, load_or_create_api_key
-    from dxverify.errors import ConfigurationError
-
-    check_bind_policy(host, auth_enabled=not no_auth)
-    try:
-        default_keep = parse_keep_alive(keep_alive)
-    except ValueError as exc:
-        raise ConfigurationError(f"--keep-alive: {exc}") from None
-
-    if model:
-        from dx.models.catalog import Store
-
-        source = Store().resolve(model)  # pulls hf: files; verifies structure + SHA-256 (cached)
-    else:
-        source = embedded_model_source()
-    if source is not None:
-        if model:
-            verify_source(source)  # refused here, with the verifier's reason, before anything listens
-        else:
-            from dx.models.embedded import verify_embedded_source
-
-            verify_embedded_source(source)  # the same check, naming the executable on a mismatch
-    # the draft verified and paired with the model now: an incompatible pair stops here, before any engine
-    speculation = speculative.prepare(source, spec, draft, draft_max, draft_min)
-
-    head = None
-    if workers or tensor_split:  # dx.swarm.head (and ssl, libssl) only for a swarm head: dx serve stays small
-        from dx.swarm.head import head_from_options
-
-        head = head_from_options(_split_list(workers), tensor_split, swarm_secret)  # checks every worker, or stops
-    api_key = None if no_auth else load_or_create_api_key()
-    resolver = ModelResolver(source)
-    manager = EngineManager(resolver, parallel=parallel, ctx=ctx, default_keep_alive=default_keep,
-                            extra_args=head.engine_args if head is not None else (),
-                            model_args=speculative.engine_args_for(source, speculation))
-    limits = ServerLimits(max_body=max_body << 20, max_connections=max_connections, max_requests=max_requests,
-                          header_timeout=request_timeout)
-    app = App(manager, resolver, api_key, limits, access_log=access_log,
-              allowed_hosts=_split_list(allowed_hosts), allow_origins=_split_list(allow_origins))
-    server = make_server(host, port, app)
-    bound_host, bound_port = server.server_address[:2]
-    shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-    what = source.display_name if source is not None else "the models in the store"
-    click.echo(f"dx: serving {what} on http://{shown_host}:{bound_port}")
-    if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
-        browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
-        click.echo(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
-    if speculation.mode != "none":
-        click.echo(f"dx: {speculation.describe()}")
-    if head is not None:
-        click.echo(f"dx: split across workers {', '.join(_split_list(workers))} (mutual TLS, {head.secret.path})")
-    if api_key:
-        click.echo(f"dx: API key {api_key} (in {api_key_path()}; send `Authorization: Bearer <key>`)")
-    else:
-        click.echo("dx: no API key required (--no-auth, loopback only)")
-    sys.stdout.flush()
-
-    def _stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _stop)
-    if source is not None and not no_preload:
-        def preload() -> None:
-            try:
-                manager.get(source.display_name)
-            except Exception as exc:  # the first request will report it in the API's shape
-                print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
-
-        threading.Thread(target=preload, name="dx-preload", daemon=True).start()
-    try:
-        server.serve_forever(poll_interval=3600)  # SIGTERM/SIGINT interrupt it; no idle wake-ups
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        manager.close()
-        if head is not None:
-            head.close()
+    serve(ServeOptions(
+        model=model, host=host, port=port, auth=not no_auth, keep_alive=keep_alive, ctx=ctx, parallel=parallel,
+        limits=ServerLimits(max_body=max_body << 20, max_connections=max_connections, max_requests=max_requests,
+                            header_timeout=request_timeout),
+        allowed_hosts=_split_list(allowed_hosts), allow_origins=_split_list(allow_origins),
+        preload=not no_preload, access_log=access_log, workers=_split_list(workers), tensor_split=tensor_split,
+        swarm_secret=swarm_secret, draft=draft, spec=spec, draft_max=draft_max, draft_min=draft_min,
+    ))

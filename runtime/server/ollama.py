@@ -18,12 +18,12 @@ from dx import __version__, metrics
 from dx.engine.lease import engine_for, open_engine
 from dx.errors import BadRequest, EngineError, ModelNotFound
 from dx.models.source import ModelSource
-from dx.server.transport import HTTPError
+from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
     from dx.models.details import ModelDetails
-    from dx.server.transport import Handler as Request
+    from dx.server.request import Handler as Request
 
 
 def _read_json(req: Request) -> dict[str, Any]:

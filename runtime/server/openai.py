@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from dx import __version__
 from dx.engine.lease import engine_for, open_engine
 from dx.errors import EngineError, ModelNotFound
-from dx.server.transport import HTTPError
+from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
-    from dx.server.transport import Handler as Request
+    from dx.server.request import Handler as Request
 
 # Request headers passed on to the engine's own routes: content negotiation and caching of the web
 # UI's assets (llama-server keeps them gzip-compressed and answers 415 to a client that cannot take that).

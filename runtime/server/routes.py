@@ -14,7 +14,7 @@ from typing import Any
 
 from dx import metrics
 from dx.server import ollama, openai
-from dx.server.transport import HTTPError
+from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
 

@@ -209,7 +209,7 @@ def test_route_table_says_who_answers_and_what_is_public() -> None:
 
 
 def test_request_heads_are_parsed_strictly() -> None:
-    from dx.server.transport import WireError, parse_head
+    from dx.server.wire import WireError, parse_head
 
     head = parse_head(b"POST /api/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A:  v \r\nx-a: w")
     assert (head.method, head.target, head.body_length, head.keep_alive) == ("POST", "/api/chat?x=1", 12, True)
@@ -234,7 +234,7 @@ def test_request_heads_are_parsed_strictly() -> None:
 def test_host_policy_by_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from dx.server.transport import HostPolicy
+    from dx.server.site import HostPolicy
 
     monkeypatch.setattr(socket, "gethostname", lambda: "Box.lan")
     local = HostPolicy("127.0.0.1")
@@ -253,7 +253,7 @@ def test_host_policy_by_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_origin_policy_and_same_origin() -> None:
-    from dx.server.transport import OriginPolicy, same_origin
+    from dx.server.site import OriginPolicy, same_origin
 
     policy = OriginPolicy(["http://localhost:3000", "HTTPS://App.Example:443/"])
     assert policy.listed("http://localhost:3000") and policy.listed("https://app.example")

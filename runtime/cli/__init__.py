@@ -1,12 +1,20 @@
-"""The `dx` command line. Subcommands import their heavy parts lazily."""
+"""The `dx` command line: one lazy command table.
+
+``COMMANDS`` names each subcommand's module and attribute (pip's ``commands_dict``,
+click's ``LazyGroup``); a command's module is imported only when that command runs
+(or when ``--help`` lists it: each module imports only click at load), and each
+command loads its heavy parts (the server, curses, the swarm's TLS) when it runs.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from dx import __version__
 from dxverify.cli_errors import run_cli
-from dxverify.verify_cli import SELF_PATH_META
+from dxverify.verify_cli import SELF_PATH_META  # imports only click at load
 
 
 def _self_path_with_model():  # type: ignore[no-untyped-def]
@@ -15,7 +23,47 @@ def _self_path_with_model():  # type: ignore[no-untyped-def]
     return self_path_with_model()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+# name -> "module:attribute" of the click command
+COMMANDS: dict[str, str] = {
+    "serve": "dx.cli.serve:serve_cmd",
+    "run": "dx.cli.models:run_cmd",
+    "list": "dx.cli.models:list_cmd",
+    "show": "dx.cli.models:show_cmd",
+    "pull": "dx.cli.models:pull_cmd",
+    "rm": "dx.cli.models:rm_cmd",
+    "cp": "dx.cli.models:cp_cmd",
+    "ps": "dx.cli.models:ps_cmd",
+    "doctor": "dx.cli.models:doctor_cmd",
+    "swarm": "dx.cli.swarm:swarm_group",
+    "worker": "dx.cli.swarm:worker_cmd",
+    "top": "dx.cli.top:top_cmd",
+    "verify": "dxverify.verify_cli:verify_cmd",
+    "inspect": "dxverify.verify_cli:inspect_cmd",
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module that holds ``name``'s command, now."""
+    module, attr = COMMANDS[name].split(":")
+    cmd = getattr(importlib.import_module(module), attr)
+    if not isinstance(cmd, click.Command):
+        raise TypeError(f"{COMMANDS[name]} is not a click command")
+    return cmd
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands come from ``COMMANDS``, imported when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.add_command(load_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="dx")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -31,56 +79,13 @@ def cli(ctx: click.Context) -> None:
     if find_embedded() is None:
         click.echo(ctx.get_help())
         return
-    from dx.cli.serve import serve_cmd
-
-    ctx.invoke(serve_cmd)
+    ctx.invoke(load_command("serve"))
 
 
 @cli.command()
 def version() -> None:
     """Print the dx version."""
     click.echo(f"dx {__version__}")
-
-
-# dxverify.verify_cli imports only click at module level; the checks load when a command runs.
-from dxverify.verify_cli import inspect_cmd, verify_cmd  # noqa: E402
-
-cli.add_command(verify_cmd, "verify")
-cli.add_command(inspect_cmd, "inspect")
-
-# dx.cli.serve imports only click at module level; the server loads when `dx serve` runs.
-from dx.cli.serve import serve_cmd  # noqa: E402
-
-cli.add_command(serve_cmd, "serve")
-
-# dx.cli.models imports only click at module level: run, list, show, pull, rm, cp, ps, doctor.
-from dx.cli.models import COMMANDS as _MODEL_COMMANDS  # noqa: E402
-
-for _cmd in _MODEL_COMMANDS:
-    cli.add_command(_cmd)
-
-# dx.cli.swarm imports only click at module level: swarm init, worker.
-from dx.cli.swarm import COMMANDS as _SWARM_COMMANDS  # noqa: E402
-
-for _cmd in _SWARM_COMMANDS:
-    cli.add_command(_cmd)
-
-
-@cli.command("top")
-@click.option("--host", envvar="DX_HOST", default=None,
-              help="The dx server (host[:port] or URL; DX_HOST; default 127.0.0.1:11434).")
-@click.option("--once", is_flag=True, help="Print one snapshot (two scrapes a second apart) and exit.")
-@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
-              help="Seconds between scrapes.")
-def top_cmd(host: str | None, once: bool, interval: float) -> None:
-    """A live dashboard of a running dx server: models, slots, KV cache, tokens/s, TTFT, errors.
-
-    Reads the server's /metrics with the same host and key as `dx ps` (DX_API_KEY, else ~/.dx/api_key).
-    On a terminal it redraws every second (q quits); piped, it prints one line per second.
-    """
-    from dx.cli.top import main as top_main  # dx.cli.top (and curses) load only when `dx top` runs
-
-    top_main(host, once, interval)
 
 
 def main() -> None:

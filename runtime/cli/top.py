@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import click
+
 from dx.metrics import parse_samples as parse_metrics  # the one Prometheus text parser
 
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
@@ -448,3 +450,18 @@ def main(host: str | None, once: bool = False, interval: float = 1.0) -> None:
 
     base = normalize_host(host or "127.0.0.1")
     run(base, os.environ.get("DX_API_KEY") or _key_from_home(), once=once, interval=interval)
+
+
+@click.command("top")
+@click.option("--host", envvar="DX_HOST", default=None,
+              help="The dx server (host[:port] or URL; DX_HOST; default 127.0.0.1:11434).")
+@click.option("--once", is_flag=True, help="Print one snapshot (two scrapes a second apart) and exit.")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
+              help="Seconds between scrapes.")
+def top_cmd(host: str | None, once: bool, interval: float) -> None:
+    """A live dashboard of a running dx server: models, slots, KV cache, tokens/s, TTFT, errors.
+
+    Reads the server's /metrics with the same host and key as `dx ps` (DX_API_KEY, else ~/.dx/api_key).
+    On a terminal it redraws every second (q quits); piped, it prints one line per second.
+    """
+    main(host, once, interval)  # curses loads only here, on a terminal

@@ -139,14 +139,14 @@ def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
     from dx.models.check import read_facts
     from dx.models.details import details_for
     from dx.models.entry import ModelEntry
-    from dx.models.store import ModelDetails
+    from dx.models.store import ShownModel
     from dx.names import looks_like_path
 
     embedded = _embedded_listing() if not model or not looks_like_path(model) else []
     if embedded and (not model or _names_embedded(model)):
         e, offset, length = embedded[0]
         facts = read_facts(e.path, offset, length)  # the structure check, as for any model shown
-        d = ModelDetails(e, facts)
+        d = ShownModel(e, facts)
     elif model and looks_like_path(model):
         # A file on disk: verified like any model the engine may load, then shown like a store entry.
         src = _store().resolve(model, pull=False)
@@ -154,7 +154,7 @@ def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
         facts = read_facts(path)
         entry = ModelEntry(name=path.name, sha256=src.sha256 or "", size=path.stat().st_size,
                            modified=path.stat().st_mtime, path=path, source=f"file:{path}", facts=facts)
-        d, offset, length = ModelDetails(entry, facts), 0, None
+        d, offset, length = ShownModel(entry, facts), 0, None
     elif model:
         d, offset, length = _store().show(model), 0, None
     else:
@@ -284,8 +284,9 @@ def doctor_cmd(model: str | None, as_json: bool) -> None:
 
     In an executable with a model inside, that model is the one planned for when MODEL is left out.
     """
-    from dx.cli.doctor import cuda_runtime, pick_tier, plan_model, report_json, report_text
+    from dx.cli.doctor import cuda_runtime, plan_model, report_json, report_text
     from dx.host.hardware import detect
+    from dx.host.tiers import pick_tier
 
     hw = detect()
     tier = pick_tier(hw)

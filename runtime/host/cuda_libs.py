@@ -44,6 +44,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dx.host.hardware import nvidia_driver  # the one NVIDIA driver probe
+
 CUDA_MAJOR = 13
 #: The libraries libggml-cuda links against (its DT_NEEDED), by the SONAME the loader asks for.
 REQUIRED = (f"libcudart.so.{CUDA_MAJOR}", f"libcublas.so.{CUDA_MAJOR}", f"libcublasLt.so.{CUDA_MAJOR}")
@@ -276,23 +278,6 @@ def candidates(env: Mapping[str, str], root: Path = Path("/"), sys_path: list[st
 
 
 # --------------------------------------------------------------------------- the driver
-def nvidia_driver(root: Path = Path("/")) -> tuple[str | None, str]:
-    """(driver version or None, how we know): /proc/driver/nvidia/version, else a loadable libcuda.so.1."""
-    proc = root / "proc" / "driver" / "nvidia" / "version"
-    try:
-        text = proc.read_text(errors="replace")
-    except OSError:
-        text = None
-    if text is not None:
-        m = re.search(r"NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
-        return (m.group(1) if m else "unknown"), f"from {proc}"
-    # WSL and some containers have libcuda.so.1 but no /proc entry.
-    for d in ("usr/lib/wsl/lib", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64", "usr/lib"):
-        if (root / d / "libcuda.so.1").exists():
-            return "unknown", f"{root / d / 'libcuda.so.1'} present, {proc} absent"
-    return None, f"{proc} absent and no libcuda.so.1"
-
-
 # --------------------------------------------------------------------------- the search
 def search(env: Mapping[str, str] | None = None, root: Path = Path("/"), sys_path: list[str] | None = None,
            use_ldconfig: bool | None = None, machine: str | None = None) -> CudaSearch:

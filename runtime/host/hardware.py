@@ -209,6 +209,27 @@ _NVSMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,memory.free,driver_
                 "--format=csv,noheader,nounits"]
 
 
+def nvidia_driver(root: Path = Path("/")) -> tuple[str | None, str]:
+    """(driver version or None, how we know): /proc/driver/nvidia/version, else a loadable libcuda.so.1.
+
+    The one NVIDIA driver probe: ``dx doctor`` (through :func:`detect_nvidia`, when nvidia-smi
+    does not say) and the CUDA library search (``dx.host.cuda_libs``) both ask it.
+    """
+    proc = root / "proc" / "driver" / "nvidia" / "version"
+    try:
+        text = proc.read_text(errors="replace")
+    except OSError:
+        text = None
+    if text is not None:
+        m = re.search(r"NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+        return (m.group(1) if m else "unknown"), f"from {proc}"
+    # WSL and some containers have libcuda.so.1 but no /proc entry.
+    for d in ("usr/lib/wsl/lib", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64", "usr/lib"):
+        if (root / d / "libcuda.so.1").exists():
+            return "unknown", f"{root / d / 'libcuda.so.1'} present, {proc} absent"
+    return None, f"{proc} absent and no libcuda.so.1"
+
+
 def detect_nvidia(probe: Probe) -> list[GPU]:
     out = probe.run(_NVSMI_QUERY)
     if not out:
@@ -222,6 +243,9 @@ def detect_nvidia(probe: Probe) -> list[GPU]:
         if len(parts) < 4:
             continue
         name, total, free, driver = parts[0], parts[1], parts[2], parts[3]
+        if not driver:  # nvidia-smi answered without a version: ask the driver itself
+            found, _how = nvidia_driver(probe.root)
+            driver = found if found and found != "unknown" else ""
         gpus.append(GPU("nvidia", name, _mib(total), _mib(free), driver or None, cuda, "nvidia-smi"))
     return gpus
 

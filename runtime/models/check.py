@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dx.models.details import parameter_size  # Ollama's form, as /api/tags shows it
 from dxverify.errors import IntegrityError, MalformedInputError
 
 # Metadata arrays this long are tokenizer tables: useless in /api/show, huge in JSON.
@@ -80,7 +81,7 @@ def facts_from_gguf(gguf: Any) -> ModelFacts:
         name=summary.name or "",
         family=arch,
         quant=quant,
-        parameter_size=_human_params(params) if params else "",
+        parameter_size=parameter_size(params) if params else "",
         parameter_count=params,
         context_length=int(summary.context_length or 0),
         block_count=arch_int("block_count"),
@@ -90,13 +91,6 @@ def facts_from_gguf(gguf: Any) -> ModelFacts:
         has_chat_template=bool(summary.chat_template),
         metadata=meta,
     )
-
-
-def _human_params(n: int) -> str:
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}".replace(".0" + unit, unit)
-    return str(n)
 
 
 def verify_model(

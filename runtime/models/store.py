@@ -50,8 +50,12 @@ ProgressCallback = Callable[[str, "int | None", "int | None"], None]
 
 
 @dataclass(frozen=True)
-class ModelDetails:
-    """``dx show`` / ``/api/show``: the entry plus the GGUF's metadata, read now."""
+class ShownModel:
+    """What ``dx show`` shows: the entry plus the GGUF's metadata, read now.
+
+    (Ollama's ``details`` object, family / parameter size / quantisation, is
+    ``dx.models.details.ModelDetails``.)
+    """
 
     entry: ModelEntry
     facts: ModelFacts
@@ -110,10 +114,10 @@ class ModelStore:
             hint="`dx list` shows the models; `dx pull hf:OWNER/REPO/FILE.gguf` fetches one",
         )
 
-    def show(self, name: str) -> ModelDetails:
+    def show(self, name: str) -> ShownModel:
         """The entry with the GGUF's metadata read (and structure-checked) now."""
         entry = self.get(name)
-        return ModelDetails(entry, read_facts(entry.path))
+        return ShownModel(entry, read_facts(entry.path))
 
     def find_by_source(self, source: str) -> ModelEntry | None:
         for e in self._own_entries():

@@ -196,8 +196,9 @@ def test_real_cuda13_wheel_layout_is_accepted() -> None:
 
 def test_doctor_shows_the_search(layout: dict, stand_ins: dict[str, Path]) -> None:
     """`dx doctor` prints every place looked at and the verdict, and the install line when none fits."""
-    from dx.cli.doctor import pick_tier, report_json, report_text
+    from dx.cli.doctor import report_json, report_text
     from dx.host.hardware import detect
+    from dx.host.tiers import pick_tier
 
     shutil.rmtree(layout["pack"])
     lib_dir(layout["pack"], stand_ins, ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12"))

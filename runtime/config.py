@@ -22,6 +22,7 @@ OLLAMA_REGISTRY_ENV = "DX_OLLAMA_REGISTRY"
 OLLAMA_TOKEN_ENV = "DX_OLLAMA_TOKEN"
 PULL_PARTS_ENV = "DX_PULL_PARTS"
 PULL_STALL_ENV = "DX_PULL_STALL_S"
+CUDA_RUNTIME_ENV = "DX_CUDA_RUNTIME"  # a directory with cuBLAS/cudart, tried first (read from the mapping dx.host.cuda_libs is given)
 
 
 def dx_home() -> Path:
@@ -53,3 +54,38 @@ def pdeathsig_disabled() -> bool:
 def ollama_models_dir() -> str | None:
     """``$OLLAMA_MODELS``: Ollama's own store, read-only to DX."""
     return os.environ.get("OLLAMA_MODELS")
+
+
+def self_executable_override() -> str | None:
+    """``$DX_SELF_EXECUTABLE``: the file to read an embedded model from instead of ``sys.argv[0]`` (tests, wrappers)."""
+    return os.environ.get(SELF_EXECUTABLE_ENV) or None
+
+
+def swarm_secret_env() -> str | None:
+    """``$DX_SWARM_SECRET``: the swarm secret file (a path, never the secret itself)."""
+    return os.environ.get(SWARM_SECRET_ENV) or None
+
+
+def ollama_registry_override() -> str:
+    """``$DX_OLLAMA_REGISTRY``: a registry base URL used instead of ``https://<host>`` ('' when unset)."""
+    return (os.environ.get(OLLAMA_REGISTRY_ENV) or "").strip().rstrip("/")
+
+
+def ollama_token_env() -> str | None:
+    """``$DX_OLLAMA_TOKEN`` as set (None when unset or empty); sent only to the registry's own host."""
+    return os.environ.get(OLLAMA_TOKEN_ENV) or None
+
+
+def pull_parts_env() -> str:
+    """``$DX_PULL_PARTS``: parallel Range parts of a big blob, as written ('' when unset)."""
+    return (os.environ.get(PULL_PARTS_ENV) or "").strip()
+
+
+def pull_stall_env() -> str:
+    """``$DX_PULL_STALL_S``: seconds without a byte before a part is retried, as written ('' when unset)."""
+    return os.environ.get(PULL_STALL_ENV, "") or ""
+
+
+def xdg_cache_home() -> str | None:
+    """``$XDG_CACHE_HOME`` (the base of DX's cache when ``$DX_CACHE_DIR`` is unset)."""
+    return os.environ.get("XDG_CACHE_HOME") or None

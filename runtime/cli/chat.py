@@ -16,12 +16,12 @@ executable, where every import costs start-up time.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from dx import config
 from dxverify.errors import ConfigurationError, DXError, ToolError
 
 DEFAULT_PORT = 11434
@@ -195,7 +195,7 @@ class RemoteServer:
         self.host = normalize_host(self.host)
         self.name = self.model
         if self.api_key is None:
-            self.api_key = os.environ.get("DX_API_KEY") or _key_from_home()
+            self.api_key = config.api_key_env() or _key_from_home()
 
     def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
         body = {"model": self.model, "messages": messages, "stream": True}

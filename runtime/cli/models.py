@@ -7,13 +7,13 @@ it runs, so ``dx --help`` and a minted executable's start stay quick.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
 
 import click
 
+from dx import config
 from dx.engine import speculative
 
 
@@ -46,7 +46,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 host_option = click.option(
-    "--host", envvar="DX_HOST", default=None,
+    "--host", envvar=config.HOST_ENV, default=None,
     help="A running dx server (host[:port] or URL; DX_HOST). Without it dx run starts the engine itself.",
 )
 
@@ -250,7 +250,7 @@ def ps_cmd(host: str | None, as_json: bool) -> None:
     from dx.cli.chat import ServerError, _error_text, _key_from_home, normalize_host
 
     base = normalize_host(host or "127.0.0.1")
-    key = os.environ.get("DX_API_KEY") or _key_from_home()
+    key = config.api_key_env() or _key_from_home()
     req = urllib.request.Request(f"{base}/api/ps", headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from dx import config
 from dx.engine import speculative
 
 DEFAULT_HOST = "127.0.0.1"
@@ -22,9 +23,9 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
 
 @click.command("serve")
 @click.argument("model", required=False)
-@click.option("--host", default=DEFAULT_HOST, show_default=True, envvar="DX_HOST",
+@click.option("--host", default=DEFAULT_HOST, show_default=True, envvar=config.HOST_ENV,
               help="Address to listen on (env DX_HOST).")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), envvar="DX_PORT",
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), envvar=config.PORT_ENV,
               help="Port to listen on (0: any free port; env DX_PORT).")
 @click.option("--no-auth", is_flag=True, help="Serve without an API key (loopback addresses only).")
 @click.option("--keep-alive", default="5m", show_default=True,
@@ -38,10 +39,10 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
               help="Open connections; at the cap the one idle longest is closed to let a new one in.")
 @click.option("--max-requests", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Requests in progress at once (worker threads); more get 503 + Retry-After.")
-@click.option("--allowed-hosts", "allowed_hosts", multiple=True, envvar="DX_ALLOWED_HOSTS", metavar="NAMES",
+@click.option("--allowed-hosts", "allowed_hosts", multiple=True, envvar=config.ALLOWED_HOSTS_ENV, metavar="NAMES",
               help="Host names clients may use besides loopback and the bound address (comma-separated, "
                    "*.domain for subdomains, * for any; env DX_ALLOWED_HOSTS). Others get 403.")
-@click.option("--allow-origins", "allow_origins", multiple=True, envvar="DX_ALLOW_ORIGINS", metavar="ORIGINS",
+@click.option("--allow-origins", "allow_origins", multiple=True, envvar=config.ALLOW_ORIGINS_ENV, metavar="ORIGINS",
               help="Web origins (scheme://host[:port], comma-separated; env DX_ALLOW_ORIGINS) whose pages may "
                    "call the API (CORS). Other cross-site requests get 403.")
 @click.option("--max-body", default=32, show_default=True, type=click.IntRange(1, 4096),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from dx import config
 from dx.metrics import parse_samples as parse_metrics  # the one Prometheus text parser
 
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
@@ -444,16 +445,15 @@ def _suppress(exc: type[BaseException]):  # type: ignore[no-untyped-def]
 
 def main(host: str | None, once: bool = False, interval: float = 1.0) -> None:
     """``dx top``: the server at ``host`` (as ``dx ps`` finds it), with its key (DX_API_KEY, else ~/.dx/api_key)."""
-    import os
 
     from dx.cli.chat import _key_from_home, normalize_host
 
     base = normalize_host(host or "127.0.0.1")
-    run(base, os.environ.get("DX_API_KEY") or _key_from_home(), once=once, interval=interval)
+    run(base, config.api_key_env() or _key_from_home(), once=once, interval=interval)
 
 
 @click.command("top")
-@click.option("--host", envvar="DX_HOST", default=None,
+@click.option("--host", envvar=config.HOST_ENV, default=None,
               help="The dx server (host[:port] or URL; DX_HOST; default 127.0.0.1:11434).")
 @click.option("--once", is_flag=True, help="Print one snapshot (two scrapes a second apart) and exit.")
 @click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,

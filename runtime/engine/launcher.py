@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dx import config
+
 if TYPE_CHECKING:
     from dx.host.cuda_libs import EngineCuda
 
@@ -34,7 +36,7 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
 
     libc and prctl are looked up here, in the parent, so the child only calls them.
     """
-    if not sys.platform.startswith("linux") or os.environ.get("DX_NO_PDEATHSIG") == "1":
+    if not sys.platform.startswith("linux") or config.pdeathsig_disabled():
         return None  # DX_NO_PDEATHSIG=1: leave it to the pipe watchdog (tests prove that path alone)
     try:
         import ctypes

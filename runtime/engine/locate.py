@@ -25,6 +25,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from dx import config
 from dxverify.errors import ConfigurationError
 
 _BINARY = "llama-server"
@@ -43,7 +44,7 @@ def _bundled_engine() -> Path | None:
 
 
 def _from_env() -> Path | None:
-    value = os.environ.get("DX_ENGINE")
+    value = config.engine_override()
     if not value:
         return None
     path = Path(value).expanduser()
@@ -78,10 +79,10 @@ def _from_wheel() -> Path | None:
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("DX_CACHE_DIR")
+    env = config.cache_dir_override()
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
+    xdg = config.xdg_cache_home()
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dx"
 
 

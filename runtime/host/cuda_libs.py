@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dx import config
 from dx.host.hardware import nvidia_driver  # the one NVIDIA driver probe
 
 CUDA_MAJOR = 13
@@ -256,7 +257,7 @@ def candidates(env: Mapping[str, str], root: Path = Path("/"), sys_path: list[st
                use_ldconfig: bool | None = None) -> list[tuple[str, Path]]:
     """Every directory to look at, in search order (only those that exist, each once)."""
     out: list[tuple[str, Path]] = []
-    override = env.get("DX_CUDA_RUNTIME")
+    override = env.get(config.CUDA_RUNTIME_ENV)
     if override:
         p = Path(override).expanduser()
         out.append(("env", p / "lib" if (p / "lib").is_dir() else p))

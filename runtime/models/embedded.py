@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dx import config
 from dxverify.errors import IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from dxverify.trailer import EmbeddedModel
 
 # Lets a developer or test point an uncompiled `python -m dx` at a minted file.
-SELF_ENV = "DX_SELF_EXECUTABLE"
+SELF_ENV = config.SELF_EXECUTABLE_ENV
 
 
 def running_compiled_onefile() -> bool:
@@ -49,7 +50,7 @@ def self_executable() -> Path | None:
     path). Uncompiled (``python -m dx``, the ``dx`` console script): only a
     binary argv[0] can carry a model, never a ``.py`` file.
     """
-    override = os.environ.get(SELF_ENV)
+    override = config.self_executable_override()
     if override:
         return Path(override).resolve()
     if not (sys.argv and sys.argv[0]):

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dx import config
 from dx.models.check import ModelFacts
 from dx.models.entry import ModelEntry
 
@@ -33,7 +33,7 @@ _MAX_MANIFEST = 1 << 20
 
 def default_ollama_dir() -> Path:
     """Where Ollama keeps models: ``$OLLAMA_MODELS`` or ``~/.ollama/models``."""
-    env = os.environ.get("OLLAMA_MODELS")
+    env = config.ollama_models_dir()
     return Path(env).expanduser() if env else Path.home() / ".ollama" / "models"
 
 

@@ -45,14 +45,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dx import __version__
+from dx import __version__, config
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
-REGISTRY_ENV = "DX_OLLAMA_REGISTRY"
-TOKEN_ENV = "DX_OLLAMA_TOKEN"
-PARTS_ENV = "DX_PULL_PARTS"
-STALL_ENV = "DX_PULL_STALL_S"
+REGISTRY_ENV, TOKEN_ENV = config.OLLAMA_REGISTRY_ENV, config.OLLAMA_TOKEN_ENV  # named in messages
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
@@ -189,7 +186,7 @@ def _layer(d: object) -> Layer:
 
 
 def base_url(name: RegistryName) -> str:
-    override = (os.environ.get(REGISTRY_ENV) or "").strip().rstrip("/")
+    override = config.ollama_registry_override()
     return override or f"https://{name.host}"
 
 
@@ -211,7 +208,7 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 
 def _headers(url: str, registry: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     h = {"User-Agent": f"dx/{__version__}", "Accept-Encoding": "identity"}
-    token = (os.environ.get(TOKEN_ENV) or "").strip()
+    token = (config.ollama_token_env() or "").strip()
     if token and urllib.parse.urlsplit(url).netloc == registry:
         h["Authorization"] = f"Bearer {token}"  # never to another host (the CDN)
     h.update(extra or {})
@@ -241,7 +238,7 @@ def _http_error(name: RegistryName, url: str, exc: urllib.error.HTTPError) -> Ex
     where = urllib.parse.urlsplit(url).netloc or base_url(name)
     if exc.code == 401:
         challenge = " ".join((exc.headers.get("WWW-Authenticate") or "").split())[:160]
-        if os.environ.get(TOKEN_ENV):
+        if config.ollama_token_env():
             return DownloadError(f"{where} refused the token in {TOKEN_ENV} for {name} (HTTP 401)",
                                  hint="check the token; nothing was stored")
         return DownloadError(
@@ -306,13 +303,13 @@ def check_bytes(name: RegistryName, layer: Layer, data: bytes) -> None:
 
 
 def default_parts() -> int:
-    env = (os.environ.get(PARTS_ENV) or "").strip()
+    env = config.pull_parts_env()
     return max(1, min(16, int(env))) if env.isdigit() else 4
 
 
 def _stall_seconds() -> float:
     with contextlib.suppress(ValueError):
-        return max(0.5, float(os.environ.get(STALL_ENV, "") or 30.0))
+        return max(0.5, float(config.pull_stall_env() or 30.0))
     return 30.0
 
 

@@ -28,10 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dx import config
 from dxverify.errors import ConfigurationError, EnvironmentProblem, ToolError
 
 IDENTITY = "dx-swarm.invalid"  # the fixed name in the swarm certificate (a reserved TLD: never a real host)
-SECRET_ENV = "DX_SWARM_SECRET"
+SECRET_ENV = config.SWARM_SECRET_ENV
 _PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.S)
 VALID_DAYS = 3650
 
@@ -45,7 +46,7 @@ def default_secret_path() -> Path:
 
 def secret_path(option: str | None) -> Path:
     """``--secret FILE``, else ``$DX_SWARM_SECRET`` (a path), else ``$DX_HOME/swarm/secret.pem``."""
-    value = option or os.environ.get(SECRET_ENV)
+    value = option or config.swarm_secret_env()
     return Path(value).expanduser() if value else default_secret_path()
 
 

@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dx import __version__
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE_TIMEOUT = 1.0  # seconds for each engine request at scrape time
 GENERATION_ROUTES = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
@@ -435,7 +437,6 @@ def exposition(families: Iterable[_Family]) -> list[str]:
 
 def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     """The whole exposition: dx's families, the loaded engines' gauges, then their ``llamacpp:*`` samples."""
-    from dx import __version__
 
     loaded = [lm for lm in app.manager.loaded() if lm.engine is not None]
     scraped: list[tuple[str, dict[str, Family]]] = []

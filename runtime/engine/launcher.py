@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dx import config
+from dx.config import dx_home
 
 if TYPE_CHECKING:
     from dx.host.cuda_libs import EngineCuda
@@ -159,6 +160,4 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 def default_log_dir() -> Path:
-    from dx.config import dx_home
-
     return dx_home() / "logs"

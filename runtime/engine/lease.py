@@ -13,7 +13,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dx.errors import BadRequest, EngineError, ModelNotFound, ModelNotFoundError
+from dx.engine.keep_alive import parse_keep_alive
+from dx.engine.relay import engine_request
+from dx.errors import (
+    BadRequest,
+    EngineError,
+    EngineUnavailable,
+    EngineUnreachable,
+    ModelNotFound,
+    ModelNotFoundError,
+)
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
@@ -27,7 +36,6 @@ def engine_for(  # type: ignore[no-untyped-def]
     app: Any, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
 ):
     """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
-    from dx.engine.keep_alive import parse_keep_alive
 
     if keep_alive is not None:
         try:
@@ -63,8 +71,6 @@ def open_engine(
     fresh engine; a request the engine already had when it died is answered 503,
     never run twice.
     """
-    from dx.engine.relay import engine_request
-    from dx.errors import EngineUnavailable, EngineUnreachable
 
     for attempt in (1, 2):
         cm = engine_for(app, model, keep_alive, num_ctx, purpose)

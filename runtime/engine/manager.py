@@ -34,6 +34,7 @@ from dx.engine.process import (
     GENERATE,
     Engine,
 )
+from dx.models.defaults import for_source
 from dx.models.source import ModelSource
 
 
@@ -137,7 +138,6 @@ class EngineManager:
         """Hold the model's engine for one request: it is not unloaded while leased."""
         keep = self._default_keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
         source = self._resolve(model)
-        from dx.models.defaults import for_source
 
         defaults = for_source(source)
         with self._lock:

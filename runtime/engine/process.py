@@ -33,6 +33,8 @@ from dx.engine.launcher import (
     _tail,
     default_log_dir,
 )
+from dx.engine.locate import locate_engine
+from dx.models.defaults import for_source
 from dx.models.source import ModelSource, verify_source
 
 DEFAULT_PARALLEL = 4
@@ -99,14 +101,11 @@ class Engine:
         if verify:
             verify_source(source)
         if binary is None:
-            from dx.engine.locate import locate_engine
-
             binary = locate_engine()
         log_dir = log_dir or default_log_dir()
         log_dir.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source.display_name)[:80] or "model"
         log_path = log_dir / (f"engine-{safe}.log" if purpose == GENERATE else f"engine-{safe}-{purpose}.log")
-        from dx.models.defaults import for_source
 
         defaults = for_source(source)  # the model's own (Ollama params layer): stop strings, sampling, num_ctx
         ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT

@@ -15,16 +15,24 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dx.errors import ModelNotFound, ModelNotFoundError
 from dx.models.entry import ModelEntry
-from dx.models.pull import pull_hf, pull_missing, pull_registry
 from dx.models.source import ModelSource
 from dx.models.store import ModelStore, ProgressCallback
 from dx.names import default_aliases, is_hf, looks_like_path, parse_hf, parse_name
 from dxverify.errors import ConfigurationError
 from dxverify.hashing import expected_sha256_for
+
+
+def _pull() -> ModuleType:
+    """``dx.models.pull``, imported when something is first fetched: the registry clients it brings
+    (urllib.request, http.cookies) stay out of ``dx serve``'s start, as they always were."""
+    import dx.models.pull
+
+    return dx.models.pull
 
 
 class ModelResolver:
@@ -107,7 +115,7 @@ class Store(ModelStore):
         except ModelNotFoundError as missing:
             if not pull:
                 raise
-            entry = pull_missing(self, spec, missing, progress)  # Ollama's registry, as `ollama run` does
+            entry = _pull().pull_missing(self, spec, missing, progress)  # Ollama's registry, as `ollama run` does
         return self._source_for(entry, verify, ModelSource)
 
     def _source_for(self, entry: ModelEntry, verify: bool, source_cls: Any) -> ModelSource:
@@ -125,7 +133,7 @@ class Store(ModelStore):
     ) -> ModelEntry:
         """Fetch ``hf:OWNER/REPO/FILE.gguf`` (huggingface_hub) or import a local GGUF path."""
         if is_hf(spec):
-            return pull_hf(self, parse_hf(spec), name=name, sha256=sha256, progress=progress)
+            return _pull().pull_hf(self, parse_hf(spec), name=name, sha256=sha256, progress=progress)
         if looks_like_path(spec) or Path(spec).is_file():
             path = Path(spec).expanduser()
             if name is None:
@@ -141,7 +149,7 @@ class Store(ModelStore):
         except ModelNotFoundError:
             entry = None
         if entry is None or entry.read_only or entry.source.startswith("registry:"):
-            return pull_registry(self, spec, name=name, progress=progress)
+            return _pull().pull_registry(self, spec, name=name, progress=progress)
         if progress:
             progress("success", entry.size, entry.size)
         return entry

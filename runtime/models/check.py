@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dx import metrics
 from dx.models.details import parameter_size  # Ollama's form, as /api/tags shows it
 from dxverify.errors import IntegrityError, MalformedInputError
 
@@ -115,7 +116,6 @@ def verify_model(
         raise MalformedInputError(f"cannot read model {path}: {e.strerror}") from None
     read_facts(path, offset, length)
     digest = verified_cache.lookup(cache_dir, path, offset, length) if cache_dir else None
-    from dx import metrics
 
     if digest is None:
         digest = sha256_of(path, offset, length)

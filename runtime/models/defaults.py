@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dx.models.catalog import Store
+from dx.models.ollama_dir import find_manifest, read_layer
+
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
 
@@ -117,8 +120,6 @@ def _embedded(path: Path) -> ModelDefaults:
 
 
 def _dx_store(blob: Path, name: str) -> ModelDefaults | None:
-    from dx.models.catalog import Store
-
     store = Store(blob.parent.parent.parent, ollama_dir=False)
     entry = store.get(name)
     return from_registry(entry.registry) if entry.path == blob else None
@@ -126,8 +127,11 @@ def _dx_store(blob: Path, name: str) -> ModelDefaults | None:
 
 def _ollama_store(blob: Path, name: str) -> ModelDefaults:
     """An Ollama model served in place: its params and system layers, read-only."""
-    from dx.models.ollama_dir import find_manifest, read_layer
-    from dx.registry.ollama import parse_registry_name, read_info
+
+    from dx.registry.ollama import (  # lazy: urllib.request loads on the first pull
+        parse_registry_name,
+        read_info,
+    )
 
     rname = parse_registry_name(name)
     found = find_manifest(blob.parent.parent, rname)

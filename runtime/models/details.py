@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dxverify.errors import DXError
+
 _CACHE: dict[tuple[Any, ...], ModelDetails] = {}
 _LOCK = threading.Lock()
 _MAX_CACHED = 256
@@ -77,7 +79,6 @@ def details_for(path: Path | str, offset: int = 0, length: int | None = None) ->
 
 def details_or_empty(path: Path | str, offset: int = 0, length: int | None = None) -> ModelDetails:
     """``details_for``, or empty details for a file that cannot be read (a listing still lists it)."""
-    from dxverify.errors import DXError
 
     try:
         return details_for(path, offset, length)

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dx import config
-from dxverify.errors import IntegrityError, MalformedInputError
+from dx.models.catalog import Store
+from dx.models.source import ModelSource, verify_source
+from dx.names import default_aliases
+from dxverify.errors import ConfigurationError, DXError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
@@ -79,7 +82,6 @@ def find_embedded(path: Path | None = None) -> EmbeddedModel | None:
 
 def model_source(em: EmbeddedModel) -> ModelSource:
     """The supervisor's handle on the embedded model (path + offset + length + hash)."""
-    from dx.models.source import ModelSource
 
     return ModelSource(path=em.path, offset=em.offset, length=em.length,
                        name=model_name(em), sha256=em.sha256)
@@ -100,7 +102,6 @@ def draft_source(em: EmbeddedModel) -> ModelSource | None:
     entry = getattr(em, "draft", None)
     if entry is None:
         return None
-    from dx.models.source import ModelSource
 
     record = em.metadata.get("draft") or {}
     name = str(record.get("model") or "draft") if isinstance(record, dict) else "draft"
@@ -130,7 +131,6 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
     The verifier's own errors name the field and byte offset; a hash mismatch is
     re-raised naming the executable, so the user knows which file to replace.
     """
-    from dx.models.source import verify_source
 
     try:
         verify_source(source)
@@ -175,7 +175,6 @@ def embedded_source(path: Path | None = None) -> ModelSource | None:
 
 def names_embedded(em: EmbeddedModel, name: str) -> bool:
     """Does ``name`` mean the embedded model? The same names ``dx serve`` answers to for it."""
-    from dx.names import default_aliases
 
     return name in default_aliases(model_name(em))
 
@@ -191,7 +190,6 @@ def embedded_source_for(name: str) -> ModelSource | None:
 
 def self_path_with_model() -> Path | None:
     """This executable when it carries a model (or a trailer too damaged to read: verify says why)."""
-    from dxverify.errors import DXError
 
     exe = self_executable()
     if exe is None:
@@ -210,7 +208,6 @@ def resolve(spec: str | None, *, pull: bool = True, verify: bool = True) -> Mode
     (``dx.names.default_aliases``). Without ``verify`` the embedded model is only
     located (``show`` and ``doctor`` read its header, which checks its structure).
     """
-    from dxverify.errors import ConfigurationError
 
     em = find_embedded()
     if em is not None and (not spec or names_embedded(em, spec)):
@@ -220,7 +217,6 @@ def resolve(spec: str | None, *, pull: bool = True, verify: bool = True) -> Mode
     if not spec:
         raise ConfigurationError("no MODEL given, and this dx carries no model of its own",
                                  hint="name one: a store name (`dx list`), a GGUF path or hf:OWNER/REPO/FILE.gguf")
-    from dx.models.catalog import Store
 
     return Store().resolve(spec, pull=pull, verify=verify)
 
@@ -245,11 +241,8 @@ def _names_a_model(text: str) -> bool:
         return True
     if any(c.isspace() for c in text):
         return False
-    from dxverify.errors import DXError
 
     try:
-        from dx.models.catalog import Store
-
         Store().get(text)
         return True
     except (DXError, ValueError, OSError):

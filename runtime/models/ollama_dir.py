@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from dx import config
 from dx.models.check import ModelFacts
 from dx.models.entry import ModelEntry
+from dxverify.errors import MalformedInputError
 
 if TYPE_CHECKING:
     from dx.registry.ollama import Layer, Manifest, RegistryName
@@ -111,13 +112,13 @@ def _facts_from_config(models_dir: Path, doc: dict) -> ModelFacts:
 
 def find_manifest(models_dir: Path, name: RegistryName) -> tuple[Manifest, Path] | None:
     """Ollama's manifest for ``name`` when it and every blob it names are present with the right sizes."""
-    from dx.registry.ollama import Manifest
-    from dxverify.errors import MalformedInputError
 
     path = Path(models_dir) / "manifests" / name.host / name.namespace / name.model / name.tag
     try:
         if not path.is_file() or path.stat().st_size > _MAX_MANIFEST:
             return None
+        from dx.registry.ollama import Manifest  # lazy: urllib.request loads on the first pull
+
         manifest = Manifest.parse(path.read_bytes(), str(path))
         for layer in manifest.layers:
             if (Path(models_dir) / "blobs" / f"sha256-{layer.sha256}").stat().st_size != layer.size:
@@ -129,8 +130,11 @@ def find_manifest(models_dir: Path, name: RegistryName) -> tuple[Manifest, Path]
 
 def read_layer(models_dir: Path, name: RegistryName, layer: Layer) -> bytes:
     """A small layer out of Ollama's blobs, checked against its digest (read-only)."""
-    from dx.registry.ollama import MAX_SMALL_LAYER, check_bytes
-    from dxverify.errors import MalformedInputError
+
+    from dx.registry.ollama import (  # lazy: urllib.request loads on the first pull
+        MAX_SMALL_LAYER,
+        check_bytes,
+    )
 
     if layer.size > MAX_SMALL_LAYER:
         raise MalformedInputError(f"{name.short}: the {layer.kind} layer is {layer.size} bytes")

@@ -23,7 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dx.names import HFFile, parse_name
+from dx.errors import ModelNotFoundError
+from dx.models.ollama_dir import find_manifest, read_layer
+from dx.models.store import _check_hex
+from dx.names import HFFile, is_hf, looks_like_path, parse_name
+from dx.registry import huggingface as hub_lite
+from dx.registry import ollama as reg
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, DXError, IntegrityError
 
@@ -54,7 +59,6 @@ def pull_hf(
     progress: ProgressCallback | None = None,
 ) -> ModelEntry:
     """Make ``hf`` a verified model in ``store`` under ``name`` (default ``hf.co/OWNER/REPO:STEM``)."""
-    from dx.models.store import _check_hex
 
     target = parse_name(name) if name else hf.default_name()
     expected = _check_hex(sha256) if sha256 else None
@@ -101,8 +105,6 @@ def _named(store: Store, entry: ModelEntry, name: str) -> ModelEntry:
 
 def _check_expected(actual: str, expected: str | None, hf: HFFile) -> None:
     if expected and actual != expected:
-        from dxverify.errors import IntegrityError
-
         raise IntegrityError(f"{hf} in the store has SHA-256 {actual}, expected {expected}")
 
 
@@ -135,8 +137,6 @@ def _download(store: Store, hf: HFFile, progress: ProgressCallback | None) -> Pa
     hub = _hub_or_none()
     store.downloads.mkdir(parents=True, exist_ok=True)
     if hub is None:
-        from dx.registry import huggingface as hub_lite
-
         lite = store.downloads / "lite"
         hub_lite.sweep(lite)
         return hub_lite.download(hf, hub_lite.head(hf), lite, progress)
@@ -158,8 +158,6 @@ def _remote_lfs_sha256(hf: HFFile) -> str | None:
     """The Hub's ETag for an LFS file is its SHA-256; None for non-LFS files or no answer."""
     hub = _hub_or_none()
     if hub is None:
-        from dx.registry import huggingface as hub_lite
-
         etag = hub_lite.head(hf).etag or ""
         return etag if _SHA256.fullmatch(etag) else None
     url = hub.hf_hub_url(hf.repo_id, hf.filename, revision=hf.revision, endpoint=endpoint())
@@ -175,8 +173,6 @@ def _sidecar_sha256(store: Store, hf: HFFile) -> str | None:
     """A ``FILE.gguf.sha256`` next to the model in the repository, if the publisher put one there."""
     hub = _hub_or_none()
     if hub is None:
-        from dx.registry import huggingface as hub_lite
-
         raw = hub_lite.fetch_small(HFFile(hf.repo_id, hf.filename + ".sha256", hf.revision))
         if raw is None:
             return None
@@ -214,8 +210,6 @@ def _import_from_hf_cache(
     hub = _hub_or_none()
     try:
         if hub is None:
-            from dx.registry import huggingface as hub_lite
-
             got = hub_lite.cached_snapshot(_user_hf_cache(), hf)
             if got is None:
                 raise FileNotFoundError(str(hf))
@@ -224,8 +218,6 @@ def _import_from_hf_cache(
                 hf.repo_id, hf.filename, revision=hf.revision, local_files_only=True, cache_dir=_user_hf_cache()
             )
     except Exception:
-        from dx.errors import ModelNotFoundError
-
         raise ModelNotFoundError(
             f"{hf} is not in the store or the Hugging Face cache, and HF_HUB_OFFLINE is set",
             hint="pull it once with the network on (unset HF_HUB_OFFLINE)",
@@ -291,7 +283,6 @@ def _status(e: BaseException) -> int | None:
 
 def _as_dx_error(e: BaseException, hf: HFFile) -> DXError:
     hub = _hub()
-    from dx.errors import ModelNotFoundError
 
     errors = hub.errors
     # "cannot find the requested files in the local cache" hides the real (network) cause.
@@ -368,8 +359,6 @@ def pull_registry(
     its layers and what the small layers say (params, system, template,
     licenses) go into DX's manifest under ``registry``.
     """
-    from dx.models.ollama_dir import find_manifest, read_layer
-    from dx.registry import ollama as reg
 
     rname = reg.parse_registry_name(spec)
     target = str(parse_name(name) if name else parse_name(rname.short))
@@ -431,8 +420,6 @@ def pull_missing(store: Store, spec: str, missing: DXError, progress: ProgressCa
     When the registry cannot help either, the error says both things (the name is not here, and why
     the registry did not give it).
     """
-    from dx.errors import ModelNotFoundError
-    from dx.registry import ollama as reg
 
     try:
         reg.parse_registry_name(spec)
@@ -484,8 +471,6 @@ def _stderr_progress(rname: Any) -> ProgressCallback:
 
 def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None) -> ModelEntry:
     """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path."""
-    from dx.errors import ModelNotFoundError
-    from dx.names import is_hf, looks_like_path
 
     if is_hf(spec):
         return store.pull(spec, progress=progress)

@@ -1,7 +1,6 @@
 """The model store: content-addressed GGUF blobs and name:tag manifests under DX_HOME.
 
 Layout (``$DX_HOME``, default ``~/.dx``; the server's API key lives there too)::
-
     models/blobs/sha256-<hex>        the GGUF bytes, named by their SHA-256
     models/manifests/<quoted name:tag>.json
                                      name:tag -> blob digest + what we read from the GGUF
@@ -30,7 +29,7 @@ from urllib.parse import quote, unquote
 
 from dx.config import dx_home
 from dx.errors import ModelNotFoundError, ReadOnlyModelError
-from dx.models.check import ModelFacts, read_facts, verify_model
+from dx.models.check import ModelFacts, read_facts, sha256_of, verify_model
 from dx.models.entry import ModelEntry
 from dx.models.ollama_dir import default_ollama_dir, discover
 from dx.names import ModelName, parse_name
@@ -172,7 +171,6 @@ class ModelStore:
                 except OSError:  # a filesystem without hard links
                     tmp_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     _copy_hashing(src, tmp_fd)
-                from dx.models.check import sha256_of
 
                 digest = sha256_of(tmp)
             else:

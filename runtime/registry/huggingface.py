@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dx import __version__
+from dx.errors import ModelNotFoundError
 from dx.names import HFFile
 from dxverify.errors import DXError
 
@@ -97,8 +98,6 @@ def _error(hf: HFFile, exc: BaseException) -> DXError:
     if isinstance(exc, urllib.error.HTTPError):
         code = exc.code
         if code == 404:
-            from dx.errors import ModelNotFoundError
-
             return ModelNotFoundError(f"{hf.filename} not found in {hf.repo_id} (revision {hf.revision}) at {where}",
                                       hint="check OWNER/REPO and the file name")
         if code in (401, 403):

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dx import __version__, config
+from dx.errors import ModelNotFoundError
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
@@ -245,8 +246,6 @@ def _http_error(name: RegistryName, url: str, exc: urllib.error.HTTPError) -> Ex
             f"{where} asks for a token to pull {name}" + (f" ({challenge})" if challenge else "")
             + "; DX pulls anonymously", hint=f"set {TOKEN_ENV} to a bearer token for this registry")
     if exc.code == 404:
-        from dx.errors import ModelNotFoundError
-
         return ModelNotFoundError(f"{name.short} not found at {base_url(name)}",
                                   hint="check the name and tag (ollama.com/library lists them)")
     if exc.code == 403:

@@ -25,6 +25,7 @@ from dx.engine import speculative
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.manager import EngineManager
 from dx.models.catalog import ModelResolver, Store
+from dx.models.embedded import find_embedded, model_source, verify_embedded_source
 from dx.models.source import ModelSource, verify_source
 from dx.server.auth import api_key_path, check_bind_policy, load_or_create_api_key
 from dx.server.context import App, ServerLimits
@@ -69,7 +70,6 @@ class ServeOptions:
 
 def embedded_model_source() -> ModelSource | None:
     """The model appended to this very executable (a minted ``dx``), if any (see dx.models.embedded)."""
-    from dx.models.embedded import find_embedded, model_source
 
     found = find_embedded()
     return model_source(found) if found is not None else None
@@ -89,8 +89,6 @@ def serve(opts: ServeOptions) -> None:
         if opts.model:
             verify_source(source)  # refused here, with the verifier's reason, before anything listens
         else:
-            from dx.models.embedded import verify_embedded_source
-
             verify_embedded_source(source)  # the same check, naming the executable on a mismatch
     # the draft verified and paired with the model now: an incompatible pair stops here, before any engine
     speculation = speculative.prepare(source, opts.spec, opts.draft, opts.draft_max, opts.draft_min)

@@ -17,6 +17,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from dx.config import dx_home
 from dxverify.errors import ConfigurationError
 
 KEY_FILE = "api_key"
@@ -24,8 +25,6 @@ _KEY_PREFIX = "dx-"
 
 
 def api_key_path() -> Path:
-    from dx.config import dx_home
-
     return dx_home() / KEY_FILE
 
 

@@ -15,9 +15,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__, metrics
+from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
-from dx.errors import BadRequest, EngineError, ModelNotFound
+from dx.engine.relay import engine_json, iter_chunks
+from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFound
+from dx.models.check import read_facts
+from dx.models.defaults import for_source
+from dx.models.details import details_for, details_or_empty
 from dx.models.source import ModelSource
+from dx.server.ollama_wire import (
+    chat_request,
+    done_fields,
+    embed_input,
+    engine_error_message,
+    generate_request,
+    iso,
+    model_name,
+    now_iso,
+    require_object,
+    sse_events,
+    tool_calls_to_ollama,
+)
+from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
@@ -28,7 +47,6 @@ if TYPE_CHECKING:
 
 def _read_json(req: Request) -> dict[str, Any]:
     """The body as strict JSON (``dx.server.request_json``): what the engine would choke on is a 400 here."""
-    from dx.server.request_json import parse_strict
 
     return parse_strict(req.read_body())
 
@@ -38,9 +56,6 @@ def version(req: Request) -> None:
 
 
 def tags(req: Request) -> None:
-    from dx.models.details import details_or_empty
-    from dx.server.ollama_wire import iso
-
     models = []
     default = req.app.resolver.default
     if default is not None:
@@ -62,9 +77,6 @@ def _tag_entry(name: str, size: int, sha: str, modified: float, details: ModelDe
 
 
 def ps(req: Request) -> None:
-    from dx.models.details import details_or_empty
-    from dx.server.ollama_wire import iso
-
     models: list[dict[str, Any]] = []
     for lm in sorted(req.app.manager.loaded(), key=lambda m: m.purpose != "generate"):
         if any(m["name"] == lm.name for m in models):
@@ -87,10 +99,6 @@ def ps(req: Request) -> None:
 
 
 def show(req: Request) -> None:
-    from dx.models.check import read_facts
-    from dx.models.details import details_for
-    from dx.server.ollama_wire import model_name
-
     doc = _read_json(req)
     name = model_name(doc)
     source = req.app.resolver(name)
@@ -114,8 +122,6 @@ def show(req: Request) -> None:
 
 def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
     """Ollama loads (or, with keep_alive 0, unloads) a model on an empty request."""
-    from dx.engine.keep_alive import parse_keep_alive
-    from dx.server.ollama_wire import now_iso
 
     keep_alive = doc.get("keep_alive")
     try:
@@ -137,8 +143,6 @@ def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
 
 
 def generate(req: Request) -> None:
-    from dx.server.ollama_wire import generate_request, model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
     if not doc.get("prompt") and not doc.get("suffix"):
@@ -151,8 +155,6 @@ def generate(req: Request) -> None:
 
 
 def chat(req: Request) -> None:
-    from dx.server.ollama_wire import chat_request, model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
     body, num_ctx = chat_request(doc)
@@ -168,7 +170,6 @@ def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or any(m.get("role") == "system" for m in messages):
         return
-    from dx.models.defaults import for_source
 
     system = for_source(req.app.resolver(name)).system
     if system:
@@ -178,9 +179,6 @@ def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
 def _complete(
     req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
 ) -> None:
-    from dx.errors import EngineUnavailable
-    from dx.server.ollama_wire import engine_error_message, now_iso
-
     started = time.monotonic()
     cm, _engine, load, conn, resp = open_engine(
         req.app, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
@@ -213,8 +211,6 @@ def _complete(
 
 
 def _final(name: str, answer: dict[str, Any], started: float, load: float, key: str, ts: str) -> dict:
-    from dx.server.ollama_wire import done_fields, tool_calls_to_ollama
-
     choice = (answer.get("choices") or [{}])[0]
     out: dict[str, Any] = {"model": name, "created_at": ts}
     if key == "message":
@@ -249,10 +245,6 @@ def start_ndjson(req: Request) -> Callable[[dict[str, Any]], None]:
 
 
 def _stream(req: Request, name: str, resp: Any, started: float, load: float, key: str) -> None:
-    from dx.engine.relay import iter_chunks
-    from dx.errors import EngineUnavailable
-    from dx.server.ollama_wire import done_fields, now_iso, sse_events, tool_calls_to_ollama
-
     emit = start_ndjson(req)
     out = req.wfile
 
@@ -307,8 +299,6 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
 
 
 def embed(req: Request) -> None:
-    from dx.server.ollama_wire import embed_input, model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
     texts = embed_input(doc, "input")
@@ -323,8 +313,6 @@ def embed(req: Request) -> None:
 
 
 def embeddings(req: Request) -> None:
-    from dx.server.ollama_wire import embed_input, model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
     prompt = embed_input(doc, "prompt")
@@ -336,10 +324,6 @@ def embeddings(req: Request) -> None:
 
 
 def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) -> tuple[dict[str, Any], float]:
-    from dx.engine.relay import engine_json
-    from dx.errors import EngineUnavailable
-    from dx.server.ollama_wire import engine_error_message
-
     with engine_for(req.app, name, keep_alive, purpose="embed") as (engine, load):
         try:
             status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
@@ -351,17 +335,16 @@ def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) 
 
 
 def pull(req: Request) -> None:
-    from dx.server.ollama_wire import model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
-    from dx.models.pull import pull_by_name
 
     stream = doc.get("stream", True)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
     store = req.app.resolver.store
     if not stream:
+        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
+
         pull_by_name(store, name)
         req.send_json(200, {"status": "success"})
         return
@@ -377,6 +360,8 @@ def pull(req: Request) -> None:
         emit(line)
 
     try:
+        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
+
         pull_by_name(store, name, progress)  # hf:, Ollama's registry, or already here (success)
         emit({"status": "success"})
     except DXError as exc:
@@ -385,8 +370,6 @@ def pull(req: Request) -> None:
 
 
 def delete(req: Request) -> None:
-    from dx.server.ollama_wire import model_name, require_object
-
     doc = require_object(_read_json(req))
     name = model_name(doc)
     source = None
@@ -402,8 +385,6 @@ def delete(req: Request) -> None:
 
 
 def copy(req: Request) -> None:
-    from dx.server.ollama_wire import require_object
-
     doc = require_object(_read_json(req))
     src, dst = doc.get("source"), doc.get("destination")
     if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
@@ -420,6 +401,4 @@ def _mtime(source: ModelSource) -> float:
 
 
 def _iso_mtime(source: ModelSource) -> str:
-    from dx.server.ollama_wire import iso
-
     return iso(_mtime(source))

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from dx import __version__
 from dx.engine.lease import engine_for, open_engine
-from dx.errors import EngineError, ModelNotFound
+from dx.engine.relay import engine_json, engine_request
+from dx.engine.relay import relay as relay_answer
+from dx.errors import EngineError, EngineUnavailable, ModelNotFound
+from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
@@ -77,7 +80,6 @@ def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
 
 def relay(req: Request) -> None:
     """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
-    from dx.server.request_json import parse_strict
 
     path = req.path.split("?", 1)[0]
     body = req.read_body()
@@ -137,9 +139,6 @@ def model(req: Request) -> None:
 
 
 def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
-    from dx.engine.relay import engine_json
-    from dx.errors import EngineUnavailable
-
     try:
         status, doc = engine_json(engine, "/v1/models", timeout=5.0)
     except EngineUnavailable:
@@ -166,15 +165,12 @@ def passthrough(req: Request) -> None:
     web UI's public assets are fetched without it, everything else the engine
     itself then refuses.
     """
-    from dx.engine.relay import engine_request
-    from dx.errors import EngineUnavailable
 
     method, path, with_key = req.command, req.path.split("?", 1)[0], req.authorized
     if req.app.resolver.default is None:
         raise HTTPError(404, f"no route {method} {path}", kind="not_found_error")
     body = req.read_body() if method in ("POST", "PUT") else None
     if body:  # llama.cpp's own JSON routes: what the engine would choke on (500) is a 400 here
-        from dx.server.request_json import parse_strict
 
         parse_strict(body)
     with engine_for(req.app, "") as (engine, _load):
@@ -196,8 +192,6 @@ def passthrough(req: Request) -> None:
 
 def _relay_or_503(req: Request, conn: Any, resp: Any) -> None:
     """The engine's answer to the client; an engine gone before anything was sent is a 503 to retry."""
-    from dx.engine.relay import relay as relay_answer
-    from dx.errors import EngineUnavailable
 
     try:
         relay_answer(req, conn, resp)

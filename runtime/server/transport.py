@@ -54,6 +54,7 @@ from typing import Any
 
 from dx import metrics
 from dx.server.context import App, Resolve
+from dx.server.login import Sessions
 from dx.server.request import Conn, Request
 from dx.server.site import HostPolicy
 from dx.server.wire import HEAD_END, Head, WireError, error_bytes, parse_head, target_of
@@ -138,7 +139,6 @@ class DXServer:
         self.socket = _listen(address)
         self.server_address = self.socket.getsockname()
         if app.api_key is not None and app.sessions is None:  # browsers log in with a one-time URL
-            from dx.server.login import Sessions
 
             app.sessions = Sessions(app.api_key, self.server_address[1])
         self._sel = selectors.DefaultSelector()

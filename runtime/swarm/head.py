@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dx import config
+from dx.config import dx_home
+from dx.engine.launcher import _free_loopback_port, _pdeathsig_preexec, _tail, default_log_dir
+from dx.engine.locate import _cache_dir, locate_engine, locate_rpc_server
+from dx.engine.process import GENERATE
+from dx.swarm.tunnel import HeadTunnel, PeerRejected, WorkerTunnel, open_to_worker
 from dxverify.errors import ConfigurationError, EnvironmentProblem, ToolError
 
 IDENTITY = "dx-swarm.invalid"  # the fixed name in the swarm certificate (a reserved TLD: never a real host)
@@ -39,8 +44,6 @@ VALID_DAYS = 3650
 
 # --------------------------------------------------------------------------- the secret file
 def default_secret_path() -> Path:
-    from dx.config import dx_home
-
     return dx_home() / "swarm" / "secret.pem"
 
 
@@ -247,8 +250,6 @@ class Worker:
 
     def __init__(self, listen: tuple[str, int], secret: Secret, *, cache: bool = True, threads: int | None = None,
                  status_path: Path | None = None) -> None:
-        from dx.engine.launcher import _free_loopback_port, _pdeathsig_preexec
-        from dx.engine.locate import locate_rpc_server
 
         self.listen = listen
         binary = locate_rpc_server()
@@ -258,12 +259,10 @@ class Worker:
             argv.append("-c")
         if threads:
             argv += ["-t", str(threads)]
-        from dx.engine.locate import _cache_dir
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
         env["LLAMA_CACHE"] = str(_cache_dir() / "rpc-cache")  # rpc-server keeps its tensors under .../rpc
         self.cache_dir = Path(env["LLAMA_CACHE"]) / "rpc"
-        from dx.engine.launcher import default_log_dir
 
         log_dir = default_log_dir()
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -275,11 +274,9 @@ class Worker:
         while not _listening(self.rpc_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                from dx.engine.launcher import _tail
 
                 raise ToolError(f"rpc-server did not start: {_tail(self.log_path)}", hint=f"see {self.log_path}")
             time.sleep(0.05)
-        from dx.swarm.tunnel import WorkerTunnel
 
         def rejected(addr: tuple, why: str) -> None:
             print(f"dx: refused {show_address(addr[:2])}: {why}", file=sys.stderr, flush=True)
@@ -321,7 +318,6 @@ class Worker:
             self.write_status()
             time.sleep(0.5)
         self.write_status()
-        from dx.engine.launcher import _tail
 
         raise ToolError(f"rpc-server exited with status {self.process.returncode}: {_tail(self.log_path)}",
                         hint=f"see {self.log_path}; start `dx worker` again")
@@ -345,7 +341,6 @@ class Head:
 
     def __init__(self, workers: Sequence[tuple[str, int]], secret: Secret, engine_bin: Path,
                  tensor_split: Sequence[float] | None = None) -> None:
-        from dx.swarm.tunnel import HeadTunnel
 
         if tensor_split is not None and len(tensor_split) != len(workers):
             raise ConfigurationError(f"--tensor-split has {len(tensor_split)} values for {len(workers)} workers",
@@ -365,7 +360,6 @@ class Head:
 
     def check(self, index: int) -> str | None:
         """None when the worker answers as this swarm's and runs our llama.cpp; else one line saying what to do."""
-        from dx.swarm.tunnel import PeerRejected, open_to_worker
 
         name = show_address(self.workers[index])
         try:
@@ -395,7 +389,6 @@ class Head:
 
     def engine_args(self, purpose: str) -> list[str]:
         """Arguments for an engine (re)start: the workers that answer now. Embedding engines stay local."""
-        from dx.engine.process import GENERATE
 
         if purpose != GENERATE:
             return []
@@ -499,7 +492,6 @@ def head_from_options(workers: Sequence[str], tensor_split: str | None, secret: 
         if tensor_split:
             raise ConfigurationError("--tensor-split needs --workers")
         return None
-    from dx.engine.locate import locate_engine
 
     addresses = [parse_address(w, "--workers entry") for w in workers]
     split = None

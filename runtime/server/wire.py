@@ -137,6 +137,13 @@ def parse_head(block: bytes) -> Head:
 
 
 def api_of(target: str) -> str:
+    """The API a request speaks, hence its error shape: Ollama's for ``/api/*``, OpenAI's otherwise.
+
+    Not a guess: the namespace is the API. Every ``/api/`` route in the route table is an
+    Ollama handler (``dx.server.ollama``) and every other path is OpenAI's (``/v1/*``) or
+    llama-server's own (passthrough), whose errors are OpenAI-shaped; a request refused before
+    any route is found (a bad head, 503 at the door) has nothing but its target to go by.
+    """
     return "ollama" if target.startswith("/api/") else "openai"
 
 

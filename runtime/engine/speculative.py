@@ -28,10 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dx.engine.process import GENERATE
-from dx.models.embedded import embedded_draft, resolve, self_executable
-from dx.models.source import verify_source
-from dx.names import default_aliases
 from dxverify.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -111,6 +107,7 @@ def plan(
 
 def embedded_draft_for(target: ModelSource | None) -> ModelSource | None:
     """The draft this executable carries, when ``target`` is the model it carries too."""
+    from dx.models.embedded import embedded_draft, self_executable
 
     exe = self_executable()
     if target is None or exe is None or Path(target.path).resolve() != exe:
@@ -120,8 +117,12 @@ def embedded_draft_for(target: ModelSource | None) -> ModelSource | None:
 
 def resolve_draft(spec: str, embedded_draft: ModelSource | None = None) -> ModelSource:
     """DRAFT names a model as MODEL does (store name, path, ``hf:``, this executable's model), or its draft."""
-    if embedded_draft is not None and spec in default_aliases(embedded_draft.display_name):
-        return embedded_draft
+    if embedded_draft is not None:
+        from dx.names import default_aliases
+
+        if spec in default_aliases(embedded_draft.display_name):
+            return embedded_draft
+    from dx.models.embedded import resolve
 
     return resolve(spec)  # verified (structure, SHA-256 once) like any model
 
@@ -136,6 +137,7 @@ def check(target: ModelSource, spec: Speculation) -> None:
     draft = spec.draft
     if draft is None:
         return
+    from dx.models.source import verify_source
     from dxverify.spec_pair import check_pair
 
     verify_source(draft)
@@ -163,6 +165,8 @@ def prepare(
 def engine_args_for(target: ModelSource | None, spec: Speculation) -> Callable[[ModelSource, str], Sequence[str]]:
     """Per-engine arguments for the EngineManager: the draft goes to ``target``'s generation engine only,
     n-grams to every generation engine; the draft is verified again at every (re)start."""
+    from dx.engine.process import GENERATE
+    from dx.models.source import verify_source
 
     def args(source: ModelSource, purpose: str) -> Sequence[str]:
         if purpose != GENERATE or spec.mode == "none":

@@ -128,7 +128,7 @@ def load_model_recipes(path: Path | None = None) -> dict[str, ModelRecipe]:
             if key in table and not _is_hex64(table[key]):
                 raise ConfigurationError(f"{where}: {key} must be 64 lowercase hex digits")
         if "ollama" in table:
-            from dx.ollama_registry import parse_registry_name
+            from dx.registry.ollama import parse_registry_name
 
             parse_registry_name(table["ollama"])
         recipes[name] = ModelRecipe(name=name, **table)
@@ -231,8 +231,8 @@ def _from_ollama(name: str, registry_name: str, manifest_sha256: str | None, sha
     be ``sha256``/``size``; without, the registry's digests are the pins (every
     layer is checked against its own digest either way).
     """
-    from dx import ollama_registry as reg
-    from dx.ollama_models import default_ollama_dir, find_manifest, read_layer
+    from dx.models.ollama_dir import default_ollama_dir, find_manifest, read_layer
+    from dx.registry import ollama as reg
 
     rname = reg.parse_registry_name(registry_name)
     source = f"ollama:{rname}"
@@ -311,7 +311,7 @@ def resolve(spec: str, *, sha256: str | None = None, recipes: dict[str, ModelRec
                              f"file:{local.resolve()}", pinned=sha256 is not None)
     recipes = recipes if recipes is not None else load_model_recipes()
     if spec not in recipes and (":" in spec or "/" in spec):
-        from dx.ollama_registry import parse_registry_name
+        from dx.registry.ollama import parse_registry_name
 
         rname = parse_registry_name(spec)
         pinned = next((r for r in recipes.values() if r.ollama and parse_registry_name(r.ollama) == rname), None)

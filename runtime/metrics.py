@@ -6,7 +6,7 @@ this). The tests parse the output with ``prometheus_client``'s own parser.
 
 What is counted, and where:
 
-* the transport (``dx.transport``): every answered request by route and status
+* the transport (``dx.server.transport``): every answered request by route and status
   code, its duration, auth failures, requests in progress, requests refused at
   the door (503 before a worker takes them: too many requests or connections);
 * time to first token (``dx_time_to_first_token_seconds``): from the moment a
@@ -16,8 +16,8 @@ What is counted, and where:
   ``first_result`` before it sends any header), and dx sends its own head right
   after the engine's, so that instant is the first token, model loading and
   prompt processing included. Non-streamed answers are in the duration histogram;
-* the supervisor (``dx.supervisor``): engine starts, restarts after a death, unloads;
-* the verifier (``dx.model_check``): bytes hashed, and checks answered from the cache;
+* the supervisor (``dx.engine.manager``): engine starts, restarts after a death, unloads;
+* the verifier (``dx.models.check``): bytes hashed, and checks answered from the cache;
 * the Ollama routes: generated tokens and tokens/s of each answer, from the
   ``timings`` block the engine sends at the end (they parse it anyway). The
   OpenAI routes are relayed byte for byte and parsed for nothing; every API's
@@ -40,6 +40,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from dx import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE_TIMEOUT = 1.0  # seconds for each engine request at scrape time
@@ -205,15 +207,16 @@ def route_label(path: str) -> str:
     return "engine"  # passed to the default model's engine (web UI, /props, ...)
 
 
-_known: frozenset[str] | None = None
+_known: frozenset[str] = frozenset()
+
+
+def set_known_routes(paths: Iterable[str]) -> None:
+    """The route table's own paths, each its own label (``dx.server.routes`` registers them as it loads)."""
+    global _known
+    _known = frozenset(p for p in paths if not p.endswith("*"))
 
 
 def _known_routes() -> frozenset[str]:
-    global _known
-    if _known is None:
-        from dx.routes import ROUTES
-
-        _known = frozenset(r.path for r in ROUTES if not r.path.endswith("*"))
     return _known
 
 
@@ -260,7 +263,10 @@ def model_verified(nbytes: int | None) -> None:
 
 # ---------------------------------------------------------------- the engines' own metrics
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*")
+# a label value may hold any character, "}" included, once escaped as the format says (\\, \", \n)
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created", "_gsum", "_gcount", "_info")
 
 
@@ -316,6 +322,16 @@ def parse_exposition(text: str) -> dict[str, Family]:
             (name[: -len(s)] for s in _SUFFIXES if name.endswith(s) and name[: -len(s)] in families), name)
         family(owner).samples.append((name, labels, value))
     return families
+
+
+def parse_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The same parse as :func:`parse_exposition`, as {sample name: [(labels, value)]} (what ``dx top`` reads)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in parse_exposition(text).values():
+        for name, labels, value in fam.samples:
+            parsed = {k: re.sub(r"\\[\\\"n]", lambda e: _UNESCAPE[e.group(0)], v) for k, v in _LABEL.findall(labels)}
+            out.setdefault(name, []).append((parsed, float(value)))
+    return out
 
 
 def merge_engines(per_model: Iterable[tuple[str, dict[str, Family]]]) -> list[str]:
@@ -421,7 +437,6 @@ def exposition(families: Iterable[_Family]) -> list[str]:
 
 def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     """The whole exposition: dx's families, the loaded engines' gauges, then their ``llamacpp:*`` samples."""
-    from dx import __version__
 
     loaded = [lm for lm in app.manager.loaded() if lm.engine is not None]
     scraped: list[tuple[str, dict[str, Family]]] = []

@@ -54,7 +54,7 @@ def run(ctx: BuildContext) -> None:
 
 def _verify(resolved: ResolvedModel, label: str) -> ResolvedModel:
     """The model with its digest when the verified cache knows it; structure checked, a known digest compared."""
-    from dx.model_check import read_facts
+    from dx.models.check import read_facts
     from dxverify import verified_cache
 
     facts = read_facts(resolved.path)

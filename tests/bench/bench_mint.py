@@ -166,7 +166,7 @@ class Minted:
 
 class Direct:
     """llama-server on the plain GGUF with the flags dx's supervisor gives a generation engine
-    (dx.supervisor.Engine._start_once; the API key aside)."""
+    (dx.engine.process.Engine._start_once; the API key aside)."""
 
     def __init__(self, server: Path, gguf: Path, port: int) -> None:
         t0 = time.perf_counter()

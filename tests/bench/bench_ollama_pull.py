@@ -7,7 +7,7 @@ Serves a random blob of --mib MiB from the loopback fake registry
 one run each, side by side:
 
 * ``curl -L`` of the blob URL into a file (what a plain download costs here);
-* ``dx.ollama_registry.download_blob`` with 1 and with 4 parts (download, then
+* ``dx.registry.ollama.download_blob`` with 1 and with 4 parts (download, then
   the SHA-256 check it always does: both times shown);
 * ``dx pull`` of SmolLM2 (the real GGUF) when a fake ``~/.ollama`` already has it:
   no bytes move, the time is the hash check plus a hard link.
@@ -55,8 +55,8 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=512, help="size of the random blob")
     args = ap.parse_args()
 
-    from dx import ollama_registry as reg
-    from dx.store import Store
+    from dx.models.catalog import Store
+    from dx.registry import ollama as reg
     from dxbuild.models import resolve
 
     blob = os.urandom(args.mib << 20)

@@ -4,7 +4,7 @@
     python tests/bench/bench_speculative.py [--runs N] [--tokens N] [--threads N] [--engine DIR] [--json F]
 
 Two cases, each served by two llama-servers of the cached cpu engine running side
-by side (one with DX's speculation flags from ``dx.speculative``, one without),
+by side (one with DX's speculation flags from ``dx.engine.speculative``, one without),
 asked the same greedy requests in turn (off, on, off, on, ...), so load changes on
 a shared machine hit both alike:
 
@@ -200,8 +200,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from dx.speculative import Speculation
-    from dx.supervisor import ModelSource
+    from dx.engine.speculative import Speculation
+    from dx.models.source import ModelSource
     from dxbuild.engine.build import host_engine
     from dxbuild.models import resolve
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 from serve_harness import DXServer, start_dx
 from test_swarm_integration import WorkerProc, start_worker
 
-from dx import swarm
+from dx.swarm import head as swarm
 
 PREFILL_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 24)
 

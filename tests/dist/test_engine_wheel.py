@@ -246,7 +246,7 @@ def test_dx_serve_answers_from_the_installed_wheel(wheel_venv: dict[str, Path], 
                                                    tmp_path: Path) -> None:
     import openai
 
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     sys.path.insert(0, str(ROOT / "tests" / "runtime"))
     from serve_harness import start_dx

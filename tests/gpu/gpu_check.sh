@@ -7,7 +7,7 @@
 #
 # It builds the cuda13 engine for sm_90 from the trimmed, patched llama.cpp tree
 # in the tarball, runs llama-bench, then serves the same model twice — llama-server
-# direct, and the thin dx runtime (from source, cuBLAS found by dx.cuda_libs in the
+# direct, and the thin dx runtime (from source, cuBLAS found by dx.host.cuda_libs in the
 # pip wheel) — and prints prefill/decode tokens/s through dx next to direct, the
 # aggregate tokens/s of 4 concurrent clients against 1 (continuous batching), and
 # the engine's CUDA device line. Without a GPU it stops first, with one line.

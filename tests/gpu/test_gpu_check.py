@@ -51,8 +51,8 @@ def test_tarball_is_well_under_the_64_mib_a_gpu_machine_takes(tarball: tuple[Pat
     for gone in ("ggml/src/ggml-vulkan/", "ggml/src/ggml-metal/", "ggml/src/ggml-sycl/", "models/", "docs/",
                  "tests/", "tools/ui/src/"):
         assert not any(n.startswith(f"{top}/llama.cpp/{gone}") for n in names), gone
-    assert {f"{top}/runtime/dx/cli.py", f"{top}/runtime/dxverify/gguf.py", f"{top}/runtime/click/__init__.py",
-            f"{top}/runtime/dx/cuda_libs.py", f"{top}/gpu_check.sh", f"{top}/cmake-flags.txt",
+    assert {f"{top}/runtime/dx/cli/__init__.py", f"{top}/runtime/dxverify/gguf.py", f"{top}/runtime/click/__init__.py",
+            f"{top}/runtime/dx/host/cuda_libs.py", f"{top}/gpu_check.sh", f"{top}/cmake-flags.txt",
             f"{top}/model/smollm2-6l.gguf"} <= set(names)
     assert {i.mtime for i in infos} == {make_source_tarball.EPOCH} and {i.uid for i in infos} == {0}
     assert sizes["llama.cpp"] < 40e6, "trimmed: the pinned tree is 176 MB"

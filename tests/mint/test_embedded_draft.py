@@ -1,4 +1,4 @@
-"""dx.embedded.embedded_draft: the draft a two-model executable carries, as a verified ModelSource."""
+"""dx.models.embedded.embedded_draft: the draft a two-model executable carries, as a verified ModelSource."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from test_embedded_runtime import META
 from test_minted import _flip
 
-from dx import embedded
+from dx.models import embedded
 from dxverify import trailer
 from dxverify.errors import IntegrityError, MalformedInputError
 

@@ -1,4 +1,4 @@
-"""dx.embedded: how the runtime finds and uses the model appended to its own file (no Nuitka needed)."""
+"""dx.models.embedded: how the runtime finds and uses the model appended to its own file (no Nuitka needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dx import embedded
+from dx.models import embedded
 from dxverify import trailer
 from dxverify.errors import IntegrityError, MalformedInputError
 

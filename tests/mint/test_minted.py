@@ -353,7 +353,7 @@ def test_mint_again_reuses_engine_and_bundle(mint_release_dir: Path, tmp_path: P
 
 
 def test_pull_in_the_executable_resumes_after_a_kill(minted_smollm2: Path, smollm2_gguf: Path, tmp_path: Path) -> None:
-    """`dx pull hf:…` from the executable (built without huggingface_hub: dx.hub_lite), killed
+    """`dx pull hf:…` from the executable (built without huggingface_hub: dx.registry.huggingface), killed
     mid-download, then run again: the second run asks only for the missing bytes and stores the
     verified model."""
     import hashlib

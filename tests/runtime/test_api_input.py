@@ -38,7 +38,7 @@ def _ollama_store(root: Path, gguf: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def dx(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     tmp = tmp_path_factory.mktemp("api-input")
     store = Store(root=tmp / "home", ollama_dir=False)

@@ -1,4 +1,4 @@
-"""The streaming relay's chunk bookkeeping (dx.openai_proxy.ChunkedBody and relay).
+"""The streaming relay's chunk bookkeeping (dx.engine.relay.ChunkedBody and relay).
 
 DX forwards the engine's chunked answers with their framing as is, so the
 bookkeeping must find every chunk boundary whatever way the bytes are split
@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dx.openai_proxy import ChunkedBody, EngineUnavailable, iter_chunks, relay
+from dx.engine.relay import ChunkedBody, iter_chunks, relay
+from dx.errors import EngineUnavailable
 
 
 def encode(parts: list[bytes], trailer: bytes = b"") -> bytes:

@@ -123,8 +123,8 @@ def test_run_errors_are_one_line(env: dict[str, str], smollm2_gguf: Path, tmp_pa
 
 
 def test_host_and_size_formatting() -> None:
-    from dx.chat_cli import normalize_host
-    from dx.model_cmds import human_age, human_size
+    from dx.cli.chat import normalize_host
+    from dx.cli.models import human_age, human_size
 
     assert normalize_host("127.0.0.1") == "http://127.0.0.1:11434"
     assert normalize_host("localhost:8080") == "http://localhost:8080"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_cli import SMOL_SHA, one_line_error
 
-from dx import embedded
+from dx.models import embedded
 from dxverify import trailer
 
 META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}

@@ -23,7 +23,7 @@ FAST = {"num_predict": 8, "temperature": 0, "seed": 7}
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     engine = engine_binary(request)
     tmp = tmp_path_factory.mktemp("clients")

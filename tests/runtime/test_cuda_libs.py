@@ -1,4 +1,4 @@
-"""The thin CUDA engine's search for cuBLAS/cudart (dx.cuda_libs), with stand-in library directories.
+"""The thin CUDA engine's search for cuBLAS/cudart (dx.host.cuda_libs), with stand-in library directories.
 
 The stand-ins are real ELF shared objects compiled here with the SONAME the
 loader asks for (``gcc -shared -Wl,-soname,libcublas.so.13``): no GPU or
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dx import cuda_libs
+from dx.host import cuda_libs
 
 NAMES13 = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13")
 
@@ -196,8 +196,9 @@ def test_real_cuda13_wheel_layout_is_accepted() -> None:
 
 def test_doctor_shows_the_search(layout: dict, stand_ins: dict[str, Path]) -> None:
     """`dx doctor` prints every place looked at and the verdict, and the install line when none fits."""
-    from dx.doctor import pick_tier, report_json, report_text
-    from dx.hardware import detect
+    from dx.cli.doctor import report_json, report_text
+    from dx.host.hardware import detect
+    from dx.host.tiers import pick_tier
 
     shutil.rmtree(layout["pack"])
     lib_dir(layout["pack"], stand_ins, ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12"))

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dx.doctor import kv_bytes_per_token, pick_tier, plan_model, report_text
-from dx.hardware import Probe, detect, detect_cpu, detect_memory
-from dx.model_check import ModelFacts, read_facts
+from dx.cli.doctor import kv_bytes_per_token, plan_model, report_text
+from dx.host.hardware import Probe, detect, detect_cpu, detect_memory
+from dx.host.tiers import pick_tier
+from dx.models.check import ModelFacts, read_facts
 
 GIB = 1024**3
 

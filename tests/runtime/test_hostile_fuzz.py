@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from serve_harness import DXServer, engine_binary, start_dx
 
-from dx.store import Store
+from dx.models.catalog import Store
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dx.login import Sessions, cookie_may_act, cookie_name
+from dx.server.login import Sessions, cookie_may_act, cookie_name
 
 
 def test_one_time_token_is_spent_on_use() -> None:

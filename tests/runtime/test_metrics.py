@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve_harness import DXServer, engine_binary, start_dx, wait_for
 
 from dx import metrics
+from dx.server import routes as _routes  # noqa: F401  (registers the route table's paths with dx.metrics)
 
 MODEL = "smollm2:135m"
 CTX = 1024
@@ -110,7 +111,7 @@ def test_route_labels_are_bounded() -> None:
 # ------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     tmp = tmp_path_factory.mktemp("metrics")
     Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)

@@ -1,4 +1,4 @@
-"""dx.model_details: family, parameter size and quantisation read from the GGUF, as Ollama shows them."""
+"""dx.models.details: family, parameter size and quantisation read from the GGUF, as Ollama shows them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dx.model_details import details_for, details_or_empty, parameter_size
+from dx.models.details import details_for, details_or_empty, parameter_size
 
 
 def test_smollm2_reads_as_ollama_shows_it(smollm2_gguf: Path) -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 from ollama_registry_server import FakeRegistry, media
 
-from dx import ollama_registry as reg
-from dx.hub_lite import DownloadError
-from dx.store import ModelNotFoundError, Store
+from dx.errors import ModelNotFoundError
+from dx.models.catalog import Store
+from dx.registry import ollama as reg
+from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -239,7 +240,7 @@ def test_a_stalled_part_is_dropped_and_asked_again(env: FakeRegistry, tmp_path: 
 
 _PULL_CHILD = """
 import sys
-from dx.store import Store
+from dx.models.catalog import Store
 Store(sys.argv[1], ollama_dir=False).pull("smoltest:135m")
 """
 
@@ -333,7 +334,7 @@ def test_ollamas_own_blobs_are_verified_and_linked_without_network(
 
 
 def test_params_become_engine_flags_and_context() -> None:
-    from dx.model_defaults import ModelDefaults, from_registry
+    from dx.models.defaults import ModelDefaults, from_registry
 
     d = from_registry({"params": {**PARAMS, "num_gpu": 99, "seed": 7, "repeat_penalty": 1.1}, "system": SYSTEM})
     args = d.engine_args()
@@ -347,7 +348,7 @@ def test_params_become_engine_flags_and_context() -> None:
 
 
 def test_defaults_are_found_from_the_engine_source(store: Store, env: FakeRegistry, tmp_path: Path) -> None:
-    from dx.model_defaults import NONE, for_source
+    from dx.models.defaults import NONE, for_source
 
     src = store.resolve("smoltest:135m")
     assert for_source(src).params == PARAMS
@@ -355,7 +356,7 @@ def test_defaults_are_found_from_the_engine_source(store: Store, env: FakeRegist
     ollama = fake_ollama_store(tmp_path / "ollama", env, "library/smoltest", "135m")
     theirs = Store(tmp_path / "other", ollama_dir=ollama).get("smoltest:135m")
     assert theirs.read_only
-    from dx.supervisor import ModelSource
+    from dx.models.source import ModelSource
 
     assert for_source(ModelSource(path=theirs.path, name=theirs.name)).params == PARAMS
 

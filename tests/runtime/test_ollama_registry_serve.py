@@ -13,7 +13,7 @@ import pytest
 from ollama_registry_server import FakeRegistry
 from serve_harness import DXServer, engine_binary, start_dx
 
-from dx.store import Store
+from dx.models.catalog import Store
 
 pytestmark = pytest.mark.integration
 
@@ -129,8 +129,8 @@ def test_dxbuild_mints_a_registry_model(tmp_path: Path, smollm2_gguf: Path, cpu_
     assert em.metadata["source"] == "ollama:registry.ollama.ai/library/smolmint:135m"
     # the params layer travels in the trailer, so the executable's engine gets its stop strings
     assert em.metadata["defaults"]["params"] == {"stop": ["\n\n"]}
-    from dx.model_defaults import for_source
-    from dx.supervisor import ModelSource
+    from dx.models.defaults import for_source
+    from dx.models.source import ModelSource
 
     assert for_source(ModelSource(path=exe, offset=em.offset, length=em.length)).stop == ["\n\n"]
     check = subprocess.run([str(exe), "verify"], capture_output=True, text=True, timeout=300,

@@ -1,7 +1,7 @@
 """`dx pull hf:…` against a loopback Hub (hub_server.py), through both of DX's download paths.
 
 Every test runs twice: with the real huggingface_hub client (a pip-installed dx)
-and with dx.hub_lite, the standard-library client a dx executable uses because
+and with dx.registry.huggingface, the standard-library client a dx executable uses because
 it is built without huggingface_hub.
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from hub_server import FakeHub
 
-from dx.pull import DownloadError
-from dx.store import ModelNotFoundError, Store
+from dx.errors import ModelNotFoundError
+from dx.models.catalog import Store
+from dx.models.pull import DownloadError
 from dxverify.errors import IntegrityError, MalformedInputError
 
 pytestmark = pytest.mark.integration  # the real huggingface_hub client against a loopback Hub
@@ -44,7 +45,7 @@ def hub(smollm2_gguf: Path):
 @pytest.fixture(params=["huggingface_hub", "stdlib"])
 def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "stdlib":
-        monkeypatch.setattr("dx.pull._hub_or_none", lambda: None)  # as in an executable
+        monkeypatch.setattr("dx.models.pull._hub_or_none", lambda: None)  # as in an executable
     return request.param
 
 
@@ -224,8 +225,8 @@ def test_two_pulls_from_one_repository_at_once(
 @pytest.fixture
 def good_partial(tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """(hf, remote, partial path) for the stdlib client, the partial not yet written."""
-    from dx import hub_lite
-    from dx.model_names import HFFile
+    from dx.names import HFFile
+    from dx.registry import huggingface as hub_lite
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     hf = HFFile("HuggingFaceTB/good", FILE)
@@ -236,7 +237,7 @@ def good_partial(tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch):
 def test_stdlib_client_resumes_a_partial_download_left_by_an_earlier_pull(
     good_partial, hub: FakeHub, smollm2_gguf: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from dx import hub_lite
+    from dx.registry import huggingface as hub_lite
 
     hf, remote, part = good_partial
     assert remote.etag == SMOL_SHA and remote.size == smollm2_gguf.stat().st_size
@@ -249,7 +250,7 @@ def test_stdlib_client_resumes_a_partial_download_left_by_an_earlier_pull(
 
 
 def test_stdlib_client_starts_over_when_the_partial_is_longer_than_the_file(good_partial) -> None:  # type: ignore[no-untyped-def]
-    from dx import hub_lite
+    from dx.registry import huggingface as hub_lite
 
     hf, remote, part = good_partial
     part.write_bytes(b"x" * (remote.size + 10))

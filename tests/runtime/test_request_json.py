@@ -1,4 +1,4 @@
-"""dx.request_json.parse_strict: what every JSON body passes before DX acts on it or relays it."""
+"""dx.server.request_json.parse_strict: what every JSON body passes before DX acts on it or relays it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dx.ollama_api import BadRequest
-from dx.request_json import InvalidJSON, parse_strict
+from dx.errors import BadRequest, InvalidJSON
+from dx.server.request_json import parse_strict
 
 REJECTED = {
     "lone high surrogate": (b'{"prompt": "\\ud800"}', "lone UTF-16 surrogate"),

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dx.auth import bearer_matches, check_bind_policy, is_loopback, load_or_create_api_key
-from dx.engine_locate import locate_engine
-from dx.ollama_api import (
+from dx.engine.keep_alive import parse_keep_alive
+from dx.engine.locate import locate_engine
+from dx.models.source import ModelSource
+from dx.server.auth import bearer_matches, check_bind_policy, is_loopback, load_or_create_api_key
+from dx.server.ollama_wire import (
     BadRequest,
     chat_request,
     done_fields,
@@ -20,7 +22,6 @@ from dx.ollama_api import (
     map_options,
     sse_events,
 )
-from dx.supervisor import ModelSource, parse_keep_alive
 from dxverify.errors import ConfigurationError
 
 
@@ -190,7 +191,9 @@ def test_engine_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_route_table_says_who_answers_and_what_is_public() -> None:
-    from dx import ollama_routes, openai_routes, routes
+    from dx.server import ollama as ollama_routes
+    from dx.server import openai as openai_routes
+    from dx.server import routes
 
     assert routes.resolve("POST", "/api/chat") == (ollama_routes.chat, False)
     assert routes.resolve("HEAD", "/api/tags") == (ollama_routes.tags, False)  # GET routes answer HEAD
@@ -206,7 +209,7 @@ def test_route_table_says_who_answers_and_what_is_public() -> None:
 
 
 def test_request_heads_are_parsed_strictly() -> None:
-    from dx.transport import WireError, parse_head
+    from dx.server.wire import WireError, parse_head
 
     head = parse_head(b"POST /api/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A:  v \r\nx-a: w")
     assert (head.method, head.target, head.body_length, head.keep_alive) == ("POST", "/api/chat?x=1", 12, True)
@@ -231,7 +234,7 @@ def test_request_heads_are_parsed_strictly() -> None:
 def test_host_policy_by_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from dx.transport import HostPolicy
+    from dx.server.site import HostPolicy
 
     monkeypatch.setattr(socket, "gethostname", lambda: "Box.lan")
     local = HostPolicy("127.0.0.1")
@@ -250,7 +253,7 @@ def test_host_policy_by_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_origin_policy_and_same_origin() -> None:
-    from dx.transport import OriginPolicy, same_origin
+    from dx.server.site import OriginPolicy, same_origin
 
     policy = OriginPolicy(["http://localhost:3000", "HTTPS://App.Example:443/"])
     assert policy.listed("http://localhost:3000") and policy.listed("https://app.example")

@@ -21,8 +21,8 @@ import openai
 import pytest
 from serve_harness import DXServer, dx_env, engine_binary, start_dx
 
-from dx.speculative import Speculation, plan
-from dx.supervisor import ModelSource
+from dx.engine.speculative import Speculation, plan
+from dx.models.source import ModelSource
 from dxverify.errors import ConfigurationError
 
 GREEDY = {"temperature": 0, "seed": 1, "max_tokens": 48}
@@ -68,8 +68,8 @@ def test_defaults_and_contradictions() -> None:
 
 def test_a_draft_goes_to_its_target_only(smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The EngineManager asks per model and purpose: the draft pairs with one model, n-grams suit every one."""
-    from dx.speculative import engine_args_for
-    from dx.supervisor import EMBED, GENERATE
+    from dx.engine.process import EMBED, GENERATE
+    from dx.engine.speculative import engine_args_for
 
     monkeypatch.setenv("DX_HOME", str(tmp_path))
     target, other = ModelSource(smollm2_gguf), ModelSource(tmp_path / "other.gguf")
@@ -136,7 +136,7 @@ def chat(server: DXServer, prompt: str, **extra: object) -> dict:
 def servers(request: pytest.FixtureRequest, smollm2_gguf: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, DXServer]]:
     """Three `dx serve` of the same SmolLM2: no speculation, SmolLM2 as its own draft, and n-grams."""
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     engine = engine_binary(request)
     started: dict[str, DXServer] = {}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dx.model_names import parse_hf, parse_name
-from dx.store import ModelNotFoundError, ReadOnlyModelError, Store
+from dx.errors import ModelNotFoundError, ReadOnlyModelError
+from dx.models.catalog import Store
+from dx.names import parse_hf, parse_name
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -140,8 +141,7 @@ def test_names_are_validated() -> None:
                          ids=repr)
 def test_an_invalid_name_is_the_senders_error_everywhere(store: Store, smollm2_gguf: Path, bad: str) -> None:
     """Exit 2 on the CLI (ConfigurationError), 400 from the server (BadRequest): never an internal error."""
-    from dx.model_names import InvalidModelNameError
-    from dx.ollama_api import BadRequest
+    from dx.errors import BadRequest, InvalidModelNameError
 
     store.import_file(smollm2_gguf, "smollm2")
     for call in (lambda: store.delete(bad), lambda: store.copy(bad, "ok:1"), lambda: store.copy("smollm2", bad),

@@ -23,7 +23,7 @@ LONG = {"num_predict": 400, "temperature": 0.8, "seed": 1}
 
 
 def _store_with_model(home: Path, gguf: Path, name: str = MODEL) -> Path:
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     return Store(root=home, ollama_dir=False).import_file(gguf, name).path
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from serve_harness import wait_for
 
-from dx import swarm, tunnel
+from dx.swarm import head as swarm
+from dx.swarm import tunnel
 from dxverify.errors import ConfigurationError
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, stop_process, wait_for
 
-from dx import swarm
+from dx.swarm import head as swarm
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 from serve_harness import DXServer, engine_binary, start_dx, wait_for
 
-from dx import top
+from dx.cli import top
 
 MODEL = "smollm2:135m"
 
@@ -125,7 +125,7 @@ def test_window_forgets_old_scrapes() -> None:
 # ------------------------------------------------------------------ a real server under load
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     tmp = tmp_path_factory.mktemp("top")
     Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
@@ -238,7 +238,7 @@ def test_top_wrong_key_or_no_server_is_one_line(dx: DXServer, tmp_path: Path) ->
 def test_top_shows_speculative_acceptance(request: pytest.FixtureRequest, smollm2_gguf: Path,
                                           tmp_path: Path) -> None:
     """SmolLM2 as its own draft (`dx serve --draft`): the engine's draft counters reach the SPEC ACCEPT column."""
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
     server = start_dx(tmp_path, "--ctx", "1024", "--parallel", "1", "--draft", MODEL, engine=engine_binary(request),

@@ -38,7 +38,7 @@ def test_webui_engine_is_its_own_cache_entry(webui_engine: Path, cpu_engine: Pat
 
 
 def test_llama_cpp_web_ui_is_served_through_dx(webui_engine: Path, smollm2_gguf: Path, tmp_path: Path) -> None:
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
     dx = start_dx(tmp_path, "--ctx", "1024", engine=webui_engine / "bin" / "llama-server", model=MODEL)
@@ -66,7 +66,7 @@ def test_a_browser_logs_in_with_the_printed_url_and_chats_through_dx(
     webui_engine: Path, smollm2_gguf: Path, tmp_path: Path
 ) -> None:
     """Auth on: the URL `dx serve` prints logs a real browser in (cookie), and llama.cpp's UI answers a chat."""
-    from dx.store import Store
+    from dx.models.catalog import Store
 
     sync_api = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

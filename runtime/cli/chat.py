@@ -1,0 +1,328 @@
+"""``dx run MODEL [PROMPT]``: one answer, or an interactive chat, streamed as it comes.
+
+Two ways to reach a model, one interface (:class:`ChatBackend`):
+
+* :class:`LocalEngine` — no server needed: the model is resolved and verified
+  through the store, the supervisor starts ``llama-server`` for it, and we talk
+  to the engine's OpenAI endpoint directly (SSE), stopping it when done;
+* :class:`RemoteServer` — with ``--host``/``DX_HOST``: a running ``dx serve``
+  over its Ollama ``/api/chat`` (NDJSON), with the API key from ``DX_API_KEY``
+  or ``$DX_HOME/api_key``.
+
+Only the standard library speaks HTTP here: ``dx run`` starts in a minted
+executable, where every import costs start-up time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from dx import config
+from dxverify.errors import ConfigurationError, DXError, ToolError
+
+DEFAULT_PORT = 11434
+BYE = {"/bye", "/exit", "/quit"}
+
+
+class ServerError(DXError):
+    """The engine or dx server answered with an error."""
+
+    exit_code = 8
+
+
+@dataclass
+class Sampling:
+    """The few options ``dx run`` exposes; None leaves the engine's default."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+
+    def openai(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.temperature is not None:
+            d["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            d["max_tokens"] = self.max_tokens
+        if self.seed is not None:
+            d["seed"] = self.seed
+        return d
+
+    def ollama(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.temperature is not None:
+            d["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            d["num_predict"] = self.max_tokens
+        if self.seed is not None:
+            d["seed"] = self.seed
+        return d
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """``dx run``'s speculation options, as given (dx.engine.speculative resolves and checks them)."""
+
+    mode: str | None = None
+    draft: str | None = None
+    n_max: int | None = None
+    n_min: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.mode, self.draft, self.n_max, self.n_min))
+
+
+class ChatBackend(Protocol):
+    name: str
+
+    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+def normalize_host(host: str) -> str:
+    """Ollama-style host: ``host``, ``host:port`` or a URL; the port defaults to 11434."""
+    h = host.strip().rstrip("/")
+    if not h:
+        raise ConfigurationError("empty --host / DX_HOST")
+    if "://" not in h:
+        h = "http://" + h
+    scheme, _, rest = h.partition("://")
+    if scheme not in ("http", "https"):
+        raise ConfigurationError(f"--host {host!r}: only http:// and https:// are supported")
+    hostport = rest.split("/", 1)[0]
+    if not hostport.rsplit("]", 1)[-1].count(":"):
+        h = f"{scheme}://{hostport}:{DEFAULT_PORT}" + rest[len(hostport):]
+    return h
+
+
+def _post_lines(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> Iterator[bytes]:
+    """POST JSON and yield the response's lines as they arrive; HTTP errors become one line."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        raise ServerError(f"{url} answered HTTP {e.code}: {_error_text(e.read())}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ServerError(f"cannot reach {url}: {reason}", hint="is the server running? (`dx serve`)") from None
+    with resp:
+        while True:
+            try:
+                line = resp.readline()
+            except OSError as e:
+                raise ServerError(f"{url}: connection lost mid-answer: {e}") from None
+            if not line:
+                return
+            yield line
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip()[:300] or "no details"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err or doc)[:300]
+
+
+@dataclass
+class LocalEngine:
+    """Start llama-server for one model, talk to it directly, stop it on close."""
+
+    model: str | None
+    ctx: int | None = None
+    speculation: SpecOptions = field(default_factory=SpecOptions)
+    name: str = ""
+    engine: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from dx.engine.process import Engine
+        from dx.engine.speculative import prepare
+        from dx.models.embedded import resolve
+
+        # The model inside a minted executable (no MODEL, or one of its names); else the store
+        # (pulls hf: on demand). Either way it is verified before the engine sees it, and so is a draft.
+        source = resolve(self.model)
+        self.name = source.display_name
+        s = self.speculation
+        spec = prepare(source, s.mode, s.draft, s.n_max, s.n_min)
+        self.engine = Engine.start(source, ctx=self.ctx, parallel=1, extra_args=spec.engine_args())
+
+    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+        body = {"model": self.name, "messages": messages, "stream": True, **sampling.openai()}
+        headers = {"Authorization": f"Bearer {self.engine.api_key}"}
+        from dx.server.ollama_wire import sse_events
+
+        lines = _post_lines(f"{self.engine.url}/v1/chat/completions", body, headers, timeout=600)
+        for chunk in sse_events(lines):
+            if "error" in chunk:
+                raise ServerError(f"engine: {_error_text(json.dumps(chunk).encode())}")
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    yield piece
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+
+
+@dataclass
+class RemoteServer:
+    """A running ``dx serve`` (or Ollama) reached over its /api/chat."""
+
+    host: str
+    model: str
+    api_key: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.host = normalize_host(self.host)
+        self.name = self.model
+        if self.api_key is None:
+            self.api_key = config.api_key_env() or _key_from_home()
+
+    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+        body = {"model": self.model, "messages": messages, "stream": True}
+        if sampling.ollama():
+            body["options"] = sampling.ollama()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        for raw in _post_lines(f"{self.host}/api/chat", body, headers, timeout=600):
+            try:
+                chunk = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise ServerError(f"{self.host}: {chunk['error']}")
+            piece = (chunk.get("message") or {}).get("content")
+            if piece:
+                yield piece
+            if chunk.get("done"):
+                return
+
+    def close(self) -> None:
+        pass
+
+
+def _key_from_home() -> str | None:
+    from dx.config import dx_home
+
+    try:
+        return (dx_home() / "api_key").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def answer(backend: ChatBackend, messages: list[dict[str, str]], sampling: Sampling, out: IO[str]) -> str:
+    """Stream one reply to ``out`` as it comes; return it whole (for the chat history)."""
+    parts = []
+    for piece in backend.stream(messages, sampling):
+        parts.append(piece)
+        out.write(piece)
+        out.flush()
+    text = "".join(parts)
+    if not text.endswith("\n"):
+        out.write("\n")
+        out.flush()
+    return text
+
+
+def one_shot(backend: ChatBackend, prompt: str, system: str | None, sampling: Sampling, out: IO[str]) -> None:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if not answer(backend, messages, sampling, out).strip():
+        raise ToolError(f"{backend.name} returned an empty answer", hint="see the engine log in $DX_HOME/logs")
+
+
+def interactive(backend: ChatBackend, system: str | None, sampling: Sampling) -> None:
+    """A chat on the terminal: history kept, Ctrl-C stops an answer, /bye or Ctrl-D ends."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    print(f"{backend.name} — /bye to leave, /clear to forget the conversation", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in BYE:
+            return
+        if text == "/clear":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            reply = answer(backend, history, sampling, sys.stdout)
+        except KeyboardInterrupt:
+            print("\n(stopped)", file=sys.stderr)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": reply})
+
+
+def run(
+    model: str | None,
+    prompt: str | None,
+    *,
+    host: str | None,
+    system: str | None,
+    sampling: Sampling,
+    ctx: int | None,
+    stdin: IO[str],
+    stdout: IO[str],
+    speculation: SpecOptions | None = None,
+) -> None:
+    """What ``dx run`` does; piped stdin is the prompt (after PROMPT, if both are given).
+
+    ``model`` None: the model inside this executable (or, with ``host``, the server's default).
+    """
+    piped = None if stdin.isatty() else stdin.read()
+    if piped is not None and piped.strip():
+        prompt = f"{prompt}\n\n{piped}" if prompt else piped
+    if prompt is not None and not prompt.strip():
+        raise ConfigurationError("empty prompt", hint="give a PROMPT argument or pipe text into dx run")
+    if prompt is None and piped is not None:
+        example = f'run {model} "Why is the sky blue?"' if model else 'run "Why is the sky blue?"'
+        raise ConfigurationError("nothing on stdin and no PROMPT",
+                                 hint=f"give a PROMPT (try: {example}), or start it on a terminal to chat")
+    speculation = speculation or SpecOptions()
+    if host and speculation.given:
+        raise ConfigurationError("--draft and --spec set up the engine dx run starts; with --host the server's apply",
+                                 hint="start the server with them: dx serve MODEL --draft DRAFT")
+    backend: ChatBackend = (RemoteServer(host, model or "") if host
+                            else LocalEngine(model, ctx=ctx, speculation=speculation))
+    if system is None and isinstance(backend, LocalEngine):
+        from dx.models.defaults import for_source
+
+        system = for_source(backend.engine.source).system  # the model's own (Ollama's system layer)
+    try:
+        if prompt is not None:
+            one_shot(backend, prompt, system, sampling, stdout)
+        else:
+            interactive(backend, system, sampling)
+    finally:
+        backend.close()

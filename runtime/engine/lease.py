@@ -1,0 +1,100 @@
+"""From an API model name to a leased engine: what the Ollama and OpenAI handlers share.
+
+``engine_for`` leases that model's engine for one request; ``open_engine``
+leases and sends, retrying once when the engine died between requests. The
+errors here are answered by the transport in each API's own shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from dx.engine.keep_alive import parse_keep_alive
+from dx.engine.relay import engine_request
+from dx.errors import (
+    BadRequest,
+    EngineError,
+    EngineUnavailable,
+    EngineUnreachable,
+    ModelNotFound,
+    ModelNotFoundError,
+)
+from dxverify.errors import DXError
+
+if TYPE_CHECKING:
+    import http.client
+
+    from dx.engine.process import Engine
+
+
+@contextlib.contextmanager
+def engine_for(  # type: ignore[no-untyped-def]
+    app: Any, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
+):
+    """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
+
+    if keep_alive is not None:
+        try:
+            parse_keep_alive(keep_alive)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    t0 = time.monotonic()
+    try:
+        lease = app.manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
+        engine = lease.__enter__()
+    except ModelNotFound:
+        raise
+    except DXError as exc:
+        if isinstance(exc, ModelNotFoundError):
+            raise ModelNotFound(str(exc)) from None
+        raise EngineError(500, f"cannot load model: {exc}") from None
+    try:
+        yield engine, time.monotonic() - t0
+    except BaseException:
+        if not lease.__exit__(*sys.exc_info()):
+            raise
+    else:
+        lease.__exit__(None, None, None)
+
+
+def open_engine(
+    app: Any, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
+    purpose: str = "generate",
+) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.
+
+    A refused connection (the engine died between requests) is retried once on a
+    fresh engine; a request the engine already had when it died is answered 503,
+    never run twice.
+    """
+
+    for attempt in (1, 2):
+        cm = engine_for(app, model, keep_alive, num_ctx, purpose)
+        engine, load = cm.__enter__()
+        try:
+            conn, resp = engine_request(engine, method, path, body)
+            return cm, engine, load, conn, resp
+        except EngineUnreachable as exc:
+            cm.__exit__(None, None, None)
+            if attempt == 2 or not _dead_or_dying(engine):
+                raise EngineError(503, f"{exc}; retry the request") from None
+        except EngineUnavailable as exc:
+            cm.__exit__(None, None, None)
+            raise EngineError(503, f"{exc}; retry the request") from None
+    raise AssertionError("unreachable")
+
+
+def _dead_or_dying(engine: Engine, grace: float = 2.0) -> bool:
+    """Its port refused us: has the engine died, or is it dying? A killed process closes its sockets
+    a moment before it can be reaped, so a refusal with the process still there is given ``grace``
+    seconds to turn into an exit (then the lease restarts it) instead of a 503 for a request that
+    never reached any engine."""
+    try:
+        engine.process.wait(grace)
+    except subprocess.TimeoutExpired:
+        return False
+    return True

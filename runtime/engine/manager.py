@@ -1,0 +1,303 @@
+"""The engine supervisor: one ``llama-server`` child per loaded model, leased per request.
+
+``EngineManager`` keeps the loaded models (``LoadedModel``), their parallel slots,
+unloads a model after its idle keep-alive (Ollama's ``keep_alive``), and stops
+restarting an engine that keeps crashing (``EngineCrashLoop``). One engine's life
+is ``dx.engine.process``; how it is spawned, ``dx.engine.launcher``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dx import metrics
+from dxverify.errors import DXError, ToolError
+
+if TYPE_CHECKING:
+    pass
+
+from dx.engine.keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
+from dx.engine.launcher import _tail
+from dx.engine.process import (
+    CRASH_BACKOFF,
+    CRASH_LIMIT,
+    CRASH_WINDOW,
+    DEFAULT_CTX_PER_SLOT,
+    DEFAULT_PARALLEL,
+    EMBED_PARALLEL,
+    GENERATE,
+    Engine,
+)
+from dx.models.defaults import for_source
+from dx.models.source import ModelSource
+
+
+@dataclass
+class LoadedModel:
+    """What /api/ps reports for one running engine."""
+
+    name: str
+    source: ModelSource
+    pid: int
+    url: str
+    ctx: int
+    expires_at: float | None  # epoch seconds; None = kept forever
+    in_use: int
+    restarts: int
+    purpose: str = GENERATE
+    engine: Engine | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class _Slot:
+    source: ModelSource
+    purpose: str = GENERATE
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: Engine | None = None
+    in_use: int = 0
+    keep_alive: float | None = DEFAULT_KEEP_ALIVE
+    last_used: float = 0.0
+    ctx: int = DEFAULT_CTX_PER_SLOT
+    restarts: int = 0
+    crash_times: list[float] = field(default_factory=list)
+    failed_until: float = 0.0
+    failure: str = ""
+    failure_log: Path | None = None
+
+
+class EngineCrashLoop(ToolError):
+    """The engine keeps dying right after start; give up instead of spinning."""
+
+
+class EngineManager:
+    """Loads engines on demand, shares them between requests, unloads idle ones.
+
+    ``resolve(model_spec) -> ModelSource`` turns an API model name into bytes on
+    disk (the store's ``dx.models.store.resolve``, or a fixed source for ``dx serve FILE``).
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[str], ModelSource],
+        *,
+        binary: Path | None = None,
+        log_dir: Path | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        ctx: int | None = None,  # None: the model's own num_ctx, else DEFAULT_CTX_PER_SLOT
+        default_keep_alive: float | None = DEFAULT_KEEP_ALIVE,
+        max_loaded: int = 3,
+        reap_interval: float = 1.0,
+        extra_args: Sequence[str] | Callable[[str], Sequence[str]] = (),
+        model_args: Callable[[ModelSource, str], Sequence[str]] | None = None,
+    ) -> None:
+        self._resolve = resolve
+        self._binary = binary
+        self._log_dir = log_dir
+        self._parallel = parallel
+        self._ctx = ctx
+        self._default_keep_alive = default_keep_alive
+        self._max_loaded = max_loaded
+        # a callable is asked at every (re)start, with the engine's purpose (dx.swarm.head: the workers still up)
+        self._extra_args = extra_args if callable(extra_args) else tuple(extra_args)
+        # asked at every (re)start with the model and purpose (dx.engine.speculative: the draft for its target only)
+        self._model_args = model_args
+        self._slots: dict[tuple[str | int, ...], _Slot] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._kick = threading.Event()  # a lease ended or close(): the reaper looks now
+        self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval,), name="dx-reaper", daemon=True)
+        self._reaper.start()
+
+    @property
+    def default_keep_alive(self) -> float | None:
+        return self._default_keep_alive
+
+    def resolve(self, model: str) -> ModelSource:
+        return self._resolve(model)
+
+    def get(
+        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE
+    ) -> Engine:
+        """The running engine for ``model``, started (verified first) if needed.
+
+        Marks the model used now; it stays loaded ``keep_alive`` after its last use.
+        """
+        with self.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose) as engine:
+            return engine
+
+    @contextlib.contextmanager
+    def lease(
+        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE
+    ) -> Iterator[Engine]:
+        """Hold the model's engine for one request: it is not unloaded while leased."""
+        keep = self._default_keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
+        source = self._resolve(model)
+
+        defaults = for_source(source)
+        with self._lock:
+            # Two names for one blob may carry different defaults (Ollama params): one engine each.
+            key = (*source.key, purpose, *defaults.engine_args())
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose,
+                                                ctx=self._ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT)
+            slot.in_use += 1
+            slot.keep_alive = keep
+            slot.last_used = time.monotonic()
+        try:
+            engine = self._ensure_running(slot, num_ctx)
+            self._evict_over_limit(keep=slot)
+            yield engine
+        finally:
+            with self._lock:
+                slot.in_use -= 1
+                slot.last_used = time.monotonic()
+            self._kick.set()
+
+    def _ensure_running(self, slot: _Slot, num_ctx: int | None) -> Engine:
+        with slot.lock:
+            engine = slot.engine
+            # without num_ctx a request takes whatever context is loaded (no reload thrash)
+            want_ctx = num_ctx or (engine.ctx if engine is not None else slot.ctx)
+            if engine is not None and engine.alive() and engine.ctx != want_ctx:
+                if slot.in_use > 1:  # busy: serve with the loaded context rather than cut others off
+                    return engine
+                engine.stop()  # Ollama reloads the model for a different num_ctx
+                engine = slot.engine = None
+            if engine is not None and engine.alive():
+                return engine
+            if engine is not None:  # died: restart, unless it keeps dying at once
+                self._note_crash(slot, engine)
+                engine.stop()
+                slot.engine = None
+                slot.restarts += 1
+                metrics.ENGINE_RESTARTS.inc(slot.source.display_name, slot.purpose)
+            self._check_backoff(slot)
+            slot.engine = Engine.start(
+                slot.source,
+                ctx=want_ctx,
+                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
+                binary=self._binary,
+                log_dir=self._log_dir,
+                extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),
+                            *(self._model_args(slot.source, slot.purpose) if self._model_args else ())],
+                purpose=slot.purpose,
+            )
+            metrics.ENGINE_STARTS.inc(slot.source.display_name, slot.purpose)
+            return slot.engine
+
+    def _note_crash(self, slot: _Slot, engine: Engine) -> None:
+        """Count a death; after CRASH_LIMIT in CRASH_WINDOW, stop restarting for CRASH_BACKOFF."""
+        now = time.monotonic()
+        slot.crash_times = [t for t in slot.crash_times if now - t < CRASH_WINDOW] + [now]
+        if len(slot.crash_times) >= CRASH_LIMIT:
+            slot.crash_times = []
+            slot.failed_until = now + CRASH_BACKOFF
+            slot.failure = (
+                f"engine for {slot.source.display_name} died {CRASH_LIMIT} times within {CRASH_WINDOW:.0f}s: "
+                f"{_tail(engine.log_path)}"
+            )
+            slot.failure_log = engine.log_path
+
+    def _check_backoff(self, slot: _Slot) -> None:
+        if slot.failed_until > time.monotonic():
+            raise EngineCrashLoop(slot.failure, hint=f"not restarting it for a while; see {slot.failure_log}")
+
+    def _evict_over_limit(self, keep: _Slot) -> None:
+        with self._lock:
+            loaded = [s for s in self._slots.values() if s.engine is not None and s is not keep]
+            excess = len(loaded) + 1 - self._max_loaded
+            idle = sorted((s for s in loaded if s.in_use == 0), key=lambda s: s.last_used)
+        for slot in idle[: max(0, excess)]:
+            self._unload_slot(slot, "evicted")
+
+    def _unload_slot(self, slot: _Slot, reason: str = "requested") -> bool:
+        with slot.lock:
+            if slot.engine is None:
+                return False
+            metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, reason)
+            slot.engine.stop()
+            slot.engine = None
+            return True
+
+    def _reap_slot(self, slot: _Slot) -> None:
+        """Unload an idle slot, re-checked under both locks so a request arriving now is not cut off."""
+        with slot.lock:
+            with self._lock:
+                if slot.in_use or slot.keep_alive is None:
+                    return
+                if time.monotonic() - slot.last_used < slot.keep_alive:
+                    return
+            if slot.engine is not None:
+                metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, "idle")
+                slot.engine.stop()
+                slot.engine = None
+
+    def unload(self, model: str) -> bool:
+        """Stop the engine for ``model`` now (Ollama's ``keep_alive: 0``)."""
+        return self.unload_source(self._resolve(model))
+
+    def unload_source(self, source: ModelSource) -> bool:
+        """Stop every engine (generation, embeddings) serving ``source``'s bytes."""
+        with self._lock:
+            slots = [s for k, s in self._slots.items() if k[:2] == source.key]
+        unloaded = [self._unload_slot(s) for s in slots]
+        return any(unloaded)
+
+    def loaded(self) -> list[LoadedModel]:
+        now_mono, now = time.monotonic(), time.time()
+        out = []
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            engine = slot.engine
+            if engine is None or engine.stopping:
+                continue
+            expires = None if slot.keep_alive is None else now + (slot.last_used + slot.keep_alive - now_mono)
+            out.append(
+                LoadedModel(
+                    name=slot.source.display_name, source=slot.source, pid=engine.pid, url=engine.url,
+                    ctx=engine.ctx, expires_at=expires, in_use=slot.in_use, restarts=slot.restarts,
+                    purpose=slot.purpose, engine=engine,
+                )
+            )
+        return out
+
+    def _reap_loop(self, interval: float) -> None:
+        """Unload idle engines, bring back dead ones. Sleeps while no engine is loaded."""
+        while not self._closed.is_set():
+            with self._lock:
+                slots = list(self._slots.values())
+            loaded = any(s.engine is not None for s in slots)
+            self._kick.wait(interval if loaded else None)
+            self._kick.clear()
+            if self._closed.is_set():
+                return
+            with self._lock:
+                slots = list(self._slots.values())
+            now = time.monotonic()
+            for slot in slots:
+                engine = slot.engine
+                if engine is None or slot.in_use:
+                    continue
+                if slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive:
+                    self._reap_slot(slot)
+                elif not engine.alive() and not engine.stopping and slot.failed_until <= now:
+                    # died while idle: bring it back so the next request does not wait
+                    with contextlib.suppress(DXError):
+                        self._ensure_running(slot, None)
+
+    def close(self) -> None:
+        """Stop every engine (on shutdown)."""
+        self._closed.set()
+        self._kick.set()
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            self._unload_slot(slot, "shutdown")

@@ -1,0 +1,155 @@
+"""The catalog: which model names this server can serve, and where each one's bytes are.
+
+``ModelResolver`` turns the name a client sent into a verified ``ModelSource``:
+the served default model first, then the store. It is the one place the server
+asks "can I serve this name?"; the engine layer leases what it answers.
+
+``Store`` is DX's on-disk store (``dx.models.store.ModelStore``) plus the two
+things that may fetch: ``resolve`` (a name, a GGUF path or an ``hf:`` spec to a
+verified ModelSource, pulling what is missing as ``ollama run`` does) and ``pull``.
+The store itself never downloads; ``dx.models.pull`` does, called from here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dx.errors import ModelNotFound, ModelNotFoundError
+from dx.models.entry import ModelEntry
+from dx.models.source import ModelSource
+from dx.models.store import ModelStore, ProgressCallback
+from dx.names import default_aliases, is_hf, looks_like_path, parse_hf, parse_name
+from dxverify.errors import ConfigurationError
+from dxverify.hashing import expected_sha256_for
+
+
+def _pull() -> ModuleType:
+    """``dx.models.pull``, imported when something is first fetched: the registry clients it brings
+    (urllib.request, http.cookies) stay out of ``dx serve``'s start, as they always were."""
+    import dx.models.pull
+
+    return dx.models.pull
+
+
+class ModelResolver:
+    """API model name -> ModelSource: the served default model first, then the store.
+
+    Only names are accepted from the network: a path or an ``hf:`` spec in a
+    request is refused, so a client cannot make the server open arbitrary files
+    or start downloads through a chat request.
+    """
+
+    def __init__(self, default: ModelSource | None, store: Store | None = None) -> None:
+        self.default = default
+        self._store = store
+        self._store_lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        with self._store_lock:
+            if self._store is None:
+                self._store = Store()
+            return self._store
+
+    def default_names(self) -> frozenset[str]:
+        """The names the default model answers to; the CLI asks the same rule (``dx.models.embedded.resolve``)."""
+        return default_aliases(self.default.display_name) if self.default is not None else frozenset()
+
+    def __call__(self, name: str) -> ModelSource:
+        if not name:
+            if self.default is None:
+                raise ModelNotFound("model is required (this server has no default model)")
+            return self.default
+        if name in self.default_names():
+            return self.default  # type: ignore[return-value]
+        if is_hf(name) or looks_like_path(name):
+            raise ModelNotFound(f"model {name!r} not found: the API takes model names; `dx pull` fetches files")
+        try:
+            parse_name(name)
+            entry = self.store.get(name)
+        except (ModelNotFoundError, ConfigurationError):
+            raise ModelNotFound(f"model {name!r} not found, try pulling it first") from None
+        return ModelSource(path=entry.path, name=entry.name, sha256=entry.sha256)
+
+
+class Store(ModelStore):
+    """The store as the CLI and the server use it: resolving and pulling on top of what is on disk."""
+
+    def resolve(
+        self,
+        spec: str,
+        *,
+        pull: bool = True,
+        verify: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> ModelSource:
+        """Turn a store name, a GGUF path or ``hf:OWNER/REPO/FILE.gguf`` into a verified ModelSource.
+
+        ``hf:`` files already pulled are served from the store without the
+        network; others are pulled first when ``pull`` is true. With ``verify``
+        (the default) the structure is checked now and the full SHA-256 once.
+        """
+        spec = spec.strip()
+        if is_hf(spec):
+            hf = parse_hf(spec)
+            entry = self.find_by_source(str(hf))
+            if entry is None:
+                if not pull:
+                    raise ModelNotFoundError(f"{spec} has not been pulled", hint=f"run `dx pull {spec}`")
+                entry = self.pull(spec, progress=progress)
+            return self._source_for(entry, verify, ModelSource)
+        if looks_like_path(spec) or (os.sep in spec and Path(spec).exists()):
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise ModelNotFoundError(f"no GGUF file at {path}", hint="check the path")
+            path = path.resolve()
+            # A blob named sha256-<hex>, or a SHA256SUMS beside the file, says what the bytes must hash to.
+            sha = self.verify_path(path, expected_sha256=expected_sha256_for(path)) if verify else ""
+            return ModelSource(path=path, name=path.name, sha256=sha or None)
+        try:
+            entry = self.get(spec)
+        except ModelNotFoundError as missing:
+            if not pull:
+                raise
+            entry = _pull().pull_missing(self, spec, missing, progress)  # Ollama's registry, as `ollama run` does
+        return self._source_for(entry, verify, ModelSource)
+
+    def _source_for(self, entry: ModelEntry, verify: bool, source_cls: Any) -> ModelSource:
+        if verify:
+            self.verify_path(entry.path, expected_sha256=entry.sha256)
+        return source_cls(path=entry.path, name=entry.name, sha256=entry.sha256)
+
+    def pull(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ModelEntry:
+        """Fetch ``hf:OWNER/REPO/FILE.gguf`` (huggingface_hub) or import a local GGUF path."""
+        if is_hf(spec):
+            return _pull().pull_hf(self, parse_hf(spec), name=name, sha256=sha256, progress=progress)
+        if looks_like_path(spec) or Path(spec).is_file():
+            path = Path(spec).expanduser()
+            if name is None:
+                stem = path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
+                name = stem.lower()
+            entry = self.import_file(path, name, sha256=sha256)
+            if progress:
+                progress("success", entry.size, entry.size)
+            return entry
+        # An existing store name: nothing to fetch, unless it came from (or is) an Ollama registry model.
+        try:
+            entry = self.get(spec)
+        except ModelNotFoundError:
+            entry = None
+        if entry is None or entry.read_only or entry.source.startswith("registry:"):
+            return _pull().pull_registry(self, spec, name=name, progress=progress)
+        if progress:
+            progress("success", entry.size, entry.size)
+        return entry

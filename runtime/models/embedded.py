@@ -1,0 +1,249 @@
+"""The model a minted executable carries inside itself.
+
+A minted ``dx-<model>-<tier>-<os>-<arch>`` is the Nuitka onefile runtime with a
+GGUF appended at a 64 KiB boundary and a trailer at the very end
+(``dxverify.trailer``). Inside the compiled program ``sys.argv[0]`` is the
+absolute path of that onefile binary (also when started through PATH or a
+symlink), so the runtime reads the trailer from the end of its own file and
+hands the engine ``FILE#offset=N``: the model is mmapped in place, never
+extracted or copied.
+
+Before anything is served the model is checked: its GGUF structure at every
+start (milliseconds) and its SHA-256 against the trailer on the first start,
+then remembered by (path, size, mtime, inode) in ``dxverify.verified_cache``.
+A byte changed anywhere in the model makes the executable refuse to serve.
+
+A two-model executable (trailer version 2, ``dxbuild --model M --draft D``) also
+carries a draft for speculative decoding: ``embedded_draft()`` hands it out as a
+ModelSource of its own (``FILE#offset=N`` like the model), verified the same way;
+verifying the model verifies the draft too, so a damaged draft stops the start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dx import config
+from dx.models.catalog import Store
+from dx.models.source import ModelSource, verify_source
+from dx.names import default_aliases
+from dxverify.errors import ConfigurationError, DXError, IntegrityError, MalformedInputError
+
+if TYPE_CHECKING:
+    from dx.models.source import ModelSource
+    from dxverify.trailer import EmbeddedModel
+
+# Lets a developer or test point an uncompiled `python -m dx` at a minted file.
+SELF_ENV = config.SELF_EXECUTABLE_ENV
+
+
+def running_compiled_onefile() -> bool:
+    """True inside a Nuitka onefile binary (``__compiled__.onefile``)."""
+    compiled = globals().get("__compiled__")
+    return bool(compiled is not None and getattr(compiled, "onefile", False))
+
+
+def self_executable() -> Path | None:
+    """The file this program was started from, when that file can carry a model.
+
+    Compiled: ``sys.argv[0]`` (Nuitka sets it to the onefile binary's absolute
+    path). Uncompiled (``python -m dx``, the ``dx`` console script): only a
+    binary argv[0] can carry a model, never a ``.py`` file.
+    """
+    override = config.self_executable_override()
+    if override:
+        return Path(override).resolve()
+    if not (sys.argv and sys.argv[0]):
+        return None
+    exe = Path(sys.argv[0])
+    if running_compiled_onefile():
+        return exe.resolve()
+    if exe.suffix == ".py" or not exe.is_file():
+        return None
+    return exe.resolve()
+
+
+def find_embedded(path: Path | None = None) -> EmbeddedModel | None:
+    """The trailer's view of the embedded model, or None for a bare runtime.
+
+    Raises MalformedInputError / IntegrityError when a trailer is present but
+    damaged (truncated file, forged offsets, metadata that disagrees).
+    """
+    path = path or self_executable()
+    if path is None:
+        return None
+    from dxverify.trailer import find_trailer
+
+    return find_trailer(path)
+
+
+def model_source(em: EmbeddedModel) -> ModelSource:
+    """The supervisor's handle on the embedded model (path + offset + length + hash)."""
+
+    return ModelSource(path=em.path, offset=em.offset, length=em.length,
+                       name=model_name(em), sha256=em.sha256)
+
+
+def model_name(em: EmbeddedModel) -> str:
+    """The name clients use for the embedded model (``smollm2``)."""
+    return str(em.metadata.get("model") or "embedded")
+
+
+def verify_embedded(em: EmbeddedModel) -> None:
+    """Refuse a damaged embedded model (and draft): structure every time, SHA-256 once (cached)."""
+    verify_embedded_source(model_source(em))
+
+
+def draft_source(em: EmbeddedModel) -> ModelSource | None:
+    """The supervisor's handle on the embedded draft model, or None when the file carries none."""
+    entry = getattr(em, "draft", None)
+    if entry is None:
+        return None
+
+    record = em.metadata.get("draft") or {}
+    name = str(record.get("model") or "draft") if isinstance(record, dict) else "draft"
+    return ModelSource(path=em.path, offset=entry.offset, length=entry.length, name=name, sha256=entry.sha256)
+
+
+def embedded_draft(path: Path | None = None) -> ModelSource | None:
+    """The verified embedded draft as a ModelSource (for ``--spec-draft-model``), or None when there is none.
+
+    Verifying it checks the target too (a draft is only ever used with it), and
+    raises IntegrityError / MalformedInputError naming the damaged entry.
+    """
+    em = find_embedded(path)
+    if em is None or getattr(em, "draft", None) is None:
+        return None
+    verify_embedded(em)
+    return draft_source(em)
+
+
+def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
+    """verify_source for an embedded model (or draft), naming the executable and the entry on a mismatch.
+
+    Verifying the model of a two-model executable verifies its draft too: the
+    file is one artifact, and a damaged draft refuses the start (``dx serve``
+    calls this for the embedded model whether or not it speculates).
+
+    The verifier's own errors name the field and byte offset; a hash mismatch is
+    re-raised naming the executable, so the user knows which file to replace.
+    """
+
+    try:
+        verify_source(source)
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"{source.path}: the embedded {role} '{source.display_name}' does not match its recorded"
+            f" SHA-256 {source.sha256} ({e.message})",
+            hint="the executable was altered or damaged; refusing to serve — download it again",
+        ) from None
+    except MalformedInputError as e:
+        raise MalformedInputError(
+            f"{source.path}: the embedded {role} '{source.display_name}' (at offset {source.offset})"
+            f" is damaged: {e.message}",
+            hint="the executable was altered or damaged; refusing to serve — download it again",
+        ) from None
+    if role == "model":
+        draft = _draft_beside(source)
+        if draft is not None:
+            verify_embedded_source(draft, role="draft")
+
+
+def _draft_beside(source: ModelSource) -> ModelSource | None:
+    """The draft that travels with ``source`` when it is the primary model of a two-model executable."""
+    if not source.offset:
+        return None
+    from dxverify.trailer import find_trailer
+
+    em = find_trailer(source.path)
+    if em is None or em.offset != source.offset:
+        return None
+    return draft_source(em)
+
+
+def embedded_source(path: Path | None = None) -> ModelSource | None:
+    """The verified embedded model as a ModelSource, or None when there is none."""
+    em = find_embedded(path)
+    if em is None:
+        return None
+    verify_embedded(em)
+    return model_source(em)
+
+
+def names_embedded(em: EmbeddedModel, name: str) -> bool:
+    """Does ``name`` mean the embedded model? The same names ``dx serve`` answers to for it."""
+
+    return name in default_aliases(model_name(em))
+
+
+def embedded_source_for(name: str) -> ModelSource | None:
+    """The verified embedded model when this executable carries one called ``name``."""
+    em = find_embedded()
+    if em is None or not names_embedded(em, name):
+        return None
+    verify_embedded(em)
+    return model_source(em)
+
+
+def self_path_with_model() -> Path | None:
+    """This executable when it carries a model (or a trailer too damaged to read: verify says why)."""
+
+    exe = self_executable()
+    if exe is None:
+        return None
+    try:
+        return exe if find_embedded(exe) is not None else None
+    except DXError:
+        return exe
+
+
+def resolve(spec: str | None, *, pull: bool = True, verify: bool = True) -> ModelSource:
+    """What a CLI command's MODEL means: the embedded model when it is left out or named, else the store's.
+
+    ``dx run``/``show``/``doctor`` all come here, so ``smollm2``, ``smollm2:latest`` and no
+    MODEL at all name the model inside the executable, as they do for ``dx serve``
+    (``dx.names.default_aliases``). Without ``verify`` the embedded model is only
+    located (``show`` and ``doctor`` read its header, which checks its structure).
+    """
+
+    em = find_embedded()
+    if em is not None and (not spec or names_embedded(em, spec)):
+        if verify:
+            verify_embedded(em)
+        return model_source(em)
+    if not spec:
+        raise ConfigurationError("no MODEL given, and this dx carries no model of its own",
+                                 hint="name one: a store name (`dx list`), a GGUF path or hf:OWNER/REPO/FILE.gguf")
+
+    return Store().resolve(spec, pull=pull, verify=verify)
+
+
+def run_arguments(model: str, prompt: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """``./dx-smollm2-cpu-linux-x86_64 run "Why is the sky blue?"`` answers with the embedded model.
+
+    With a model inside, the first argument of ``dx run`` is a prompt unless it
+    names a model: the embedded one, a GGUF path, ``hf:…``, or a store entry.
+    """
+    em = find_embedded()
+    if em is None:
+        return model, prompt
+    name = model_name(em)
+    if names_embedded(em, model) or _names_a_model(model):
+        return model, prompt
+    return name, (model, *prompt)
+
+
+def _names_a_model(text: str) -> bool:
+    if text.startswith("hf:") or text.endswith(".gguf") or (os.sep in text and Path(text).is_file()):
+        return True
+    if any(c.isspace() for c in text):
+        return False
+
+    try:
+        Store().get(text)
+        return True
+    except (DXError, ValueError, OSError):
+        return False

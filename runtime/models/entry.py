@@ -1,0 +1,43 @@
+"""One model the store can serve (``ModelEntry``): what DX's store and Ollama's read-only store both list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dx.models.check import ModelFacts
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the store can serve."""
+
+    name: str                    # "name:tag"
+    sha256: str
+    size: int
+    modified: float              # seconds since the epoch
+    path: Path                   # the blob (or Ollama's blob)
+    source: str                  # "hf:…", "file:…", "ollama", "copy:…"
+    read_only: bool = False      # True for Ollama's models
+    facts: ModelFacts = field(default_factory=ModelFacts)
+    registry: dict[str, Any] | None = None  # pulled from Ollama's registry: manifest digest, layers, params…
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.sha256}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "size": self.size,
+            "modified": self.modified,
+            "path": str(self.path),
+            "source": self.source,
+            "read_only": self.read_only,
+            "family": self.facts.family,
+            "quant": self.facts.quant,
+            "parameter_size": self.facts.parameter_size,
+            "context_length": self.facts.context_length,
+        }

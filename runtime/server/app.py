@@ -1,0 +1,147 @@
+"""The composition root of ``dx serve``: the one place that wires the store, the engines, the swarm
+head and the transport together, from one typed ``ServeOptions``.
+
+``dx.cli.serve`` only turns flags into ``ServeOptions`` and calls :func:`serve`;
+tests build the same server with :func:`make_server`. The parts live apart, as
+llama.cpp splits server-http.cpp from server.cpp:
+
+* ``dx.server.transport`` — connections, limits, deadlines (``request``: one request,
+  auth; ``wire``: parsing and error shapes; ``site``: Host/Origin policy);
+* ``dx.server.routes`` — the one route table (method, path, handler, public or not);
+* ``dx.server.ollama`` / ``dx.server.openai`` — what each API's routes do;
+* ``dx.engine.lease`` — from a model name to a leased engine.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dx.engine import speculative
+from dx.engine.keep_alive import parse_keep_alive
+from dx.engine.manager import EngineManager
+from dx.models.catalog import ModelResolver, Store
+from dx.models.embedded import find_embedded, model_source, verify_embedded_source
+from dx.models.source import ModelSource, verify_source
+from dx.server.auth import api_key_path, check_bind_policy, load_or_create_api_key
+from dx.server.context import App, ServerLimits
+from dx.server.routes import resolve
+from dx.server.transport import DXServer
+from dx.server.transport import make_server as _bind
+from dxverify.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dx.swarm.head import Head
+
+
+def make_server(host: str, port: int, app: App) -> DXServer:
+    """Bind the server with DX's route table (raises ConfigurationError when the address is taken)."""
+    return _bind(host, port, app, resolve)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything ``dx serve`` was asked for, resolved from its flags (``dx.cli.serve``)."""
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 11434
+    auth: bool = True
+    keep_alive: str = "5m"
+    ctx: int | None = None
+    parallel: int = 4
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    allowed_hosts: Sequence[str] = ()
+    allow_origins: Sequence[str] = ()
+    preload: bool = True
+    access_log: bool = False
+    workers: Sequence[str] = ()
+    tensor_split: str | None = None
+    swarm_secret: str | None = None
+    draft: str | None = None
+    spec: str | None = None
+    draft_max: int | None = None
+    draft_min: int | None = None
+
+
+def embedded_model_source() -> ModelSource | None:
+    """The model appended to this very executable (a minted ``dx``), if any (see dx.models.embedded)."""
+
+    found = find_embedded()
+    return model_source(found) if found is not None else None
+
+
+def serve(opts: ServeOptions) -> None:
+    """Check, build, announce and run the server until SIGTERM/SIGINT; everything is closed on the way out."""
+    check_bind_policy(opts.host, auth_enabled=opts.auth)
+    try:
+        default_keep = parse_keep_alive(opts.keep_alive)
+    except ValueError as exc:
+        raise ConfigurationError(f"--keep-alive: {exc}") from None
+
+    # a named model is resolved now (pulls hf: files; verifies structure + SHA-256, cached)
+    source = Store().resolve(opts.model) if opts.model else embedded_model_source()
+    if source is not None:
+        if opts.model:
+            verify_source(source)  # refused here, with the verifier's reason, before anything listens
+        else:
+            verify_embedded_source(source)  # the same check, naming the executable on a mismatch
+    # the draft verified and paired with the model now: an incompatible pair stops here, before any engine
+    speculation = speculative.prepare(source, opts.spec, opts.draft, opts.draft_max, opts.draft_min)
+
+    head: Head | None = None
+    if opts.workers or opts.tensor_split:
+        # lazy: dx.swarm (and ssl, libssl) load only for a swarm head, so dx serve stays small
+        from dx.swarm.head import head_from_options
+
+        head = head_from_options(list(opts.workers), opts.tensor_split, opts.swarm_secret)  # checks every worker
+    api_key = load_or_create_api_key() if opts.auth else None
+    resolver = ModelResolver(source)
+    manager = EngineManager(resolver, parallel=opts.parallel, ctx=opts.ctx, default_keep_alive=default_keep,
+                            extra_args=head.engine_args if head is not None else (),
+                            model_args=speculative.engine_args_for(source, speculation))
+    app = App(manager, resolver, api_key, opts.limits, access_log=opts.access_log,
+              allowed_hosts=opts.allowed_hosts, allow_origins=opts.allow_origins)
+    server = make_server(opts.host, opts.port, app)
+    bound_host, bound_port = server.server_address[:2]
+    shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    what = source.display_name if source is not None else "the models in the store"
+    print(f"dx: serving {what} on http://{shown_host}:{bound_port}")
+    if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
+        browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
+        print(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
+    if speculation.mode != "none":
+        print(f"dx: {speculation.describe()}")
+    if head is not None:
+        print(f"dx: split across workers {', '.join(opts.workers)} (mutual TLS, {head.secret.path})")
+    if api_key:
+        print(f"dx: API key {api_key} (in {api_key_path()}; send `Authorization: Bearer <key>`)")
+    else:
+        print("dx: no API key required (--no-auth, loopback only)")
+    sys.stdout.flush()
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    if source is not None and opts.preload:
+        def preload() -> None:
+            try:
+                manager.get(source.display_name)
+            except Exception as exc:  # the first request will report it in the API's shape
+                print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
+
+        threading.Thread(target=preload, name="dx-preload", daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=3600)  # SIGTERM/SIGINT interrupt it; no idle wake-ups
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        manager.close()
+        if head is not None:
+            head.close()

@@ -1,0 +1,404 @@
+"""Ollama's API on DX: the handlers for /api/* (requests translated onto the engine's OpenAI routes).
+
+Each handler takes the transport's request object (see ``dx.server.transport``) and
+answers it; validation and the mapping of fields live in ``dx.server.ollama_wire``
+(pure functions). Which handler answers which path is ``dx.server.routes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dx import __version__, metrics
+from dx.engine.keep_alive import parse_keep_alive
+from dx.engine.lease import engine_for, open_engine
+from dx.engine.relay import engine_json, iter_chunks
+from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFound
+from dx.models.check import read_facts
+from dx.models.defaults import for_source
+from dx.models.details import details_for, details_or_empty
+from dx.models.source import ModelSource
+from dx.server.ollama_wire import (
+    chat_request,
+    done_fields,
+    embed_input,
+    engine_error_message,
+    generate_request,
+    iso,
+    model_name,
+    now_iso,
+    require_object,
+    sse_events,
+    tool_calls_to_ollama,
+)
+from dx.server.request_json import parse_strict
+from dx.server.wire import HTTPError
+from dxverify.errors import DXError
+
+if TYPE_CHECKING:
+    from dx.models.details import ModelDetails
+    from dx.server.request import Handler as Request
+
+
+def _read_json(req: Request) -> dict[str, Any]:
+    """The body as strict JSON (``dx.server.request_json``): what the engine would choke on is a 400 here."""
+
+    return parse_strict(req.read_body())
+
+
+def version(req: Request) -> None:
+    req.send_json(200, {"version": __version__})
+
+
+def tags(req: Request) -> None:
+    models = []
+    default = req.app.resolver.default
+    if default is not None:
+        d = details_or_empty(default.path, default.offset, default.length)
+        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d))
+    with contextlib.suppress(DXError, OSError):
+        for e in req.app.resolver.store.list():
+            if default is not None and e.name == default.display_name:
+                continue
+            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path)))
+    for m in models:
+        m["modified_at"] = iso(m["modified_at"])
+    req.send_json(200, {"models": models})
+
+
+def _tag_entry(name: str, size: int, sha: str, modified: float, details: ModelDetails) -> dict[str, Any]:
+    return {"name": name, "model": name, "modified_at": modified, "size": size, "digest": sha,
+            "details": details.ollama()}
+
+
+def ps(req: Request) -> None:
+    models: list[dict[str, Any]] = []
+    for lm in sorted(req.app.manager.loaded(), key=lambda m: m.purpose != "generate"):
+        if any(m["name"] == lm.name for m in models):
+            continue  # its generation and embedding engines are one model to Ollama clients
+        size = lm.source.size()
+        details = details_or_empty(lm.source.path, lm.source.offset, lm.source.length)
+        models.append({
+            "name": lm.name, "model": lm.name, "size": size, "digest": lm.source.sha256 or "",
+            "details": details.ollama(),
+            "expires_at": iso(lm.expires_at) if lm.expires_at is not None else "2318-01-01T00:00:00Z",
+            "size_vram": 0, "context_length": lm.ctx,
+        })
+        if lm.engine is not None and lm.purpose == "generate":
+            from dx.swarm.head import engine_placement
+
+            placement = engine_placement(lm.engine.log_path)  # dx serve --workers: which worker holds which layers
+            if placement:
+                models[-1]["dx_workers"] = placement
+    req.send_json(200, {"models": models})
+
+
+def show(req: Request) -> None:
+    doc = _read_json(req)
+    name = model_name(doc)
+    source = req.app.resolver(name)
+    facts = read_facts(source.path, source.offset, source.length)
+    meta = {k: v for k, v in facts.metadata.items() if not isinstance(v, (bytes, bytearray))}
+    template = meta.get("tokenizer.chat_template", "")
+    capabilities = ["completion", "embedding"]
+    if isinstance(template, str) and "tools" in template:
+        capabilities.append("tools")
+    req.send_json(200, {
+        "license": str(meta.get("general.license", "")),
+        "modelfile": f"# dx: {source.display_name}\nFROM {source.path}\n",
+        "parameters": "",
+        "template": template if isinstance(template, str) else "",
+        "details": details_for(source.path, source.offset, source.length).ollama(),
+        "model_info": {k: v for k, v in meta.items() if k != "tokenizer.chat_template"},
+        "capabilities": capabilities,
+        "modified_at": _iso_mtime(source),
+    })
+
+
+def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
+    """Ollama loads (or, with keep_alive 0, unloads) a model on an empty request."""
+
+    keep_alive = doc.get("keep_alive")
+    try:
+        keep = parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    key = "response" if req.path.startswith("/api/generate") else "message"
+    empty = "" if key == "response" else {"role": "assistant", "content": ""}
+    if keep == 0:
+        req.app.resolver(name)  # 404 for an unknown model
+        req.app.manager.unload(name)
+        reason = "unload"
+    else:
+        with engine_for(req.app, name, keep_alive):
+            pass
+        reason = "load"
+    req.send_json(200, {"model": name, "created_at": now_iso(), key: empty, "done": True, "done_reason": reason})
+    return True
+
+
+def generate(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+    if not doc.get("prompt") and not doc.get("suffix"):
+        _load_only(req, doc, name)
+        return
+    path, body, num_ctx = generate_request(doc)
+    if path == "/v1/chat/completions":  # not raw: the model's own system prompt applies, as in Ollama
+        _default_system(req, name, body)
+    _complete(req, name, doc, path, body, num_ctx, "response")
+
+
+def chat(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+    body, num_ctx = chat_request(doc)
+    if not body["messages"]:
+        _load_only(req, doc, name)
+        return
+    _default_system(req, name, body)
+    _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
+
+
+def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
+    """No system message in the request: the model's own (an Ollama system layer) goes first."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or any(m.get("role") == "system" for m in messages):
+        return
+
+    system = for_source(req.app.resolver(name)).system
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+
+
+def _complete(
+    req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
+) -> None:
+    started = time.monotonic()
+    cm, _engine, load, conn, resp = open_engine(
+        req.app, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
+    )
+    try:
+        if resp.status != 200:
+            raw = resp.read()
+            try:
+                err = json.loads(raw)
+            except ValueError:
+                err = {}
+            raise HTTPError(resp.status if 400 <= resp.status < 600 else 502,
+                            engine_error_message(err if isinstance(err, dict) else {}, resp.status))
+        if body["stream"]:
+            _stream(req, name, resp, started, load, key)
+        else:
+            try:
+                answer = json.loads(resp.read())
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                raise EngineError(503, f"the engine stopped while answering ({type(exc).__name__}); retry") \
+                    from None
+            req.send_json(200, _final(name, answer, started, load, key, now_iso()))
+    except EngineUnavailable as exc:
+        req.close_connection = True
+        if not req.headers_sent:
+            raise EngineError(503, f"{exc}; retry the request") from None
+    finally:
+        conn.close()
+        cm.__exit__(None, None, None)
+
+
+def _final(name: str, answer: dict[str, Any], started: float, load: float, key: str, ts: str) -> dict:
+    choice = (answer.get("choices") or [{}])[0]
+    out: dict[str, Any] = {"model": name, "created_at": ts}
+    if key == "message":
+        msg = choice.get("message") or {}
+        message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
+        if msg.get("reasoning_content"):
+            message["thinking"] = msg["reasoning_content"]
+        if msg.get("tool_calls"):
+            message["tool_calls"] = tool_calls_to_ollama(msg["tool_calls"])
+        out["message"] = message
+    else:
+        out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get(
+            "content", "")
+    out.update(done_fields(choice.get("finish_reason"), answer.get("timings"), answer.get("usage"), started, load))
+    metrics.generation(name, answer.get("timings"), answer.get("usage"))
+    return out
+
+
+def start_ndjson(req: Request) -> Callable[[dict[str, Any]], None]:
+    """Begin a chunked NDJSON response (Ollama's streaming shape); returns the line writer."""
+    req.send_response(200)
+    req.send_header("Content-Type", "application/x-ndjson")
+    req.send_header("Transfer-Encoding", "chunked")
+    req.end_headers()
+    out = req.wfile
+
+    def emit(doc: dict[str, Any]) -> None:
+        line = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        out.write(b"%x\r\n%b\r\n" % (len(line), line))
+
+    return emit
+
+
+def _stream(req: Request, name: str, resp: Any, started: float, load: float, key: str) -> None:
+    emit = start_ndjson(req)
+    out = req.wfile
+
+    finish, timings, usage = None, None, None
+    tool_calls: dict[int, dict[str, Any]] = {}
+    try:
+        for event in sse_events(iter_chunks(resp)):
+            if "error" in event:
+                err = event["error"]
+                emit({"error": err.get("message", str(err)) if isinstance(err, dict) else str(err)})
+                out.write(b"0\r\n\r\n")
+                return
+            timings = event.get("timings") or timings
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                if key == "message":
+                    delta = choice.get("delta") or {}
+                    for tc in delta.get("tool_calls") or []:
+                        slot = tool_calls.setdefault(tc.get("index", 0), {"function": {"name": "", "arguments": ""}})
+                        fn = tc.get("function") or {}
+                        slot["function"]["name"] += fn.get("name") or ""
+                        slot["function"]["arguments"] += fn.get("arguments") or ""
+                    text = delta.get("content")
+                    thinking = delta.get("reasoning_content")
+                    if text or thinking:
+                        msg: dict[str, Any] = {"role": "assistant", "content": text or ""}
+                        if thinking:
+                            msg["thinking"] = thinking
+                        emit({"model": name, "created_at": now_iso(), "message": msg, "done": False})
+                else:
+                    text = choice.get("text")
+                    if text is None:
+                        text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        emit({"model": name, "created_at": now_iso(), "response": text, "done": False})
+    except EngineUnavailable as exc:
+        emit({"error": f"{exc}; retry the request"})
+        out.write(b"0\r\n\r\n")
+        raise
+    final: dict[str, Any] = {"model": name, "created_at": now_iso()}
+    if key == "message":
+        final["message"] = {"role": "assistant", "content": ""}
+        if tool_calls:
+            final["message"]["tool_calls"] = tool_calls_to_ollama([tool_calls[i] for i in sorted(tool_calls)])
+    else:
+        final["response"] = ""
+    final.update(done_fields(finish, timings, usage, started, load))
+    metrics.generation(name, timings, usage)
+    emit(final)
+    out.write(b"0\r\n\r\n")
+
+
+def embed(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+    texts = embed_input(doc, "input")
+    started = time.monotonic()
+    answer, load = _embed(req, name, doc.get("keep_alive"), texts)
+    vectors = [item.get("embedding") for item in sorted(answer.get("data", []), key=lambda d: d.get("index", 0))]
+    req.send_json(200, {
+        "model": name, "embeddings": vectors,
+        "total_duration": int((time.monotonic() - started) * 1e9), "load_duration": int(load * 1e9),
+        "prompt_eval_count": int((answer.get("usage") or {}).get("prompt_tokens", 0)),
+    })
+
+
+def embeddings(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+    prompt = embed_input(doc, "prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    answer, _load = _embed(req, name, doc.get("keep_alive"), prompt)
+    data = answer.get("data") or [{}]
+    req.send_json(200, {"embedding": data[0].get("embedding", [])})
+
+
+def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) -> tuple[dict[str, Any], float]:
+    with engine_for(req.app, name, keep_alive, purpose="embed") as (engine, load):
+        try:
+            status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
+        except EngineUnavailable as exc:
+            raise EngineError(503, f"{exc}; retry the request") from None
+    if status != 200:
+        raise HTTPError(status if 400 <= status < 600 else 502, engine_error_message(answer, status))
+    return answer, load
+
+
+def pull(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+
+    stream = doc.get("stream", True)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false")
+    store = req.app.resolver.store
+    if not stream:
+        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
+
+        pull_by_name(store, name)
+        req.send_json(200, {"status": "success"})
+        return
+    emit = start_ndjson(req)
+    out = req.wfile
+
+    def progress(status: str, completed: int | None, total: int | None) -> None:
+        if status == "success":
+            return
+        line: dict[str, Any] = {"status": status}
+        if total:
+            line.update(total=total, completed=completed or 0)
+        emit(line)
+
+    try:
+        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
+
+        pull_by_name(store, name, progress)  # hf:, Ollama's registry, or already here (success)
+        emit({"status": "success"})
+    except DXError as exc:
+        emit({"error": str(exc)})
+    out.write(b"0\r\n\r\n")
+
+
+def delete(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    name = model_name(doc)
+    source = None
+    with contextlib.suppress(ModelNotFound):
+        source = req.app.resolver(name)
+    if source is not None and name in req.app.resolver.default_names():
+        raise HTTPError(409, f"{name!r} is the model this server was started with; stop the server to delete "
+                             "it (`dx rm`)", kind="conflict_error")
+    req.app.resolver.store.delete(name)  # 404 / 403 (Ollama's own models) from the store
+    if source is not None and not source.path.exists():  # the blob went with its last name
+        req.app.manager.unload_source(source)
+    req.send_json(200, {})
+
+
+def copy(req: Request) -> None:
+    doc = require_object(_read_json(req))
+    src, dst = doc.get("source"), doc.get("destination")
+    if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
+        raise BadRequest("source and destination must be model names")
+    req.app.resolver.store.copy(src, dst)
+    req.send_json(200, {})
+
+
+def _mtime(source: ModelSource) -> float:
+    try:
+        return source.path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _iso_mtime(source: ModelSource) -> str:
+    return iso(_mtime(source))

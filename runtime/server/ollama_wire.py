@@ -1,0 +1,313 @@
+"""Ollama's API shapes, translated onto the engine's OpenAI-compatible routes.
+
+Requests are validated and mapped here (pure functions, unit-tested); the
+server streams the engine's SSE and turns each event into one Ollama NDJSON
+line. Durations in Ollama's answers are nanoseconds; the counts and durations
+come from the engine's own ``timings`` so they measure the engine, not DX.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from dx.errors import BadRequest
+
+NS = 1_000_000_000
+
+
+
+# ------------------------------------------------------------------ options
+# Ollama option -> engine (llama-server) request field, with the JSON type it must have.
+_NUMBER = (int, float)
+_OPTION_MAP: dict[str, tuple[str, tuple[type, ...]]] = {
+    "temperature": ("temperature", _NUMBER),
+    "top_p": ("top_p", _NUMBER),
+    "top_k": ("top_k", (int,)),
+    "min_p": ("min_p", _NUMBER),
+    "typical_p": ("typical_p", _NUMBER),
+    "seed": ("seed", (int,)),
+    "repeat_penalty": ("repeat_penalty", _NUMBER),
+    "repeat_last_n": ("repeat_last_n", (int,)),
+    "presence_penalty": ("presence_penalty", _NUMBER),
+    "frequency_penalty": ("frequency_penalty", _NUMBER),
+    "mirostat": ("mirostat", (int,)),
+    "mirostat_tau": ("mirostat_tau", _NUMBER),
+    "mirostat_eta": ("mirostat_eta", _NUMBER),
+    "num_keep": ("n_keep", (int,)),
+    "num_predict": ("max_tokens", (int,)),
+    "stop": ("stop", (list, str)),
+}
+# Load-time options: they change how the engine is started, not one request.
+_LOAD_OPTIONS = frozenset(
+    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "num_thread", "use_mmap", "use_mlock",
+     "numa", "vocab_only", "f16_kv", "logits_all", "penalize_newline", "tfs_z", "num_gqa", "rope_frequency_base",
+     "rope_frequency_scale"}
+)
+
+
+def map_options(options: object) -> tuple[dict[str, Any], int | None]:
+    """Ollama ``options`` -> (engine sampling fields, num_ctx or None)."""
+    if options is None:
+        return {}, None
+    if not isinstance(options, dict):
+        raise BadRequest("options must be a JSON object")
+    out: dict[str, Any] = {}
+    num_ctx = None
+    for key, value in options.items():
+        if key == "num_ctx":
+            if isinstance(value, bool) or not isinstance(value, int) or not (0 < value <= 1 << 20):
+                raise BadRequest("options.num_ctx must be a positive integer")
+            num_ctx = value
+            continue
+        if key in _LOAD_OPTIONS:
+            continue
+        spec = _OPTION_MAP.get(key)
+        if spec is None:
+            continue  # Ollama ignores unknown options too
+        field, types = spec
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise BadRequest(f"options.{key} has the wrong type ({type(value).__name__})")
+        if key == "stop" and isinstance(value, list) and not all(isinstance(s, str) for s in value):
+            raise BadRequest("options.stop must be a list of strings")
+        if key == "num_predict" and value < 0:
+            continue  # -1 (infinite) / -2 (fill context): the engine's default
+        out[field] = value
+    return out, num_ctx
+
+
+def map_format(fmt: object) -> dict[str, Any]:
+    """Ollama ``format`` ("json" or a JSON schema) -> OpenAI ``response_format``."""
+    if fmt in (None, ""):
+        return {}
+    if fmt == "json":
+        return {"response_format": {"type": "json_object"}}
+    if isinstance(fmt, dict):
+        return {"response_format": {"type": "json_schema", "json_schema": {"schema": fmt}}}
+    raise BadRequest('format must be "json" or a JSON schema object')
+
+
+# ------------------------------------------------------------------ request checks
+def require_object(doc: object) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return doc
+
+
+def model_name(doc: dict[str, Any], *, required: bool = True) -> str:
+    name = doc.get("model", doc.get("name"))
+    if name is None or name == "":
+        if required:
+            raise BadRequest("model is required")
+        return ""
+    if not isinstance(name, str):
+        raise BadRequest("model must be a string")
+    return name
+
+
+def _bool(doc: dict[str, Any], key: str, default: bool) -> bool:
+    value = doc.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
+
+
+def is_stream(doc: dict[str, Any]) -> bool:
+    return _bool(doc, "stream", True)
+
+
+def _messages(raw: object) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadRequest("messages must be a list")
+    out = []
+    for i, msg in enumerate(raw):
+        if not isinstance(msg, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"messages[{i}].role must be a string")
+        content = msg.get("content", "")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string")
+        item: dict[str, Any] = {"role": role, "content": content}
+        images = msg.get("images")
+        if images:
+            if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+                raise BadRequest(f"messages[{i}].images must be a list of base64 strings")
+            item["content"] = [{"type": "text", "text": content}] + [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}} for img in images
+            ]
+        calls = msg.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list):
+                raise BadRequest(f"messages[{i}].tool_calls must be a list")
+            item["tool_calls"] = [_tool_call_to_openai(c, i, n) for n, c in enumerate(calls)]
+        for key in ("tool_call_id", "name"):
+            if isinstance(msg.get(key), str):
+                item[key] = msg[key]
+        if isinstance(msg.get("tool_name"), str) and "name" not in item:
+            item["name"] = msg["tool_name"]
+        out.append(item)
+    return out
+
+
+def _tool_call_to_openai(call: object, i: int, n: int) -> dict[str, Any]:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequest(f"messages[{i}].tool_calls[{n}] must have function.name")
+    args = fn.get("arguments", {})
+    return {
+        "id": call.get("id") or f"call_{i}_{n}",  # type: ignore[union-attr]
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": args if isinstance(args, str) else json.dumps(args)},
+    }
+
+
+def chat_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """/api/chat body -> (engine /v1/chat/completions body, num_ctx)."""
+    fields, num_ctx = map_options(doc.get("options"))
+    body: dict[str, Any] = {"messages": _messages(doc.get("messages")), **fields, **map_format(doc.get("format"))}
+    tools = doc.get("tools")
+    if tools:
+        if not isinstance(tools, list):
+            raise BadRequest("tools must be a list")
+        body["tools"] = tools
+    return _streaming(body, is_stream(doc)), num_ctx
+
+
+def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], int | None]:
+    """/api/generate body -> (engine path, engine body, num_ctx).
+
+    Not raw: the prompt (and ``system``) become chat messages so the model's own
+    template applies, as Ollama does. Raw: the prompt goes to /v1/completions as is.
+    """
+    prompt = doc.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    system = doc.get("system")
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("system must be a string")
+    if doc.get("images"):
+        raise BadRequest("images are not supported by /api/generate in dx; use /api/chat")
+    fields, num_ctx = map_options(doc.get("options"))
+    fields.update(map_format(doc.get("format")))
+    stream = is_stream(doc)
+    if _bool(doc, "raw", False):
+        body = {"prompt": prompt, **fields}
+        suffix = doc.get("suffix")
+        if isinstance(suffix, str) and suffix:
+            body["suffix"] = suffix
+        return "/v1/completions", _streaming(body, stream), num_ctx
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return "/v1/chat/completions", _streaming({"messages": messages, **fields}, stream), num_ctx
+
+
+def _streaming(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    body["stream"] = stream
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def embed_input(doc: dict[str, Any], key: str) -> list[str] | str:
+    value = doc.get(key)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        return value
+    raise BadRequest(f"{key} must be a string or a non-empty list of strings")
+
+
+# ------------------------------------------------------------------ answers
+def now_iso() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+def done_fields(
+    finish_reason: str | None, timings: dict[str, Any] | None, usage: dict[str, Any] | None,
+    started: float, load_duration: float,
+) -> dict[str, Any]:
+    """The statistics of Ollama's final chunk, from the engine's timings.
+
+    With speculative decoding the engine also counts drafted and accepted tokens
+    (``draft_n``, ``draft_n_accepted``); Ollama has no such fields, so they are added
+    under the engine's names, only when the engine reports them.
+    """
+    t = timings or {}
+    u = usage or {}
+    prompt_n = t.get("prompt_n", u.get("prompt_tokens", 0))
+    eval_n = t.get("predicted_n", u.get("completion_tokens", 0))
+    draft = {key: int(t[key]) for key in ("draft_n", "draft_n_accepted") if isinstance(t.get(key), (int, float))}
+    return {
+        "done": True,
+        "done_reason": {"length": "length", "tool_calls": "stop"}.get(finish_reason or "stop", "stop"),
+        "total_duration": int((time.monotonic() - started) * NS),
+        "load_duration": int(load_duration * NS),
+        "prompt_eval_count": int(prompt_n or 0),
+        "prompt_eval_duration": int(float(t.get("prompt_ms", 0.0)) * 1e6),
+        "eval_count": int(eval_n or 0),
+        "eval_duration": int(float(t.get("predicted_ms", 0.0)) * 1e6),
+        **draft,
+    }
+
+
+def sse_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """Parse an SSE byte stream into its JSON ``data:`` events (``[DONE]`` ends it)."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            cut = buf.find(b"\n\n")
+            if cut < 0:
+                break
+            block, buf = buf[:cut], buf[cut + 2 :]
+            for line in block.split(b"\n"):
+                line = line.rstrip(b"\r")
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+
+
+def tool_calls_to_ollama(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for call in calls:
+        fn = call.get("function") or {}
+        args = fn.get("arguments") or "{}"
+        try:
+            parsed = json.loads(args) if isinstance(args, str) else args
+        except ValueError:
+            parsed = {"_raw": args}
+        out.append({"function": {"name": fn.get("name", ""), "arguments": parsed}})
+    return out
+
+
+def engine_error_message(doc: dict[str, Any], status: int) -> str:
+    err = doc.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    if isinstance(err, str):
+        return err
+    return f"the engine answered {status}"

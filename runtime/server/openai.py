@@ -1,0 +1,217 @@
+"""OpenAI's API on DX, and the engine's own routes: relays to llama-server.
+
+``relay`` passes /v1 requests to the engine byte for byte (``dx.engine.relay``),
+``models`` is DX's own list (the engine knows only its one model),
+``passthrough`` hands every other path (llama.cpp's web UI, /props,
+/tokenize...) to the default model's engine. Each handler takes the
+transport's request object (see ``dx.server.transport``); ``dx.server.routes`` says which
+path goes where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+from dx import __version__
+from dx.engine.lease import engine_for, open_engine
+from dx.engine.relay import engine_json, engine_request
+from dx.engine.relay import relay as relay_answer
+from dx.errors import EngineError, EngineUnavailable, ModelNotFound
+from dx.server.request_json import parse_strict
+from dx.server.wire import HTTPError
+from dxverify.errors import DXError
+
+if TYPE_CHECKING:
+    from dx.server.request import Handler as Request
+
+# Request headers passed on to the engine's own routes: content negotiation and caching of the web
+# UI's assets (llama-server keeps them gzip-compressed and answers 415 to a client that cannot take that).
+_FORWARDED = ("Accept", "Accept-Encoding", "Accept-Language", "If-None-Match", "If-Modified-Since", "Range")
+
+
+def health(req: Request) -> None:
+    req.send_json(200, {"status": "ok"})
+
+
+def root(req: Request) -> None:
+    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI.
+
+    ``/?token=T`` is the browser login (``dx.server.login``): a valid token sets the session cookie and
+    redirects to ``/``, so the token does not stay in the address bar; a wrong or spent one is 401.
+    """
+    query = urllib.parse.parse_qs(req.path.partition("?")[2])
+    if "token" in query:
+        _login(req, query["token"][0])
+        return
+    if "text/html" not in req.headers.get("Accept", ""):
+        req.send_text(200, "dx is running\n")
+        return
+    passthrough(req)
+
+
+def _login(req: Request, token: str) -> None:
+    sessions = req.app.sessions
+    if sessions is None:  # --no-auth: nothing to log in to
+        _see_home(req)
+        return
+    sid = sessions.redeem(token)
+    if sid is None:
+        req.send_text(401, "this login link is wrong or was already used: open the newest one dx printed, "
+                           "or /?token=<API key>\n")
+        return
+    _see_home(req, {"Set-Cookie": sessions.set_cookie(sid), "Cache-Control": "no-store"})
+    host = req.headers.get("Host") or f"127.0.0.1:{sessions.port}"
+    print(f"dx: a browser logged in; the next login URL is {sessions.login_url('http://' + host)}",
+          file=sys.stderr, flush=True)
+
+
+def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
+    """303 to ``/`` (the login URL's token does not stay in the address bar)."""
+    req.send_response(303)
+    req.send_header("Location", "/")
+    for k, v in (headers or {}).items():
+        req.send_header(k, v)
+    req.send_header("Content-Length", "0")
+    req.end_headers()
+
+
+def relay(req: Request) -> None:
+    """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
+
+    path = req.path.split("?", 1)[0]
+    body = req.read_body()
+    doc = parse_strict(body)  # relayed as is, so it must be JSON the engine takes: else 400 here, not its 500
+    model = doc.get("model", "")
+    if not isinstance(model, str):
+        raise HTTPError(400, "model must be a string")
+    purpose = "embed" if path == "/v1/embeddings" else "generate"
+    cm, _engine, _load, conn, resp = open_engine(req.app, model, None, None, "POST", path, body, purpose)
+    try:
+        _relay_or_503(req, conn, resp)
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def models(req: Request) -> None:
+    """Every model DX can serve; a loaded one carries its engine's own /v1/models entry (``meta``).
+
+    The engine alone knows only the one model it serves, so the list is DX's;
+    what llama-server says of a running model (vocabulary, context it was
+    trained for, parameters, size) is passed through from it.
+    """
+    created = int(req.app.started)
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "dx"} for n in _model_names(req)]
+    by_id = {d["id"]: d for d in data}
+    for lm in req.app.manager.loaded():
+        if lm.purpose != "generate" or lm.engine is None:
+            continue
+        entry = by_id.get(lm.name)
+        if entry is None:
+            entry = by_id[lm.name] = {"id": lm.name, "object": "model", "created": created, "owned_by": "dx"}
+            data.append(entry)
+        meta = _engine_model_meta(lm.engine)
+        if meta is not None:
+            entry["meta"] = meta
+    req.send_json(200, {"object": "list", "data": data})
+
+
+MODEL_PREFIX = "/v1/models/"
+
+
+def model(req: Request) -> None:
+    """``GET /v1/models/{id}`` (``models.retrieve``): ids hold ':' and '/', so the rest of the path, unquoted."""
+    from urllib.parse import unquote
+
+    model_id = unquote(req.path.split("?", 1)[0][len(MODEL_PREFIX):])  # a bad %-escape matches no name
+    known = model_id in _model_names(req)
+    if not known and model_id:
+        with contextlib.suppress(ModelNotFound, DXError):
+            req.app.resolver(model_id)  # names only: another name the served model answers to, or a store name
+            known = True
+    if not known:
+        req.send_json(404, {"error": {"message": f"The model '{model_id[:200]}' does not exist", "type":
+                                      "invalid_request_error", "param": "model", "code": "model_not_found"}})
+        return
+    req.send_json(200, {"id": model_id, "object": "model", "created": int(req.app.started), "owned_by": "dx"})
+
+
+def _engine_model_meta(engine: Any) -> dict[str, Any] | None:
+    try:
+        status, doc = engine_json(engine, "/v1/models", timeout=5.0)
+    except EngineUnavailable:
+        return None
+    items = doc.get("data") if status == 200 else None
+    if isinstance(items, list) and items and isinstance(items[0], dict) and isinstance(items[0].get("meta"), dict):
+        return items[0]["meta"]
+    return None
+
+
+def _model_names(req: Request) -> list[str]:
+    names: list[str] = []
+    if req.app.resolver.default is not None:
+        names.append(req.app.resolver.default.display_name)
+    with contextlib.suppress(DXError, OSError):
+        names.extend(e.name for e in req.app.resolver.store.list() if e.name not in names)
+    return names
+
+
+def passthrough(req: Request) -> None:
+    """llama.cpp's own routes and web UI, on the default model's engine.
+
+    The engine's key goes with the request only when the client sent DX's: the
+    web UI's public assets are fetched without it, everything else the engine
+    itself then refuses.
+    """
+
+    method, path, with_key = req.command, req.path.split("?", 1)[0], req.authorized
+    if req.app.resolver.default is None:
+        raise HTTPError(404, f"no route {method} {path}", kind="not_found_error")
+    body = req.read_body() if method in ("POST", "PUT") else None
+    if body:  # llama.cpp's own JSON routes: what the engine would choke on (500) is a 400 here
+
+        parse_strict(body)
+    with engine_for(req.app, "") as (engine, _load):
+        target = req.path if req.path.startswith("/") else "/"
+        try:
+            forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}
+            conn, resp = engine_request(
+                engine, method, target, body, req.headers.get("Content-Type"), with_key=with_key,
+                forward=forward,
+            )
+        except EngineUnavailable as exc:
+            raise EngineError(503, f"{exc}; retry the request") from None
+        if path == "/" and resp.status == 404:  # an engine built without llama.cpp's web UI
+            conn.close()
+            _front_page(req)
+            return
+        _relay_or_503(req, conn, resp)
+
+
+def _relay_or_503(req: Request, conn: Any, resp: Any) -> None:
+    """The engine's answer to the client; an engine gone before anything was sent is a 503 to retry."""
+
+    try:
+        relay_answer(req, conn, resp)
+    except EngineUnavailable as exc:
+        req.close_connection = True
+        if not req.headers_sent:
+            raise EngineError(503, f"{exc}; retry the request") from None
+
+
+def _front_page(req: Request) -> None:
+    """What a browser opening the URL sees when the engine has no web UI: where the APIs are."""
+    import html
+
+    default = req.app.resolver.default
+    model = html.escape(default.display_name) if default is not None else "models from the store"
+    req.send_text(200, (
+        "<!doctype html><meta charset=utf-8><title>dx</title>"
+        f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
+        "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
+        "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
+        "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
+        "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
+    ), "text/html; charset=utf-8")

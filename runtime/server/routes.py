@@ -1,0 +1,89 @@
+"""Who answers what: the dx server's one route table.
+
+One line per route: method, path, handler, and whether it is public (answered
+without the API key). ``GET`` also answers ``HEAD``. What a handler does lives
+with its API (``dx.server.ollama``, ``dx.server.openai``); how a request gets
+here (limits, Host/Origin checks, auth) is ``dx.server.transport``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dx import metrics
+from dx.server import ollama, openai
+from dx.server.wire import HTTPError
+
+Handler = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: str  # space-separated
+    path: str
+    handler: Handler
+    public: bool = False
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET",         "/health",              openai.health, public=True),
+    Route("GET",         "/",                    openai.root,   public=True),  # a browser gets the web UI
+    Route("GET",         "/api/version",         ollama.version),
+    Route("GET",         "/api/tags",            ollama.tags),
+    Route("GET",         "/api/ps",              ollama.ps),
+    Route("POST",        "/api/show",            ollama.show),
+    Route("POST",        "/api/generate",        ollama.generate),
+    Route("POST",        "/api/chat",            ollama.chat),
+    Route("POST",        "/api/embed",           ollama.embed),
+    Route("POST",        "/api/embeddings",      ollama.embeddings),
+    Route("POST",        "/api/pull",            ollama.pull),
+    Route("POST DELETE", "/api/delete",          ollama.delete),
+    Route("POST",        "/api/copy",            ollama.copy),
+    Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
+    Route("POST",        "/v1/completions",      openai.relay),
+    Route("POST",        "/v1/embeddings",       openai.relay),
+    Route("GET",         "/v1/models",           openai.models),
+    Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
+    Route("GET",         "/metrics",             metrics.serve),  # Prometheus: dx's and the engines' numbers
+)
+# Not in the table: any other /api/ path is 404 (405 for other methods); every other path goes
+# to the default model's engine (openai.passthrough) — public for GET/HEAD outside /api/ and /v1/
+# (llama.cpp's web UI and its assets; the engine still asks its own key for its API), keyed otherwise.
+
+
+def _no_route(req: Any) -> None:
+    method, path = req.command, req.path.split("?", 1)[0]
+    raise HTTPError(404 if method in ("GET", "POST", "DELETE") else 405, f"no route {method} {path}")
+
+
+def _index(routes: tuple[Route, ...], prefixes: bool = False) -> dict[tuple[str, str], Route]:
+    """(method, path) -> route; with ``prefixes`` the routes whose path ends in ``*``, keyed by the prefix."""
+    index: dict[tuple[str, str], Route] = {}
+    for r in routes:
+        if r.path.endswith("*") != prefixes:
+            continue
+        for m in r.methods.split():
+            index[(m, r.path.rstrip("*"))] = r
+            if m == "GET":
+                index[("HEAD", r.path.rstrip("*"))] = r
+    return index
+
+
+_INDEX = _index(ROUTES)
+_PREFIXES = _index(ROUTES, prefixes=True)
+
+
+def resolve(method: str, path: str) -> tuple[Handler, bool]:
+    """(handler, public) for a request; ``path`` without the query string."""
+    route = _INDEX.get((method, path))
+    if route is None:
+        route = next((r for (m, prefix), r in _PREFIXES.items() if m == method and path.startswith(prefix)), None)
+    if route is not None:
+        return route.handler, route.public
+    if path.startswith("/api/"):
+        return _no_route, False
+    return openai.passthrough, method in ("GET", "HEAD") and not path.startswith("/v1/")
+
+metrics.set_known_routes(r.path for r in ROUTES)  # each of the table's paths is its own metrics label

@@ -62,7 +62,7 @@ def test_nuitka_options_are_onefile_cached_archive_with_engine_data(tmp_path: Pa
 
 def test_runtime_sources_hold_the_runtime_and_not_the_builder() -> None:
     src = bundle.runtime_sources()
-    assert "dx/cli.py" in src and "dxverify/trailer.py" in src
+    assert "dx/cli/__init__.py" in src and "dx/server/app.py" in src and "dxverify/trailer.py" in src
     assert not any(k.startswith("dxbuild/") for k in src)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.scripts import console_script
 
 from dxbuild.cli import cli
 from dxbuild.keys import (
@@ -199,9 +200,7 @@ def test_cli_keygen_sign_verify(tmp_path: Path) -> None:
 
 def test_cli_one_line_error(tmp_path: Path) -> None:
     """A tampered release through the real console script: one line, exit code 4, no traceback."""
-    dxbuild = shutil.which("dxbuild")
-    if dxbuild is None:
-        pytest.skip("dxbuild console script not installed")
+    dxbuild = console_script("dxbuild")
     keygen(tmp_path / "k")
     d = tmp_path / "rel"
     d.mkdir()

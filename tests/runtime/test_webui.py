@@ -68,10 +68,11 @@ def test_a_browser_logs_in_with_the_printed_url_and_chats_through_dx(
     """Auth on: the URL `dx serve` prints logs a real browser in (cookie), and llama.cpp's UI answers a chat."""
     from dx.store import Store
 
-    sync_api = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:  # test.sh installs Debian's chromium where it can
         pytest.skip("a Chromium browser is needed (apt-get install chromium)")
+    from playwright import sync_api  # the test extra's (drives that chromium): missing is a broken install
+
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
     dx = start_dx(tmp_path, "--ctx", "1024", engine=webui_engine / "bin" / "llama-server", model=MODEL)
     try:

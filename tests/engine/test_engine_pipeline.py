@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from support.tools import need
 from support.waits import wait_until
 
 from dxbuild.engine import build_engine
@@ -233,10 +234,9 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
 @pytest.mark.parametrize("launcher", ["", "ccache"])
 def test_source_paths_are_mapped_with_and_without_ccache(tmp_path: Path, launcher: str) -> None:
     """__FILE__ reads /dx/llama.cpp/... whether or not ccache rewrote the paths (reproducible bytes)."""
-    import shutil
 
-    if launcher and not shutil.which(launcher):
-        pytest.skip("ccache not installed")
+    if launcher:
+        need(launcher)
     extra = {"CMAKE_C_COMPILER_LAUNCHER": launcher} if launcher else {}
     recipe = _tiny(tmp_path, **extra)
     engine = build_engine(_cell(recipe), recipe, cache=tmp_path / "cache", echo=None)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from support.scripts import console_script
+from support.tools import need
 
 from dxbuild.keys import find_signing_key, keygen, sign_file
 
@@ -63,8 +63,7 @@ def test_without_cryptography_openssl_checks(signed_model: tuple[Path, Path, Pat
 
     from dx.cli import cli
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need("openssl")
     model, sig, pub = signed_model
     monkeypatch.setitem(sys.modules, "dxverify.signatures", None)  # import now raises ImportError
     r = CliRunner().invoke(cli, ["verify", str(model), "--no-hash", "--key", str(pub)])

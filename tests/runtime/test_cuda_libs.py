@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.tools import need
 
 from dx import cuda_libs
 
@@ -23,8 +24,7 @@ NAMES13 = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13")
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """SONAME -> a tiny shared object carrying that SONAME (majors 13 and 12)."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to make stand-in shared objects")
+    need("gcc")  # makes the stand-in shared objects
     out = tmp_path_factory.mktemp("stand-ins")
     src = out / "empty.c"
     src.write_text("int dx_stand_in(void) { return 0; }\n")

@@ -20,8 +20,12 @@ def need(*names: str, package: str | None = None) -> str:
         found = shutil.which(name)
         if found:
             return found
-    what = " or ".join(names)
-    install = f"apt-get install {package or names[0]}"
+    missing(" or ".join(names), package or names[0])
+    raise AssertionError("unreachable")  # missing() fails or skips
+
+
+def missing(what: str, package: str) -> None:
+    """Something the test needs from the system is absent: a failure (DX_TEST_TOOLS=all) or a skip saying what to install."""
     if os.environ.get("DX_TEST_TOOLS") == "all":
-        pytest.fail(f"{what} is missing though ./test.sh installed the test tools ({install})")
-    pytest.skip(f"{what} is not installed: {install} (./test.sh does, as root)")
+        pytest.fail(f"{what} is missing though ./test.sh installed the test tools (apt-get install {package})")
+    pytest.skip(f"{what} is missing: apt-get install {package} (./test.sh does, as root)")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: the system tools the tests drive
-# (ccache, dash, busybox, openssl, curl, npm for llama.cpp's web UI, chromium to drive it, tmux for dx top), DX with its test extras, then ruff and
+# (ccache, dash, busybox, openssl, curl, npm for llama.cpp's web UI, chromium to drive it, tmux for dx top,
+# gcc and patch for the engine), DX with its test extras, then ruff and
 # pytest (unit, integration with the real engine, Nuitka and clients).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need=()
-for tool in ccache dash busybox openssl curl npm chromium tmux; do
+for tool in ccache dash busybox openssl curl npm chromium tmux gcc patch; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v dpkg >/dev/null && for pkg in qemu-user-static glslc libvulkan-dev spirv-headers mesa-vulkan-drivers gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done  # the vulkan (lavapipe) and aarch64 (qemu) tiers
@@ -14,10 +15,14 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "+ apt-get install ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    need=()
   else
     echo "note: missing ${need[*]}; the tests that need them will be skipped" >&2
   fi
 fi
+# Every tool above is in place: from here a test that finds one missing fails instead of
+# skipping (tests/support/tools.py).
+if [ ${#need[@]} -eq 0 ] && command -v dpkg >/dev/null; then export DX_TEST_TOOLS=all; fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check .

@@ -215,6 +215,7 @@ def main() -> None:
     from dxbuild.bundle.payload import read_payload
     from dxbuild.engine.build import host_engine
     from dxbuild.models import resolve
+    from dxmatrix.recipes import get_tier
     from dxverify.trailer import read_trailer
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="dx-bench-mint-"))
@@ -238,9 +239,13 @@ def main() -> None:
     res["bare"] = {"file": bare.name, "size": size, "engine": engine_b, "python": python_b, "nuitka": overhead,
                    "engine_unpacked": sum(e.size for e in payload.entries if e.name.startswith("engine/")),
                    "python_unpacked": sum(e.size for e in payload.entries if not e.name.startswith("engine/"))}
-    print(f"\n1. bare cpu runtime {bare.name}: {size / 1e6:.2f} MB (goal <= 21 MB: 20.4 MB before dx top's curses, ~0.25 MB, and DX Turbo/Monitor's code)")
+    # The one size goal the product keeps: the tier's budget on the unpacked engine (recipes/tiers.toml).
+    budget = get_tier("cpu").size_budget_mb
+    print(f"\n1. bare cpu runtime {bare.name}: {size / 1e6:.2f} MB")
     print(f"   engine {engine_b / 1e6:.2f} MB | Python runtime {python_b / 1e6:.2f} MB | "
           f"Nuitka bootstrap + archive headers {overhead / 1e6:.2f} MB  (compressed, as stored)")
+    print(f"   engine unpacked {res['bare']['engine_unpacked'] / 1e6:.2f} MB "
+          f"(goal: the cpu tier's size_budget_mb, {budget} MB, recipes/tiers.toml)")
 
     # 2. mint time vs cp + sha256sum
     big = work / "big.gguf"

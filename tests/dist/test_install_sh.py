@@ -10,9 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
+from dist_harness import (
     RELEASE_CELLS,
     SHELLS,
+    Release,
+    finish_release,
     make_release,
     render_to,
     run_install,
@@ -208,7 +210,7 @@ def _install_after_a_partial_download(server, script_name, fetcher, script, mach
 
 @pytest.mark.parametrize("fetcher", list(FETCHERS))
 def test_resumes_a_partial_download(fetcher, script, machine, serve, signed_release):
-    server, m, data, cache, r = _install_after_a_partial_download(
+    server, m, data, _cache, r = _install_after_a_partial_download(
         serve(signed_release), "install-resume.sh", fetcher, script, machine, signed_release)
     name = "dx-cpu-linux-x86_64"
     assert r.rc == 0, r.text
@@ -263,7 +265,7 @@ def test_interrupted_download_cleans_up(shell, script, machine):
 
 @pytest.mark.parametrize("fetcher", ["curl", "wget"])
 def test_resume_against_a_server_without_ranges_starts_again(fetcher, script, machine, serve, signed_release):
-    server, m, data, cache, r = _install_after_a_partial_download(
+    _server, m, data, cache, r = _install_after_a_partial_download(
         serve(signed_release, ranges=False), "install-noranges.sh", fetcher, script, machine, signed_release)
     assert r.rc == 0, r.text
     assert (m.base / "prefix/bin/dx").read_bytes() == data
@@ -494,8 +496,6 @@ def test_installs_the_minted_executable(mint_release_dir, release_keys, tmp_path
     model), verifies it and installs it; the installed file runs."""
     import filecmp
     import platform
-
-    from conftest import Release, finish_release
 
     minted = sorted(p for p in mint_release_dir.glob("dx-*") if p.suffix not in (".json", ".sig") and p.is_file())
     assert minted, f"nothing minted in {mint_release_dir}"

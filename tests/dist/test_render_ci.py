@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dist_harness import ReleaseServer, run_install
 
 from dxbuild.paths import project_root
 from dxbuild.release.render_ci import ACTIONS, WORKFLOWS, matrix_entries, render_workflows
@@ -174,8 +175,6 @@ def test_release_job_steps_run_here_and_install_sh_installs_from_the_result(
     import os
     import re
 
-    from conftest import run_install
-
     wf = yaml.safe_load((ROOT / RELEASE).read_text())
     job = wf["jobs"]["release"]
     work = tmp_path / "job"
@@ -186,7 +185,6 @@ def test_release_job_steps_run_here_and_install_sh_installs_from_the_result(
     web = tmp_path / "web"
     web.mkdir()
     (web / "release").symlink_to(work / "release")
-    from conftest import ReleaseServer
     server = ReleaseServer(web)
     try:
         env = {**os.environ, "DX_SIGNING_KEY_PEM": (release_keys / "dx-release.key").read_text(),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from engine_run import chat, loaded_cpu_variant, serve
+from support.tools import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.aarch64]
 
@@ -49,7 +50,7 @@ def _qemu_argv(cpu: str) -> list[str]:
 
     exe = qemu_user("arm64")
     if exe is None:
-        pytest.skip("no qemu-aarch64: apt-get install qemu-user-static (./test.sh does, as root)")
+        missing("qemu-aarch64", "qemu-user-static")
     return [exe, "-cpu", cpu, "-L", str(sysroot("arm64"))]
 
 

@@ -9,11 +9,11 @@ variant it picks must run there. Needs Debian's qemu-user-static (test.sh instal
 from __future__ import annotations
 
 import platform
-import shutil
 from pathlib import Path
 
 import pytest
 from engine_run import chat, complete, loaded_cpu_variant, serve
+from support.tools import need
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86 variants exist on x86_64 only")]
@@ -42,10 +42,7 @@ AVX512_VARIANTS = [
 
 
 def _qemu() -> str:
-    exe = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
-    if exe is None:
-        pytest.skip("qemu-x86_64 is missing: apt-get install qemu-user-static (./test.sh does, as root)")
-    return exe
+    return need("qemu-x86_64-static", "qemu-x86_64", package="qemu-user-static")
 
 
 @pytest.mark.parametrize("cpu", list(EXPECTED))

@@ -8,7 +8,9 @@ leaving no cache entry, and a failing compile showing its tail and log path.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from support.tools import need
+from support.waits import wait_until
 
 from dxbuild.engine.build import build_engine
 from dxbuild.engine.source import tree_hash
@@ -149,6 +153,30 @@ def test_compile_failure_shows_tail_and_log(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "cache" / "engines").iterdir() if not p.name.endswith(".lock")]
 
 
+def _sleep_step_runs(pid: int) -> bool:
+    """Is a `cmake -E sleep` running among the descendants of ``pid`` (read from /proc)?"""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+
+    def under(p: int) -> bool:
+        while p > 1:
+            p = parent.get(p, 0)
+            if p == pid:
+                return True
+        return False
+
+    for p in parent:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            if b"-E" in argv and b"sleep" in argv and under(p):
+                return True
+    return False
+
+
 def _read_lines(stream: IO[str], into: list[str]) -> None:
     for line in stream:
         into.append(line)
@@ -179,12 +207,11 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
     reader = threading.Thread(target=_read_lines, args=(proc.stderr, said), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 120
-        while not any("==> compile" in s for s in said):
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                "build never reached the compile step:\n" + "".join(said)
-            time.sleep(0.1)
-        time.sleep(2)                                   # inside the 60 s sleep step of the build
+        def in_the_sleep_step() -> bool:
+            assert proc.poll() is None, "the build ended before its sleep step:\n" + "".join(said)
+            return any("==> compile" in s for s in said) and _sleep_step_runs(proc.pid)
+
+        wait_until(in_the_sleep_step, "the build to be inside its 60 s `cmake -E sleep` step", timeout=120)
         proc.send_signal(sig)
         sent = time.monotonic()
         proc.wait(timeout=30)
@@ -207,10 +234,9 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path, sig: signal.Signals) 
 @pytest.mark.parametrize("launcher", ["", "ccache"])
 def test_source_paths_are_mapped_with_and_without_ccache(tmp_path: Path, launcher: str) -> None:
     """__FILE__ reads /dx/llama.cpp/... whether or not ccache rewrote the paths (reproducible bytes)."""
-    import shutil
 
-    if launcher and not shutil.which(launcher):
-        pytest.skip("ccache not installed")
+    if launcher:
+        need(launcher)
     extra = {"CMAKE_C_COMPILER_LAUNCHER": launcher} if launcher else {}
     recipe = _tiny(tmp_path, **extra)
     engine = build_engine(_cell(recipe), recipe, cache=tmp_path / "cache", echo=None)

@@ -145,14 +145,16 @@ def test_install_tree_layout(tmp_path: Path) -> None:
 
 
 def test_real_patches_apply_to_pinned_source(tmp_path: Path) -> None:
-    """Each committed patch applies cleanly (no fuzz) to the pinned source, when the source is cached."""
+    """Each committed patch applies cleanly (no fuzz) to the pinned source (fetched into the DX cache if not there)."""
     from dxbuild.paths import cache_dir
+    from dxbuild.source import prepare_source
 
     recipe = load_engine_recipe()
+    prepare_source(recipe, log=tmp_path / "source.log", echo=None)  # cached: a look at two folders
     root = cache_dir() / "sources" / recipe.source.sha256
-    tops = list(root.iterdir()) if root.is_dir() else []
-    if not tops:
-        pytest.skip("pinned source not in the DX cache yet (the cpu_engine fixture fetches it)")
+    tops = [d for d in root.iterdir() if d.is_dir()]
+    assert len(tops) == 1, f"{root}: expected the one unpacked sdist folder, found {tops}"
+    assert recipe.patch_paths(), "the engine recipe lists no patches"
     pristine = tops[0] / recipe.source.subdir
     work = tmp_path / "llama.cpp"
     (work / "src").mkdir(parents=True)

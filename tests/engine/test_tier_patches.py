@@ -4,12 +4,12 @@ toolchain file. Fast (planning only; the source check reads the cached sdist).""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from support.tools import need
 
 from dxbuild.engine.plan import plan_engine
 from dxbuild.toolchains import Toolchain, cross_gnu, module_for_cell
@@ -107,8 +107,7 @@ def test_tier_patch_applies_cleanly_to_the_pinned_source(patch: str, tmp_path: P
     """Against the pinned sdist (downloaded once, cached): no fuzz, and it changes what it says."""
     from dxbuild.engine.source import prepare_source
 
-    if not shutil.which("patch"):
-        pytest.skip("needs patch(1)")
+    need("patch")
     recipe = load_engine_recipe()
     bare = type(recipe)(source=recipe.source, patches=(), targets=recipe.targets, cmake=recipe.cmake,
                         recipe_dir=recipe.recipe_dir)

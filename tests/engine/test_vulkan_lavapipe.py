@@ -24,6 +24,7 @@ import httpx
 import pytest
 from engine_run import complete, serve
 from smoke_executable import ask, serving
+from support.tools import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.vulkan]
 
@@ -45,7 +46,7 @@ def _need_lavapipe() -> None:
     from dxbuild.toolchains.run_here import vulkan_icds
 
     if not any("lvp" in Path(p).name for p in vulkan_icds()):
-        pytest.skip("no lavapipe ICD: apt-get install mesa-vulkan-drivers (./test.sh does, as root)")
+        missing("the lavapipe Vulkan ICD", "mesa-vulkan-drivers")
 
 
 @pytest.fixture(scope="module")

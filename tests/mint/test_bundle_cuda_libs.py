@@ -58,7 +58,6 @@ def test_plan_is_none_for_an_engine_without_cuda(tmp_path: Path) -> None:
 
 
 def test_thin_and_fat_are_two_cache_entries(tmp_path: Path) -> None:
-    pytest.importorskip("nuitka")
     e = _cuda_engine(tmp_path)
     src = {"dx/cli.py": b"x"}
     keys = {form: bundle.bundle_key("k", "cuda13", src, bundle.engine_files(e, form), "0", form)

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,20 @@ def test_stopped_while_embedding_leaves_no_file(tmp_path: Path, mint_release_dir
     proc = subprocess.Popen([sys.executable, "-m", "dxbuild", "--gpu", "cpu", "--model", str(model), "--no-bench",
                              "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
-    caught = False
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def copying() -> bool:
         parts = list(out.glob(".dx-mint-*.part")) if out.is_dir() else []
-        if parts and parts[0].stat().st_size > 64 << 20:  # inside the model copy
-            proc.send_signal(sig)
-            caught = True
-            break
-        time.sleep(0.005)
+        if proc.poll() is not None:
+            raise AssertionError(f"dxbuild exited (rc {proc.returncode}) before it reached the model copy:\n"
+                                 f"{proc.communicate()[1][-4000:]}")
+        return bool(parts) and parts[0].stat().st_size > 64 << 20  # inside the model copy
+
+    try:
+        wait_until(copying, "dxbuild to be copying the model into .dx-mint-*.part", timeout=300, interval=0.005)
+    except AssertionError:
+        proc.kill()
+        raise
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    if not caught:
-        pytest.skip(f"the mint finished before it could be interrupted (rc {proc.returncode})")
     assert proc.returncode != 0, err
     assert sorted(p.name for p in out.iterdir()) == [], err

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.waits import wait_until
 
 from dxbuild.release import bench
 from dxbuild.release.reports import write_report
@@ -38,11 +38,8 @@ def test_tree_rss_counts_children() -> None:
     parent = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"
     proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        kb = 0
-        while time.monotonic() < deadline and kb < 60 * 1024:
-            time.sleep(0.2)
-            kb = bench._tree_rss_kb(proc.pid)
+        kb = wait_until(lambda: (k := bench._tree_rss_kb(proc.pid)) >= 60 * 1024 and k,
+                        "the process tree to hold the child's 60 MB", interval=0.2)
         own = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                        if line.startswith("VmRSS:")))
         assert kb >= 60 * 1024 > own

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from support.tools import need
 
 from dxbuild.release.reproducibility import compare_trees, repro_engine
 
-GCC = shutil.which("gcc") or shutil.which("cc")
 SRC = r'''
 #include <stdio.h>
 int main(void) { printf("%s %s %s\n", __FILE__, __DATE__, "dx"); return 0; }
 '''
-
-needs_gcc = pytest.mark.skipif(GCC is None, reason="no C compiler")
-
 
 def _build(root: Path, *, prefix_map: bool, epoch: str = "315532800") -> Path:
     src = root / "src"
@@ -29,13 +25,12 @@ def _build(root: Path, *, prefix_map: bool, epoch: str = "315532800") -> Path:
     out.mkdir()
     flags = [f"-ffile-prefix-map={root}=/dx"] if prefix_map else []
     env = dict(os.environ, SOURCE_DATE_EPOCH=epoch, LC_ALL="C")
-    subprocess.run([GCC, "-O2", *flags, str(src / "main.c"), "-o", str(out / "prog")], check=True, env=env,
+    subprocess.run([need("gcc", "cc", package="gcc"), "-O2", *flags, str(src / "main.c"), "-o", str(out / "prog")], check=True, env=env,
                    cwd=root)
     (out / "info.json").write_text(json.dumps({"tier": "cpu", "build_seconds": 1.0}))
     return out
 
 
-@needs_gcc
 def test_prefix_map_and_epoch_make_identical_binaries(tmp_path: Path) -> None:
     a = _build(tmp_path / "a", prefix_map=True)
     b = _build(tmp_path / "b", prefix_map=True)
@@ -44,7 +39,6 @@ def test_prefix_map_and_epoch_make_identical_binaries(tmp_path: Path) -> None:
     assert cmp.identical == ["info.json", "prog"]
 
 
-@needs_gcc
 def test_embedded_build_path_is_named(tmp_path: Path) -> None:
     a = _build(tmp_path / "a", prefix_map=False)
     b = _build(tmp_path / "b", prefix_map=False)
@@ -55,7 +49,6 @@ def test_embedded_build_path_is_named(tmp_path: Path) -> None:
     assert any(c.startswith("ELF sections differ: ") and ".rodata" in c for c in d.causes), d.causes
 
 
-@needs_gcc
 def test_timestamp_is_named(tmp_path: Path) -> None:
     a = _build(tmp_path / "a", prefix_map=True, epoch="315532800")
     b = _build(tmp_path / "b", prefix_map=True, epoch="1700000000")

@@ -121,12 +121,9 @@ def test_previous_report_must_be_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_size_report_of_minted_smollm2(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_size_report_of_minted_smollm2(minted_smollm2: Path, tmp_path: Path) -> None:
     """The real minted executable (Nuitka onefile + engine + model) splits exactly."""
-    try:
-        exe = Path(request.getfixturevalue("minted_smollm2"))
-    except pytest.FixtureLookupError:
-        pytest.skip("the minted_smollm2 fixture is not available yet")
+    exe = minted_smollm2
     doc, _ = size_report.size_report([(exe, "cpu", 40, None)], tmp_path)
     a = doc["artifacts"][0]
     assert sum(a["components"].values()) == exe.stat().st_size

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import FakeHub
+from support.waits import wait_until
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -149,7 +150,6 @@ def test_list_shows_ollama_models_read_only(env: dict[str, str], smollm2_gguf: P
 @pytest.mark.integration
 def test_a_pull_killed_mid_download_leaves_nothing_in_the_store(env: dict[str, str], smollm2_gguf: Path) -> None:
     import signal
-    import time
 
     hub = FakeHub()
     slow = hub.add("slow/repo", FILE, smollm2_gguf, fault="slow")
@@ -158,13 +158,15 @@ def test_a_pull_killed_mid_download_leaves_nothing_in_the_store(env: dict[str, s
         env = {**env, "HF_ENDPOINT": hub.url}
         proc = subprocess.Popen([sys.executable, "-m", "dx", "pull", f"hf:slow/repo/{FILE}"], env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while slow.gets == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)  # a few MiB in
+        models = Path(env["DX_HOME"]) / "models"
+
+        def a_few_mib_in() -> bool:
+            assert proc.poll() is None, f"dx pull exited ({proc.returncode}) before it was killed"
+            return any(p.stat().st_size >= 4 << 20 for p in (models / "downloads").rglob("*.incomplete"))
+
+        wait_until(a_few_mib_in, "dx pull to have written 4 MiB of the model")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        models = Path(env["DX_HOME"]) / "models"
         for d in (models / "blobs", models / "manifests"):
             assert not d.exists() or list(d.iterdir()) == []
         partial = list((models / "downloads").rglob("*.incomplete"))

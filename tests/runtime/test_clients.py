@@ -4,7 +4,6 @@ and the real SmolLM2 model. One server for the whole module (the engine starts o
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import ollama
 import openai
 import pytest
 from serve_harness import DXServer, engine_binary, start_dx
+from support.tools import need
 
 pytestmark = pytest.mark.integration
 
@@ -189,10 +189,7 @@ def test_ollama_errors_come_as_response_errors(oll: ollama.Client) -> None:
 # ------------------------------------------------------------------ curl and the rest
 @pytest.fixture(scope="module")
 def curl() -> str:
-    path = shutil.which("curl")
-    if path is None:
-        pytest.skip("curl is not installed")
-    return path
+    return need("curl")
 
 
 def _curl(curl: str, dx: DXServer, path: str, body: dict | None = None) -> str:

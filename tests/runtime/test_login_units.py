@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import sys
+
+import pytest
 
 from dx.server.login import Sessions, cookie_may_act, cookie_name
 
@@ -18,10 +20,26 @@ def test_one_time_token_is_spent_on_use() -> None:
     assert s.redeem("wrong") is None and s.redeem("") is None
 
 
-def test_sessions_expire_and_are_bounded() -> None:
-    s = Sessions("k", 1, ttl=0.05, cap=3)
+class _Clock:
+    """Stands in for the ``time`` module of the sessions' module: time moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_sessions_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(sys.modules[Sessions.__module__], "time", clock)
+    s = Sessions("k", 1, ttl=60, cap=3)
     sid = s.redeem("k")
-    time.sleep(0.1)
+    clock.now += 59
+    assert s.valid(sid)                     # used: extended by another ttl
+    clock.now += 59
+    assert s.valid(sid)
+    clock.now += 61
     assert not s.valid(sid)
     ids = [s.redeem("k") for _ in range(5)]
     assert [s.valid(i) for i in ids] == [False, False, True, True, True]

@@ -210,7 +210,7 @@ def test_an_engine_that_does_not_answer_is_skipped_and_counted(dx: DXServer) -> 
     finally:
         os.kill(pid, signal.SIGCONT)
     assert status == 200
-    assert took < metrics.ENGINE_TIMEOUT * 2 + 1
+    assert took < metrics.ENGINE_TIMEOUT * 2 + 10  # bounded by dx's engine timeouts (a silent engine: no answer in 30 s)
     assert not [n for n, _, _ in samples(text) if n.startswith("llamacpp:")]
     assert value(text, "dx_engine_scrape_failures_total", model=MODEL) >= 1
     assert value(text, "dx_engine_up", model=MODEL, purpose="generate") == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from ollama_registry_server import FakeRegistry, media
+from support.waits import wait_until
 
 from dx.errors import ModelNotFoundError
 from dx.models.catalog import Store
@@ -254,13 +255,11 @@ def test_a_pull_killed_mid_blob_resumes_where_it_stopped(
     proc = subprocess.Popen([sys.executable, "-c", _PULL_CHILD, str(store.root)], env=child_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with __import__("contextlib").suppress(OSError, ValueError):
-                if sum(p[2] for p in json.loads(state.read_text())["parts"]) > 8 << 20:
-                    break
+        def eight_mib_in() -> bool:
             assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
-            time.sleep(0.05)
+            return sum(p[2] for p in json.loads(state.read_text())["parts"]) > 8 << 20  # OSError, ValueError: not yet
+
+        wait_until(eight_mib_in, "the pull's saved state to show 8 MiB downloaded")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import FakeHub
+from support.waits import wait_until
 
 from dx.errors import ModelNotFoundError
 from dx.models.catalog import Store
@@ -190,6 +191,10 @@ def test_offline_mode_imports_from_the_users_hf_cache(
     assert entry.sha256 == SMOL_SHA and entry.source == f"hf:HuggingFaceTB/good/{FILE}"
 
 
+def _ended(result: dict[str, object]) -> bool:
+    raise AssertionError(f"pull a ended before its download started: {result.get('a')!r}")
+
+
 def test_two_pulls_from_one_repository_at_once(
     store: Store, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,8 +216,8 @@ def test_two_pulls_from_one_repository_at_once(
     t = threading.Thread(target=pull_a)
     t.start()
     try:
-        while slow.gets == 0:
-            t.join(0.05)
+        wait_until(lambda: slow.gets > 0 or (not t.is_alive() and _ended(result)),
+                   "pull a to start downloading a.gguf from the hub")
         # b finishes (and cleans up after itself) while a is still downloading into the same cache folder.
         assert store.pull("hf:pub/two/b.gguf").name == "hf.co/pub/two:b"
         t.join(120)

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import ollama
 import openai
 import pytest
 from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, wait_for
+from support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,18 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 def _engine_pid(dx: DXServer) -> int:
     assert wait_for(lambda: len(dx.children()) == 1, timeout=60), dx.stderr()
     return dx.children()[0]
+
+
+def _engine_decoding(pid: int) -> bool:
+    """Is the engine generating tokens now? Asked of its own /slots, with the key dx gave it."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    port, key = (argv[argv.index(flag) + 1].decode() for flag in (b"--port", b"--api-key"))
+    slots = httpx.get(f"http://127.0.0.1:{port}/slots", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    return any(s.get("is_processing") and (s.get("next_token") or [{}])[0].get("n_decoded", 0) > 0 for s in slots)
+
+
+def _stop(why: str) -> bool:
+    raise AssertionError(why)
 
 
 def _chat_works(dx: DXServer) -> None:
@@ -98,7 +110,8 @@ def test_engine_killed_under_a_non_streaming_request_gives_503(dx: DXServer) -> 
     worker = threading.Thread(target=lambda: answer.append(
         httpx.post(f"{dx.url}/v1/chat/completions", json=body, headers=dx.headers, timeout=300)))
     worker.start()
-    time.sleep(1.5)  # the request is generating (4000 tokens take far longer)
+    wait_until(lambda: _engine_decoding(pid) or (not worker.is_alive() and _stop(f"the request ended first: {answer}")),
+               "the engine to be generating for the request (its /slots)")
     os.kill(pid, signal.SIGKILL)
     worker.join(120)
     assert answer and answer[0].status_code == 503
@@ -177,7 +190,8 @@ def test_tampered_store_blob_is_refused_with_the_reason(
             chunk = fh.read(16)
             fh.seek(size - 4096)
             fh.write(bytes(b ^ 0xFF for b in chunk))
-        time.sleep(0.01)
+        st = blob.stat()  # the write's new mtime, even on a filesystem whose clock has not ticked since the import
+        os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
         r = httpx.post(f"{server.url}/api/generate", headers=server.headers, timeout=120,
                        json={"model": "victim:1", "prompt": "hi", "stream": False})
         assert r.status_code == 500
@@ -196,8 +210,8 @@ def test_embedded_model_is_served_in_place(request: pytest.FixtureRequest, smoll
 
     engine = engine_binary(request)
     facts = engine.parent.parent / "engine.json"
-    if not facts.is_file() or not json.loads(facts.read_text()).get("patches"):
-        pytest.skip("this engine lacks DX's FILE#offset=N patch (not from the dxbuild engine cache)")
+    assert facts.is_file() and json.loads(facts.read_text()).get("patches"), \
+        f"{engine} lacks DX's FILE#offset=N patch ({facts} lists no patches: not a dxbuild engine?)"
     runtime = tmp_path / "runtime"
     runtime.write_bytes(b"not really a runtime" * 1000)
     exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"

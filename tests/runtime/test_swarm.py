@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from serve_harness import wait_for
+from support.tools import need
 
 from dx.swarm import head as swarm
 from dx.swarm import tunnel
@@ -121,9 +121,8 @@ def test_secret_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert swarm.secret_path(str(tmp_path / "flag.pem")) == tmp_path / "flag.pem"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
 def test_openssl_cli_secret_works_like_the_cryptography_one(tmp_path: Path) -> None:
-    leaf, ca, key = swarm._generate_with_openssl(shutil.which("openssl"))  # type: ignore[arg-type]
+    leaf, ca, key = swarm._generate_with_openssl(need("openssl"))
     path = tmp_path / "secret.pem"
     path.write_bytes(leaf + ca + key)
     path.chmod(0o600)

@@ -76,8 +76,8 @@ def secret(tmp_path: Path) -> Path:
 @pytest.fixture
 def engine(request: pytest.FixtureRequest) -> Path:
     binary = engine_binary(request)
-    if not (binary.parent / "ggml-rpc-server").exists():
-        pytest.skip(f"{binary.parent} was built without GGML_RPC")
+    # the cpu tier is built with GGML_RPC (recipes): an engine without it is a build that lost it
+    assert (binary.parent / "ggml-rpc-server").exists(), f"{binary.parent} has no ggml-rpc-server (built without GGML_RPC)"
     return binary
 
 

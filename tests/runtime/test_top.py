@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 from serve_harness import DXServer, engine_binary, start_dx, wait_for
+from support.tools import need
 
 from dx.cli import top
 
@@ -162,8 +162,8 @@ def top_env(dx: DXServer, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (test.sh installs it)")
 def test_top_in_tmux_under_load(dx: DXServer, load: None, tmp_path: Path) -> None:
+    need("tmux")
     sock, env = f"dx-top-{uuid.uuid4().hex[:8]}", top_env(dx, LANG="C.UTF-8", TERM="xterm-256color")
     tmux = ["tmux", "-L", sock, "-f", "/dev/null"]
     script = tmp_path / "top.sh"

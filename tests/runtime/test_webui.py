@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from serve_harness import start_dx
+from support.tools import need
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,7 @@ MODEL = "smollm2:135m"
 def webui_engine() -> Path:
     from dxbuild.engine.build import host_engine
 
-    if shutil.which("npm") is None:  # test.sh installs it where it can, as with the other tools
-        pytest.skip("npm is needed to build llama.cpp's web UI (apt-get install npm)")
+    need("npm")  # builds llama.cpp's web UI
     return host_engine("cpu", webui=True)
 
 
@@ -68,10 +67,9 @@ def test_a_browser_logs_in_with_the_printed_url_and_chats_through_dx(
     """Auth on: the URL `dx serve` prints logs a real browser in (cookie), and llama.cpp's UI answers a chat."""
     from dx.models.catalog import Store
 
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:  # test.sh installs Debian's chromium where it can
-        pytest.skip("a Chromium browser is needed (apt-get install chromium)")
+    chromium = need("chromium", "chromium-browser")
+    from playwright import sync_api  # the test extra's (drives that chromium): missing is a broken install
+
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
     dx = start_dx(tmp_path, "--ctx", "1024", engine=webui_engine / "bin" / "llama-server", model=MODEL)
     try:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from support.scripts import console_script
+from support.tools import need
 
 from dxbuild.release.keys import find_signing_key, keygen, sign_file
-
-DX = shutil.which("dx")
-pytestmark = pytest.mark.skipif(DX is None, reason="dx console script not installed")
 
 
 @pytest.fixture
@@ -24,7 +22,7 @@ def signed_model(tmp_path: Path, smollm2_gguf: Path) -> tuple[Path, Path, Path]:
 
 
 def _dx(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DX, "verify", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([console_script("dx"), "verify", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_signature_verified(signed_model: tuple[Path, Path, Path]) -> None:
@@ -65,8 +63,7 @@ def test_without_cryptography_openssl_checks(signed_model: tuple[Path, Path, Pat
 
     from dx.cli import cli
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need("openssl")
     model, sig, pub = signed_model
     monkeypatch.setitem(sys.modules, "dxverify.signatures", None)  # import now raises ImportError
     r = CliRunner().invoke(cli, ["verify", str(model), "--no-hash", "--key", str(pub)])

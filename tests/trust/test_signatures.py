@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.scripts import console_script
+from support.tools import need
 
 from dxbuild.cli import cli
 from dxbuild.release.check import verify_release
@@ -23,8 +25,6 @@ from dxbuild.release.sums import SUMS_NAME, parse_sums
 from dxbuild.steps.sign import sign_directory
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 from dxverify.signatures import verify_file
-
-OPENSSL = shutil.which("openssl")
 
 
 def _flip(path: Path, offset: int = 0) -> None:
@@ -113,11 +113,11 @@ def test_wrong_key_and_bad_inputs(tmp_path: Path, keys: tuple[Path, Path]) -> No
         verify_file(f, sig, tmp_path / "bad.pub")
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
 def test_openssl_verifies_our_signatures(release: Path, keys: tuple[Path, Path]) -> None:
     """What install.sh does without Python: openssl pkeyutl -verify -rawin."""
+    openssl = need("openssl")
     for name in ("dx-cpu-linux-x86_64", SUMS_NAME):
-        cmd = [OPENSSL, "pkeyutl", "-verify", "-pubin", "-inkey", str(release / PUBLIC_KEY_NAME),
+        cmd = [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(release / PUBLIC_KEY_NAME),
                "-rawin", "-in", str(release / name), "-sigfile", str(release / (name + ".sig"))]
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stderr
@@ -199,9 +199,7 @@ def test_cli_keygen_sign_verify(tmp_path: Path) -> None:
 
 def test_cli_one_line_error(tmp_path: Path) -> None:
     """A tampered release through the real console script: one line, exit code 4, no traceback."""
-    dxbuild = shutil.which("dxbuild")
-    if dxbuild is None:
-        pytest.skip("dxbuild console script not installed")
+    dxbuild = console_script("dxbuild")
     keygen(tmp_path / "k")
     d = tmp_path / "rel"
     d.mkdir()

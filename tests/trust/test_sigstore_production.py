@@ -10,10 +10,10 @@ import dataclasses
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.scripts import console_script
 
 from dxbuild.release.check import PINNED_TRUSTED_ROOT
 from dxbuild.release.sigstore import BUNDLE_SUFFIX
@@ -109,9 +109,7 @@ def test_root_without_production_keys_is_refused(signed, offline: None) -> None:
 
 def test_dxbuild_verify_release_command_line(signed) -> None:
     """The real console script: passes, then refuses each tampering in one line with exit code 4."""
-    dxbuild = shutil.which("dxbuild") or shutil.which("dxbuild", path=str(Path(sys.executable).parent))
-    if dxbuild is None:
-        pytest.skip("dxbuild console script not installed")
+    dxbuild = console_script("dxbuild")
     d = signed.artifact.parent
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:

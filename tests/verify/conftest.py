@@ -9,22 +9,16 @@ import pytest
 
 @pytest.fixture(scope="session")
 def pinned_llama_cpp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pristine llama.cpp tree of the pinned engine recipe: sdist fetched and hash-checked once, cached."""
-    from dxbuild.engine.source import download_sdist, unpack_sdist
-    from dxbuild.paths import cache_dir
-    from dxmatrix.recipes import load_engine_recipe
+    """The llama.cpp tree of the pinned engine recipe, as dxbuild prepares it: fetched and checked once, cached.
 
-    src = load_engine_recipe().source
-    if src.kind != "sdist":
-        pytest.skip(f"engine recipe source is {src.kind}, the vocab test needs the pinned sdist")
-    cache = cache_dir()
-    root = cache / "sources" / src.sha256
-    if not root.is_dir():
-        log = tmp_path_factory.mktemp("source-log") / "download.log"
-        unpack_sdist(download_sdist(src, cache, log, echo=None), src.sha256, root)
-    tops = [d for d in root.iterdir() if d.is_dir()]
-    assert len(tops) == 1, f"unexpected sdist layout in {root}"
-    tree = tops[0] / src.subdir
+    The vocab GGUFs under ``models/`` are upstream's whatever the recipe's source kind (DX's patches do
+    not touch them), so a recipe moving from the sdist to git or a folder changes nothing here.
+    """
+    from dxmatrix.recipes import load_engine_recipe
+    from dxbuild.engine.source import prepare_source
+
+    log = tmp_path_factory.mktemp("source-log") / "prepare.log"
+    tree = prepare_source(load_engine_recipe(), log=log, echo=None).path
     assert (tree / "ggml" / "src" / "gguf.cpp").is_file()
     return tree
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: the system tools the tests drive
 # (ccache, dash, busybox, openssl, curl, npm for llama.cpp's web UI, chromium to drive it, tmux for dx top,
-# gcc and patch for the engine), DX with its test extras, then ruff and
-# pytest (unit, integration with the real engine, Nuitka and clients).
+# gcc and patch for the engine), DX with its test extras, then ruff, the import layers
+# (lint-imports) and pytest (unit, integration with the real engine, Nuitka and clients).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,4 +26,6 @@ if [ ${#need[@]} -eq 0 ] && command -v dpkg >/dev/null; then export DX_TEST_TOOL
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check .
+# The layers (pyproject.toml [tool.importlinter]): every import counted, those inside functions too.
+python3 -c 'import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = "lint-imports"; lint_imports_command()' --no-cache
 python3 -m pytest "$@"

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from dxbuild.paths import project_root
 from dxbuild.release.install_script import render_install_script
 from dxbuild.release.keys import keygen
-from dxbuild.paths import project_root
 
 SHELLS = {
     "dash": ["dash"],

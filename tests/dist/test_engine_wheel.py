@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from dxmatrix.recipes import get_tier
 from dxbuild.engine.wheel import REQUIRES_PYTHON, allowed_outside, wheel_metadata
 from dxbuild.engine.wheel_audit import audit_wheel, glibc_level, read_elf_deps, retag
+from dxmatrix.recipes import get_tier
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILERS = ("cc", "c++", "gcc", "g++", "cmake", "ninja", "nvcc")
@@ -340,8 +340,8 @@ def test_cuda13_wheel_declares_and_does_not_carry_cublas(tmp_path: Path) -> None
 def test_release_builds_each_published_tier_and_publishes_with_trusted_publishing() -> None:
     import yaml
 
-    from dxbuild.release.render_ci import ACTIONS, matrix_entries
     from dxbuild.engine.wheel import PUBLISHED_TIERS
+    from dxbuild.release.render_ci import ACTIONS, matrix_entries
 
     jobs = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"]
     build = jobs["engine-wheels"]

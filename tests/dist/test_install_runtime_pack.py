@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from dist_harness import SHELLS, Release, finish_release, make_release, render_to, run_install
 
-from dxbuild.release.runtime_pack import RuntimePack, pack_name, write_pack_facts, write_tar_xz
 from dxbuild.release.manifest import parse_manifest_text
+from dxbuild.release.runtime_pack import RuntimePack, pack_name, write_pack_facts, write_tar_xz
 
 ALL_SHELLS = list(SHELLS)
 VERSION = "13.0.2.14-13.0.96"

@@ -146,8 +146,8 @@ def test_install_tree_layout(tmp_path: Path) -> None:
 
 def test_real_patches_apply_to_pinned_source(tmp_path: Path) -> None:
     """Each committed patch applies cleanly (no fuzz) to the pinned source (fetched into the DX cache if not there)."""
+    from dxbuild.engine.source import prepare_source
     from dxbuild.paths import cache_dir
-    from dxbuild.source import prepare_source
 
     recipe = load_engine_recipe()
     prepare_source(recipe, log=tmp_path / "source.log", echo=None)  # cached: a look at two folders

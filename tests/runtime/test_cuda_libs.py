@@ -192,9 +192,9 @@ def test_real_cuda13_wheel_layout_is_accepted(tmp_path: Path) -> None:
     opt-in with the cuda tier, DX_TEST_CUDA=1), not looked for and skipped when absent.
     """
     from dxbuild.paths import cache_dir
-    from dxbuild.recipes import get_tier
     from dxbuild.toolchains.cuda13_pypi import assemble
     from dxbuild.toolchains.host import HOST_ARCH
+    from dxmatrix.recipes import get_tier
 
     lib = assemble(get_tier("cuda13").toolkit_wheels, HOST_ARCH, cache_dir(), tmp_path / "assemble.log") / "lib"
     assert cuda_libs.check_dir(lib) is None

@@ -14,8 +14,8 @@ def pinned_llama_cpp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The vocab GGUFs under ``models/`` are upstream's whatever the recipe's source kind (DX's patches do
     not touch them), so a recipe moving from the sdist to git or a folder changes nothing here.
     """
-    from dxmatrix.recipes import load_engine_recipe
     from dxbuild.engine.source import prepare_source
+    from dxmatrix.recipes import load_engine_recipe
 
     log = tmp_path_factory.mktemp("source-log") / "prepare.log"
     tree = prepare_source(load_engine_recipe(), log=log, echo=None).path

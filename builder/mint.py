@@ -10,16 +10,17 @@ the directory never holds a half-written executable.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from dx.host.hardware import Hardware, detect
+from dx.host.tiers import TierChoice
+from dx.host.tiers import pick_tier as machine_tier
 from dxbuild.context import ArtifactType, BuildContext, MintOptions
 from dxmatrix.cell import Cell
-from dxverify.errors import ConfigurationError
+from dxverify.errors import ConfigurationError, DXError
 
 DEFAULT_TIER = "cpu"
 
@@ -32,36 +33,27 @@ class MintResult:
     context: BuildContext
 
 
-def pick_tier() -> str:
-    """``--gpu auto``: the best tier this host can both build and run.
+def pick_tier(hw: Hardware | None = None) -> TierChoice:
+    """``--gpu auto``: the tier ``dx doctor`` names for this machine, when this host can build it; else cpu.
 
-    A GPU tier needs a working NVIDIA driver new enough for it; everything
-    else gets cpu, which runs everywhere (the GPU tiers carry CPU kernels too,
-    but a cpu build is far smaller and quicker to make).
+    One picker decides for both (``dx.host.tiers.pick_tier``, on ``dx.host.hardware``'s one probe), so
+    ``dxbuild --gpu auto`` and ``dx doctor`` cannot disagree about the machine; the builder only adds
+    whether the toolchain for that tier is here (cpu runs everywhere, GPU tiers carry CPU kernels too).
     """
-    from dxmatrix.recipes import load_tiers
+    from dxbuild.toolchains import host_problem
+    from dxbuild.toolchains.plan import plan_host_cell
 
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return DEFAULT_TIER
+    choice = machine_tier(hw if hw is not None else detect())
+    if choice.tier == DEFAULT_TIER:
+        return choice
     try:
-        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return DEFAULT_TIER
-    if out.returncode != 0 or not out.stdout.strip():
-        return DEFAULT_TIER
-    try:
-        driver = int(out.stdout.split()[0].split(".")[0])
-    except ValueError:
-        return DEFAULT_TIER
-    tiers = load_tiers()
-    for name in ("cuda13", "cuda12"):
-        t = tiers.get(name)
-        need = t.runtime.min_nvidia_driver if t else None
-        if t and need is not None and driver >= need:
-            return name
-    return DEFAULT_TIER
+        problem = host_problem(plan_host_cell(choice.tier)[0])
+    except DXError as exc:
+        problem = str(exc)
+    if problem:
+        return TierChoice(DEFAULT_TIER, f"{choice.reason}, but the {choice.tier} tier cannot be built here: {problem}",
+                          choice.advice)
+    return choice
 
 
 def check_output_dir(out_dir: Path) -> Path:
@@ -123,8 +115,9 @@ def mint(options: MintOptions, *, steps: list | None = None) -> MintResult:
 
     tier = options.tier or DEFAULT_TIER
     if tier == "auto":
-        tier = pick_tier()
-        click.echo(f"--gpu auto: this host gets the {tier} tier", err=True)
+        choice = pick_tier()
+        tier = choice.tier
+        click.echo(f"--gpu auto: this host gets the {tier} tier ({choice.reason})", err=True)
     cell = plan_cell(tier, options.cuda_archs, options.webui, options.arch)
     out_dir = check_output_dir(options.out_dir)
     if steps is None:  # the real pipeline: check everything that can be checked before any work starts

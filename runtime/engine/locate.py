@@ -32,7 +32,7 @@ _BINARY = "llama-server"
 
 
 def _bundled_engine() -> Path | None:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the dx package (this module is dx/engine/locate.py)
     candidates = [here / "engine" / "bin" / _BINARY, here.parent / "engine" / "bin" / _BINARY]
     # Nuitka: the data files unpack next to the `dx` package (here.parent). Not
     # `__compiled__.containing_dir`: in onefile mode that is the folder holding the

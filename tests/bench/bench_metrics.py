@@ -23,10 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers in support/
 
 from bench_runtime import Endpoint, rss_mb, stream_tokens
-from serve_harness import start_dx, wait_for
+from support.serve_harness import start_dx, wait_for
 
 
 def get_metrics(port: int, key: str | None) -> tuple[int, bytes, float]:

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers in support/
 
-from ollama_registry_server import FakeRegistry  # noqa: E402
+from support.ollama_registry_server import FakeRegistry  # noqa: E402
 
 
 def _mbps(n: int, s: float) -> str:

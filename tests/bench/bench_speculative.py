@@ -44,8 +44,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from engine_run import serve
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers in support/
+from support.engine_run import serve
 
 STORY_PROMPTS = [
     "Write a short story about a robot who learns to paint.",

@@ -29,9 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers in support/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "swarm"))  # test_swarm_integration
 
-from serve_harness import DXServer, start_dx
+from support.serve_harness import DXServer, start_dx
 from test_swarm_integration import WorkerProc, start_worker
 
 from dx.swarm import head as swarm

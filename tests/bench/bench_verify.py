@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "verify"))
-from gguf_handcraft import Tensor, tiny_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers in support/
+from support.gguf_handcraft import Tensor, tiny_model
 
 from dxverify.gguf import read_gguf
 from dxverify.hashing import sha256_file

@@ -245,11 +245,9 @@ def _venv_env(v: dict[str, Path], **extra: str) -> dict[str, str]:
 def test_dx_serve_answers_from_the_installed_wheel(wheel_venv: dict[str, Path], smollm2_gguf: Path,
                                                    tmp_path: Path) -> None:
     import openai
+    from support.serve_harness import start_dx
 
     from dx.models.catalog import Store
-
-    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
-    from serve_harness import start_dx
 
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, "smollm2-wheel")
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from dist_harness import SHELLS, Release, finish_release, make_release, render_to, run_install
+from support.dist_harness import SHELLS, Release, finish_release, make_release, render_to, run_install
 
 from dxbuild.release.manifest import parse_manifest_text
 from dxbuild.release.runtime_pack import RuntimePack, pack_name, write_pack_facts, write_tar_xz

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dist_harness import (
+from support.dist_harness import (
     RELEASE_CELLS,
     SHELLS,
     Release,

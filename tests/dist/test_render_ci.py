@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dist_harness import ReleaseServer, run_install
+from support.dist_harness import ReleaseServer, run_install
 
 from dxbuild.paths import project_root
 from dxbuild.release.render_ci import ACTIONS, WORKFLOWS, matrix_entries, render_workflows

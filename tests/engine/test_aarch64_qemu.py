@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from engine_run import chat, loaded_cpu_variant, serve
+from support.engine_run import chat, loaded_cpu_variant, serve
 from support.tools import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.aarch64]

@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 
 import pytest
-from engine_run import chat, complete, loaded_cpu_variant, serve
+from support.engine_run import chat, complete, loaded_cpu_variant, serve
 from support.tools import need
 
 pytestmark = [pytest.mark.integration,

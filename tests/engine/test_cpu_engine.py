@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_run import chat, free_port, serve
+from support.engine_run import chat, free_port, serve
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from engine_run import complete, serve
 from smoke_executable import ask, serving
+from support.engine_run import complete, serve
 from support.tools import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.vulkan]

@@ -19,8 +19,9 @@ HERE = Path(__file__).resolve().parent
 
 def make_corpus(dest: Path) -> int:
     """Seeds: a small complete model, the same with other alignments, and each test-gguf kind."""
-    sys.path.insert(0, str(HERE.parent / "verify"))
-    from gguf_handcraft import tiny_model
+    sys.path.insert(0, str(HERE.parent))  # tests/: support.gguf_handcraft
+    sys.path.insert(0, str(HERE.parent / "verify"))  # test_gguf_testgguf_kinds
+    from support.gguf_handcraft import tiny_model
     from test_gguf_testgguf_kinds import ACCEPTED, REJECTED, craft
 
     dest.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.files import flip_byte
 
 from dxverify.trailer import TRAILER_SIZE, read_trailer
 
@@ -192,7 +193,7 @@ def test_verify_in_the_release_dir_checks_runtime_model_and_whole_file(mint_rele
 
 def test_flipped_runtime_byte_is_caught_by_verify(minted_smollm2: Path, tmp_path: Path) -> None:
     exe, _home = copy_fresh(minted_smollm2, tmp_path)
-    _flip(exe, read_trailer(exe).metadata["runtime_size"] // 2)
+    flip_byte(exe, read_trailer(exe).metadata["runtime_size"] // 2)
     res = subprocess.run([sys.executable, "-m", "dx", "verify", str(exe)], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 4 and "the runtime" in res.stderr, res.stdout + res.stderr
@@ -227,18 +228,10 @@ def test_run_prompt_answers_with_the_embedded_model(minted_smollm2: Path, tmp_pa
     assert engine_pids(exe) == []  # the engine it started is gone with it
 
 
-def _flip(path: Path, at: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 0x40]))
-
-
 def test_flipped_model_byte_refuses_to_serve(minted_smollm2: Path, tmp_path: Path) -> None:
     exe, home = copy_fresh(minted_smollm2, tmp_path)
     em = read_trailer(exe)
-    _flip(exe, em.offset + em.length - 4096)  # deep in the tensor data: only the hash can see it
+    flip_byte(exe, em.offset + em.length - 4096)  # deep in the tensor data: only the hash can see it
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=fresh_env(home), timeout=300)
     assert res.returncode == 4, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
@@ -256,7 +249,7 @@ def test_flip_after_first_start_is_still_caught(minted_smollm2: Path, tmp_path: 
     ok = subprocess.run([str(exe), "verify", str(exe)], capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0
     em = read_trailer(exe)
-    _flip(exe, em.offset + em.length // 2)
+    flip_byte(exe, em.offset + em.length // 2)
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode in (3, 4) and "Traceback" not in res.stderr, res.stderr
     assert "embedded model" in res.stderr
@@ -360,8 +353,7 @@ def test_pull_in_the_executable_resumes_after_a_kill(minted_smollm2: Path, smoll
     import signal
     import time
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "runtime"))
-    from hub_server import FakeHub
+    from support.hub_server import FakeHub
 
     exe, home = copy_fresh(minted_smollm2, tmp_path)
     hub = FakeHub()

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_minted import Running, _flip, copy_fresh, engine_pids, fresh_env
+from support.files import flip_byte
+from test_minted import Running, copy_fresh, engine_pids, fresh_env
 
 from dxverify import trailer
 
@@ -88,7 +89,7 @@ def test_dx_verify_checks_every_entry(two_model_dir: Path) -> None:
 def test_flipped_draft_byte_fails_verify_and_refuses_to_serve(two_model_dir: Path, tmp_path: Path) -> None:
     exe, home = copy_fresh(two_model_dir / EXE_NAME, tmp_path)
     em = trailer.read_trailer(exe)
-    _flip(exe, em.draft.offset + em.draft.length - 4096)  # deep in the draft's tensor data
+    flip_byte(exe, em.draft.offset + em.draft.length - 4096)  # deep in the draft's tensor data
     res = subprocess.run([str(exe), "verify", str(exe)], capture_output=True, text=True, env=fresh_env(home),
                          timeout=300)
     assert res.returncode == 4, res.stdout + res.stderr

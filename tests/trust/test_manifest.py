@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jsonschema
 import pytest
 from click.testing import CliRunner
-from referencing import Registry, Resource
+from support.schemas import validator
 
 from dxbuild.cli import cli
 from dxbuild.paths import project_root
@@ -16,14 +15,6 @@ from dxbuild.steps import manifest
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 SCHEMAS = project_root() / "ci" / "schemas"
-
-
-def _validator(name: str) -> jsonschema.Draft202012Validator:
-    docs = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.schema.json")}
-    registry = Registry().with_resources(
-        (n, Resource.from_contents(d)) for n, d in docs.items()
-    )
-    return jsonschema.Draft202012Validator(docs[name], registry=registry)
 
 
 @pytest.fixture
@@ -36,9 +27,9 @@ def release(tmp_path: Path, minted_ctx) -> Path:
 
 def test_step_writes_schema_valid_manifest(release: Path) -> None:
     doc = json.loads((release / "manifest.json").read_text())
-    _validator("manifest.schema.json").validate(doc)
+    validator("manifest.schema.json").validate(doc)
     for f in ("dx-smollm2-cpu-linux-x86_64.json", "dx-cuda13-linux-x86_64.json"):
-        _validator("facts.schema.json").validate(json.loads((release / f).read_text()))
+        validator("facts.schema.json").validate(json.loads((release / f).read_text()))
     by_tier = {a["tier"]: a for a in doc["artifacts"]}
     assert set(by_tier) == {"cpu", "cuda13"}
     cpu = by_tier["cpu"]

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from test_manifest import _validator
+from support.schemas import validator
 
 from dxbuild.steps import manifest
 
@@ -20,9 +20,9 @@ def test_draft_recorded_and_schema_valid(tmp_path: Path, minted_ctx) -> None:  #
     facts = json.loads((out / "dx-smollm2-cpu-linux-x86_64.json").read_text())
     assert facts["draft"] == {"name": "smollm2-draft", "source": "file:/tmp/d.gguf", "sha256": "d" * 64,
                               "size": 99, "license": None}
-    _validator("facts.schema.json").validate(facts)
+    validator("facts.schema.json").validate(facts)
     doc = json.loads((out / "manifest.json").read_text())
-    _validator("manifest.schema.json").validate(doc)
+    validator("manifest.schema.json").validate(doc)
     assert doc["artifacts"][0]["draft"]["name"] == "smollm2-draft"
 
 

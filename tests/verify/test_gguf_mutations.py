@@ -6,7 +6,7 @@ import random
 import struct
 
 import pytest
-from gguf_handcraft import ARR, F32, F64, I8, I32, STR, U32, GGUFCraft, Tensor, tiny_model
+from support.gguf_handcraft import ARR, F32, F64, I8, I32, STR, U32, GGUFCraft, Tensor, tiny_model
 
 from dxverify.gguf import GGUFError, read_gguf, read_gguf_buffer
 

@@ -10,7 +10,23 @@ from __future__ import annotations
 import random
 
 import pytest
-from gguf_handcraft import ARR, BOOL, F32, F64, I8, I16, I32, I64, STR, U8, U16, U32, U64, GGUFCraft, Tensor
+from support.gguf_handcraft import (
+    ARR,
+    BOOL,
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    STR,
+    U8,
+    U16,
+    U32,
+    U64,
+    GGUFCraft,
+    Tensor,
+)
 
 from dxverify.ggml_types import GGML_TYPE_COUNT, GGML_TYPES
 from dxverify.gguf import GGUFError, read_gguf_buffer

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gguf_handcraft import tiny_model
+from support.gguf_handcraft import tiny_model
 from test_gguf_testgguf_kinds import ACCEPTED, REJECTED, craft
 
 from dxverify.gguf import GGUFError, read_gguf

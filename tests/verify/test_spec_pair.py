@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gguf_handcraft import ARR, BOOL, STR, U32, tiny_model
+from support.gguf_handcraft import ARR, BOOL, STR, U32, tiny_model
 
 from dxverify.errors import ConfigurationError, IncompatibleModelsError
 from dxverify.spec_pair import check_pair

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gguf_handcraft import tiny_model
+from support.gguf_handcraft import tiny_model
 
 from dx.cli import cli
 from dxverify.cli_errors import run_cli
@@ -149,7 +149,7 @@ def test_inspect(capsys, model: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_gigabyte_sparse_model_is_checked_without_reading_it(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from gguf_handcraft import Tensor
+    from support.gguf_handcraft import Tensor
 
     c = tiny_model()
     c.tensors = [Tensor("big.weight", [1024, 1024 * 1024], 0)]  # 4 GiB of F32

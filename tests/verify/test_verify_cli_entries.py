@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from gguf_handcraft import STR, tiny_model
+from support.gguf_handcraft import STR, tiny_model
 from test_verify_cli import TINY, dx, one_error_line
 
 from dxverify import trailer

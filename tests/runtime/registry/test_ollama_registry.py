@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ollama_registry_server import FakeRegistry, media
+from support.ollama_registry_server import FakeRegistry, media
 from support.waits import wait_until
 
 from dx.errors import ModelNotFoundError
@@ -29,7 +29,7 @@ from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-LLAMA32_MANIFEST = Path(__file__).parent / "data" / "llama3.2-3b.manifest.json"
+LLAMA32_MANIFEST = Path(__file__).resolve().parents[2] / "support" / "data" / "llama3.2-3b.manifest.json"
 PARAMS = {"stop": ["<|im_end|>", "<|endoftext|>"], "temperature": 0.3, "top_k": 20, "num_ctx": 1024}
 SYSTEM = "You are a terse assistant."
 TEMPLATE = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}{{ .Prompt }}"

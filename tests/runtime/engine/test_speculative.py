@@ -19,7 +19,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_harness import DXServer, dx_env, engine_binary, start_dx
+from support.serve_harness import DXServer, dx_env, engine_binary, start_dx
 
 from dx.engine.speculative import Speculation, plan
 from dx.models.source import ModelSource

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from serve_harness import DXServer, engine_binary, start_dx, wait_for
+from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
 from support.tools import need
 
 from dx.cli import top

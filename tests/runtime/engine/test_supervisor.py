@@ -13,7 +13,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, wait_for
+from support.serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, wait_for
 from support.waits import wait_until
 
 pytestmark = pytest.mark.integration

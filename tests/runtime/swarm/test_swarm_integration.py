@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, stop_process, wait_for
+from support.serve_harness import DXServer, dx_env, engine_binary, pid_alive, start_dx, stop_process, wait_for
 
 from dx.swarm import head as swarm
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from serve_harness import DXServer, start_dx
+from support.serve_harness import DXServer, start_dx
 
 pytestmark = pytest.mark.integration
 

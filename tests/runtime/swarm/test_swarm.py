@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from serve_harness import wait_for
+from support.serve_harness import wait_for
 from support.tools import need
 
 from dx.swarm import head as swarm

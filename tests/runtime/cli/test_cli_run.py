@@ -157,7 +157,7 @@ def test_run_and_ps_through_a_running_server(run_env: dict[str, str], dx_server:
 
 
 def test_run_pulls_an_hf_model_on_first_use(run_env: dict[str, str], smollm2_gguf: Path) -> None:
-    from hub_server import FakeHub
+    from support.hub_server import FakeHub
 
     hub = FakeHub()
     hub.add("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "smollm2.gguf", smollm2_gguf)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import DXServer, start_dx
+from support.serve_harness import DXServer, start_dx
 from support.waits import wait_until
 
 pytestmark = pytest.mark.integration
@@ -376,7 +376,7 @@ def test_bad_web_policy_options_are_one_line_errors(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from serve_harness import dx_env
+    from support.serve_harness import dx_env
 
     for args, fragment in (
         (["--allow-origins", "*"], "--allow-origins: '*' is not an origin"),
@@ -394,7 +394,7 @@ def test_the_engines_own_cors_headers_never_reach_the_client(
 ) -> None:
     """llama-server answers every request with Access-Control-Allow-Origin (echoing any Origin, '*' by
     default); through dx only the transport's own answer for a listed origin goes out."""
-    from serve_harness import engine_binary
+    from support.serve_harness import engine_binary
 
     server = start_dx(tmp_path, "--allow-origins", ALLOWED_ORIGIN, "--ctx", "512",
                       engine=engine_binary(request), model=str(smollm2_gguf), timeout=300)

@@ -11,7 +11,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, start_dx
 from support.tools import need
 
 pytestmark = pytest.mark.integration

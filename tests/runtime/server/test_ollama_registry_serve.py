@@ -10,8 +10,8 @@ from pathlib import Path
 
 import ollama
 import pytest
-from ollama_registry_server import FakeRegistry
-from serve_harness import DXServer, engine_binary, start_dx
+from support.ollama_registry_server import FakeRegistry
+from support.serve_harness import DXServer, engine_binary, start_dx
 
 from dx.models.catalog import Store
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_harness import DXServer, start_dx
+from support.serve_harness import DXServer, start_dx
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import start_dx
+from support.serve_harness import start_dx
 from support.tools import need
 
 pytestmark = pytest.mark.integration

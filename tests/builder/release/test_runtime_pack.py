@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import lzma
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from support.schemas import validator
 
 from dxbuild.release import runtime_pack
 from dxbuild.release.manifest import build_manifest, gather_facts, manifest_text, parse_manifest_text
 from dxverify.errors import ConfigurationError, MalformedInputError
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "trust"))
-from test_manifest import _validator
 
 
 def _wheel(path: Path, name: str, libs: dict[str, bytes], licence: bool = True) -> Path:
@@ -93,9 +90,9 @@ def test_facts_and_manifest_entry_are_schema_valid(tmp_path: Path, wheels: dict[
 
     pack = runtime_pack.RuntimePack(dest, "13.0.2.14-13.0.96", dest.stat().st_size, sha256_file(dest), 9)
     facts_path = runtime_pack.write_pack_facts(pack, 13, "x86_64")
-    _validator("facts.schema.json").validate(json.loads(facts_path.read_text()))
+    validator("facts.schema.json").validate(json.loads(facts_path.read_text()))
     doc = build_manifest(tmp_path, gather_facts(tmp_path), "0.1.0")
-    _validator("manifest.schema.json").validate(doc)
+    validator("manifest.schema.json").validate(doc)
     assert doc["artifacts"] == [] and doc["runtime_packs"][0]["version"] == "13.0.2.14-13.0.96"
     text = manifest_text(doc)
     assert text.splitlines()[1] == (f"runtime-pack cuda13 linux x86_64 580 {dest.name} {pack.size} {pack.sha256} "

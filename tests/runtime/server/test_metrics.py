@@ -19,7 +19,7 @@ import ollama
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_harness import DXServer, engine_binary, start_dx, wait_for
+from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
 
 from dx import metrics
 from dx.server import routes as _routes  # noqa: F401  (registers the route table's paths with dx.metrics)

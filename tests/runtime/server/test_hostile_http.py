@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import DXServer, dx_env, start_dx
+from support.serve_harness import DXServer, dx_env, start_dx
 
 REQUEST_TIMEOUT = 1.5
 MAX_CONNECTIONS = 32

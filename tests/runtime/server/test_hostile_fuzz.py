@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, start_dx
 
 from dx.models.catalog import Store
 

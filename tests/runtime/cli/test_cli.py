@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub
+from support.hub_server import FakeHub
 from support.waits import wait_until
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -138,7 +138,7 @@ def test_host_and_size_formatting() -> None:
 
 
 def test_list_shows_ollama_models_read_only(env: dict[str, str], smollm2_gguf: Path, tmp_path: Path) -> None:
-    from test_store import make_ollama_tree
+    from support.ollama_tree import make_ollama_tree
 
     make_ollama_tree(Path(env["OLLAMA_MODELS"]), smollm2_gguf)
     r = dx("list", env=env)

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub
+from support.hub_server import FakeHub
 from support.waits import wait_until
 
 from dx.errors import ModelNotFoundError

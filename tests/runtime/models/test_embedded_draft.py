@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.files import flip_byte
 from test_embedded_runtime import META
-from test_minted import _flip
 
 from dx.models import embedded
 from dxverify import trailer
@@ -57,7 +57,7 @@ def test_no_draft_in_a_version_1_file(tmp_path: Path, smollm2_gguf: Path, monkey
 def test_flipped_draft_byte_refuses_the_start(two_model_file: Path) -> None:
     """The model is fine, but verifying it (what every start does) refuses the damaged draft."""
     em = trailer.read_trailer(two_model_file)
-    _flip(two_model_file, em.draft.offset + em.draft.length - 100)
+    flip_byte(two_model_file, em.draft.offset + em.draft.length - 100)
     with pytest.raises(IntegrityError, match="embedded draft 'smollm2-draft' does not match") as e:
         embedded.embedded_source()
     assert str(two_model_file) in str(e.value)

@@ -249,7 +249,7 @@ def _engine_log(server) -> str:  # type: ignore[no-untyped-def]
 def test_thin_engine_without_cublas_runs_on_the_cpu_and_says_one_line(
         tmp_path: Path, cpu_engine: Path, smollm2_gguf: Path, stand_ins: dict[str, Path]) -> None:
     import httpx
-    from serve_harness import start_dx
+    from support.serve_harness import start_dx
 
     binary = _thin_engine(tmp_path, cpu_engine, stand_ins)
     env = {"XDG_DATA_HOME": str(tmp_path / "empty"), "VIRTUAL_ENV": "", "CONDA_PREFIX": ""}
@@ -276,7 +276,7 @@ def test_thin_engine_gets_the_chosen_dir_on_its_library_path(
         tmp_path: Path, cpu_engine: Path, smollm2_gguf: Path, stand_ins: dict[str, Path]) -> None:
     """DX_CUDA_RUNTIME's stand-ins are found, logged, and the engine child loads libcublas.so.13 from there."""
     import httpx
-    from serve_harness import start_dx
+    from support.serve_harness import start_dx
 
     binary = _thin_engine(tmp_path, cpu_engine, stand_ins)
     runtime = lib_dir(tmp_path / "pack" / "lib", stand_ins)

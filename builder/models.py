@@ -3,7 +3,7 @@
 A spec is a recipe name (``smollm2``, ``llama3.2``: recipes/models.toml), a
 Hugging Face file (``hf:OWNER/REPO/FILE.gguf[@REVISION]``), a local path, or a
 name in Ollama's registry with a tag or namespace (``llama3.2:1b``,
-``hf.co/OWNER/REPO:QUANT``; ``dx.ollama_registry``). A registry model comes from
+``hf.co/OWNER/REPO:QUANT``; ``dx.registry.ollama``). A registry model comes from
 Ollama's own store when it is there (read in place, never written), else from
 the registry (``DX_OLLAMA_REGISTRY`` overrides the address) into the DX cache;
 a recipe with ``source = "ollama"`` pins both the manifest's digest and the

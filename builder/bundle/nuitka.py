@@ -69,7 +69,7 @@ ENGINE_FILES = ("bin/llama-server", "bin/ggml-rpc-server", "engine.json")
 # The build-time tools' own libraries (llama-bench, llama-quantize) never travel.
 _TOOL_ONLY_LIB = re.compile(r"libllama-(bench|quantize)-impl\.")
 # CUDA's own runtime libraries in a cuda engine's lib/: a thin executable leaves them out and finds
-# them at run time (dx.cuda_libs); a fat one carries them (DESIGN.md §8).
+# them at run time (dx.host.cuda_libs); a fat one carries them (DESIGN.md §8).
 _CUDA_RUNTIME_LIB = re.compile(r"lib(cudart|cublas|cublasLt)\.so")
 CUDA_LIBS_FORMS = ("thin", "fat")
 
@@ -189,7 +189,7 @@ def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list
         f"--user-plugin={TRIM_PLUGIN}",
         "--include-package=dx",  # every dx command; dxverify modules come in as dx imports them
         # json's C accelerator: Nuitka's anti-bloat leaves it out ("may slow down by using fallback
-        # implementation"), and dx parses every request body (dx.request_json) and engine answer with it.
+        # implementation"), and dx parses every request body (dx.server.request_json) and engine answer with it.
         "--include-module=_json",
         "--remove-output",
         "--no-progressbar",

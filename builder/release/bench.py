@@ -254,7 +254,7 @@ def dx_target(exe: Path, cache: Path, home: Path, log: Path) -> Target:
 
 
 def engine_target(server: Path, model_arg: str, log: Path, ctx: int = 4096, parallel: int = 4) -> Target:
-    """``llama-server`` with the settings the DX supervisor uses (see dx.supervisor)."""
+    """``llama-server`` with the settings the DX supervisor uses (see dx.engine.manager)."""
     port = _free_port()
     argv = [str(server), "-m", model_arg, "--host", "127.0.0.1", "--port", str(port), "--parallel",
             str(parallel), "--cont-batching", "-c", str(ctx * parallel), "--jinja"]

@@ -7,7 +7,7 @@ for the tier's toolkit in ``recipes/tiers.toml``), with the wheels' licence
 files, plus its facts file; then the directory's manifest, SHA256SUMS and
 Ed25519 signatures are (re)written, as for an executable. ``install.sh``
 installs it once into a shared, versioned folder that every thin cuda
-executable finds (``dx.cuda_libs``).
+executable finds (``dx.host.cuda_libs``).
 
 Why ``.tar.xz`` and not ``.tar.zst``: install.sh is POSIX sh and must unpack
 it with what a stock machine has. ``xz`` is in every Debian/Ubuntu base

@@ -38,7 +38,7 @@ def run(ctx: BuildContext) -> None:
     if cuda:
         mb = sum(f["bytes"] for f in cuda["runtime_libs"]) / 1e6
         _echo(f"    cuda libraries: {cuda['form']} — cuBLAS/cudart ({mb:.0f} MB) "
-              + ("found at run time (dx.cuda_libs)" if cuda["form"] == "thin" else "carried inside"))
+              + ("found at run time (dx.host.cuda_libs)" if cuda["form"] == "thin" else "carried inside"))
     _echo(f"    {how}: {bundle.path} ({bundle.path.stat().st_size / 1e6:.1f} MB)")
     ctx.python_distributions = python_distributions(bundle.path)
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dxverify.errors import IntegrityError, MalformedInputError
+from dxverify.hashing import sha256_file
 
 MAGIC = b"DXMODEL1"
 FORMAT_VERSION = 1
@@ -316,22 +317,20 @@ def _read_v2(f: BinaryIO, path: Path, where: str, size: int, crc: int, table_at:
 
 def hash_region(path: Path | str, offset: int, length: int,
                 progress: Callable[[int], None] | None = None) -> str:
-    """SHA-256 of ``length`` bytes of ``path`` starting at ``offset``."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        left = length
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while left:
-            n = f.readinto(view[: min(_CHUNK, left)])
-            if not n:
-                raise MalformedInputError(f"{path}: ended {left} bytes before the embedded model's end")
-            h.update(view[:n])
-            left -= n
-            if progress:
-                progress(n)
-    return h.hexdigest()
+    """SHA-256 of ``length`` bytes of ``path`` starting at ``offset`` (``dxverify.hashing.sha256_file``).
+
+    ``progress(n)`` is told the bytes of each chunk as it is hashed.
+    """
+    if progress is None:
+        return sha256_file(path, offset, length)
+    said = 0
+
+    def step(done: int, _total: int) -> None:
+        nonlocal said
+        progress(done - said)
+        said = done
+
+    return sha256_file(path, offset, length, step)
 
 
 def check_entry_hash(entry: Entry, progress: Callable[[int], None] | None = None) -> None:

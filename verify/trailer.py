@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dxverify.errors import IntegrityError, MalformedInputError
+from dxverify.hashing import sha256_file
 
 MAGIC = b"DXMODEL1"
 FORMAT_VERSION = 1
@@ -211,13 +212,7 @@ def _read(f: BinaryIO, path: Path) -> EmbeddedModel | None:
         return _read_v2(f, path, where, size, crc, offset, length, meta_len, digest.hex())
     if offset == 0 or offset % ALIGNMENT:
         raise MalformedInputError(f"{where}: model offset {offset} is not a positive multiple of {ALIGNMENT}")
-    expected_end = offset + length + meta_len + TRAILER_SIZE
-    if expected_end != size:
-        raise MalformedInputError(
-            f"{where}: offset {offset} + model {length} + metadata {meta_len} + trailer {TRAILER_SIZE}"
-            f" = {expected_end} bytes, but the file has {size}",
-            hint="the file was truncated or appended to; download it again",
-        )
+    _check_end(where, f"offset {offset} + model {length}", offset + length, meta_len, size)
     f.seek(offset + length)
     meta_bytes = f.read(meta_len)
     if (zlib.crc32(meta_bytes) & 0xFFFFFFFF) != crc:
@@ -225,6 +220,17 @@ def _read(f: BinaryIO, path: Path) -> EmbeddedModel | None:
     metadata = _metadata(meta_bytes, where, offset + length, digest.hex())
     return EmbeddedModel(path=path, offset=offset, length=length, sha256=digest.hex(),
                          metadata=metadata, file_size=size)
+
+
+def _check_end(where: str, layout: str, meta_at: int, meta_len: int, size: int) -> None:
+    """MalformedInputError unless what the trailer describes (``layout``, then metadata, then the trailer) ends the file."""
+    expected_end = meta_at + meta_len + TRAILER_SIZE
+    if expected_end != size:
+        raise MalformedInputError(
+            f"{where}: {layout} + metadata {meta_len} + trailer {TRAILER_SIZE}"
+            f" = {expected_end} bytes, but the file has {size}",
+            hint="the file was truncated or appended to; download it again",
+        )
 
 
 def _metadata(meta_bytes: bytes, where: str, at: int, sha_hex: str) -> dict[str, Any]:
@@ -251,13 +257,7 @@ def _read_v2(f: BinaryIO, path: Path, where: str, size: int, crc: int, table_at:
     if table_len == 0 or table_len % ENTRY_SIZE or table_len // ENTRY_SIZE > MAX_ENTRIES:
         raise MalformedInputError(f"{where}: entry table length {table_len} is not 1 to {MAX_ENTRIES} entries"
                                   f" of {ENTRY_SIZE} bytes")
-    expected_end = table_at + table_len + meta_len + TRAILER_SIZE
-    if expected_end != size:
-        raise MalformedInputError(
-            f"{where}: entry table at {table_at} + {table_len} + metadata {meta_len} + trailer {TRAILER_SIZE}"
-            f" = {expected_end} bytes, but the file has {size}",
-            hint="the file was truncated or appended to; download it again",
-        )
+    _check_end(where, f"entry table at {table_at} + {table_len}", table_at + table_len, meta_len, size)
     f.seek(table_at)
     table = f.read(table_len)
     meta_bytes = f.read(meta_len)
@@ -316,22 +316,20 @@ def _read_v2(f: BinaryIO, path: Path, where: str, size: int, crc: int, table_at:
 
 def hash_region(path: Path | str, offset: int, length: int,
                 progress: Callable[[int], None] | None = None) -> str:
-    """SHA-256 of ``length`` bytes of ``path`` starting at ``offset``."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        left = length
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while left:
-            n = f.readinto(view[: min(_CHUNK, left)])
-            if not n:
-                raise MalformedInputError(f"{path}: ended {left} bytes before the embedded model's end")
-            h.update(view[:n])
-            left -= n
-            if progress:
-                progress(n)
-    return h.hexdigest()
+    """SHA-256 of ``length`` bytes of ``path`` starting at ``offset`` (``dxverify.hashing.sha256_file``).
+
+    ``progress(n)`` is told the bytes of each chunk as it is hashed.
+    """
+    if progress is None:
+        return sha256_file(path, offset, length)
+    said = 0
+
+    def step(done: int, _total: int) -> None:
+        nonlocal said
+        progress(done - said)
+        said = done
+
+    return sha256_file(path, offset, length, step)
 
 
 def check_entry_hash(entry: Entry, progress: Callable[[int], None] | None = None) -> None:

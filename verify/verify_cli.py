@@ -378,6 +378,16 @@ def _path_or_self(ctx: click.Context, path: str | None, command: str) -> str:
     return str(found)
 
 
+def _json_or_first_error(ctx: click.Context, result: VerifyResult, as_json: bool) -> None:
+    """With --json: print the result and exit with its code. Else raise its first error, if any."""
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        ctx.exit(result.exit_code)
+    err = result.first_error
+    if err is not None:
+        raise err
+
+
 @click.command("verify")
 @click.argument("path", required=False, type=click.Path(dir_okay=True, path_type=str))
 @click.option(
@@ -413,12 +423,7 @@ def verify_cmd(
         progress=None if as_json else _progress_printer(),
     )
     signed_by = _check_signature(result, path, signature, pubkey) if (signature or pubkey) else None
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-        ctx.exit(result.exit_code)
-    err = result.first_error
-    if err is not None:
-        raise err
+    _json_or_first_error(ctx, result, as_json)
     if inspect:
         click.echo(_human_report(result))
     elif result.sha256:
@@ -456,10 +461,5 @@ def inspect_cmd(ctx: click.Context, path: str | None, as_json: bool) -> None:
     """
     path = _path_or_self(ctx, path, "inspect")
     result = verify_path(path, hash_mode="never")
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-        ctx.exit(result.exit_code)
-    err = result.first_error
-    if err is not None:
-        raise err
+    _json_or_first_error(ctx, result, as_json)
     click.echo(_human_report(result))

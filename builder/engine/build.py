@@ -33,6 +33,7 @@ from dxbuild.engine.cmake import (
     install_runtime_libs,
     install_tree,
     jobs,
+    scratch_dir,
     strip_files,
 )
 from dxbuild.engine.installed import installed_engine
@@ -114,9 +115,7 @@ def _build_new(plan: EnginePlan, cell: Cell, recipe: EngineRecipe, toolchain: To
     progress.start("fetch and verify source")
     src = prepare_source(recipe, cache=cache, log=log, echo=echo)
 
-    scratch = cache / "build"
-    scratch.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f"{plan.dir_name}-", dir=scratch))
+    build = scratch_dir(cache, f"{plan.dir_name}-")
     final = cache / "engines" / plan.dir_name
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.dir_name}.tmp-", dir=final.parent))

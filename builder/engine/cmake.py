@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,14 @@ class Progress:
         elif pct // 10 != self.last_pct // 10 or n == total:
             self.echo(f"    {self.step}: [{n}/{total}] {pct}%")
         self.last_pct = pct
+
+
+def scratch_dir(cache: Path, prefix: str) -> Path:
+    """A new empty folder ``cache/build/<prefix>…``: every build folder at one depth, which :func:`build_env`'s
+    CCACHE_BASEDIR (two levels up) relies on, so ccache's relative paths agree between engine and wheel builds."""
+    scratch = cache / "build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
 
 
 def build_env(toolchain: Toolchain, src: Path, build: Path) -> dict[str, str]:

@@ -36,7 +36,15 @@ from pathlib import Path
 import jinja2
 
 from dxbuild import __version__, toolchains
-from dxbuild.engine.cmake import Progress, build_env, build_lock, cmake_configure_cmd, engine_info, jobs
+from dxbuild.engine.cmake import (
+    Progress,
+    build_env,
+    build_lock,
+    cmake_configure_cmd,
+    engine_info,
+    jobs,
+    scratch_dir,
+)
 from dxbuild.engine.installed import dist_name, package_name
 from dxbuild.engine.plan import plan_engine
 from dxbuild.engine.source import prepare_source
@@ -246,11 +254,9 @@ def _build_new(tier: str, plan, recipe, toolchain, cache: Path, log: Path,  # ty
         echo(f"wheel {dist_name(tier)}: building with scikit-build-core (engine key {plan.key[:16]}); log: {log}")
     progress.start("fetch and verify source")
     src = prepare_source(recipe, cache=cache, log=log, echo=echo)
-    scratch = cache / "build"
-    scratch.mkdir(parents=True, exist_ok=True)
     # same depth under the cache as `dxbuild engine`'s build folders: ccache's relative paths then agree
-    build = Path(tempfile.mkdtemp(prefix=f"wheel-{plan.dir_name}-", dir=scratch))
-    work = Path(tempfile.mkdtemp(prefix=f"wheel-{plan.dir_name}-project-", dir=scratch))
+    build = scratch_dir(cache, f"wheel-{plan.dir_name}-")
+    work = scratch_dir(cache, f"wheel-{plan.dir_name}-project-")
     try:
         license_file = src.path / "LICENSE"
         project = render_project(tier, work / "project", commit=src.llama_cpp_commit,
@@ -279,7 +285,7 @@ def _build_new(tier: str, plan, recipe, toolchain, cache: Path, log: Path,  # ty
             raise ToolError(f"wheel {wheels[0].name} fails the audit: {'; '.join(audit.problems[:5])}",
                             hint=f"see {log}")
         final = retag(wheels[0], audit.platform_tag)
-        keep = Path(tempfile.mkdtemp(prefix=".wheel-out-", dir=scratch))
+        keep = scratch_dir(cache, ".wheel-out-")
         shutil.move(str(final), keep / final.name)
         return keep / final.name
     finally:

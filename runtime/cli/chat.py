@@ -43,24 +43,22 @@ class Sampling:
     seed: int | None = None
 
     def openai(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        if self.temperature is not None:
-            d["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            d["max_tokens"] = self.max_tokens
-        if self.seed is not None:
-            d["seed"] = self.seed
-        return d
+        return self._fields(1)
 
     def ollama(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        if self.temperature is not None:
-            d["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            d["num_predict"] = self.max_tokens
-        if self.seed is not None:
-            d["seed"] = self.seed
-        return d
+        return self._fields(2)
+
+    def _fields(self, api: int) -> dict[str, Any]:
+        """The options that are set, under the ``api``'s name for each (a column of ``_SAMPLING_NAMES``)."""
+        return {row[api]: getattr(self, row[0]) for row in _SAMPLING_NAMES if getattr(self, row[0]) is not None}
+
+
+# Sampling field, its OpenAI request name, its Ollama option name.
+_SAMPLING_NAMES = (
+    ("temperature", "temperature", "temperature"),
+    ("max_tokens", "max_tokens", "num_predict"),
+    ("seed", "seed", "seed"),
+)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from dx import __version__, config
 from dx.errors import ModelNotFoundError
 from dx.registry.huggingface import DownloadError
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
+from dxverify.hashing import sha256_file
 
 REGISTRY_ENV, TOKEN_ENV = config.OLLAMA_REGISTRY_ENV, config.OLLAMA_TOKEN_ENV  # named in messages
 DEFAULT_HOST = "registry.ollama.ai"
@@ -404,11 +405,7 @@ class _Download:
     def _verify(self) -> Path:
         if self.progress:
             self.progress(f"verifying sha256 digest of the {self.layer.kind} layer", None, None)
-        h = hashlib.sha256()
-        with open(self.part, "rb") as f:
-            while chunk := f.read(8 << 20):
-                h.update(chunk)
-        got = h.hexdigest()
+        got = sha256_file(self.part)
         if got != self.layer.sha256:
             self.discard()
             raise IntegrityError(

@@ -175,3 +175,13 @@ def test_pip_download_with_wrong_hash_is_refused(tmp_path: Path) -> None:
         download_sdist(src, tmp_path, tmp_path / "log.txt", echo=None)
     assert list((tmp_path / "downloads").iterdir()) == []
     assert not (tmp_path / "sources").exists()
+
+
+def test_scratch_dirs_are_new_folders_at_one_depth_under_the_cache(tmp_path: Path) -> None:
+    from dxbuild.engine.cmake import scratch_dir
+
+    a = scratch_dir(tmp_path, "engine-x-")
+    b = scratch_dir(tmp_path, "wheel-engine-x-")
+    assert a != b and a.is_dir() and b.is_dir() and not any(a.iterdir())
+    assert a.parent == b.parent == tmp_path / "build"
+    assert a.name.startswith("engine-x-") and b.name.startswith("wheel-engine-x-")

@@ -196,3 +196,18 @@ def test_runtime_part_is_recorded_and_checked(tmp_path: Path) -> None:
     exe.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="padding"):
         trailer.check_runtime(trailer.read_trailer(exe))
+
+
+def test_hash_region_is_the_shared_file_hash_with_progress_in_steps(tmp_path: Path) -> None:
+    import hashlib
+
+    from dxverify.hashing import CHUNK_SIZE
+    from dxverify.trailer import hash_region
+
+    data = bytes(range(256)) * (CHUNK_SIZE // 128 + 3)
+    f = tmp_path / "blob"
+    f.write_bytes(data)
+    steps: list[int] = []
+    assert hash_region(f, 5, len(data) - 9, steps.append) == hashlib.sha256(data[5:-4]).hexdigest()
+    assert sum(steps) == len(data) - 9 and len(steps) == 3
+    assert hash_region(f, 0, 0) == hashlib.sha256(b"").hexdigest()

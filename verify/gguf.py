@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from dxverify.errors import MalformedInputError
 from dxverify.ggml_types import INT64_MAX, SIZE_MAX, ggml_type
+from dxverify.units import parameter_size
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -1021,7 +1022,7 @@ def format_summary(s: GGUFSummary, path: str | Path | None = None) -> str:
         f"format:         GGUF v{s.version}, {s.kv_count} keys, {s.tensor_count} tensors, alignment {s.alignment}",
         f"architecture:   {s.architecture or '-'}",
         f"name:           {s.name or '-'}",
-        f"parameters:     {s.parameters:,} ({_human_count(s.parameters)})",
+        f"parameters:     {s.parameters:,} ({parameter_size(s.parameters)})",
         f"context length: {s.context_length if s.context_length is not None else '-'}",
         f"vocabulary:     {s.vocab_size if s.vocab_size is not None else '-'}",
         f"chat template:  {'yes' if s.chat_template else 'no'}",
@@ -1031,13 +1032,6 @@ def format_summary(s: GGUFSummary, path: str | Path | None = None) -> str:
     mix = ", ".join(f"{name} {n / total:.1%} ({_human_bytes(n)})" for name, n in s.quantization.items())
     lines.append(f"quantization:   {mix or '-'}")
     return "\n".join(lines)
-
-
-def _human_count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
 
 
 def _human_bytes(n: int) -> str:

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dx.host.hardware import nvidia_driver
 from dxbuild.toolchains import host as host_tc
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ def run_problem(cell: Cell) -> tuple[str | None, str]:
         on = "lavapipe (Mesa's CPU Vulkan driver)" if "lvp" in names else ", ".join(names)
         return None, f"{how}, on {on}"
     if cell.min_nvidia_driver is not None:
-        version = Path("/proc/driver/nvidia/version")
-        if not version.is_file():
+        driver, _ = nvidia_driver()  # dx.host.hardware's one probe: /proc/driver/nvidia/version, else libcuda.so.1
+        if driver is None:
             return "no NVIDIA GPU driver on this machine", ""
         return None, how
     if cell.toolchain == "rocm-host":

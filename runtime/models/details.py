@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dxverify.errors import DXError
+from dxverify.units import parameter_size  # the one formatter (dx inspect uses it too)
 
 _CACHE: dict[tuple[Any, ...], ModelDetails] = {}
 _LOCK = threading.Lock()
@@ -38,15 +39,6 @@ class ModelDetails:
             "families": [self.family] if self.family else None,
             "parameter_size": self.parameter_size, "quantization_level": self.quantization_level,
         }
-
-
-def parameter_size(n: int) -> str:
-    """Ollama's short form: at most three significant digits, one decimal below 100 (135M, 3.2B, 70.6B)."""
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            v = n / div
-            return f"{v:.0f}{unit}" if round(v, 1) >= 100 else f"{v:.1f}{unit}"
-    return str(n)
 
 
 def details_for(path: Path | str, offset: int = 0, length: int | None = None) -> ModelDetails:

@@ -28,12 +28,13 @@ from dxverify.errors import DXError
 if TYPE_CHECKING:
     import http.client
 
+    from dx.engine.manager import EngineManager
     from dx.engine.process import Engine
 
 
 @contextlib.contextmanager
 def engine_for(  # type: ignore[no-untyped-def]
-    app: Any, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
+    manager: EngineManager, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
 ):
     """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
 
@@ -44,7 +45,7 @@ def engine_for(  # type: ignore[no-untyped-def]
             raise BadRequest(str(exc)) from None
     t0 = time.monotonic()
     try:
-        lease = app.manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
+        lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
         engine = lease.__enter__()
     except ModelNotFound:
         raise
@@ -62,7 +63,7 @@ def engine_for(  # type: ignore[no-untyped-def]
 
 
 def open_engine(
-    app: Any, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
+    manager: EngineManager, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
     purpose: str = "generate",
 ) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
     """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.
@@ -73,7 +74,7 @@ def open_engine(
     """
 
     for attempt in (1, 2):
-        cm = engine_for(app, model, keep_alive, num_ctx, purpose)
+        cm = engine_for(manager, model, keep_alive, num_ctx, purpose)
         engine, load = cm.__enter__()
         try:
             conn, resp = engine_request(engine, method, path, body)

@@ -135,7 +135,7 @@ def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
         req.app.manager.unload(name)
         reason = "unload"
     else:
-        with engine_for(req.app, name, keep_alive):
+        with engine_for(req.app.manager, name, keep_alive):
             pass
         reason = "load"
     req.send_json(200, {"model": name, "created_at": now_iso(), key: empty, "done": True, "done_reason": reason})
@@ -181,7 +181,7 @@ def _complete(
 ) -> None:
     started = time.monotonic()
     cm, _engine, load, conn, resp = open_engine(
-        req.app, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
+        req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
     )
     try:
         if resp.status != 200:
@@ -324,7 +324,7 @@ def embeddings(req: Request) -> None:
 
 
 def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) -> tuple[dict[str, Any], float]:
-    with engine_for(req.app, name, keep_alive, purpose="embed") as (engine, load):
+    with engine_for(req.app.manager, name, keep_alive, purpose="embed") as (engine, load):
         try:
             status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
         except EngineUnavailable as exc:

@@ -88,7 +88,7 @@ def relay(req: Request) -> None:
     if not isinstance(model, str):
         raise HTTPError(400, "model must be a string")
     purpose = "embed" if path == "/v1/embeddings" else "generate"
-    cm, _engine, _load, conn, resp = open_engine(req.app, model, None, None, "POST", path, body, purpose)
+    cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose)
     try:
         _relay_or_503(req, conn, resp)
     finally:
@@ -173,7 +173,7 @@ def passthrough(req: Request) -> None:
     if body:  # llama.cpp's own JSON routes: what the engine would choke on (500) is a 400 here
 
         parse_strict(body)
-    with engine_for(req.app, "") as (engine, _load):
+    with engine_for(req.app.manager, "") as (engine, _load):
         target = req.path if req.path.startswith("/") else "/"
         try:
             forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}

@@ -12,7 +12,7 @@ from dxverify.errors import ConfigurationError, DXError
 
 __all__ = [
     "BadRequest", "DXError", "EngineError", "EngineUnavailable", "EngineUnreachable", "InvalidJSON",
-    "InvalidModelNameError", "ModelNotFound", "ModelNotFoundError", "ReadOnlyModelError", "http_answer",
+    "InvalidModelNameError", "ModelNotFoundError", "ReadOnlyModelError", "http_answer",
 ]
 
 
@@ -34,18 +34,11 @@ class InvalidModelNameError(ConfigurationError, BadRequest):
     error_type = "invalid_request_error"
 
 
-class ModelNotFound(LookupError):
-    """No model by that name in a request (404 in either API)."""
+class ModelNotFoundError(ConfigurationError, LookupError):
+    """No model by that name: not in a request's resolver, not in the store (404 in either API; `dx` exits 2)."""
 
     http_status = 404
     error_type = "not_found_error"
-
-
-class ModelNotFoundError(ConfigurationError):
-    """No model by that name in the store (the server answers 404; `dx` exits with a configuration error)."""
-
-    http_status = 404
-    error_type = "server_error"
 
 
 class ReadOnlyModelError(ConfigurationError):

@@ -20,7 +20,6 @@ from dx.errors import (
     EngineError,
     EngineUnavailable,
     EngineUnreachable,
-    ModelNotFound,
     ModelNotFoundError,
 )
 from dxverify.errors import DXError
@@ -47,11 +46,9 @@ def engine_for(  # type: ignore[no-untyped-def]
     try:
         lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
         engine = lease.__enter__()
-    except ModelNotFound:
+    except ModelNotFoundError:
         raise
     except DXError as exc:
-        if isinstance(exc, ModelNotFoundError):
-            raise ModelNotFound(str(exc)) from None
         raise EngineError(500, f"cannot load model: {exc}") from None
     try:
         yield engine, time.monotonic() - t0

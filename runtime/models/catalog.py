@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dx.errors import ModelNotFound, ModelNotFoundError
+from dx.errors import ModelNotFoundError
 from dx.models.entry import ModelEntry
 from dx.models.source import ModelSource
 from dx.models.store import ModelStore, ProgressCallback
@@ -62,17 +62,17 @@ class ModelResolver:
     def __call__(self, name: str) -> ModelSource:
         if not name:
             if self.default is None:
-                raise ModelNotFound("model is required (this server has no default model)")
+                raise ModelNotFoundError("model is required (this server has no default model)")
             return self.default
         if name in self.default_names():
             return self.default  # type: ignore[return-value]
         if is_hf(name) or looks_like_path(name):
-            raise ModelNotFound(f"model {name!r} not found: the API takes model names; `dx pull` fetches files")
+            raise ModelNotFoundError(f"model {name!r} not found: the API takes model names; `dx pull` fetches files")
         try:
             parse_name(name)
             entry = self.store.get(name)
         except (ModelNotFoundError, ConfigurationError):
-            raise ModelNotFound(f"model {name!r} not found, try pulling it first") from None
+            raise ModelNotFoundError(f"model {name!r} not found, try pulling it first") from None
         return ModelSource(path=entry.path, name=entry.name, sha256=entry.sha256)
 
 

@@ -18,7 +18,7 @@ from dx import __version__, metrics
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
 from dx.engine.relay import engine_json, iter_chunks
-from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFound
+from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFoundError
 from dx.models.check import read_facts
 from dx.models.defaults import for_source
 from dx.models.details import details_for, details_or_empty
@@ -373,7 +373,7 @@ def delete(req: Request) -> None:
     doc = require_object(_read_json(req))
     name = model_name(doc)
     source = None
-    with contextlib.suppress(ModelNotFound):
+    with contextlib.suppress(ModelNotFoundError):
         source = req.app.resolver(name)
     if source is not None and name in req.app.resolver.default_names():
         raise HTTPError(409, f"{name!r} is the model this server was started with; stop the server to delete "

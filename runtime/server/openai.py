@@ -19,7 +19,7 @@ from dx import __version__
 from dx.engine.lease import engine_for, open_engine
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
-from dx.errors import EngineError, EngineUnavailable, ModelNotFound
+from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
@@ -128,7 +128,7 @@ def model(req: Request) -> None:
     model_id = unquote(req.path.split("?", 1)[0][len(MODEL_PREFIX):])  # a bad %-escape matches no name
     known = model_id in _model_names(req)
     if not known and model_id:
-        with contextlib.suppress(ModelNotFound, DXError):
+        with contextlib.suppress(ModelNotFoundError, DXError):
             req.app.resolver(model_id)  # names only: another name the served model answers to, or a store name
             known = True
     if not known:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dxbuild.models import ResolvedModel
-from dxmatrix.cell import Cell
+if TYPE_CHECKING:  # annotations only: `dxbuild --help` imports this module and needs neither
+    from dxbuild.models import ResolvedModel
+    from dxmatrix.cell import Cell
 
 
 class ArtifactType(str, enum.Enum):

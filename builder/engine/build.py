@@ -178,12 +178,15 @@ def configure_only(cell: Cell, recipe: EngineRecipe, *, cache: Path | None = Non
     plan = plan_engine(cell, recipe, toolchain, patch_hashes)
     src = prepare_source(recipe, cache=cache, log=log, echo=echo)
     build = cache / "build" / f"{plan.dir_name}-configured"
-    shutil.rmtree(build, ignore_errors=True)
-    build.parent.mkdir(parents=True, exist_ok=True)
-    if echo:
-        echo(f"configure {cell.name}; log: {log}")
-    run_cmd(cmake_configure_cmd(plan, toolchain, src.path, build), log=log,
-            env=build_env(toolchain, src.path, build), echo=echo, what="CMake configure")
+    # One configure of this folder at a time: a second process would delete it under the first one's
+    # CMake ("getcwd() failed" in the CUDA compiler probe).
+    with build_lock(cache / "build" / f".{plan.dir_name}-configured.lock", f"{cell.name} configure", echo):
+        shutil.rmtree(build, ignore_errors=True)
+        build.parent.mkdir(parents=True, exist_ok=True)
+        if echo:
+            echo(f"configure {cell.name}; log: {log}")
+        run_cmd(cmake_configure_cmd(plan, toolchain, src.path, build), log=log,
+                env=build_env(toolchain, src.path, build), echo=echo, what="CMake configure")
     return build
 
 

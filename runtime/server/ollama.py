@@ -1,35 +1,31 @@
-"""Ollama's API on DX: the handlers for /api/* (requests translated onto the engine's OpenAI routes).
+"""Ollama's inference API on DX: /api/generate, /api/chat, /api/embed(dings), translated onto the engine's OpenAI routes.
 
 Each handler takes the transport's request object (see ``dx.server.transport``) and
 answers it; validation and the mapping of fields live in ``dx.server.ollama_wire``
-(pure functions). Which handler answers which path is ``dx.server.routes``.
+(pure functions). The model management routes (tags, ps, show, pull, copy, delete) are
+``dx.server.ollama_models``; which handler answers which path is ``dx.server.routes``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dx import __version__, metrics
+from dx import metrics
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
 from dx.engine.relay import engine_json, iter_chunks
-from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFoundError
-from dx.models.check import read_facts
+from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.defaults import for_source
-from dx.models.details import details_for, details_or_empty
-from dx.models.source import ModelSource
 from dx.server.ollama_wire import (
     chat_request,
     done_fields,
     embed_input,
     engine_error_message,
     generate_request,
-    iso,
     model_name,
     now_iso,
     require_object,
@@ -38,86 +34,15 @@ from dx.server.ollama_wire import (
 )
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
-from dxverify.errors import DXError
 
 if TYPE_CHECKING:
-    from dx.models.details import ModelDetails
     from dx.server.request import Handler as Request
 
 
-def _read_json(req: Request) -> dict[str, Any]:
+def read_json(req: Request) -> dict[str, Any]:
     """The body as strict JSON (``dx.server.request_json``): what the engine would choke on is a 400 here."""
 
     return parse_strict(req.read_body())
-
-
-def version(req: Request) -> None:
-    req.send_json(200, {"version": __version__})
-
-
-def tags(req: Request) -> None:
-    models = []
-    default = req.app.resolver.default
-    if default is not None:
-        d = details_or_empty(default.path, default.offset, default.length)
-        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d))
-    with contextlib.suppress(DXError, OSError):
-        for e in req.app.resolver.store.list():
-            if default is not None and e.name == default.display_name:
-                continue
-            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path)))
-    for m in models:
-        m["modified_at"] = iso(m["modified_at"])
-    req.send_json(200, {"models": models})
-
-
-def _tag_entry(name: str, size: int, sha: str, modified: float, details: ModelDetails) -> dict[str, Any]:
-    return {"name": name, "model": name, "modified_at": modified, "size": size, "digest": sha,
-            "details": details.ollama()}
-
-
-def ps(req: Request) -> None:
-    models: list[dict[str, Any]] = []
-    for lm in sorted(req.app.manager.loaded(), key=lambda m: m.purpose != "generate"):
-        if any(m["name"] == lm.name for m in models):
-            continue  # its generation and embedding engines are one model to Ollama clients
-        size = lm.source.size()
-        details = details_or_empty(lm.source.path, lm.source.offset, lm.source.length)
-        models.append({
-            "name": lm.name, "model": lm.name, "size": size, "digest": lm.source.sha256 or "",
-            "details": details.ollama(),
-            "expires_at": iso(lm.expires_at) if lm.expires_at is not None else "2318-01-01T00:00:00Z",
-            "size_vram": 0, "context_length": lm.ctx,
-        })
-        if lm.engine is not None and lm.purpose == "generate":
-            from dx.swarm.head import engine_placement
-
-            placement = engine_placement(lm.engine.log_path)  # dx serve --workers: which worker holds which layers
-            if placement:
-                models[-1]["dx_workers"] = placement
-    req.send_json(200, {"models": models})
-
-
-def show(req: Request) -> None:
-    doc = _read_json(req)
-    name = model_name(doc)
-    source = req.app.resolver(name)
-    facts = read_facts(source.path, source.offset, source.length)
-    meta = {k: v for k, v in facts.metadata.items() if not isinstance(v, (bytes, bytearray))}
-    template = meta.get("tokenizer.chat_template", "")
-    capabilities = ["completion", "embedding"]
-    if isinstance(template, str) and "tools" in template:
-        capabilities.append("tools")
-    req.send_json(200, {
-        "license": str(meta.get("general.license", "")),
-        "modelfile": f"# dx: {source.display_name}\nFROM {source.path}\n",
-        "parameters": "",
-        "template": template if isinstance(template, str) else "",
-        "details": details_for(source.path, source.offset, source.length).ollama(),
-        "model_info": {k: v for k, v in meta.items() if k != "tokenizer.chat_template"},
-        "capabilities": capabilities,
-        "modified_at": _iso_mtime(source),
-    })
 
 
 def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
@@ -143,7 +68,7 @@ def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
 
 
 def generate(req: Request) -> None:
-    doc = require_object(_read_json(req))
+    doc = require_object(read_json(req))
     name = model_name(doc)
     if not doc.get("prompt") and not doc.get("suffix"):
         _load_only(req, doc, name)
@@ -155,7 +80,7 @@ def generate(req: Request) -> None:
 
 
 def chat(req: Request) -> None:
-    doc = require_object(_read_json(req))
+    doc = require_object(read_json(req))
     name = model_name(doc)
     body, num_ctx = chat_request(doc)
     if not body["messages"]:
@@ -299,7 +224,7 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
 
 
 def embed(req: Request) -> None:
-    doc = require_object(_read_json(req))
+    doc = require_object(read_json(req))
     name = model_name(doc)
     texts = embed_input(doc, "input")
     started = time.monotonic()
@@ -313,7 +238,7 @@ def embed(req: Request) -> None:
 
 
 def embeddings(req: Request) -> None:
-    doc = require_object(_read_json(req))
+    doc = require_object(read_json(req))
     name = model_name(doc)
     prompt = embed_input(doc, "prompt")
     if not isinstance(prompt, str):
@@ -334,71 +259,3 @@ def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) 
     return answer, load
 
 
-def pull(req: Request) -> None:
-    doc = require_object(_read_json(req))
-    name = model_name(doc)
-
-    stream = doc.get("stream", True)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be true or false")
-    store = req.app.resolver.store
-    if not stream:
-        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
-
-        pull_by_name(store, name)
-        req.send_json(200, {"status": "success"})
-        return
-    emit = start_ndjson(req)
-    out = req.wfile
-
-    def progress(status: str, completed: int | None, total: int | None) -> None:
-        if status == "success":
-            return
-        line: dict[str, Any] = {"status": status}
-        if total:
-            line.update(total=total, completed=completed or 0)
-        emit(line)
-
-    try:
-        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
-
-        pull_by_name(store, name, progress)  # hf:, Ollama's registry, or already here (success)
-        emit({"status": "success"})
-    except DXError as exc:
-        emit({"error": str(exc)})
-    out.write(b"0\r\n\r\n")
-
-
-def delete(req: Request) -> None:
-    doc = require_object(_read_json(req))
-    name = model_name(doc)
-    source = None
-    with contextlib.suppress(ModelNotFoundError):
-        source = req.app.resolver(name)
-    if source is not None and name in req.app.resolver.default_names():
-        raise HTTPError(409, f"{name!r} is the model this server was started with; stop the server to delete "
-                             "it (`dx rm`)", kind="conflict_error")
-    req.app.resolver.store.delete(name)  # 404 / 403 (Ollama's own models) from the store
-    if source is not None and not source.path.exists():  # the blob went with its last name
-        req.app.manager.unload_source(source)
-    req.send_json(200, {})
-
-
-def copy(req: Request) -> None:
-    doc = require_object(_read_json(req))
-    src, dst = doc.get("source"), doc.get("destination")
-    if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
-        raise BadRequest("source and destination must be model names")
-    req.app.resolver.store.copy(src, dst)
-    req.send_json(200, {})
-
-
-def _mtime(source: ModelSource) -> float:
-    try:
-        return source.path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _iso_mtime(source: ModelSource) -> str:
-    return iso(_mtime(source))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
-from dx.server import ollama, openai
+from dx.server import ollama, ollama_models, openai
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
@@ -30,17 +30,17 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("GET",         "/health",              openai.health, public=True),
     Route("GET",         "/",                    openai.root,   public=True),  # a browser gets the web UI
-    Route("GET",         "/api/version",         ollama.version),
-    Route("GET",         "/api/tags",            ollama.tags),
-    Route("GET",         "/api/ps",              ollama.ps),
-    Route("POST",        "/api/show",            ollama.show),
+    Route("GET",         "/api/version",         ollama_models.version),
+    Route("GET",         "/api/tags",            ollama_models.tags),
+    Route("GET",         "/api/ps",              ollama_models.ps),
+    Route("POST",        "/api/show",            ollama_models.show),
     Route("POST",        "/api/generate",        ollama.generate),
     Route("POST",        "/api/chat",            ollama.chat),
     Route("POST",        "/api/embed",           ollama.embed),
     Route("POST",        "/api/embeddings",      ollama.embeddings),
-    Route("POST",        "/api/pull",            ollama.pull),
-    Route("POST DELETE", "/api/delete",          ollama.delete),
-    Route("POST",        "/api/copy",            ollama.copy),
+    Route("POST",        "/api/pull",            ollama_models.pull),
+    Route("POST DELETE", "/api/delete",          ollama_models.delete),
+    Route("POST",        "/api/copy",            ollama_models.copy),
     Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
     Route("POST",        "/v1/completions",      openai.relay),
     Route("POST",        "/v1/embeddings",       openai.relay),

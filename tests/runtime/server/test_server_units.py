@@ -192,12 +192,12 @@ def test_engine_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_route_table_says_who_answers_and_what_is_public() -> None:
     from dx.server import ollama as ollama_routes
+    from dx.server import ollama_models, routes
     from dx.server import openai as openai_routes
-    from dx.server import routes
 
     assert routes.resolve("POST", "/api/chat") == (ollama_routes.chat, False)
-    assert routes.resolve("HEAD", "/api/tags") == (ollama_routes.tags, False)  # GET routes answer HEAD
-    assert routes.resolve("DELETE", "/api/delete") == (ollama_routes.delete, False)
+    assert routes.resolve("HEAD", "/api/tags") == (ollama_models.tags, False)  # GET routes answer HEAD
+    assert routes.resolve("DELETE", "/api/delete") == (ollama_models.delete, False)
     assert routes.resolve("POST", "/v1/embeddings") == (openai_routes.relay, False)
     assert {r.path for r in routes.ROUTES if r.public} == {"/health", "/"}
     # everything else goes to the engine: public only for GET/HEAD outside the APIs (the web UI's assets)

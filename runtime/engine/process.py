@@ -34,6 +34,7 @@ from dx.engine.launcher import (
     default_log_dir,
 )
 from dx.engine.locate import locate_engine
+from dx.models.capabilities import projector_for
 from dx.models.defaults import for_source
 from dx.models.source import ModelSource, verify_source
 
@@ -110,7 +111,7 @@ class Engine:
         defaults = for_source(source)  # the model's own (Ollama params layer): stop strings, sampling, num_ctx
         ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
         if purpose == GENERATE:
-            extra_args = [*defaults.engine_args(), *extra_args]
+            extra_args = [*defaults.engine_args(), *mmproj_args(source), *extra_args]
             _say_engine_devices(binary)
         last_error: DXError | None = None
         for _attempt in range(3):  # a port picked free can be taken before the engine binds it
@@ -276,6 +277,13 @@ class Engine:
             with contextlib.suppress(OSError):
                 os.close(self._watch_fd)
             self._watch_fd = None
+
+
+def mmproj_args(source: ModelSource) -> list[str]:
+    """``--mmproj FILE`` when the model has a multimodal projector (``dx.models.capabilities.projector_for``):
+    the engine then accepts images, and /api/show lists ``vision``."""
+    projector = projector_for(source)
+    return ["--mmproj", str(projector)] if projector is not None else []
 
 
 class _PortTaken(Exception):

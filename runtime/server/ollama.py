@@ -19,18 +19,34 @@ from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
 from dx.engine.relay import engine_json, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
+from dx.models.capabilities import ModelCapabilities, capabilities_for
 from dx.models.defaults import for_source
 from dx.server.ollama_wire import (
     chat_request,
+    check_shift,
+    check_truncate,
     done_fields,
+    embed_dimensions,
     embed_input,
     engine_error_message,
+    engine_logprobs,
+    generate_images,
     generate_request,
+    infill_choice,
+    infill_request,
+    logprob_fields,
+    logprob_request,
+    logprobs_to_ollama,
+    message_images,
     model_name,
     now_iso,
+    parse_think,
     require_object,
+    shorten_vector,
     sse_events,
+    think_fields,
     tool_calls_to_ollama,
+    unsupported,
 )
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
@@ -73,7 +89,17 @@ def generate(req: Request) -> None:
     if not doc.get("prompt") and not doc.get("suffix"):
         _load_only(req, doc, name)
         return
+    if doc.get("suffix"):
+        caps = _capabilities(req, name, doc, images=bool(generate_images(doc)))
+        if not caps.insert:
+            raise unsupported(name, "insert")
+        body, num_ctx = infill_request(doc)
+        body.update(_field_engine_args(doc, caps, name, "/infill"))
+        _complete(req, name, doc, "/infill", body, num_ctx, "response")
+        return
     path, body, num_ctx = generate_request(doc)
+    caps = _capabilities(req, name, doc, images=bool(generate_images(doc)))
+    body.update(_field_engine_args(doc, caps, name, path))
     if path == "/v1/chat/completions":  # not raw: the model's own system prompt applies, as in Ollama
         _default_system(req, name, body)
     _complete(req, name, doc, path, body, num_ctx, "response")
@@ -86,8 +112,36 @@ def chat(req: Request) -> None:
     if not body["messages"]:
         _load_only(req, doc, name)
         return
+    caps = _capabilities(req, name, doc, images=message_images(doc))
+    body.update(_field_engine_args(doc, caps, name, "/v1/chat/completions"))
     _default_system(req, name, body)
     _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
+
+
+def _capabilities(req: Request, name: str, doc: dict[str, Any], *, images: bool) -> ModelCapabilities:
+    """Check the fields every model may refuse before any engine starts: a 400 in Ollama's words."""
+    if doc.get("keep_alive") is not None:
+        try:
+            parse_keep_alive(doc.get("keep_alive"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    check_shift(doc)
+    check_truncate(doc)  # DX never cuts a chat's history; an over-long prompt is the engine's 400 either way
+    caps = capabilities_for(req.app.resolver(name))
+    if images and not caps.vision:
+        raise unsupported(name, "images")
+    return caps
+
+
+def _field_engine_args(doc: dict[str, Any], caps: ModelCapabilities, name: str, path: str) -> dict[str, Any]:
+    """``think`` and ``logprobs``/``top_logprobs`` as the engine's fields for ``path``."""
+    think = think_fields(parse_think(doc.get("think")), caps.thinking, name)
+    want, top = logprob_request(doc)
+    fields = think if path == "/v1/chat/completions" else {}
+    fields.update(logprob_fields(want, top, path))
+    if want:
+        fields["_dx_logprobs"] = top  # popped before the body is sent: how Ollama's answer lists them
+    return fields
 
 
 def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
@@ -105,6 +159,7 @@ def _complete(
     req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
 ) -> None:
     started = time.monotonic()
+    top_logprobs = body.pop("_dx_logprobs", None)
     cm, _engine, load, conn, resp = open_engine(
         req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
     )
@@ -118,14 +173,18 @@ def _complete(
             raise HTTPError(resp.status if 400 <= resp.status < 600 else 502,
                             engine_error_message(err if isinstance(err, dict) else {}, resp.status))
         if body["stream"]:
-            _stream(req, name, resp, started, load, key)
+            _stream(req, name, resp, started, load, key, top_logprobs, infill=path == "/infill")
         else:
             try:
                 answer = json.loads(resp.read())
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 raise EngineError(503, f"the engine stopped while answering ({type(exc).__name__}); retry") \
                     from None
-            req.send_json(200, _final(name, answer, started, load, key, now_iso()))
+            if path == "/infill":
+                answer = _infill_as_oai(answer)
+            final = _final(name, answer, started, load, key, now_iso())
+            _add_logprobs(final, answer, top_logprobs)
+            req.send_json(200, final)
     except EngineUnavailable as exc:
         req.close_connection = True
         if not req.headers_sent:
@@ -133,6 +192,21 @@ def _complete(
     finally:
         conn.close()
         cm.__exit__(None, None, None)
+
+
+def _infill_as_oai(answer: dict[str, Any]) -> dict[str, Any]:
+    """The engine's /infill answer (llama.cpp's own shape) in the OpenAI shape the rest reads."""
+    choice, usage = infill_choice(answer)
+    return {**answer, "choices": [choice], "usage": usage}
+
+
+def _add_logprobs(out: dict[str, Any], event: dict[str, Any], top: int | None) -> None:
+    """Ollama's ``logprobs`` on an answer or a chunk, when the request asked for them."""
+    if top is None:
+        return
+    items = engine_logprobs(event)
+    if items:
+        out["logprobs"] = logprobs_to_ollama(items, top > 0)
 
 
 def _final(name: str, answer: dict[str, Any], started: float, load: float, key: str, ts: str) -> dict:
@@ -147,8 +221,10 @@ def _final(name: str, answer: dict[str, Any], started: float, load: float, key: 
             message["tool_calls"] = tool_calls_to_ollama(msg["tool_calls"])
         out["message"] = message
     else:
-        out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get(
-            "content", "")
+        msg = choice.get("message") or {}
+        out["response"] = choice.get("text") if "text" in choice else msg.get("content", "")
+        if msg.get("reasoning_content"):
+            out["thinking"] = msg["reasoning_content"]
     out.update(done_fields(choice.get("finish_reason"), answer.get("timings"), answer.get("usage"), started, load))
     metrics.generation(name, answer.get("timings"), answer.get("usage"))
     return out
@@ -169,7 +245,10 @@ def start_ndjson(req: Request) -> Callable[[dict[str, Any]], None]:
     return emit
 
 
-def _stream(req: Request, name: str, resp: Any, started: float, load: float, key: str) -> None:
+def _stream(
+    req: Request, name: str, resp: Any, started: float, load: float, key: str,
+    top_logprobs: int | None = None, *, infill: bool = False,
+) -> None:
     emit = start_ndjson(req)
     out = req.wfile
 
@@ -177,6 +256,8 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
     tool_calls: dict[int, dict[str, Any]] = {}
     try:
         for event in sse_events(iter_chunks(resp)):
+            if infill and "error" not in event:
+                event = _infill_as_oai(event)
             if "error" in event:
                 err = event["error"]
                 emit({"error": err.get("message", str(err)) if isinstance(err, dict) else str(err)})
@@ -199,13 +280,21 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
                         msg: dict[str, Any] = {"role": "assistant", "content": text or ""}
                         if thinking:
                             msg["thinking"] = thinking
-                        emit({"model": name, "created_at": now_iso(), "message": msg, "done": False})
+                        line: dict[str, Any] = {"model": name, "created_at": now_iso(), "message": msg, "done": False}
+                        _add_logprobs(line, event, top_logprobs)
+                        emit(line)
                 else:
                     text = choice.get("text")
+                    delta = choice.get("delta") or {}
                     if text is None:
-                        text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        emit({"model": name, "created_at": now_iso(), "response": text, "done": False})
+                        text = delta.get("content")
+                    thinking = delta.get("reasoning_content")
+                    if text or thinking:
+                        line = {"model": name, "created_at": now_iso(), "response": text or "", "done": False}
+                        if thinking:
+                            line["thinking"] = thinking
+                        _add_logprobs(line, event, top_logprobs)
+                        emit(line)
     except EngineUnavailable as exc:
         emit({"error": f"{exc}; retry the request"})
         out.write(b"0\r\n\r\n")
@@ -227,9 +316,13 @@ def embed(req: Request) -> None:
     doc = require_object(read_json(req))
     name = model_name(doc)
     texts = embed_input(doc, "input")
+    truncate = check_truncate(doc)
+    dims = embed_dimensions(doc)
     started = time.monotonic()
-    answer, load = _embed(req, name, doc.get("keep_alive"), texts)
+    answer, load = _embed(req, name, doc.get("keep_alive"), texts, truncate)
     vectors = [item.get("embedding") for item in sorted(answer.get("data", []), key=lambda d: d.get("index", 0))]
+    if dims:
+        vectors = [shorten_vector(v, dims) for v in vectors]
     req.send_json(200, {
         "model": name, "embeddings": vectors,
         "total_duration": int((time.monotonic() - started) * 1e9), "load_duration": int(load * 1e9),
@@ -248,10 +341,19 @@ def embeddings(req: Request) -> None:
     req.send_json(200, {"embedding": data[0].get("embedding", [])})
 
 
-def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) -> tuple[dict[str, Any], float]:
+def _embed(
+    req: Request, name: str, keep_alive: object, texts: list[str] | str, truncate: bool = True,
+) -> tuple[dict[str, Any], float]:
+    """Embed ``texts``; an input longer than the context is cut to it (``truncate``, Ollama's default) or
+    refused with Ollama's 400 (``truncate: false``). The engine answers such an input with an error
+    (a 500 "too large to process"), so the hot path pays nothing and only an over-long input is tokenized."""
     with engine_for(req.app.manager, name, keep_alive, purpose="embed") as (engine, load):
         try:
             status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
+            if status != 200 and _too_long(answer):
+                if not truncate:
+                    raise BadRequest("the input length exceeds the context length")
+                status, answer = engine_json(engine, "/v1/embeddings", {"input": _cut(engine, texts)})
         except EngineUnavailable as exc:
             raise EngineError(503, f"{exc}; retry the request") from None
     if status != 200:
@@ -259,3 +361,22 @@ def _embed(req: Request, name: str, keep_alive: object, texts: list[str] | str) 
     return answer, load
 
 
+
+
+def _too_long(answer: dict[str, Any]) -> bool:
+    message = engine_error_message(answer, 0)
+    return "too large to process" in message or "larger than the max context size" in message \
+        or "exceeds the available context size" in message
+
+
+def _cut(engine: Any, texts: list[str] | str) -> list[list[int]]:
+    """Each input as token ids, cut to what one embeddings slot holds (its BOS/EOS included)."""
+    limit = max(1, engine.ctx - 2)
+    out = []
+    for text in [texts] if isinstance(texts, str) else texts:
+        status, doc = engine_json(engine, "/tokenize", {"content": text, "add_special": False})
+        tokens = doc.get("tokens") if status == 200 else None
+        if not isinstance(tokens, list):
+            raise EngineError(502, engine_error_message(doc, status))
+        out.append(tokens[:limit])
+    return out

@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 from dx import __version__
 from dx.errors import BadRequest, ModelNotFoundError
-from dx.models.check import read_facts
+from dx.models.capabilities import capabilities_for
+from dx.models.defaults import for_source
 from dx.models.details import details_for, details_or_empty
 from dx.models.source import ModelSource
 from dx.server.ollama import read_json, start_ndjson
-from dx.server.ollama_wire import iso, model_name, require_object
+from dx.server.ollama_wire import (
+    fim_template,
+    iso,
+    model_name,
+    require_object,
+    show_modelfile,
+    show_parameters,
+)
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
@@ -34,20 +42,24 @@ def tags(req: Request) -> None:
     default = req.app.resolver.default
     if default is not None:
         d = details_or_empty(default.path, default.offset, default.length)
-        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d))
+        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d,
+                                 capabilities_for(default).names()))
     with contextlib.suppress(DXError, OSError):
         for e in req.app.resolver.store.list():
             if default is not None and e.name == default.display_name:
                 continue
-            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path)))
+            caps = capabilities_for(ModelSource(path=e.path, name=e.name, sha256=e.sha256)).names()
+            models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path), caps))
     for m in models:
         m["modified_at"] = iso(m["modified_at"])
     req.send_json(200, {"models": models})
 
 
-def _tag_entry(name: str, size: int, sha: str, modified: float, details: ModelDetails) -> dict[str, Any]:
+def _tag_entry(
+    name: str, size: int, sha: str, modified: float, details: ModelDetails, capabilities: list[str],
+) -> dict[str, Any]:
     return {"name": name, "model": name, "modified_at": modified, "size": size, "digest": sha,
-            "details": details.ollama()}
+            "details": details.ollama(), "capabilities": capabilities}
 
 
 def ps(req: Request) -> None:
@@ -62,6 +74,7 @@ def ps(req: Request) -> None:
             "details": details.ollama(),
             "expires_at": iso(lm.expires_at) if lm.expires_at is not None else "2318-01-01T00:00:00Z",
             "size_vram": 0, "context_length": lm.ctx,
+            "capabilities": capabilities_for(lm.source).names(),
         })
         if lm.engine is not None and lm.purpose == "generate":
             from dx.swarm.head import engine_placement
@@ -73,25 +86,57 @@ def ps(req: Request) -> None:
 
 
 def show(req: Request) -> None:
-    doc = read_json(req)
+    doc = require_object(read_json(req))
     name = model_name(doc)
+    verbose = doc.get("verbose", False)
+    if not isinstance(verbose, bool):
+        raise BadRequest("verbose must be true or false")
     source = req.app.resolver(name)
-    facts = read_facts(source.path, source.offset, source.length)
-    meta = {k: v for k, v in facts.metadata.items() if not isinstance(v, (bytes, bytearray))}
-    template = meta.get("tokenizer.chat_template", "")
-    capabilities = ["completion", "embedding"]
-    if isinstance(template, str) and "tools" in template:
-        capabilities.append("tools")
-    req.send_json(200, {
-        "license": str(meta.get("general.license", "")),
-        "modelfile": f"# dx: {source.display_name}\nFROM {source.path}\n",
-        "parameters": "",
-        "template": template if isinstance(template, str) else "",
+    info, template, license_text = _model_info(source, verbose)
+    caps = capabilities_for(source)
+    if caps.fim is not None:  # a Go template with Ollama's FIM section: what Continue reads to offer completion
+        template = fim_template(caps.fim.prefix, caps.fim.suffix, caps.fim.middle)
+    defaults = for_source(source)
+    shown = name or source.display_name
+    answer: dict[str, Any] = {
+        "license": license_text,
+        "modelfile": show_modelfile(shown, template, defaults.params, defaults.system),
+        "parameters": show_parameters(defaults.params),
+        "template": template,
         "details": details_for(source.path, source.offset, source.length).ollama(),
-        "model_info": {k: v for k, v in meta.items() if k != "tokenizer.chat_template"},
-        "capabilities": capabilities,
+        "model_info": info,
+        "capabilities": caps.names(),
         "modified_at": _iso_mtime(source),
-    })
+    }
+    if defaults.system:
+        answer["system"] = defaults.system
+    req.send_json(200, answer)
+
+
+# Tokenizer tables: Ollama shows them as null unless ``verbose``.
+_BIG_ARRAY = 64
+
+
+def _model_info(source: ModelSource, verbose: bool) -> tuple[dict[str, Any], str, str]:
+    """(Ollama's ``model_info``, the GGUF's chat template, its licence) from the GGUF header."""
+    from dxverify.gguf import ArrayValue, read_gguf
+
+    with read_gguf(source.path, offset=source.offset, length=source.length) as gguf:
+        info: dict[str, Any] = {}
+        for key, kv in gguf.kv.items():
+            if key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."):
+                continue
+            if isinstance(kv.value, ArrayValue) and kv.value.count > _BIG_ARRAY and not verbose:
+                info[key] = None
+                continue
+            value = gguf.get(key)
+            if isinstance(value, (bytes, bytearray)):
+                continue
+            info[key] = value
+        info.setdefault("general.parameter_count", gguf.summary().parameters)
+        template = gguf.get("tokenizer.chat_template") or ""
+        license_text = gguf.get("general.license") or ""
+    return dict(sorted(info.items())), str(template), str(license_text)
 
 
 def pull(req: Request) -> None:

@@ -144,9 +144,7 @@ def _messages(raw: object) -> list[dict[str, Any]]:
         if images:
             if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
                 raise BadRequest(f"messages[{i}].images must be a list of base64 strings")
-            item["content"] = [{"type": "text", "text": content}] + [
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}} for img in images
-            ]
+            item["content"] = image_parts(content, images)
         calls = msg.get("tool_calls")
         if calls:
             if not isinstance(calls, list):
@@ -197,18 +195,17 @@ def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], int | No
     system = doc.get("system")
     if system is not None and not isinstance(system, str):
         raise BadRequest("system must be a string")
-    if doc.get("images"):
-        raise BadRequest("images are not supported by /api/generate in dx; use /api/chat")
+    images = generate_images(doc)
     fields, num_ctx = map_options(doc.get("options"))
     fields.update(map_format(doc.get("format")))
     stream = is_stream(doc)
     if _bool(doc, "raw", False):
+        if images:
+            raise BadRequest("raw mode does not support images in dx; send them without raw")
         body = {"prompt": prompt, **fields}
-        suffix = doc.get("suffix")
-        if isinstance(suffix, str) and suffix:
-            body["suffix"] = suffix
         return "/v1/completions", _streaming(body, stream), num_ctx
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    user: dict[str, Any] = {"role": "user", "content": image_parts(prompt, images) if images else prompt}
+    messages = ([{"role": "system", "content": system}] if system else []) + [user]
     return "/v1/chat/completions", _streaming({"messages": messages, **fields}, stream), num_ctx
 
 
@@ -311,3 +308,217 @@ def engine_error_message(doc: dict[str, Any], status: int) -> str:
     if isinstance(err, str):
         return err
     return f"the engine answered {status}"
+
+
+# ------------------------------------------------------------------ fields a model may not support
+THINK_LEVELS = ("low", "medium", "high")
+MAX_TOP_LOGPROBS = 20
+
+
+def unsupported(model: str, what: str) -> BadRequest:
+    """Ollama's words for a capability the model lacks: ``"smollm2" does not support thinking``."""
+    return BadRequest(f"{json.dumps(model)} does not support {what}")
+
+
+def parse_think(value: object) -> bool | str | None:
+    """Ollama's ``think``: true/false, or a level ("low", "medium", "high"); None when unset."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in THINK_LEVELS:
+        return value
+    raise BadRequest('think must be true, false, "low", "medium" or "high"')
+
+
+def think_fields(think: bool | str | None, thinks: bool, model: str) -> dict[str, Any]:
+    """``think`` -> the engine's reasoning switches; a model that does not reason refuses ``think: true``.
+
+    The engine parses the reasoning out of the answer (``reasoning_format: deepseek``) into
+    ``reasoning_content``, which becomes Ollama's ``thinking``.
+    """
+    if not thinks:
+        if think is None or think is False:
+            return {}
+        raise unsupported(model, "thinking")
+    if think is None:
+        return {"reasoning_format": "deepseek"}
+    fields: dict[str, Any] = {"reasoning_format": "deepseek",
+                              "chat_template_kwargs": {"enable_thinking": think is not False}}
+    if isinstance(think, str):
+        fields["reasoning_effort"] = think
+    return fields
+
+
+def logprob_request(doc: dict[str, Any]) -> tuple[bool, int]:
+    """(``logprobs``, ``top_logprobs``) checked as Ollama checks them."""
+    want = _bool(doc, "logprobs", False)
+    top = doc.get("top_logprobs", 0)
+    if top is None:
+        top = 0
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise BadRequest("top_logprobs must be an integer")
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    return want, top
+
+
+def logprob_fields(want: bool, top: int, path: str) -> dict[str, Any]:
+    """The engine's fields for log probabilities on ``path`` (OpenAI chat or llama.cpp's own)."""
+    if not want:
+        return {}
+    if path == "/v1/chat/completions":
+        return {"logprobs": True, "top_logprobs": top}
+    return {"n_probs": max(top, 1)}
+
+
+def logprobs_to_ollama(items: object, top: bool) -> list[dict[str, Any]]:
+    """The engine's per-token probabilities -> Ollama's ``logprobs`` list (``api.Logprob``)."""
+    out: list[dict[str, Any]] = []
+    if not isinstance(items, list):
+        return out
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        entry = _token_logprob(item)
+        if top:
+            alts = item.get("top_logprobs") or item.get("top_probs") or []
+            entry["top_logprobs"] = [_token_logprob(a) for a in alts if isinstance(a, dict)]
+        out.append(entry)
+    return out
+
+
+def _token_logprob(item: dict[str, Any]) -> dict[str, Any]:
+    value = item.get("logprob", item.get("prob", 0.0))
+    entry: dict[str, Any] = {"token": str(item.get("token", "")), "logprob": float(value or 0.0)}
+    if isinstance(item.get("bytes"), list):
+        entry["bytes"] = item["bytes"]
+    return entry
+
+
+def engine_logprobs(event: dict[str, Any]) -> list[Any] | None:
+    """Where an engine answer or event carries its per-token probabilities, if it does."""
+    if isinstance(event.get("completion_probabilities"), list):  # llama.cpp's own routes (/infill)
+        return event["completion_probabilities"]
+    for choice in event.get("choices") or []:
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+            return lp["content"]
+    return None
+
+
+def check_shift(doc: dict[str, Any]) -> None:
+    """``shift``: DX's engine never shifts the context (it ends the answer with done_reason "length"
+    when the context is full), so ``shift: false`` is what it does and ``shift: true`` cannot be honoured."""
+    shift = doc.get("shift")
+    if shift is None or shift is False:
+        return
+    if shift is True:
+        raise BadRequest("shift is not supported by dx: the engine does not shift the context window; when the "
+                         "context is full the answer ends with done_reason \"length\" (send shift: false)")
+    raise BadRequest("shift must be true or false")
+
+
+def check_truncate(doc: dict[str, Any]) -> bool:
+    """``truncate`` (default true); a non-boolean is a 400."""
+    return _bool(doc, "truncate", True)
+
+
+def message_images(doc: dict[str, Any]) -> bool:
+    """Does any message of an /api/chat request carry images?"""
+    msgs = doc.get("messages")
+    return isinstance(msgs, list) and any(isinstance(m, dict) and m.get("images") for m in msgs)
+
+
+def generate_images(doc: dict[str, Any]) -> list[str]:
+    """/api/generate's ``images`` (base64 strings), checked."""
+    images = doc.get("images")
+    if not images:
+        return []
+    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+        raise BadRequest("images must be a list of base64 strings")
+    return images
+
+
+def image_parts(text: str, images: list[str]) -> list[dict[str, Any]]:
+    """A user message's text and images as OpenAI content parts (what the engine's mtmd reads)."""
+    return [{"type": "text", "text": text}] + [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}} for img in images
+    ]
+
+
+def infill_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """/api/generate with ``suffix`` -> the engine's /infill body (prompt before, suffix after the hole)."""
+    prompt = doc.get("prompt", "")
+    suffix = doc.get("suffix", "")
+    if not isinstance(prompt, str) or not isinstance(suffix, str):
+        raise BadRequest("prompt and suffix must be strings")
+    fields, num_ctx = map_options(doc.get("options"))
+    fmt = map_format(doc.get("format")).get("response_format")
+    if fmt is not None:
+        fields["json_schema"] = fmt.get("json_schema", {}).get("schema", {}) if fmt["type"] == "json_schema" else {}
+    body = {"input_prefix": prompt, "input_suffix": suffix, "prompt": "", **fields}
+    body["stream"] = is_stream(doc)
+    return body, num_ctx
+
+
+def infill_choice(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One /infill answer or event (llama.cpp's own shape) -> (an OpenAI-like choice, usage)."""
+    finish = None
+    if event.get("stop"):
+        finish = "length" if event.get("stop_type") == "limit" else "stop"
+    usage = None
+    if "tokens_predicted" in event or "tokens_evaluated" in event:
+        usage = {"prompt_tokens": event.get("tokens_evaluated", 0),
+                 "completion_tokens": event.get("tokens_predicted", 0)}
+    return {"text": event.get("content") or "", "finish_reason": finish}, usage
+
+
+def embed_dimensions(doc: dict[str, Any]) -> int:
+    """/api/embed's ``dimensions`` (0: the model's own)."""
+    dims = doc.get("dimensions", 0)
+    if dims is None:
+        return 0
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 0:
+        raise BadRequest("dimensions must be a positive integer")
+    return dims
+
+
+def shorten_vector(vector: object, dims: int) -> object:
+    """Ollama's ``dimensions``: the first ``dims`` values, normalized again to unit length."""
+    if not isinstance(vector, list) or dims >= len(vector):
+        return vector
+    head = vector[:dims]
+    norm = sum(x * x for x in head) ** 0.5
+    return [x / norm for x in head] if norm else head
+
+
+# ------------------------------------------------------------------ /api/show
+def show_parameters(params: dict[str, Any]) -> str:
+    """Ollama's ``parameters`` text: one ``name value`` line per value, strings quoted, lists one line each."""
+    lines = []
+    for key in sorted(params):
+        values = params[key] if isinstance(params[key], list) else [params[key]]
+        for value in values:
+            text = json.dumps(value) if isinstance(value, str) else json.dumps(value).lower() \
+                if isinstance(value, bool) else str(value)
+            lines.append(f"{key:<30} {text}")
+    return "\n".join(lines)
+
+
+def fim_template(prefix: str, suffix: str, middle: str) -> str:
+    """A Go template with Ollama's FIM section (clients such as Continue look for ``.Suffix`` in it)."""
+    return (f"{{{{- if .Suffix }}}}{prefix}{{{{ .Prompt }}}}{suffix}{{{{ .Suffix }}}}{middle}"
+            "{{- else }}{{ .Prompt }}{{- end }}")
+
+
+def show_modelfile(name: str, template: str, params: dict[str, Any], system: str | None) -> str:
+    """Ollama's ``modelfile`` text for a model: its name (never a server path), template, parameters, system."""
+    lines = ['# Modelfile generated by "dx show"', "# To build a new Modelfile based on this, replace FROM with:",
+             f"# FROM {name}", "", f"FROM {name}"]
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    for line in show_parameters(params).splitlines():
+        key, _, value = line.partition(" ")
+        lines.append(f"PARAMETER {key} {value.strip()}")
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    return "\n".join(lines) + "\n"

@@ -365,8 +365,9 @@ def logprob_fields(want: bool, top: int, path: str) -> dict[str, Any]:
     """The engine's fields for log probabilities on ``path`` (OpenAI chat or llama.cpp's own)."""
     if not want:
         return {}
+    # The engine lists no probabilities at all for 0 alternatives: ask for one, show none (Ollama's top 0).
     if path == "/v1/chat/completions":
-        return {"logprobs": True, "top_logprobs": top}
+        return {"logprobs": True, "top_logprobs": max(top, 1)}
     return {"n_probs": max(top, 1)}
 
 

@@ -23,7 +23,7 @@ VOCABS = Path.home() / ".cache/dx/sources/patched-7278ea078ff39e50/models"
 # ------------------------------------------------------------------ think
 def test_think_on_a_model_that_does_not_reason_is_ollamas_400() -> None:
     for value in (True, "low", "medium", "high"):
-        with pytest.raises(BadRequest, match='^"smollm2:135m" does not support thinking$'):
+        with pytest.raises(BadRequest, match=r'^"smollm2:135m" does not support thinking$'):
             w.think_fields(w.parse_think(value), False, "smollm2:135m")
     assert w.think_fields(w.parse_think(False), False, "m") == {}
     assert w.think_fields(w.parse_think(None), False, "m") == {}
@@ -50,7 +50,7 @@ def test_logprobs_request_checks_like_ollama() -> None:
     assert w.logprob_request({}) == (False, 0)
     assert w.logprob_request({"logprobs": True, "top_logprobs": 3}) == (True, 3)
     for bad in (-1, 21):
-        with pytest.raises(BadRequest, match="^top_logprobs must be between 0 and 20$"):
+        with pytest.raises(BadRequest, match=r"^top_logprobs must be between 0 and 20$"):
             w.logprob_request({"logprobs": True, "top_logprobs": bad})
     with pytest.raises(BadRequest):
         w.logprob_request({"logprobs": "yes"})
@@ -58,6 +58,7 @@ def test_logprobs_request_checks_like_ollama() -> None:
 
 def test_logprob_fields_per_engine_route() -> None:
     assert w.logprob_fields(True, 2, "/v1/chat/completions") == {"logprobs": True, "top_logprobs": 2}
+    assert w.logprob_fields(True, 0, "/v1/chat/completions") == {"logprobs": True, "top_logprobs": 1}
     assert w.logprob_fields(True, 0, "/v1/completions") == {"n_probs": 1}
     assert w.logprob_fields(True, 5, "/infill") == {"n_probs": 5}
     assert w.logprob_fields(False, 5, "/infill") == {}

@@ -5,6 +5,7 @@ about what SmolLM2 can do (complete, call tools, embed; no thinking, insert or v
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,48 @@ from support.serve_harness import DXServer, engine_binary, start_dx
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2:135m"
+FIM_MODEL = "smol-fim:latest"      # SmolLM2 whose metadata names three of its control tokens as FIM tokens
+THINK_MODEL = "smol-think:latest"  # SmolLM2 with a Qwen3-style chat template that opens <think>
 FAST = {"num_predict": 6, "temperature": 0, "seed": 7}
 MSGS = [{"role": "user", "content": "Say hello."}]
+
+THINK_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if message.reasoning_content %}{{- '<think>\n' + message.reasoning_content + '\n</think>\n\n' }}"
+    "{%- endif %}{{- message.content + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}"
+    "{%- else %}{{- '<think>\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def _with_metadata(src: Path, dst: Path, extra: dict[str, int | str]) -> Path:
+    """A copy of the GGUF ``src`` with metadata keys set (ints as UINT32, str as STRING), tensors unchanged."""
+    from dxverify.gguf import read_gguf
+
+    def record(key: str, value: int | str) -> bytes:
+        k = key.encode()
+        head = struct.pack("<Q", len(k)) + k
+        if isinstance(value, int):
+            return head + struct.pack("<II", 4, value)
+        v = value.encode()
+        return head + struct.pack("<IQ", 8, len(v)) + v
+
+    data = src.read_bytes()
+    with read_gguf(src) as g:
+        recs = sorted(g.kv.values(), key=lambda kv: kv.offset)
+        ends = [r.offset for r in recs[1:]] + [g.tensors[0].info_offset]
+        kept = [data[r.offset:e] for r, e in zip(recs, ends, strict=True) if r.key not in extra]
+        infos = data[g.tensors[0].info_offset:g.header_size]
+        body = data[g.data_offset:g.data_offset + g.data_size]
+        version, n_tensors, align = g.version, len(g.tensors), g.alignment
+    head = b"GGUF" + struct.pack("<IQQ", version, n_tensors, len(kept) + len(extra)) + b"".join(kept)
+    head += b"".join(record(k, v) for k, v in extra.items()) + infos
+    dst.write_bytes(head + b"\0" * (-len(head) % align) + body)
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +67,13 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 
     engine = engine_binary(request)
     tmp = tmp_path_factory.mktemp("fields")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
+    store = Store(root=tmp / "home", ollama_dir=False)
+    store.import_file(smollm2_gguf, MODEL)
+    fim = {"tokenizer.ggml.fim_pre_token_id": 11, "tokenizer.ggml.fim_suf_token_id": 12,
+           "tokenizer.ggml.fim_mid_token_id": 13}  # <jupyter_start>, <jupyter_text>, <jupyter_code>: control tokens
+    store.import_file(_with_metadata(smollm2_gguf, tmp / "smol-fim.gguf", fim), FIM_MODEL)
+    think = {"tokenizer.chat_template": THINK_TEMPLATE}
+    store.import_file(_with_metadata(smollm2_gguf, tmp / "smol-think.gguf", think), THINK_MODEL)
     server = start_dx(tmp, "--ctx", "512", engine=engine, model=MODEL)
     assert server.api_key  # auth on
     yield server
@@ -209,3 +256,45 @@ def test_tags_and_ps_carry_every_field_ollama_sends(http: httpx.Client) -> None:
     assert set(entry) >= {"name", "model", "size", "digest", "details", "expires_at", "size_vram",
                           "context_length", "capabilities"}
     assert entry["context_length"] == 512 and entry["capabilities"] == ["completion", "tools", "embedding"]
+
+
+# ------------------------------------------------------------------ a model with FIM tokens, one that reasons
+def test_suffix_fills_in_the_middle_through_the_engines_infill(http: httpx.Client) -> None:
+    prompt, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    r = _post(http, "/api/generate", model=FIM_MODEL, prompt=prompt, suffix=suffix, stream=False, options=FAST)
+    assert r.status_code == 200, r.text
+    filled = r.json()
+    assert filled["done"] is True and filled["done_reason"] in ("stop", "length")
+    assert filled["eval_count"] > 0 and filled["prompt_eval_count"] > 0 and filled["total_duration"] > 0
+    plain = _post(http, "/api/generate", model=FIM_MODEL, prompt=prompt, stream=False, options=FAST).json()
+    assert filled["response"] != plain["response"]
+    chunks = _lines(_post(http, "/api/generate", model=FIM_MODEL, prompt=prompt, suffix=suffix, stream=True,
+                          options=FAST, logprobs=True))
+    assert chunks[-1]["done"] is True and chunks[-1]["eval_count"] == filled["eval_count"]
+    assert "".join(c["response"] for c in chunks) == filled["response"]
+    _check_logprobs([item for c in chunks for item in c.get("logprobs", [])], 0)
+    shown = _post(http, "/api/show", model=FIM_MODEL).json()
+    assert "insert" in shown["capabilities"]
+    assert "{{ .Suffix }}" in shown["template"] and "<jupyter_start>{{ .Prompt }}" in shown["template"]
+
+
+def test_think_brings_the_reasoning_back_as_thinking(http: httpx.Client, oll: ollama.Client) -> None:
+    shown = _post(http, "/api/show", model=THINK_MODEL).json()
+    assert "thinking" in shown["capabilities"]
+    opts = {**FAST, "num_predict": 8}
+    r = _post(http, "/api/chat", model=THINK_MODEL, messages=MSGS, think=True, stream=False, options=opts)
+    assert r.status_code == 200, r.text
+    assert r.json()["message"]["thinking"]  # the template opened <think>: what SmolLM2 says is its reasoning
+    r = _post(http, "/api/chat", model=THINK_MODEL, messages=MSGS, think=False, stream=False, options=opts)
+    assert r.status_code == 200 and r.json()["message"]["content"] and "thinking" not in r.json()["message"]
+    r = _post(http, "/api/generate", model=THINK_MODEL, prompt="Say hello.", think="high", stream=False,
+              options=opts)
+    assert r.status_code == 200 and r.json()["thinking"], r.text
+    chunks = _lines(_post(http, "/api/chat", model=THINK_MODEL, messages=MSGS, think=True, stream=True,
+                          options=opts))
+    assert "".join(c["message"].get("thinking", "") for c in chunks)
+    chunks = _lines(_post(http, "/api/generate", model=THINK_MODEL, prompt="Say hello.", think=True, stream=True,
+                          options=opts))
+    assert "".join(c.get("thinking", "") for c in chunks)
+    answer = oll.chat(THINK_MODEL, messages=MSGS, think=True, options=opts)
+    assert answer.message.thinking

@@ -128,6 +128,8 @@ def _capabilities(req: Request, name: str, doc: dict[str, Any], *, images: bool)
     check_shift(doc)
     check_truncate(doc)  # DX never cuts a chat's history; an over-long prompt is the engine's 400 either way
     caps = capabilities_for(req.app.resolver(name))
+    if not caps.completion:
+        raise unsupported(name, "chat" if req.path.startswith("/api/chat") else "generate")
     if images and not caps.vision:
         raise unsupported(name, "images")
     return caps

@@ -150,6 +150,8 @@ def _messages(raw: object) -> list[dict[str, Any]]:
             if not isinstance(calls, list):
                 raise BadRequest(f"messages[{i}].tool_calls must be a list")
             item["tool_calls"] = [_tool_call_to_openai(c, i, n) for n, c in enumerate(calls)]
+        if isinstance(msg.get("thinking"), str) and msg["thinking"]:
+            item["reasoning_content"] = msg["thinking"]  # an earlier turn's thinking, back into the template
         for key in ("tool_call_id", "name"):
             if isinstance(msg.get(key), str):
                 item[key] = msg[key]
@@ -196,10 +198,13 @@ def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], int | No
     if system is not None and not isinstance(system, str):
         raise BadRequest("system must be a string")
     images = generate_images(doc)
+    check_template_and_context(doc)
     fields, num_ctx = map_options(doc.get("options"))
     fields.update(map_format(doc.get("format")))
     stream = is_stream(doc)
     if _bool(doc, "raw", False):
+        if system:
+            raise BadRequest("raw mode does not support template, system, or context")  # Ollama's words
         if images:
             raise BadRequest("raw mode does not support images in dx; send them without raw")
         body = {"prompt": prompt, **fields}
@@ -207,6 +212,19 @@ def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], int | No
     user: dict[str, Any] = {"role": "user", "content": image_parts(prompt, images) if images else prompt}
     messages = ([{"role": "system", "content": system}] if system else []) + [user]
     return "/v1/chat/completions", _streaming({"messages": messages, **fields}, stream), num_ctx
+
+
+def check_template_and_context(doc: dict[str, Any]) -> None:
+    """/api/generate's ``template`` (a Go template) and ``context`` (tokens of an earlier answer): DX renders
+    prompts with the model's own Jinja template and returns no context tokens, so neither can be honoured."""
+    template = doc.get("template")
+    if template not in (None, ""):
+        raise BadRequest("template is not supported by dx: the model's own chat template applies "
+                         "(send raw: true with a prompt you formatted)")
+    context = doc.get("context")
+    if context not in (None, []):
+        raise BadRequest("context is not supported by dx (its answers carry none); send the conversation as "
+                         "messages to /api/chat")
 
 
 def _streaming(body: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -452,6 +470,7 @@ def infill_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     suffix = doc.get("suffix", "")
     if not isinstance(prompt, str) or not isinstance(suffix, str):
         raise BadRequest("prompt and suffix must be strings")
+    check_template_and_context(doc)
     fields, num_ctx = map_options(doc.get("options"))
     fmt = map_format(doc.get("format")).get("response_format")
     if fmt is not None:

@@ -160,6 +160,25 @@ def test_suffix_becomes_an_infill_request() -> None:
     assert w.infill_choice({"content": "y", "stop": False})[0]["finish_reason"] is None
 
 
+def test_generate_fields_dx_cannot_honour_are_400() -> None:
+    with pytest.raises(BadRequest, match="template is not supported by dx"):
+        w.generate_request({"prompt": "x", "template": "{{ .Prompt }}"})
+    with pytest.raises(BadRequest, match="context is not supported by dx"):
+        w.generate_request({"prompt": "x", "context": [1, 2, 3]})
+    with pytest.raises(BadRequest, match="context is not supported by dx"):
+        w.infill_request({"prompt": "x", "suffix": "y", "context": [1]})
+    with pytest.raises(BadRequest, match=r"^raw mode does not support template, system, or context$"):
+        w.generate_request({"prompt": "x", "system": "be brief", "raw": True})
+    w.generate_request({"prompt": "x", "template": "", "context": []})  # empty: nothing asked
+
+
+def test_an_earlier_turns_thinking_goes_back_to_the_template() -> None:
+    body, _ = w.chat_request({"messages": [{"role": "user", "content": "q"},
+                                           {"role": "assistant", "content": "a", "thinking": "hmm"}]})
+    assert body["messages"][1]["reasoning_content"] == "hmm"
+    assert "reasoning_content" not in body["messages"][0]
+
+
 # ------------------------------------------------------------------ /api/show text
 def test_show_parameters_and_modelfile_read_like_ollamas() -> None:
     params = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2, "num_ctx": 4096}

@@ -20,7 +20,6 @@ question ("may this request use ``think``, ``suffix``, ``images``?"), so the ans
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 import threading
@@ -282,7 +281,3 @@ def _ollama_store_projector(blob: Path, name: str) -> Path | None:
         return None
     p = models_dir / "blobs" / f"sha256-{layers[0].sha256}"
     return p if p.is_file() else None
-
-
-def describe(caps: ModelCapabilities) -> str:
-    return json.dumps(caps.names())

@@ -141,8 +141,6 @@ def _field_engine_args(doc: dict[str, Any], caps: ModelCapabilities, name: str, 
     want, top = logprob_request(doc)
     fields = think if path == "/v1/chat/completions" else {}
     fields.update(logprob_fields(want, top, path))
-    if want:
-        fields["_dx_logprobs"] = top  # popped before the body is sent: how Ollama's answer lists them
     return fields
 
 
@@ -161,7 +159,8 @@ def _complete(
     req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
 ) -> None:
     started = time.monotonic()
-    top_logprobs = body.pop("_dx_logprobs", None)
+    want_logprobs, top = logprob_request(doc)
+    top_logprobs = top if want_logprobs else None  # how many alternatives Ollama's answer lists per token
     cm, _engine, load, conn, resp = open_engine(
         req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
     )

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 MODEL = "smollm2:135m"
 FIM_MODEL = "smol-fim:latest"      # SmolLM2 whose metadata names three of its control tokens as FIM tokens
 THINK_MODEL = "smol-think:latest"  # SmolLM2 with a Qwen3-style chat template that opens <think>
+ENCODER_MODEL = "bge-vocab:latest"
+BGE_VOCAB = Path.home() / ".cache/dx/sources/patched-7278ea078ff39e50/models/ggml-vocab-bert-bge.gguf"
 FAST = {"num_predict": 6, "temperature": 0, "seed": 7}
 MSGS = [{"role": "user", "content": "Say hello."}]
 
@@ -74,6 +76,8 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
     store.import_file(_with_metadata(smollm2_gguf, tmp / "smol-fim.gguf", fim), FIM_MODEL)
     think = {"tokenizer.chat_template": THINK_TEMPLATE}
     store.import_file(_with_metadata(smollm2_gguf, tmp / "smol-think.gguf", think), THINK_MODEL)
+    if BGE_VOCAB.is_file():  # llama.cpp's BERT vocabulary file: an encoder's header, no weights
+        store.import_file(BGE_VOCAB, ENCODER_MODEL)
     server = start_dx(tmp, "--ctx", "512", engine=engine, model=MODEL)
     assert server.api_key  # auth on
     yield server
@@ -201,6 +205,23 @@ def test_shift_and_truncate_on_chat(http: httpx.Client) -> None:
     r = _post(http, "/api/chat", messages=MSGS, shift=False, truncate=False, stream=False, options=FAST)
     assert r.status_code == 200, r.text
     assert _error(_post(http, "/api/generate", prompt="x", truncate="no")) == "truncate must be true or false"
+
+
+def test_generate_fields_dx_cannot_honour_are_400(http: httpx.Client) -> None:
+    assert "template is not supported by dx" in _error(_post(http, "/api/generate", prompt="x", template="{{ .P }}"))
+    assert "context is not supported by dx" in _error(_post(http, "/api/generate", prompt="x", context=[1, 2]))
+    assert _error(_post(http, "/api/generate", prompt="x", raw=True, system="s")) == \
+        "raw mode does not support template, system, or context"
+
+
+def test_an_encoder_model_does_not_chat_or_generate(http: httpx.Client) -> None:
+    if not BGE_VOCAB.is_file():
+        pytest.skip("the pinned engine source is not unpacked here")
+    assert _error(_post(http, "/api/chat", model=ENCODER_MODEL, messages=MSGS)) == \
+        f'"{ENCODER_MODEL}" does not support chat'
+    assert _error(_post(http, "/api/generate", model=ENCODER_MODEL, prompt="hi")) == \
+        f'"{ENCODER_MODEL}" does not support generate'
+    assert _post(http, "/api/show", model=ENCODER_MODEL).json()["capabilities"] == ["embedding"]
 
 
 def test_empty_format_is_no_format(http: httpx.Client) -> None:  # llama-index sends format: ""

@@ -282,3 +282,11 @@ def test_projector_layer_of_ollamas_store(tmp_path: Path, smollm2_gguf: Path) ->
     (mdir / "latest").write_text(json.dumps(manifest))
     found = projector_for(ModelSource(path=blobs / f"sha256-{model_hex}", name="vis:latest"))
     assert found == blobs / f"sha256-{proj_hex}"
+
+
+def test_mmproj_is_a_flag_of_the_pinned_engine(cpu_engine: Path) -> None:
+    import subprocess
+
+    helptext = subprocess.run([str(cpu_engine / "bin" / "llama-server"), "--help"], capture_output=True, text=True,
+                              timeout=60).stdout
+    assert "--mmproj FILE" in helptext

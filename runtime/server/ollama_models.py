@@ -25,8 +25,18 @@ if TYPE_CHECKING:
     from dx.server.request import Handler as Request
 
 
+# The Ollama release whose API DX serves, for clients that gate features on /api/version (VS Code Copilot
+# wants >= 0.6.4, Open WebUI compares versions). v0.14.0 (January 2026) is the first with Anthropic's
+# /v1/messages, and its api/types.go has every request field DX honours or refuses in Ollama's words: tools
+# with nested properties, tool-call ids and indexes (0.12.6-0.13.5), think as a level (0.11.1), logprobs/
+# top_logprobs (0.12.11), truncate/shift (0.12.6). Later releases add what DX does not serve (image generation
+# fields in 0.14.3, think "max" in 0.22.0). Raise it only together with the fields a newer release adds.
+OLLAMA_API_VERSION = "0.14.0"
+
+
 def version(req: Request) -> None:
-    req.send_json(200, {"version": __version__})
+    """Ollama's ``{"version"}`` is the API DX speaks; DX's own version rides beside it (field and header)."""
+    req.send_json(200, {"version": OLLAMA_API_VERSION, "dx_version": __version__}, {"X-DX-Version": __version__})
 
 
 def tags(req: Request) -> None:

@@ -37,7 +37,7 @@ def health(req: Request) -> None:
 
 
 def root(req: Request) -> None:
-    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI.
+    """``/``: Ollama's one line (health checks grep for it); a browser (Accept: text/html) gets the engine's web UI.
 
     ``/?token=T`` is the browser login (``dx.server.login``): a valid token sets the session cookie and
     redirects to ``/``, so the token does not stay in the address bar; a wrong or spent one is 401.
@@ -47,7 +47,7 @@ def root(req: Request) -> None:
         _login(req, query["token"][0])
         return
     if "text/html" not in req.headers.get("Accept", ""):
-        req.send_text(200, "dx is running\n")
+        req.send_text(200, "Ollama is running")  # Ollama's exact words, no newline
         return
     passthrough(req)
 
@@ -79,7 +79,8 @@ def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
 
 
 def relay(req: Request) -> None:
-    """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
+    """/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages(/count_tokens): the body goes
+    as is to the engine of the body's ``model`` (llama-server speaks OpenAI's and Anthropic's APIs)."""
 
     path = req.path.split("?", 1)[0]
     body = req.read_body()
@@ -211,7 +212,8 @@ def _front_page(req: Request) -> None:
         "<!doctype html><meta charset=utf-8><title>dx</title>"
         f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
         "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
-        "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
-        "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
+        "Anthropic's Messages API at <code>/v1/messages</code>, Ollama API at <code>/api</code>. Send the API key "
+        "(<code>~/.dx/api_key</code>) as <code>Authorization: Bearer &lt;key&gt;</code> or "
+        "<code>X-Api-Key: &lt;key&gt;</code>.</p>"
         "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
     ), "text/html; charset=utf-8")

@@ -63,7 +63,7 @@ def test_ollama_host_forms(value: str, want: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("value", ["box:http", "box:70000", "[::1", "[::1]x", "fe80::zz:1"])
 def test_ollama_host_garbage_is_one_line(value: str) -> None:
-    with pytest.raises(config.EnvError, match="^OLLAMA_HOST=") as err:
+    with pytest.raises(config.EnvError, match=r"^OLLAMA_HOST=") as err:
         config.parse_ollama_host(value)
     assert "\n" not in str(err.value)
 

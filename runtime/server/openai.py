@@ -88,6 +88,10 @@ def relay(req: Request) -> None:
     model = doc.get("model", "")
     if not isinstance(model, str):
         raise HTTPError(400, "model must be a string")
+    if path.startswith("/v1/messages") and not isinstance(doc.get("messages"), list):
+        # the engine answers 500 without it, or generates from an empty prompt for a non-list
+        raise HTTPError(400, "messages: Field required" if "messages" not in doc else
+                        "messages: Input should be a valid list")  # Anthropic's words
     purpose = "embed" if path == "/v1/embeddings" else "generate"
     cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose)
     try:

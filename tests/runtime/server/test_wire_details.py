@@ -147,6 +147,12 @@ def test_anthropic_errors_in_anthropic_shape(dx: DXServer) -> None:
     bad = httpx.post(f"{dx.url}/v1/messages", headers={"X-Api-Key": dx.api_key or ""}, content=b"{not json",
                      timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):  # the engine's 500 (or a runaway) is a 400 here
+        for body, words in (({"model": MODEL}, "messages: Field required"),
+                            ({"model": MODEL, "messages": "hi"}, "messages: Input should be a valid list")):
+            resp = httpx.post(f"{dx.url}{path}", headers={"X-Api-Key": dx.api_key or ""}, json=body, timeout=30)
+            assert resp.status_code == 400 and resp.json() == {
+                "type": "error", "error": {"type": "invalid_request_error", "message": words}}, resp.text
 
 
 # ---------------------------------------------------------------- Ollama's environment reaches the engine

@@ -17,7 +17,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from support.serve_harness import DXServer, dx_env, engine_binary, start_dx, stop_process
+from support.serve_harness import DXServer, dx_env, engine_binary, start_dx, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +207,23 @@ def test_ollama_origins_wildcard_stops_dx_with_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("dx: error: OLLAMA_ORIGINS='*'"), done.stderr
     assert "list each origin in full" in done.stderr and "Traceback" not in done.stderr
     assert os.environ.get("OLLAMA_ORIGINS") != "*"  # the test's own environment is untouched
+
+
+def test_ollama_max_queue_bounds_requests_with_503(tmp_path: Path) -> None:
+    """OLLAMA_MAX_QUEUE=1: one request in progress, the next is Ollama's "server busy" (503 + Retry-After)."""
+    server = start_dx(tmp_path, "--no-preload", "--no-auth", env={"OLLAMA_MAX_QUEUE": "1"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as held:
+            # headers complete, body not: this request holds the one worker while dx waits for its body
+            held.sendall(b"POST /api/show HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+            deadline = time.monotonic() + 10
+            while True:
+                busy = httpx.get(f"{server.url}/api/tags", timeout=10)
+                if busy.status_code == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+            assert "server busy" in busy.json()["error"]
+        assert wait_for(lambda: httpx.get(f"{server.url}/api/tags", timeout=10).status_code == 200)
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Options click reads from the environment (``dx serve``'s envvar=...): the names live here too.
+# Variables dx's commands read through click (envvar=...) or ``serve_env`` below: the names live here too.
 HOST_ENV = "DX_HOST"
 PORT_ENV = "DX_PORT"
 API_KEY_ENV = "DX_API_KEY"
@@ -97,7 +97,7 @@ def xdg_cache_home() -> str | None:
 # ---------------------------------------------------------------- dx serve: its own names, and Ollama's
 # A systemd unit written for `ollama serve` works for `dx serve`: each OLLAMA_* variable below means for
 # dx serve what it means for Ollama (envconfig/config.go), a DX_* of the same meaning wins over it, and
-# a flag wins over both. A value dx cannot use is a one-line error at start (EnvError), where Ollama
+# a flag wins over both; 0 for a number is the default, as in Ollama. A value dx cannot use is a one-line error at start (EnvError), where Ollama
 # would log a warning and go on with its default: a unit that asks for something should get it or stop.
 KEEP_ALIVE_ENV = "DX_KEEP_ALIVE"
 CTX_ENV = "DX_CTX"
@@ -121,7 +121,7 @@ class EnvError(ValueError):
 class ServeEnv:
     """What the environment asks of ``dx serve``; None where nothing is set.
 
-    ``origin`` says, per field, which variable a value came from (for the errors a later check raises).
+    ``source`` says, per field, which variable a value came from (for the errors a later check raises).
     """
 
     host: str | None = None
@@ -134,7 +134,7 @@ class ServeEnv:
     max_requests: int | None = None
     flash_attn: str | None = None  # on | off | auto
     kv_cache_type: str | None = None
-    origin: dict[str, str] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
 
 
 def _var(name: str) -> str | None:
@@ -222,7 +222,8 @@ def kv_cache_type(value: str, name: str) -> str:
 
 
 def allow_origins_list(value: str, name: str) -> tuple[str, ...]:
-    """A comma (or space) separated list of origins; a wildcard is refused (Ollama takes ``*``: any web page could use the server)."""
+    """A comma (or space) separated list of origins. A wildcard is refused: Ollama takes ``*`` and
+    ``chrome-extension://*``, which would let every such page use the server and read its answers."""
     items = tuple(value.replace(",", " ").split())
     for item in items:
         if "*" in item:
@@ -234,12 +235,12 @@ def allow_origins_list(value: str, name: str) -> tuple[str, ...]:
 def serve_env() -> ServeEnv:
     """Everything the environment sets for ``dx serve`` (DX_* before OLLAMA_*), checked; raises EnvError."""
     values: dict[str, object] = {}
-    origin: dict[str, str] = {}
+    source: dict[str, str] = {}
 
     def put(key: str, value: object, name: str) -> None:
         if value is not None:
             values[key] = value
-            origin[key] = name
+            source[key] = name
 
     ollama_host = _var("OLLAMA_HOST")
     o_host, o_port = parse_ollama_host(ollama_host) if ollama_host else (None, None)
@@ -267,4 +268,4 @@ def serve_env() -> ServeEnv:
         put("flash_attn", _flash_attn(*got), got[1])
     if got := _first(KV_CACHE_TYPE_ENV, "OLLAMA_KV_CACHE_TYPE"):
         put("kv_cache_type", kv_cache_type(*got), got[1])
-    return ServeEnv(**values, origin=origin)  # type: ignore[arg-type]
+    return ServeEnv(**values, source=source)  # type: ignore[arg-type]

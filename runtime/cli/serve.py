@@ -112,7 +112,7 @@ def serve_cmd(
     origins = _split_list(allow_origins) if allow_origins else list(env.allow_origins or ())
     keep = _pick(keep_alive, env.keep_alive, DEFAULT_KEEP_ALIVE)
     if keep_alive is None and env.keep_alive is not None:
-        _check_keep_alive(env.keep_alive, env.origin["keep_alive"])
+        _check_keep_alive(env.keep_alive, env.source["keep_alive"])
     serve(ServeOptions(
         model=model, host=_pick(host, env.host, DEFAULT_HOST), port=_pick(port, env.port, DEFAULT_PORT),
         auth=not no_auth, keep_alive=keep, ctx=_pick(ctx, env.ctx, None),

@@ -54,9 +54,9 @@ class Server(Protocol):
 def authenticate(req: Request) -> bool:
     """Is this request from someone holding the key? The one place that decides it.
 
-    The key in any form a client sends it (``key_matches``: Bearer, X-Api-Key, Basic); or no key configured (``--no-auth``); or a browser's
-    session cookie from the login URL (``dx.server.login``) — for a write only when the request
-    comes from the page's own origin (the Host was checked before this).
+    The key in any form a client sends it (``key_matches``: Bearer, X-Api-Key, Basic); or no key
+    configured (``--no-auth``); or a browser's session cookie from the login URL (``dx.server.login``)
+    — for a write only when the request comes from the page's own origin (the Host was checked before this).
     """
     key = req.app.api_key
     if key is None or key_matches(req.headers, key):

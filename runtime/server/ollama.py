@@ -32,7 +32,9 @@ from dx.server.ollama_wire import (
     sse_events,
     tool_calls_to_ollama,
 )
+from dx.server.openai import generic_tool_answer
 from dx.server.request_json import parse_strict
+from dx.server.tool_calls import openai_answer
 from dx.server.wire import HTTPError
 
 if TYPE_CHECKING:
@@ -87,7 +89,33 @@ def chat(req: Request) -> None:
         _load_only(req, doc, name)
         return
     _default_system(req, name, body)
+    if body.get("tools") and _generic_tools(req, name, doc, body, num_ctx):
+        return
     _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
+
+
+def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: int | None) -> bool:
+    """Tools for a model whose template has none (DX's generic format); False: the engine's template does it.
+
+    The answer is parsed only once complete, so a stream carries it in one chunk (the reply or
+    the calls) before the final one, as Ollama sends tool calls.
+    """
+    started = time.monotonic()
+    ask = generic_tool_answer(req, name, doc.get("keep_alive"), num_ctx, body)
+    if ask is None:
+        return False
+    answer, parsed, load = ask
+    final = _final(name, openai_answer(answer, parsed), started, load, "message", now_iso())
+    if not body["stream"]:
+        req.send_json(200, final)
+        return True
+    emit = start_ndjson(req)
+    message = final["message"]
+    if message["content"] or message.get("tool_calls"):
+        emit({"model": name, "created_at": final["created_at"], "message": message, "done": False})
+    emit({**final, "message": {"role": "assistant", "content": ""}})
+    req.wfile.write(b"0\r\n\r\n")
+    return True
 
 
 def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
@@ -190,6 +218,8 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
                     delta = choice.get("delta") or {}
                     for tc in delta.get("tool_calls") or []:
                         slot = tool_calls.setdefault(tc.get("index", 0), {"function": {"name": "", "arguments": ""}})
+                        if tc.get("id"):
+                            slot["id"] = tc["id"]
                         fn = tc.get("function") or {}
                         slot["function"]["name"] += fn.get("name") or ""
                         slot["function"]["arguments"] += fn.get("arguments") or ""
@@ -213,8 +243,9 @@ def _stream(req: Request, name: str, resp: Any, started: float, load: float, key
     final: dict[str, Any] = {"model": name, "created_at": now_iso()}
     if key == "message":
         final["message"] = {"role": "assistant", "content": ""}
-        if tool_calls:
-            final["message"]["tool_calls"] = tool_calls_to_ollama([tool_calls[i] for i in sorted(tool_calls)])
+        if tool_calls:  # Ollama sends the calls in a chunk of their own, before the final one
+            calls = tool_calls_to_ollama([tool_calls[i] for i in sorted(tool_calls)])
+            emit({**final, "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False})
     else:
         final["response"] = ""
     final.update(done_fields(finish, timings, usage, started, load))

@@ -11,15 +11,18 @@ path goes where.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
 from dx.engine.lease import engine_for, open_engine
+from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
 from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
+from dx.server import tool_calls
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
@@ -92,12 +95,67 @@ def relay(req: Request) -> None:
         # the engine answers 500 without it, or generates from an empty prompt for a non-list
         raise HTTPError(400, "messages: Field required" if "messages" not in doc else
                         "messages: Input should be a valid list")  # Anthropic's words
+    if path == "/v1/chat/completions" and doc.get("tools"):
+        body = _with_tools(req, doc, model, body)
+        if body is None:
+            return
     purpose = "embed" if path == "/v1/embeddings" else "generate"
     cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose)
     try:
         _relay_or_503(req, conn, resp)
     finally:
         cm.__exit__(None, None, None)
+
+
+def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> bytes | None:
+    """A chat request with ``tools``: answered here in DX's generic format (None), or the body to relay.
+
+    Only a model whose template has no tool support is answered here; for the others the body
+    goes to the engine as it came (a named ``tool_choice`` rewritten to the form llama-server takes).
+    """
+    ask = generic_tool_answer(req, model, None, None, doc)
+    if ask is None:
+        tools = tool_calls.check_tools(doc.get("tools"))
+        native = tool_calls.native_body(doc, tools, tool_calls.check_tool_choice(doc.get("tool_choice"), tools))
+        return body if native is None else json.dumps(native).encode()
+    answer, parsed, _load = ask
+    if doc.get("stream") is True:
+        sse = tool_calls.openai_stream(answer, parsed, include_usage=tool_calls.include_usage(doc))
+        req.send_text(200, sse.decode(), "text/event-stream")
+    else:
+        req.send_json(200, tool_calls.openai_answer(answer, parsed))
+    return None
+
+
+def generic_tool_answer(
+    req: Request, model: str, keep_alive: object, num_ctx: int | None, body: dict[str, Any],
+) -> tuple[dict[str, Any], tool_calls.Parsed, float] | None:
+    """Ask the engine in DX's generic tool-call format (``dx.server.tool_calls``) when the model needs it.
+
+    ``body`` is an OpenAI chat request. None: the model's template renders tools itself, or the
+    request has none; send it the ordinary way. Otherwise (the engine's answer, the parsed
+    message, seconds spent loading). A tool's ``parameters`` that llama.cpp's
+    json-schema-to-grammar refuses are relaxed to any object, rather than failing the request.
+    """
+    tools = tool_calls.check_tools(body.get("tools"))
+    choice = tool_calls.check_tool_choice(body.get("tool_choice"), tools)
+    if not tools:
+        return None
+    with engine_for(req.app.manager, model, keep_alive, num_ctx) as (engine, load):
+        if renders_tools(engine):
+            return None
+        try:
+            status, answer = engine_json(engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice))
+            if status != 200 and choice.mode != tool_calls.NONE:
+                status, answer = engine_json(
+                    engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice, free_arguments=True))
+        except EngineUnavailable as exc:
+            raise EngineError(503, f"{exc}; retry the request") from None
+    if status != 200:
+        err = answer.get("error")
+        message = str(err.get("message") or err) if isinstance(err, dict) else str(err or f"the engine answered {status}")
+        raise HTTPError(status if 400 <= status < 600 else 502, message)
+    return answer, tool_calls.read_answer(answer, choice), load
 
 
 def models(req: Request) -> None:

@@ -110,12 +110,14 @@ def check_tool_choice(choice: object, tools: list[dict[str, Any]]) -> Choice:
 
 # ------------------------------------------------------------------ request rewrite
 def answer_schema(tools: list[dict[str, Any]], choice: Choice, *, free_arguments: bool = False,
-                  response: dict[str, Any] | None = None) -> dict[str, Any]:
+                  response: dict[str, Any] | None = None, parallel: bool = False) -> dict[str, Any]:
     """The JSON schema the engine constrains the answer to.
 
     Each call's ``arguments`` follow its tool's ``parameters``; ``free_arguments`` relaxes them to
     any object (for a schema llama.cpp's json-schema-to-grammar cannot take). ``response`` is the
-    client's own answer schema (``response_format``), else a string.
+    client's own answer schema (``response_format``), else a string. One call per answer unless
+    the client asked for ``parallel_tool_calls`` (as llama.cpp's generic format did): a small
+    model otherwise repeats the same call until ``max_tokens``.
     """
     picked = [t["function"] for t in tools if choice.name is None or t["function"]["name"] == choice.name]
     calls = [
@@ -133,7 +135,7 @@ def answer_schema(tools: list[dict[str, Any]], choice: Choice, *, free_arguments
         "type": "object",
         "properties": {
             "tool_calls": {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
-                           "minItems": 1},
+                           "minItems": 1, **({} if parallel else {"maxItems": 1})},
         },
         "required": ["tool_calls"],
     }
@@ -182,7 +184,8 @@ def rewrite(body: dict[str, Any], tools: list[dict[str, Any]], choice: Choice, *
     out["response_format"] = {
         "type": "json_schema",
         "json_schema": {"name": "dx_tool_answer",
-                        "schema": answer_schema(tools, choice, free_arguments=free_arguments, response=response)},
+                        "schema": answer_schema(tools, choice, free_arguments=free_arguments, response=response,
+                                                parallel=body.get("parallel_tool_calls") is True)},
     }
     return out
 

@@ -93,6 +93,13 @@ def test_auto_schema_allows_calls_or_a_reply() -> None:
     assert [i["properties"]["name"]["const"] for i in items] == ["get_weather", "get_time"]
     assert items[0]["properties"]["arguments"] == WEATHER["function"]["parameters"]
     assert calls["properties"]["tool_calls"]["minItems"] == 1
+    assert calls["properties"]["tool_calls"]["maxItems"] == 1  # one call unless parallel_tool_calls
+
+
+def test_parallel_tool_calls_lifts_the_one_call_limit() -> None:
+    out = tc.rewrite(_body(parallel_tool_calls=True), TOOLS, tc.Choice("required"))
+    assert "maxItems" not in out["response_format"]["json_schema"]["schema"]["properties"]["tool_calls"]
+    assert "parallel_tool_calls" not in out
 
 
 def test_required_schema_has_only_calls() -> None:

@@ -146,16 +146,19 @@ def generic_tool_answer(
             return None
         try:
             status, answer = engine_json(engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice))
-            if status != 200 and choice.mode != tool_calls.NONE:
+            if status == 400 and choice.mode != tool_calls.NONE and "schema" in _message(answer, status).lower():
                 status, answer = engine_json(
                     engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice, free_arguments=True))
         except EngineUnavailable as exc:
             raise EngineError(503, f"{exc}; retry the request") from None
     if status != 200:
-        err = answer.get("error")
-        message = str(err.get("message") or err) if isinstance(err, dict) else str(err or f"the engine answered {status}")
-        raise HTTPError(status if 400 <= status < 600 else 502, message)
+        raise HTTPError(status if 400 <= status < 600 else 502, _message(answer, status))
     return answer, tool_calls.read_answer(answer, choice), load
+
+
+def _message(answer: dict[str, Any], status: int) -> str:
+    err = answer.get("error")
+    return str(err.get("message") or err) if isinstance(err, dict) else str(err or f"the engine answered {status}")
 
 
 def models(req: Request) -> None:

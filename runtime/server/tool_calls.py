@@ -171,6 +171,9 @@ def rewrite(body: dict[str, Any], tools: list[dict[str, Any]], choice: Choice, *
     The history's calls and results become text; with ``tool_choice: "none"`` nothing about
     tools is sent and the answer is not constrained.
     """
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise BadRequest("messages must be a list of message objects")
     out = {k: copy.deepcopy(v) for k, v in body.items() if k not in _TOOL_FIELDS and k != "stream_options"}
     out["stream"] = False
     active = choice.mode != NONE and bool(tools)
@@ -231,7 +234,7 @@ def render_history(messages: list[dict[str, Any]], *, json_answers: bool = True)
         role = msg.get("role")
         if role == "assistant" and msg.get("tool_calls"):
             calls = []
-            for call in msg["tool_calls"]:
+            for call in msg["tool_calls"] if isinstance(msg["tool_calls"], list) else []:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(fn, dict):
                     continue

@@ -162,6 +162,18 @@ def test_rewrite_keeps_the_clients_json_schema_for_the_reply() -> None:
     assert out["response_format"]["json_schema"]["schema"]["anyOf"][1]["properties"]["response"] == schema
 
 
+@pytest.mark.parametrize("messages", [None, "hi", ["hi"], {"role": "user"}])
+def test_rewrite_refuses_messages_that_are_not_a_list_of_objects(messages: object) -> None:
+    with pytest.raises(BadRequest, match="messages must be a list"):
+        tc.rewrite(_body(messages=messages), TOOLS, tc.Choice("auto"))
+
+
+def test_odd_tool_calls_in_history_do_not_break_the_rendering() -> None:
+    out = tc.render_history([{"role": "assistant", "content": "", "tool_calls": 5},
+                             {"role": "assistant", "content": "", "tool_calls": ["x", {"function": 3}]}])
+    assert [json.loads(m["content"]) for m in out] == [{"tool_calls": []}, {"tool_calls": []}]
+
+
 def test_rewrite_does_not_touch_the_request() -> None:
     body = _body()
     before = json.dumps(body, sort_keys=True)

@@ -157,7 +157,7 @@ def system_prompt(tools: list[dict[str, Any]], choice: Choice) -> str:
     if choice.name is not None:
         lines.append(f'Call the tool "{choice.name}". Answer in JSON only: {call}')
     elif choice.mode == REQUIRED:
-        lines.append(f"Call one or more of the tools. Answer in JSON only: {call}")
+        lines.append(f"Call one of the tools. Answer in JSON only: {call}")
     else:
         lines.append("Answer in JSON only, either with `tool_calls` (to call tools) or with `response` "
                      f'(to reply to the user directly): {call} or {{"response": "<your reply>"}}')
@@ -181,6 +181,8 @@ def rewrite(body: dict[str, Any], tools: list[dict[str, Any]], choice: Choice, *
     if not active:
         out["messages"] = messages
         return out
+    if out.get("grammar"):
+        raise BadRequest("Cannot use custom grammar constraints with tools.")  # llama-server's words
     response = _response_schema(out.pop("response_format", None))
     out.pop("json_schema", None)
     out["messages"] = _with_system(messages, system_prompt(tools, choice))

@@ -174,6 +174,11 @@ def test_odd_tool_calls_in_history_do_not_break_the_rendering() -> None:
     assert [json.loads(m["content"]) for m in out] == [{"tool_calls": []}, {"tool_calls": []}]
 
 
+def test_a_grammar_with_tools_is_refused_as_llama_server_does() -> None:
+    with pytest.raises(BadRequest, match="grammar"):
+        tc.rewrite(_body(grammar="root ::= \"x\""), TOOLS, tc.Choice("auto"))
+
+
 def test_rewrite_does_not_touch_the_request() -> None:
     body = _body()
     before = json.dumps(body, sort_keys=True)

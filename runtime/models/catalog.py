@@ -126,9 +126,12 @@ class ModelResolver:
         parse_name(src)
         if self.default is None or src not in self.default_names():
             try:
-                return self.store.copy(src, dst_name)
+                entry = self.store.get(src)
             except ModelNotFoundError:
-                raise ModelNotFoundError(f"model {src!r} not found") from None
+                raise ModelNotFoundError(f"model {src!r} not found") from None  # Ollama's words
+            if entry.in_place:  # still the bytes it named, or a clear error naming the model
+                check_in_place(source_of(entry), self.store.root / "cache")
+            return self.store.copy(entry.name, dst_name)
         source = self.default
         try:  # a store model served by name: its blob, with its registry record and defaults
             entry = self.store.get(source.name)

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dx.errors import DownloadError, InvalidModelNameError, ModelNotFoundError
+from dx.errors import DownloadError, InvalidModelNameError, ModelConflictError, ModelNotFoundError
+from dx.models.check import verify_model
 from dx.models.ollama_dir import find_manifest, read_layer
 from dx.models.store import _check_hex
 from dx.names import HFFile, is_hf, looks_like_path, parse_hf, parse_name
@@ -491,9 +492,10 @@ def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = No
     parse_name(spec)  # InvalidModelNameError: 400
     try:
         entry: ModelEntry | None = store.get(spec)
-    except ModelNotFoundError:
+    except (ModelNotFoundError, MalformedInputError):  # a broken manifest: the registry's copy replaces it
         entry = None
     if entry is not None and not entry.read_only and not entry.source.startswith("registry:"):
+        _still_there(store, entry)
         say_present(entry.sha256, entry.size, say)
         return entry  # already here: Ollama answers success for a present model
     try:
@@ -508,6 +510,21 @@ def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = No
         say("the registry cannot be reached; using the copy DX already has", None, None)
         say_present(entry.sha256, entry.size, say)
         return entry
+
+
+def _still_there(store: Store, entry: ModelEntry) -> None:
+    """A model made or imported here (no registry to pull it from again) is still its bytes: checked, as
+    the "verifying sha256 digest" line says (hashed once, then cached), and refused naming the model."""
+    if not entry.path.is_file():
+        raise ModelNotFoundError(f"model {entry.name!r} is listed but its bytes are no longer there",
+                                 hint=f"delete {entry.name} and import or copy it again")
+    try:
+        verify_model(entry.path, offset=entry.offset, length=entry.length, expected_sha256=entry.sha256,
+                     cache_dir=store.root / "cache")
+    except DXError:
+        raise ModelConflictError(f"model {entry.name!r} no longer matches its SHA-256 and did not come from a "
+                                 "registry, so it cannot be pulled again",
+                                 hint=f"delete {entry.name} and import or copy it again") from None
 
 
 def say_present(sha256: str, size: int, say: ProgressCallback) -> None:

@@ -384,7 +384,7 @@ def pull_registry(
             entry = store.import_file(blob, target, sha256=layer.sha256, source=source, link=link,
                                       registry=_registry_doc(rname, manifest, info, "ollama-store"))
         except IntegrityError as e:
-            raise IntegrityError(f"{rname.short} in Ollama's own store: {e.message}",
+            raise IntegrityError(f"{rname.short} in Ollama's store: {e.message}",
                                  hint="`ollama pull` it again; DX never changes Ollama's files") from None
         _notes(rname, manifest, info, entry, say)
         say("success", entry.size, entry.size)

@@ -483,10 +483,18 @@ def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = No
     say = progress or (lambda status, completed, total: None)
     if is_hf(spec):
         try:
-            parse_hf(spec)
+            hf = parse_hf(spec)
         except ConfigurationError as e:
             raise InvalidModelNameError(e.message, hint=e.hint) from None
-        return _upstream(lambda: store.pull(spec, progress=progress))
+        try:
+            return _upstream(lambda: store.pull(spec, progress=say))
+        except DownloadError:
+            here = store.find_by_source(str(hf))
+            if here is None or not here.path.is_file():
+                raise
+            say("the Hub cannot be reached; using the copy DX already has", None, None)
+            say_present(here.sha256, here.size, say)
+            return here
     if looks_like_path(spec):
         raise InvalidModelNameError(f"{spec[:80]!r} is not a model name: the API pulls model names, not files")
     parse_name(spec)  # InvalidModelNameError: 400

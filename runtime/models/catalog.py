@@ -42,6 +42,9 @@ def source_of(entry: ModelEntry) -> ModelSource:
                        sha256=entry.sha256)
 
 
+_CHECKED: set[tuple[object, ...]] = set()  # (path, size, mtime, inode, offset, length, sha256) already verified
+
+
 def check_in_place(source: ModelSource, cache_dir: Path) -> None:
     """A model named in place (a copy of the one inside a minted executable) is still those bytes.
 
@@ -52,7 +55,15 @@ def check_in_place(source: ModelSource, cache_dir: Path) -> None:
     naming the model, not the file.
     """
     path = Path(source.path)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    seen = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, source.offset, source.length,
+            source.sha256) if st is not None else None
+    if seen is not None and seen in _CHECKED:
+        return  # this very file version was checked: a stat, not a header parse, per request
+    if st is None or not path.is_file():
         raise ModelNotFoundError(
             f"model {source.name!r} names bytes inside another file that is no longer there "
             "(the executable it was copied from moved or was deleted)",
@@ -67,6 +78,9 @@ def check_in_place(source: ModelSource, cache_dir: Path) -> None:
             "changed (the executable was replaced or altered)",
             hint=f"delete {source.name} and copy the model again",
         ) from None
+    if len(_CHECKED) > 256:
+        _CHECKED.clear()
+    _CHECKED.add(seen)
 
 
 class ModelResolver:

@@ -3,7 +3,9 @@
 Layout (``$DX_HOME``, default ``~/.dx``; the server's API key lives there too)::
     models/blobs/sha256-<hex>        the GGUF bytes, named by their SHA-256
     models/manifests/<quoted name:tag>.json
-                                     name:tag -> blob digest + what we read from the GGUF
+                                     name:tag -> blob digest + what we read from the GGUF; an
+                                     ``in_file`` record (path, offset, length) instead names bytes
+                                     where they are (a copy of the model inside a minted executable)
     models/tmp/                      imports and downloads in progress (same filesystem)
     models/downloads/                huggingface_hub's cache while a pull runs
 

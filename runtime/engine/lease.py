@@ -55,8 +55,9 @@ def engine_for(  # type: ignore[no-untyped-def]
     except DXError as exc:
         # The full line (the engine's log tail, the log's path) goes to the server's stderr; the
         # client gets the reason with the model's name where the file was, and no server path.
-        print(f"dx: cannot load model {model!r}: {exc}", file=sys.stderr, flush=True)
-        raise EngineError(500, f"cannot load model {model!r}: {_client_text(manager, model, exc.message)}") \
+        shown = repr(model) if model else "(the served model)"
+        print(f"dx: cannot load model {shown}: {exc}", file=sys.stderr, flush=True)
+        raise EngineError(500, f"cannot load model {shown}: {_client_text(manager, model, exc.message)}") \
             from None
     try:
         yield engine, time.monotonic() - t0

@@ -11,8 +11,10 @@ import contextlib
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dx.config import dx_home
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.relay import engine_request
 from dx.errors import (
@@ -21,6 +23,7 @@ from dx.errors import (
     EngineUnavailable,
     EngineUnreachable,
     ModelNotFoundError,
+    client_text,
 )
 from dxverify.errors import DXError
 
@@ -46,10 +49,16 @@ def engine_for(  # type: ignore[no-untyped-def]
     try:
         lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
         engine = lease.__enter__()
-    except ModelNotFoundError:
-        raise
+    except ModelNotFoundError as exc:
+        hint = _client_text(manager, model, exc.hint) if exc.hint else None
+        raise ModelNotFoundError(_client_text(manager, model, exc.message), hint=hint) from None
     except DXError as exc:
-        raise EngineError(500, f"cannot load model: {exc}") from None
+        # The full line (the engine's log tail, the log's path) goes to the server's stderr; the
+        # client gets the reason with the model's name where the file was, and no server path.
+        shown = repr(model) if model else "(the served model)"
+        print(f"dx: cannot load model {shown}: {exc}", file=sys.stderr, flush=True)
+        raise EngineError(500, f"cannot load model {shown}: {_client_text(manager, model, exc.message)}") \
+            from None
     try:
         yield engine, time.monotonic() - t0
     except BaseException:
@@ -57,6 +66,15 @@ def engine_for(  # type: ignore[no-untyped-def]
             raise
     else:
         lease.__exit__(None, None, None)
+
+
+def _client_text(manager: EngineManager, model: str, text: str) -> str:
+    """``text`` without server paths: the model's file becomes its name (``dx.errors.client_text``)."""
+    names: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        source = manager.resolve(model)
+        names = {str(source.path): source.display_name, str(Path(source.path).resolve()): source.display_name}
+    return client_text(text, names, roots=(str(dx_home()), str(Path.home())))
 
 
 def open_engine(

@@ -182,7 +182,7 @@ class EngineManager:
             slot.engine = Engine.start(
                 slot.source,
                 ctx=want_ctx,
-                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
+                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,  # embed, rerank
                 binary=self._binary,
                 log_dir=self._log_dir,
                 extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),

@@ -29,6 +29,7 @@ from dxverify.errors import DXError
 
 if TYPE_CHECKING:
     import http.client
+    import socket
 
     from dx.engine.manager import EngineManager
     from dx.engine.process import Engine
@@ -79,20 +80,21 @@ def _client_text(manager: EngineManager, model: str, text: str) -> str:
 
 def open_engine(
     manager: EngineManager, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
-    purpose: str = "generate",
+    purpose: str = "generate", client: socket.socket | None = None,
 ) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
     """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.
 
     A refused connection (the engine died between requests) is retried once on a
     fresh engine; a request the engine already had when it died is answered 503,
-    never run twice.
+    never run twice. ``client``: the requester's socket; if it hangs up while the
+    engine works, the engine stops and ``dx.engine.relay.ClientGone`` is raised.
     """
 
     for attempt in (1, 2):
         cm = engine_for(manager, model, keep_alive, num_ctx, purpose)
         engine, load = cm.__enter__()
         try:
-            conn, resp = engine_request(engine, method, path, body)
+            conn, resp = engine_request(engine, method, path, body, client=client)
             return cm, engine, load, conn, resp
         except EngineUnreachable as exc:
             cm.__exit__(None, None, None)
@@ -101,6 +103,9 @@ def open_engine(
         except EngineUnavailable as exc:
             cm.__exit__(None, None, None)
             raise EngineError(503, f"{exc}; retry the request") from None
+        except BaseException:  # the client went away (ClientGone), or anything else: the lease ends here
+            cm.__exit__(None, None, None)
+            raise
     raise AssertionError("unreachable")
 
 

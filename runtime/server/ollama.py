@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dx import metrics
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
-from dx.engine.relay import engine_json, iter_chunks
+from dx.engine.relay import engine_json, hang_up, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.defaults import for_source
 from dx.server.ollama_wire import (
@@ -134,7 +134,8 @@ def _complete(
 ) -> None:
     started = time.monotonic()
     cm, _engine, load, conn, resp = open_engine(
-        req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
+        req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode(),
+        client=req.connection,
     )
     try:
         if resp.status != 200:
@@ -159,7 +160,7 @@ def _complete(
         if not req.headers_sent:
             raise EngineError(503, f"{exc}; retry the request") from None
     finally:
-        conn.close()
+        hang_up(conn, resp)  # at once, also when the client went away mid-stream: the engine stops
         cm.__exit__(None, None, None)
 
 

@@ -100,7 +100,8 @@ def relay(req: Request) -> None:
         if body is None:
             return
     purpose = "embed" if path == "/v1/embeddings" else "generate"
-    cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose)
+    cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose,
+                                               client=req.connection)
     try:
         _relay_or_503(req, conn, resp)
     finally:
@@ -245,7 +246,7 @@ def passthrough(req: Request) -> None:
             forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}
             conn, resp = engine_request(
                 engine, method, target, body, req.headers.get("Content-Type"), with_key=with_key,
-                forward=forward,
+                forward=forward, client=req.connection,
             )
         except EngineUnavailable as exc:
             raise EngineError(503, f"{exc}; retry the request") from None

@@ -167,9 +167,8 @@ def test_eviction_skips_a_busy_engine(tmp_path: Path, started: list[StandIn]) ->
     m = EngineManager(lambda name: ModelSource(path=tmp_path / f"{name}.gguf", name=name), max_loaded=1,
                       reap_interval=0.05)
     try:
-        with m.lease("a") as a:
-            with m.lease("b") as b:
-                assert not a.stopped and not b.stopped  # over the limit, but a is answering
+        with m.lease("a") as a, m.lease("b") as b:
+            assert not a.stopped and not b.stopped  # over the limit, but a is answering
         assert not b.stopped
         m.get("a")
         assert b.stopped  # b idle now: evicted for a

@@ -8,11 +8,15 @@ is at the bottom of the runtime's layers: it imports nothing of ``dx``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from dxverify.errors import ConfigurationError, DXError
 
 __all__ = [
-    "BadRequest", "DXError", "EngineError", "EngineUnavailable", "EngineUnreachable", "InvalidJSON",
-    "InvalidModelNameError", "ModelNotFoundError", "ReadOnlyModelError", "http_answer",
+    "BadRequest", "DXError", "DownloadError", "EngineError", "EngineUnavailable", "EngineUnreachable",
+    "InvalidJSON", "InvalidModelNameError", "ModelConflictError", "ModelNotFoundError", "ReadOnlyModelError",
+    "client_text", "http_answer",
 ]
 
 
@@ -48,6 +52,25 @@ class ReadOnlyModelError(ConfigurationError):
     error_type = "server_error"
 
 
+class ModelConflictError(ConfigurationError):
+    """The name is the model this server was started with: it cannot be deleted or overwritten while served (409)."""
+
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class DownloadError(DXError):
+    """A registry (Ollama's, the Hugging Face Hub, a mirror) could not be reached or answered with an error.
+
+    502 on the wire: the server is fine, the upstream it pulls from is not; `dx` exits 7
+    (the machine lacks the network), as for any other EnvironmentProblem.
+    """
+
+    exit_code = 7
+    http_status = 502
+    error_type = "server_error"
+
+
 class EngineError(Exception):
     """The engine could not answer (503 while it restarts, 500 when a model cannot load)."""
 
@@ -72,6 +95,24 @@ class EngineUnavailable(Exception):
 
 class EngineUnreachable(EngineUnavailable):
     """The engine refused the connection: the request never reached it (safe to retry)."""
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`()<>,;]+")
+
+
+def client_text(text: str, names: dict[str, str] | None = None, roots: Iterable[str] = ()) -> str:
+    """``text`` as a client may see it: no server filesystem path.
+
+    ``names`` maps a path to what it stands for (a model's file -> the model's name),
+    ``roots`` are folders nothing under which may show (DX_HOME, HOME); any other
+    absolute path left is cut to ``…``. The server's own log keeps the full text.
+    """
+    for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
+        if path:
+            text = text.replace(path, name)
+    for root in sorted((r for r in roots if r and r != "/"), key=len, reverse=True):
+        text = re.sub(re.escape(root.rstrip("/")) + r"[^\s'\"`()<>,;]*", "…", text)
+    return _ABSOLUTE_PATH.sub("…", text)
 
 
 def http_answer(exc: BaseException) -> tuple[int, str] | None:

@@ -11,8 +11,10 @@ import contextlib
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dx.config import dx_home
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.relay import engine_request
 from dx.errors import (
@@ -21,11 +23,13 @@ from dx.errors import (
     EngineUnavailable,
     EngineUnreachable,
     ModelNotFoundError,
+    client_text,
 )
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
     import http.client
+    import socket
 
     from dx.engine.manager import EngineManager
     from dx.engine.process import Engine
@@ -46,10 +50,16 @@ def engine_for(  # type: ignore[no-untyped-def]
     try:
         lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
         engine = lease.__enter__()
-    except ModelNotFoundError:
-        raise
+    except ModelNotFoundError as exc:
+        hint = _client_text(manager, model, exc.hint) if exc.hint else None
+        raise ModelNotFoundError(_client_text(manager, model, exc.message), hint=hint) from None
     except DXError as exc:
-        raise EngineError(500, f"cannot load model: {exc}") from None
+        # The full line (the engine's log tail, the log's path) goes to the server's stderr; the
+        # client gets the reason with the model's name where the file was, and no server path.
+        shown = repr(model) if model else "(the served model)"
+        print(f"dx: cannot load model {shown}: {exc}", file=sys.stderr, flush=True)
+        raise EngineError(500, f"cannot load model {shown}: {_client_text(manager, model, exc.message)}") \
+            from None
     try:
         yield engine, time.monotonic() - t0
     except BaseException:
@@ -59,22 +69,32 @@ def engine_for(  # type: ignore[no-untyped-def]
         lease.__exit__(None, None, None)
 
 
+def _client_text(manager: EngineManager, model: str, text: str) -> str:
+    """``text`` without server paths: the model's file becomes its name (``dx.errors.client_text``)."""
+    names: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        source = manager.resolve(model)
+        names = {str(source.path): source.display_name, str(Path(source.path).resolve()): source.display_name}
+    return client_text(text, names, roots=(str(dx_home()), str(Path.home())))
+
+
 def open_engine(
     manager: EngineManager, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
-    purpose: str = "generate",
+    purpose: str = "generate", client: socket.socket | None = None,
 ) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
     """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.
 
     A refused connection (the engine died between requests) is retried once on a
     fresh engine; a request the engine already had when it died is answered 503,
-    never run twice.
+    never run twice. ``client``: the requester's socket; if it hangs up while the
+    engine works, the engine stops and ``dx.engine.relay.ClientGone`` is raised.
     """
 
     for attempt in (1, 2):
         cm = engine_for(manager, model, keep_alive, num_ctx, purpose)
         engine, load = cm.__enter__()
         try:
-            conn, resp = engine_request(engine, method, path, body)
+            conn, resp = engine_request(engine, method, path, body, client=client)
             return cm, engine, load, conn, resp
         except EngineUnreachable as exc:
             cm.__exit__(None, None, None)
@@ -83,6 +103,9 @@ def open_engine(
         except EngineUnavailable as exc:
             cm.__exit__(None, None, None)
             raise EngineError(503, f"{exc}; retry the request") from None
+        except BaseException:  # the client went away (ClientGone), or anything else: the lease ends here
+            cm.__exit__(None, None, None)
+            raise
     raise AssertionError("unreachable")
 
 

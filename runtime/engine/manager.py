@@ -4,6 +4,14 @@
 unloads a model after its idle keep-alive (Ollama's ``keep_alive``), and stops
 restarting an engine that keeps crashing (``EngineCrashLoop``). One engine's life
 is ``dx.engine.process``; how it is spawned, ``dx.engine.launcher``.
+
+An unload never cuts an answer short: a model asked to unload (``keep_alive: 0``,
+a delete) while it is answering gets keep-alive 0 instead, as Ollama's runner
+does, and goes when its last answer ends (within ``UNLOAD_GRACE`` at most). A
+request arriving meanwhile is served by the loaded engine and its own
+``keep_alive`` then counts (Ollama: the newest request sets the expiry); one
+arriving while an engine is being stopped waits for that and gets a fresh one.
+A ``keep_alive`` applies to every engine of the model (generation, embeddings).
 """
 
 from __future__ import annotations
@@ -69,6 +77,11 @@ class _Slot:
     failed_until: float = 0.0
     failure: str = ""
     failure_log: Path | None = None
+    unload_reason: str = ""  # an unload asked while answers were in flight: done when the last ends
+    unload_since: float = 0.0
+
+
+UNLOAD_GRACE = 900.0  # seconds an asked-for unload waits for answers in flight (the engine's own request timeout)
 
 
 class EngineCrashLoop(ToolError):
@@ -148,8 +161,14 @@ class EngineManager:
                 slot = self._slots[key] = _Slot(source=source, purpose=purpose,
                                                 ctx=self._ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT)
             slot.in_use += 1
-            slot.keep_alive = keep
-            slot.last_used = time.monotonic()
+            now = time.monotonic()
+            # one model, one keep-alive: Ollama has one runner per model, DX an engine per purpose
+            for k, other in self._slots.items():
+                if k[:2] == key[:2]:  # the same bytes (dict keys start with ModelSource.key)
+                    other.keep_alive = keep
+                    other.last_used = now
+                    if keep != 0:  # the newest request sets the expiry, also over an unload asked before
+                        other.unload_reason, other.unload_since = "", 0.0
         try:
             engine = self._ensure_running(slot, num_ctx)
             self._evict_over_limit(keep=slot)
@@ -182,7 +201,7 @@ class EngineManager:
             slot.engine = Engine.start(
                 slot.source,
                 ctx=want_ctx,
-                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,
+                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,  # embed, rerank
                 binary=self._binary,
                 log_dir=self._log_dir,
                 extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),
@@ -217,8 +236,22 @@ class EngineManager:
         for slot in idle[: max(0, excess)]:
             self._unload_slot(slot, "evicted")
 
-    def _unload_slot(self, slot: _Slot, reason: str = "requested") -> bool:
+    def _unload_slot(self, slot: _Slot, reason: str = "requested", force: bool = False) -> bool:
+        """Stop the slot's engine; a busy one is marked to go when its last answer ends (True: it will).
+
+        ``evicted`` skips a busy slot (it was idle when chosen); ``shutdown`` or ``force`` stop it anyway.
+        """
         with slot.lock:
+            with self._lock:
+                if slot.in_use and not force and reason != "shutdown":
+                    if reason == "evicted" or slot.engine is None:
+                        return False
+                    slot.keep_alive = 0.0  # Ollama's runner: expires when its refcount reaches 0
+                    if not slot.unload_reason:
+                        slot.unload_reason, slot.unload_since = reason, time.monotonic()
+                    self._kick.set()  # the reaper keeps an eye on it (UNLOAD_GRACE)
+                    return True
+                slot.unload_reason, slot.unload_since = "", 0.0
             if slot.engine is None:
                 return False
             metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, reason)
@@ -234,17 +267,18 @@ class EngineManager:
                     return
                 if time.monotonic() - slot.last_used < slot.keep_alive:
                     return
+                reason, slot.unload_reason, slot.unload_since = slot.unload_reason or "idle", "", 0.0
             if slot.engine is not None:
-                metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, "idle")
+                metrics.ENGINE_UNLOADS.inc(slot.source.display_name, slot.purpose, reason)
                 slot.engine.stop()
                 slot.engine = None
 
     def unload(self, model: str) -> bool:
-        """Stop the engine for ``model`` now (Ollama's ``keep_alive: 0``)."""
+        """Unload ``model`` (Ollama's ``keep_alive: 0``): now when idle, else after the answers in flight."""
         return self.unload_source(self._resolve(model))
 
     def unload_source(self, source: ModelSource) -> bool:
-        """Stop every engine (generation, embeddings) serving ``source``'s bytes."""
+        """Unload every engine (generation, embeddings) serving ``source``'s bytes (as ``unload``)."""
         with self._lock:
             slots = [s for k, s in self._slots.items() if k[:2] == source.key]
         unloaded = [self._unload_slot(s) for s in slots]
@@ -259,7 +293,9 @@ class EngineManager:
             engine = slot.engine
             if engine is None or engine.stopping:
                 continue
-            expires = None if slot.keep_alive is None else now + (slot.last_used + slot.keep_alive - now_mono)
+            # busy: its keep-alive counts from the end of its answers, so not before now + keep_alive
+            since = now_mono if slot.in_use else slot.last_used
+            expires = None if slot.keep_alive is None else now + (since + slot.keep_alive - now_mono)
             out.append(
                 LoadedModel(
                     name=slot.source.display_name, source=slot.source, pid=engine.pid, url=engine.url,
@@ -284,6 +320,10 @@ class EngineManager:
             now = time.monotonic()
             for slot in slots:
                 engine = slot.engine
+                if engine is not None and slot.in_use and slot.unload_reason and \
+                        now - slot.unload_since > UNLOAD_GRACE:
+                    self._unload_slot(slot, slot.unload_reason, force=True)  # answers in flight too long
+                    continue
                 if engine is None or slot.in_use:
                     continue
                 if slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive:

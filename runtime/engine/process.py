@@ -46,6 +46,9 @@ EMBED_PARALLEL = 2
 # run in separate engines on the same (mmapped, page-shared) model file.
 GENERATE = "generate"
 EMBED = "embed"
+# llama-server's --rerank (common/arg.cpp: embeddings on, pooling "rank"): a reranker's classifier head
+# scores (query, document) pairs on /v1/rerank; such an engine answers nothing else.
+RERANK = "rerank"
 READY_TIMEOUT = 120.0
 CRASH_LIMIT = 5  # deaths within CRASH_WINDOW seconds before restarts pause for CRASH_BACKOFF
 CRASH_WINDOW = 60.0
@@ -97,7 +100,7 @@ class Engine:
 
         ``ctx`` is the context per parallel slot (the engine gets ``ctx * parallel``).
         ``purpose`` EMBED starts an embeddings-only engine (mean pooling, whole inputs
-        in one micro-batch) instead of a generation engine.
+        in one micro-batch), RERANK a reranking one (``--rerank``), instead of a generation engine.
         """
         if verify:
             verify_source(source)
@@ -149,6 +152,8 @@ class Engine:
         ]
         if purpose == EMBED:
             argv += ["--embeddings", "--pooling", "mean", "-b", str(ctx), "-ub", str(ctx)]
+        elif purpose == RERANK:  # a (query, document) pair is scored whole: one micro-batch holds it
+            argv += ["--rerank", "-b", str(ctx), "-ub", str(ctx)]
         else:
             argv += ["--jinja", "--metrics"]  # the engine's /metrics, which dx.metrics re-emits by model
         argv += list(extra_args)

@@ -11,6 +11,14 @@ When the engine dies mid-request the client gets a clean error instead of a
 hang or a torn stream: a 503 if nothing was sent yet, otherwise one final SSE
 ``data: {"error": ...}`` event (which the openai client raises as an APIError)
 followed by a proper end of the chunked body.
+
+When the client goes away the engine stops too: while the engine works on a
+request (a non-streaming answer, or a stream's prefill) ``engine_request``
+waits on the engine's socket and the client's at once and, when the client
+hangs up, closes the engine connection and raises ``ClientGone``; llama-server
+notices the closed connection (its ``is_connection_closed`` poll, every second)
+and cancels the task, freeing its slot. Once a stream flows, a failed write to
+the client ends the relay and ``hang_up`` closes the engine connection at once.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import select
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from dx.errors import EngineUnavailable, EngineUnreachable
@@ -36,8 +46,16 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _READ = 65536
+# the client hung up (Linux tells a half-closed peer apart from one that sent more bytes: POLLRDHUP)
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_HUNG_UP = _POLLRDHUP | getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
 
 
+class ClientGone(ConnectionError):
+    """The client closed its connection while the engine worked for it: nobody waits for the answer.
+
+    A ConnectionError, so the transport treats it as any lost client: no answer, no log line.
+    """
 
 
 class ResponseWriter(Protocol):
@@ -57,10 +75,14 @@ class ResponseWriter(Protocol):
 def engine_request(
     engine: Engine, method: str, path: str, body: bytes | None, content_type: str | None = "application/json",
     *, with_key: bool = True, timeout: float = ENGINE_TIMEOUT, forward: dict[str, str] | None = None,
+    client: socket.socket | None = None,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """Open a connection to the engine and send one request; return it with the response.
 
     ``forward``: client request headers passed on (content negotiation for the web UI's assets).
+    ``client``: the socket of the client the answer is for; when it hangs up before the engine
+    starts answering, the engine connection is closed (the engine cancels the work) and
+    ``ClientGone`` is raised.
     """
     conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     headers = {**(forward or {}), "Connection": "close"}
@@ -75,11 +97,69 @@ def engine_request(
         raise EngineUnreachable(f"the engine is not answering ({exc.__class__.__name__})") from exc
     try:
         conn.request(method, path, body=body, headers=headers)
+        if client is not None:
+            _await_engine(conn, client, timeout)
         return conn, conn.getresponse()
+    except ClientGone:
+        conn.close()  # the engine sees its connection closed and cancels the task
+        raise
     except (OSError, http.client.HTTPException) as exc:
         conn.close()  # it had the request: do not run it twice
         raise EngineUnavailable(f"the engine stopped while working on the request ({exc.__class__.__name__})") \
             from exc
+
+
+def _await_engine(conn: http.client.HTTPConnection, client: socket.socket, timeout: float) -> None:
+    """Wait until the engine starts answering, watching the client meanwhile (one poll, no busy loop).
+
+    The engine's socket is watched for input, the client's for a hang-up only (POLLRDHUP: the
+    peer closed its side), so a client that already sent its next request (pipelining) is not
+    mistaken for one that left. Without POLLRDHUP (not Linux) a readable client is peeked at.
+    """
+    if not hasattr(select, "poll") or conn.sock is None:
+        return  # no poll (Windows): the engine's answer alone is waited for, as before
+    try:
+        cfd = client.fileno()
+    except OSError:
+        return
+    if cfd < 0:
+        raise ClientGone("the client closed its connection")
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    poller.register(cfd, _HUNG_UP if _POLLRDHUP else _HUNG_UP | select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the engine did not answer in time")
+        events = dict(poller.poll(left * 1000))
+        mask = events.get(cfd, 0)
+        if mask & _HUNG_UP or (mask and _peer_closed(client)):
+            raise ClientGone("the client closed its connection")
+        if mask:  # bytes of a next request (no POLLRDHUP here): from now on, its hang-up alone
+            poller.modify(cfd, _HUNG_UP)
+        if len(events) > (1 if mask else 0):
+            return  # the engine is answering (or closed: getresponse says which)
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """A readable socket: has its peer closed it (EOF, reset), or sent bytes?"""
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def hang_up(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse | None) -> None:
+    """Close the engine connection now, response included (the response owns the socket once it
+    is read: closing ``conn`` alone leaves it open), so an engine still generating stops."""
+    try:
+        if resp is not None:
+            resp.close()
+    finally:
+        conn.close()
 
 
 def engine_json(engine: Engine, path: str, payload: dict | None = None,
@@ -245,7 +325,7 @@ def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.c
             raise
         out.write(b"0\r\n\r\n")
     finally:
-        conn.close()
+        hang_up(conn, resp)
 
 
 def client_fault(status: int, body: bytes) -> tuple[int, bytes]:

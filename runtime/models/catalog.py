@@ -18,12 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dx.errors import ModelNotFoundError
+from dx.errors import ModelConflictError, ModelNotFoundError
+from dx.models.check import verify_model
 from dx.models.entry import ModelEntry
-from dx.models.source import ModelSource
+from dx.models.source import ModelSource, verify_source
 from dx.models.store import ModelStore, ProgressCallback
 from dx.names import default_aliases, is_hf, looks_like_path, parse_hf, parse_name
-from dxverify.errors import ConfigurationError
+from dxverify.errors import ConfigurationError, DXError, IntegrityError
 from dxverify.hashing import expected_sha256_for
 
 
@@ -33,6 +34,53 @@ def _pull() -> ModuleType:
     import dx.models.pull
 
     return dx.models.pull
+
+
+def source_of(entry: ModelEntry) -> ModelSource:
+    """Where a store entry's bytes are: its blob, or (in place) a slice of another file."""
+    return ModelSource(path=entry.path, offset=entry.offset, length=entry.length, name=entry.name,
+                       sha256=entry.sha256)
+
+
+_CHECKED: set[tuple[object, ...]] = set()  # (path, size, mtime, inode, offset, length, sha256) already verified
+
+
+def check_in_place(source: ModelSource, cache_dir: Path) -> None:
+    """A model named in place (a copy of the one inside a minted executable) is still those bytes.
+
+    Checked at every resolve, not only when an engine starts: ``/api/show`` reads
+    the header too, and must not describe other bytes. The SHA-256 is hashed once
+    and remembered by (path, size, mtime, inode, offset, length), so the same file
+    costs a stat; a moved file is a 404 and a changed one an IntegrityError, both
+    naming the model, not the file.
+    """
+    path = Path(source.path)
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    seen = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, source.offset, source.length,
+            source.sha256) if st is not None else None
+    if seen is not None and seen in _CHECKED:
+        return  # this very file version was checked: a stat, not a header parse, per request
+    if st is None or not path.is_file():
+        raise ModelNotFoundError(
+            f"model {source.name!r} names bytes inside another file that is no longer there "
+            "(the executable it was copied from moved or was deleted)",
+            hint=f"delete {source.name} and copy the model again",
+        )
+    try:
+        verify_model(path, offset=source.offset, length=source.length, expected_sha256=source.sha256,
+                     cache_dir=cache_dir)
+    except DXError:
+        raise IntegrityError(
+            f"model {source.name!r} no longer matches the SHA-256 it was copied with: the file it is read from "
+            "changed (the executable was replaced or altered)",
+            hint=f"delete {source.name} and copy the model again",
+        ) from None
+    if len(_CHECKED) > 256:
+        _CHECKED.clear()
+    _CHECKED.add(seen)
 
 
 class ModelResolver:
@@ -73,7 +121,41 @@ class ModelResolver:
             entry = self.store.get(name)
         except (ModelNotFoundError, ConfigurationError):
             raise ModelNotFoundError(f"model {name!r} not found, try pulling it first") from None
-        return ModelSource(path=entry.path, name=entry.name, sha256=entry.sha256)
+        source = source_of(entry)
+        if entry.in_place:
+            check_in_place(source, self.store.root / "cache")
+        return source
+
+    def copy(self, src: str, dst: str) -> ModelEntry:
+        """``/api/copy``: ``dst`` becomes a new name for ``src``'s bytes, whichever model ``src`` is.
+
+        The served default model is not in the store: a store model gets a second
+        manifest for its blob, the model inside a minted executable (or a GGUF the
+        server was started with) an ``in_file`` manifest that reads it in place.
+        Names are Ollama's (``smollm2`` is ``smollm2:latest``).
+        """
+        dst_name = str(parse_name(dst))
+        if dst in self.default_names() or dst_name in self.default_names():
+            raise ModelConflictError(f"{dst!r} is the model this server was started with; copy to another name")
+        parse_name(src)
+        if self.default is None or src not in self.default_names():
+            try:
+                entry = self.store.get(src)
+            except ModelNotFoundError:
+                raise ModelNotFoundError(f"model {src!r} not found") from None  # Ollama's words
+            if entry.in_place:  # still the bytes it named, or a clear error naming the model
+                check_in_place(source_of(entry), self.store.root / "cache")
+            return self.store.copy(entry.name, dst_name)
+        source = self.default
+        try:  # a store model served by name: its blob, with its registry record and defaults
+            entry = self.store.get(source.name)
+            if entry.path == Path(source.path) and not entry.in_place:
+                return self.store.copy(entry.name, dst_name)
+        except (ModelNotFoundError, ConfigurationError):
+            pass
+        sha = source.sha256 or verify_source(source)
+        return self.store.name_in_place(dst_name, Path(source.path), source.offset, source.size(), sha,
+                                        source=f"copy:{source.display_name}")
 
 
 class Store(ModelStore):
@@ -119,6 +201,10 @@ class Store(ModelStore):
         return self._source_for(entry, verify, ModelSource)
 
     def _source_for(self, entry: ModelEntry, verify: bool, source_cls: Any) -> ModelSource:
+        if entry.in_place:
+            source = source_of(entry)
+            check_in_place(source, self.root / "cache")
+            return source
         if verify:
             self.verify_path(entry.path, expected_sha256=entry.sha256)
         return source_cls(path=entry.path, name=entry.name, sha256=entry.sha256)

@@ -22,6 +22,13 @@ class ModelEntry:
     read_only: bool = False      # True for Ollama's models
     facts: ModelFacts = field(default_factory=ModelFacts)
     registry: dict[str, Any] | None = None  # pulled from Ollama's registry: manifest digest, layers, params…
+    offset: int = 0              # in place (an ``in_file`` manifest): the bytes at offset..offset+length of path
+    length: int | None = None
+
+    @property
+    def in_place(self) -> bool:
+        """Named where the bytes are (a model inside a minted executable), not a blob of the store."""
+        return self.length is not None
 
     @property
     def digest(self) -> str:
@@ -36,6 +43,8 @@ class ModelEntry:
             "path": str(self.path),
             "source": self.source,
             "read_only": self.read_only,
+            "offset": self.offset,
+            "length": self.length,
             "family": self.facts.family,
             "quant": self.facts.quant,
             "parameter_size": self.facts.parameter_size,

@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dx.errors import ModelNotFoundError
+from dx.errors import DownloadError, InvalidModelNameError, ModelConflictError, ModelNotFoundError
+from dx.models.check import verify_model
 from dx.models.ollama_dir import find_manifest, read_layer
 from dx.models.store import _check_hex
-from dx.names import HFFile, is_hf, looks_like_path, parse_name
+from dx.names import HFFile, is_hf, looks_like_path, parse_hf, parse_name
 from dx.registry import huggingface as hub_lite
 from dx.registry import ollama as reg
-from dx.registry.huggingface import DownloadError
-from dxverify.errors import ConfigurationError, DXError, IntegrityError
+from dxverify.errors import ConfigurationError, DXError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.models.entry import ModelEntry
@@ -372,7 +372,7 @@ def pull_registry(
         if _same_manifest(store, existing, manifest):
             say("success (up to date)", existing.size, existing.size)  # type: ignore[union-attr]
             return existing  # type: ignore[return-value]
-        say(f"using Ollama's copy in {models_dir} (read-only, nothing downloaded)", None, None)
+        say("using Ollama's copy in its own store (read-only, nothing downloaded)", None, None)
         info = reg.read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
         layer = manifest.model_layer(rname.short)
         blob = models_dir / "blobs" / f"sha256-{layer.sha256}"
@@ -384,7 +384,7 @@ def pull_registry(
             entry = store.import_file(blob, target, sha256=layer.sha256, source=source, link=link,
                                       registry=_registry_doc(rname, manifest, info, "ollama-store"))
         except IntegrityError as e:
-            raise IntegrityError(f"{rname.short} in Ollama's store ({blob}): {e}",
+            raise IntegrityError(f"{rname.short} in Ollama's store: {e.message}",
                                  hint="`ollama pull` it again; DX never changes Ollama's files") from None
         _notes(rname, manifest, info, entry, say)
         say("success", entry.size, entry.size)
@@ -428,7 +428,7 @@ def pull_missing(store: Store, spec: str, missing: DXError, progress: ProgressCa
     try:
         return pull_registry(store, spec, progress=progress)
     except (DownloadError, ModelNotFoundError) as e:
-        raise ModelNotFoundError(f"{missing}, and Ollama's registry did not have it: {e}",
+        raise ModelNotFoundError(f"{getattr(missing, 'message', missing)}, and Ollama's registry did not have it: {e}",
                                  hint=f"check the name; `dx pull {spec}` pulls it explicitly") from None
 
 
@@ -470,16 +470,84 @@ def _stderr_progress(rname: Any) -> ProgressCallback:
 
 
 def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None) -> ModelEntry:
-    """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path."""
+    """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path.
 
+    A model DX already has is a success without the network, as Ollama answers for
+    a present model: one it made or imported at once, one that came from a
+    registry after asking the registry for a newer manifest, falling back to the
+    copy here when the registry cannot be reached. Failures keep their HTTP
+    meaning (``dx.errors``): a bad name 400, a model the registry does not have
+    404, a registry that cannot be reached or sends bad bytes 502.
+    """
+
+    say = progress or (lambda status, completed, total: None)
     if is_hf(spec):
-        return store.pull(spec, progress=progress)
+        try:
+            hf = parse_hf(spec)
+        except ConfigurationError as e:
+            raise InvalidModelNameError(e.message, hint=e.hint) from None
+        try:
+            return _upstream(lambda: store.pull(spec, progress=say))
+        except DownloadError:
+            here = store.find_by_source(str(hf))
+            if here is None or not here.path.is_file():
+                raise
+            say("the Hub cannot be reached; using the copy DX already has", None, None)
+            say_present(here.sha256, here.size, say)
+            return here
     if looks_like_path(spec):
-        raise ModelNotFoundError(f"model {spec!r} not found: the API pulls model names, not files")
+        raise InvalidModelNameError(f"{spec[:80]!r} is not a model name: the API pulls model names, not files")
+    parse_name(spec)  # InvalidModelNameError: 400
     try:
-        entry = store.get(spec)
-    except ModelNotFoundError:
+        entry: ModelEntry | None = store.get(spec)
+    except (ModelNotFoundError, MalformedInputError):  # a broken manifest: the registry's copy replaces it
         entry = None
     if entry is not None and not entry.read_only and not entry.source.startswith("registry:"):
+        _still_there(store, entry)
+        say_present(entry.sha256, entry.size, say)
         return entry  # already here: Ollama answers success for a present model
-    return pull_registry(store, spec, progress=progress)
+    try:
+        reg.parse_registry_name(spec)
+    except ConfigurationError as e:
+        raise InvalidModelNameError(e.message, hint=e.hint) from None
+    try:
+        return _upstream(lambda: pull_registry(store, spec, progress=say))
+    except DownloadError:
+        if entry is None or not entry.path.is_file():
+            raise
+        say("the registry cannot be reached; using the copy DX already has", None, None)
+        say_present(entry.sha256, entry.size, say)
+        return entry
+
+
+def _still_there(store: Store, entry: ModelEntry) -> None:
+    """A model made or imported here (no registry to pull it from again) is still its bytes: checked, as
+    the "verifying sha256 digest" line says (hashed once, then cached), and refused naming the model."""
+    if not entry.path.is_file():
+        raise ModelNotFoundError(f"model {entry.name!r} is listed but its bytes are no longer there",
+                                 hint=f"delete {entry.name} and import or copy it again")
+    try:
+        verify_model(entry.path, offset=entry.offset, length=entry.length, expected_sha256=entry.sha256,
+                     cache_dir=store.root / "cache")
+    except DXError:
+        raise ModelConflictError(f"model {entry.name!r} no longer matches its SHA-256 and did not come from a "
+                                 "registry, so it cannot be pulled again",
+                                 hint=f"delete {entry.name} and import or copy it again") from None
+
+
+def say_present(sha256: str, size: int, say: ProgressCallback) -> None:
+    """The progress lines of a pull that finds the model already here (Ollama's, without a download)."""
+    say("pulling manifest", None, None)
+    say(f"pulling {sha256[:12]}", size, size)
+    say("verifying sha256 digest", None, None)
+    say("writing manifest", None, None)
+    say("success", size, size)
+
+
+def _upstream(pull: Any) -> ModelEntry:
+    """Run a pull; bytes the registry got wrong (a digest that does not match, a manifest that is not one) are
+    the registry's failure (502), not the server's (500)."""
+    try:
+        return pull()
+    except (IntegrityError, MalformedInputError) as e:
+        raise DownloadError(e.message, hint=e.hint) from None

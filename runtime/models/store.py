@@ -3,7 +3,9 @@
 Layout (``$DX_HOME``, default ``~/.dx``; the server's API key lives there too)::
     models/blobs/sha256-<hex>        the GGUF bytes, named by their SHA-256
     models/manifests/<quoted name:tag>.json
-                                     name:tag -> blob digest + what we read from the GGUF
+                                     name:tag -> blob digest + what we read from the GGUF; an
+                                     ``in_file`` record (path, offset, length) instead names bytes
+                                     where they are (a copy of the model inside a minted executable)
     models/tmp/                      imports and downloads in progress (same filesystem)
     models/downloads/                huggingface_hub's cache while a pull runs
 
@@ -108,15 +110,15 @@ class ModelStore:
         for e in self._ollama_entries():
             if e.name == str(mn):
                 return e
-        raise ModelNotFoundError(
-            f"no model named {str(mn)!r} in {self.models}",
-            hint="`dx list` shows the models; `dx pull hf:OWNER/REPO/FILE.gguf` fetches one",
+        raise ModelNotFoundError(  # no path: this line reaches API clients (`dx list` says where the store is)
+            f"no model named {str(mn)!r} in the store",
+            hint="`dx list` shows the models; `dx pull NAME` fetches one",
         )
 
     def show(self, name: str) -> ShownModel:
         """The entry with the GGUF's metadata read (and structure-checked) now."""
         entry = self.get(name)
-        return ShownModel(entry, read_facts(entry.path))
+        return ShownModel(entry, read_facts(entry.path, entry.offset, entry.length))
 
     def find_by_source(self, source: str) -> ModelEntry | None:
         for e in self._own_entries():
@@ -203,7 +205,7 @@ class ModelStore:
         sha256 = _check_hex(sha256)
         blob = self.blobs / f"sha256-{sha256}"
         if not blob.is_file():
-            raise ModelNotFoundError(f"no blob sha256:{sha256} in {self.blobs}")
+            raise ModelNotFoundError(f"no blob sha256:{sha256} in the store")
         facts = read_facts(blob)
         with self._lock():
             return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts, registry)
@@ -215,25 +217,54 @@ class ModelStore:
         if not path.is_file():
             entry = self.get(name)  # raises ModelNotFoundError, or finds an Ollama model
             raise ReadOnlyModelError(
-                f"{entry.name} belongs to Ollama ({entry.path.parent.parent}); dx does not delete it",
+                f"{entry.name} belongs to Ollama's own store; dx does not delete it",
                 hint=f"use `ollama rm {entry.name}`",
             )
         with self._lock():
             entry = self._load_manifest(path)
             path.unlink()
-            if not any(e.sha256 == entry.sha256 for e in self._own_entries()):
+            if not entry.in_place and not any(
+                e.sha256 == entry.sha256 and not e.in_place for e in self._own_entries()
+            ):
                 (self.blobs / f"sha256-{entry.sha256}").unlink(missing_ok=True)
         return entry
 
     def copy(self, src: str, dst: str) -> ModelEntry:
-        """Give a model a second name; the blob is shared (Ollama's models are copied in)."""
+        """Give a model a second name; the blob is shared (Ollama's models are copied in).
+
+        A model kept in place (``name_in_place``) stays in place: the copy refers to the same bytes.
+        """
         entry = self.get(src)
         dst_name = parse_name(dst)
+        if entry.in_place:
+            return self.name_in_place(str(dst_name), entry.path, entry.offset, entry.length or entry.size,
+                                      entry.sha256, source=entry.source)
         if entry.read_only:
             return self.import_file(entry.path, str(dst_name), sha256=entry.sha256, source=f"copy:{entry.name}")
         with self._lock():
             return self._write_manifest(dst_name, entry.sha256, entry.size, entry.source, entry.facts,
                                         entry.registry)
+
+    def name_in_place(
+        self, name: str, path: Path, offset: int, length: int, sha256: str, *, source: str,
+    ) -> ModelEntry:
+        """Name ``length`` bytes at ``offset`` of ``path`` without copying them (an ``in_file`` manifest).
+
+        What ``/api/copy`` makes of the model inside a minted executable (or a GGUF a
+        server was started with): a new name for the same bytes, read where they are.
+        The bytes are verified now (structure, and the SHA-256 they were recorded
+        with) and again before every use (``dx.models.catalog``), so if the file
+        moves or changes the name resolves to an error, never to other bytes.
+        """
+        mn = parse_name(name)
+        sha256 = _check_hex(sha256)
+        path = Path(path).resolve()
+        verify_model(path, offset=offset, length=length, expected_sha256=sha256, cache_dir=self.root / "cache")
+        facts = read_facts(path, offset, length)
+        self._ensure_dirs()
+        with self._lock():
+            return self._write_manifest(mn, sha256, length, source, facts,
+                                        in_file={"path": str(path), "offset": offset, "length": length})
 
     # ---- internals -----------------------------------------------------------
 
@@ -278,7 +309,7 @@ class ModelStore:
 
     def _write_manifest(
         self, mn: ModelName, digest: str, size: int, source: str, facts: ModelFacts,
-        registry: dict[str, Any] | None = None,
+        registry: dict[str, Any] | None = None, in_file: dict[str, Any] | None = None,
     ) -> ModelEntry:
         doc = {
             "schemaVersion": MANIFEST_SCHEMA,
@@ -292,6 +323,8 @@ class ModelStore:
         }
         if registry:
             doc["registry"] = registry
+        if in_file:
+            doc["in_file"] = in_file  # the bytes stay where they are: path, offset, length (no blob)
         path = self._manifest_path(mn)
         fd, tmp_name = tempfile.mkstemp(prefix="manifest-", suffix=".partial", dir=self.tmp)
         try:
@@ -315,19 +348,29 @@ class ModelStore:
             sha = _check_hex(digest[7:])
             facts_doc = doc.get("facts") or {}
             facts = ModelFacts(**{k: v for k, v in facts_doc.items() if k in ModelFacts.__dataclass_fields__})
+            in_file = doc.get("in_file")
+            blob, offset, length = self.blobs / f"sha256-{sha}", 0, None
+            if in_file is not None:
+                blob, offset, length = Path(str(in_file["path"])), int(in_file["offset"]), int(in_file["length"])
+                if not blob.is_absolute() or offset < 0 or length <= 0:
+                    raise ValueError("in_file is not an absolute path, offset and length")
             return ModelEntry(
                 name=f"{doc['name']}:{doc['tag']}",
                 sha256=sha,
                 size=int(doc["size"]),
                 modified=float(doc.get("created", path.stat().st_mtime)),
-                path=self.blobs / f"sha256-{sha}",
+                path=blob,
                 source=str(doc.get("source", "")),
                 facts=facts,
                 registry=doc["registry"] if isinstance(doc.get("registry"), dict) else None,
+                offset=offset,
+                length=length,
             )
         except (OSError, ValueError, KeyError, TypeError, ConfigurationError) as e:
+            # No path in the line: it can reach an API client (`dx list` shows where the store is).
             raise MalformedInputError(
-                f"broken manifest {path}: {e}", hint=f"delete it and pull the model again ({unquote(path.stem)})"
+                f"broken manifest for {unquote(path.stem)!r}: {e}",
+                hint="delete the manifest file and pull the model again (`dx list` shows the store)",
             ) from None
 
     def _own_entries(self) -> list[ModelEntry]:

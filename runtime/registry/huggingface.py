@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dx import __version__
-from dx.errors import ModelNotFoundError
+from dx.errors import DownloadError, ModelNotFoundError
 from dx.names import HFFile
 from dxverify.errors import DXError
 
@@ -42,12 +42,6 @@ TIMEOUT = 60.0
 _BLOCK = 1 << 20
 
 Progress = Callable[[str, "int | None", "int | None"], None]
-
-
-class DownloadError(DXError):
-    """The Hub (or HF_ENDPOINT) could not be reached or answered with an error."""
-
-    exit_code = 7
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dx import __version__, config
-from dx.errors import ModelNotFoundError
-from dx.registry.huggingface import DownloadError
+from dx.errors import DownloadError, ModelNotFoundError
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 from dxverify.hashing import sha256_file
 
@@ -263,7 +262,11 @@ def _net_error(name: RegistryName, exc: BaseException) -> DownloadError:
 
 def fetch_manifest(name: RegistryName) -> Manifest:
     """The manifest of ``name``; a ``Docker-Content-Digest`` header, when sent, must match its bytes."""
-    resp = _open(manifest_url(name), name, {"Accept": MANIFEST_TYPE})
+    try:
+        resp = _open(manifest_url(name), name, {"Accept": MANIFEST_TYPE})
+    except ModelNotFoundError:  # Ollama's own words for it, which its clients show as they are
+        raise ModelNotFoundError("pull model manifest: file does not exist",
+                                 hint=f"{name.short} not found at {base_url(name)}; check the name and tag") from None
     with resp:
         try:
             raw = resp.read(MAX_MANIFEST + 1)

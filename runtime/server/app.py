@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from dx.engine.manager import EngineManager
 from dx.models.catalog import ModelResolver, Store
 from dx.models.embedded import find_embedded, model_source, verify_embedded_source
 from dx.models.source import ModelSource, verify_source
-from dx.server.auth import api_key_path, check_bind_policy, load_or_create_api_key
+from dx.server.auth import KEY_FORMS, api_key_path, check_bind_policy, load_or_create_api_key
 from dx.server.context import App, ServerLimits
 from dx.server.routes import resolve
 from dx.server.transport import DXServer
@@ -54,6 +54,9 @@ class ServeOptions:
     keep_alive: str = "5m"
     ctx: int | None = None
     parallel: int = 4
+    max_loaded: int = 3  # engines at once (OLLAMA_MAX_LOADED_MODELS)
+    flash_attn: str | None = None  # on | off | auto; None: the engine's default (OLLAMA_FLASH_ATTENTION)
+    kv_cache_type: str | None = None  # f16, q8_0, ... for keys and values (OLLAMA_KV_CACHE_TYPE)
     limits: ServerLimits = field(default_factory=ServerLimits)
     allowed_hosts: Sequence[str] = ()
     allow_origins: Sequence[str] = ()
@@ -68,11 +71,26 @@ class ServeOptions:
     draft_min: int | None = None
 
 
+def engine_flags(opts: ServeOptions) -> list[str]:
+    """The llama-server flags every engine gets from ``dx serve``'s options (as Ollama's llm/llama_server.go)."""
+    flags: list[str] = []
+    if opts.flash_attn is not None:
+        flags += ["--flash-attn", opts.flash_attn]
+    if opts.kv_cache_type is not None:
+        flags += ["--cache-type-k", opts.kv_cache_type, "--cache-type-v", opts.kv_cache_type]
+    return flags
+
+
 def embedded_model_source() -> ModelSource | None:
     """The model appended to this very executable (a minted ``dx``), if any (see dx.models.embedded)."""
 
     found = find_embedded()
     return model_source(found) if found is not None else None
+
+
+def _with_head(flags: list[str], head: Head) -> Callable[[str], list[str]]:
+    """The swarm head's flags are asked at every engine start (the workers still up), after the fixed ones."""
+    return lambda purpose: [*flags, *head.engine_args(purpose)]
 
 
 def serve(opts: ServeOptions) -> None:
@@ -101,8 +119,10 @@ def serve(opts: ServeOptions) -> None:
         head = head_from_options(list(opts.workers), opts.tensor_split, opts.swarm_secret)  # checks every worker
     api_key = load_or_create_api_key() if opts.auth else None
     resolver = ModelResolver(source)
+    flags = engine_flags(opts)
     manager = EngineManager(resolver, parallel=opts.parallel, ctx=opts.ctx, default_keep_alive=default_keep,
-                            extra_args=head.engine_args if head is not None else (),
+                            max_loaded=opts.max_loaded,
+                            extra_args=_with_head(flags, head) if head is not None else flags,
                             model_args=speculative.engine_args_for(source, speculation))
     app = App(manager, resolver, api_key, opts.limits, access_log=opts.access_log,
               allowed_hosts=opts.allowed_hosts, allow_origins=opts.allow_origins)
@@ -119,7 +139,7 @@ def serve(opts: ServeOptions) -> None:
     if head is not None:
         print(f"dx: split across workers {', '.join(opts.workers)} (mutual TLS, {head.secret.path})")
     if api_key:
-        print(f"dx: API key {api_key} (in {api_key_path()}; send `Authorization: Bearer <key>`)")
+        print(f"dx: API key {api_key} (in {api_key_path()}; send it as {KEY_FORMS})")
     else:
         print("dx: no API key required (--no-auth, loopback only)")
     sys.stdout.flush()

@@ -2,13 +2,16 @@
 
 The key lives in ``$DX_HOME/api_key`` (``~/.dx/api_key`` by default, the same
 directory as the model store), created at first start with mode 0600. Clients
-send it as ``Authorization: Bearer <key>`` (the openai and ollama clients both
-can). Auth may be turned off only on a loopback bind: a public address without
+send it as ``Authorization: Bearer <key>`` (the openai and ollama clients),
+``X-Api-Key: <key>`` (the anthropic SDK) or HTTP Basic with the key as the
+password (``http://user:KEY@host`` URLs) — all equal (``key_matches``). Auth may be turned off only on a loopback bind: a public address without
 a key would hand the machine's compute to anyone on the network.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hmac
 import ipaddress
@@ -16,6 +19,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Any, Protocol
 
 from dx.config import dx_home
 from dxverify.errors import ConfigurationError
@@ -83,11 +87,48 @@ def check_bind_policy(host: str, auth_enabled: bool) -> None:
         )
 
 
-def bearer_matches(header: str | None, key: str) -> bool:
-    """Constant-time check of an ``Authorization: Bearer <key>`` header."""
+#: how a client may send the key, for the 401's message and the server's banner
+KEY_FORMS = "`Authorization: Bearer <key>`, `X-Api-Key: <key>` or HTTP Basic with the key as the password"
+
+
+class HeaderFields(Protocol):
+    """What ``key_matches`` reads of a request's headers (``dx.server.wire.Headers``: case-insensitive)."""
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+
+def key_matches(headers: HeaderFields, key: str) -> bool:
+    """Does the request carry ``key`` in any form a client sends it? Each candidate is compared in constant time.
+
+    ``Authorization: Bearer <key>`` (openai, ollama clients), ``X-Api-Key: <key>`` (the anthropic SDK,
+    llama.cpp's own clients), ``Authorization: Basic base64(<any user>:<key>)`` (a URL written
+    ``http://user:KEY@host``, as LangChain sends it). A malformed header is simply not the key.
+    """
+    want = key.encode()
+    found = False
+    for token in (_from_authorization(headers.get("Authorization")), _strip(headers.get("X-Api-Key"))):
+        if token is not None:
+            found |= hmac.compare_digest(token, want)  # no early exit: the time does not say which matched
+    return found
+
+
+def _strip(value: str | None) -> bytes | None:
+    return value.strip().encode("latin-1", "replace") if value else None
+
+
+def _from_authorization(header: str | None) -> bytes | None:
+    """The key an ``Authorization`` header carries (Bearer token, or Basic's password), else None."""
     if not header:
-        return False
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(token.strip().encode(), key.encode())
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return _strip(credentials)
+    if scheme != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    _user, colon, password = decoded.partition(b":")
+    return password if colon else None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dx import metrics
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.lease import engine_for, open_engine
-from dx.engine.relay import engine_json, iter_chunks
+from dx.engine.relay import engine_json, hang_up, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.capabilities import ModelCapabilities, capabilities_for
 from dx.models.defaults import for_source
@@ -48,7 +48,9 @@ from dx.server.ollama_wire import (
     tool_calls_to_ollama,
     unsupported,
 )
+from dx.server.openai import generic_tool_answer
 from dx.server.request_json import parse_strict
+from dx.server.tool_calls import openai_answer
 from dx.server.wire import HTTPError
 
 if TYPE_CHECKING:
@@ -115,6 +117,8 @@ def chat(req: Request) -> None:
     caps = _capabilities(req, name, doc, images=message_images(doc))
     body.update(_field_engine_args(doc, caps, name, "/v1/chat/completions"))
     _default_system(req, name, body)
+    if body.get("tools") and _generic_tools(req, name, doc, body, num_ctx):
+        return
     _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
 
 
@@ -144,6 +148,30 @@ def _field_engine_args(doc: dict[str, Any], caps: ModelCapabilities, name: str, 
     return fields
 
 
+def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: int | None) -> bool:
+    """Tools for a model whose template has none (DX's generic format); False: the engine's template does it.
+
+    The answer is parsed only once complete, so a stream carries it in one chunk (the reply or
+    the calls) before the final one, as Ollama sends tool calls.
+    """
+    started = time.monotonic()
+    ask = generic_tool_answer(req, name, doc.get("keep_alive"), num_ctx, body)
+    if ask is None:
+        return False
+    answer, parsed, load = ask
+    final = _final(name, openai_answer(answer, parsed), started, load, "message", now_iso())
+    if not body["stream"]:
+        req.send_json(200, final)
+        return True
+    emit = start_ndjson(req)
+    message = final["message"]
+    if message["content"] or message.get("tool_calls"):
+        emit({"model": name, "created_at": final["created_at"], "message": message, "done": False})
+    emit({**final, "message": {"role": "assistant", "content": ""}})
+    req.wfile.write(b"0\r\n\r\n")
+    return True
+
+
 def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
     """No system message in the request: the model's own (an Ollama system layer) goes first."""
     messages = body.get("messages")
@@ -162,7 +190,8 @@ def _complete(
     want_logprobs, top = logprob_request(doc)
     top_logprobs = top if want_logprobs else None  # how many alternatives Ollama's answer lists per token
     cm, _engine, load, conn, resp = open_engine(
-        req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode()
+        req.app.manager, name, doc.get("keep_alive"), num_ctx, "POST", path, json.dumps(body).encode(),
+        client=req.connection,
     )
     try:
         if resp.status != 200:
@@ -191,7 +220,7 @@ def _complete(
         if not req.headers_sent:
             raise EngineError(503, f"{exc}; retry the request") from None
     finally:
-        conn.close()
+        hang_up(conn, resp)  # at once, also when the client went away mid-stream: the engine stops
         cm.__exit__(None, None, None)
 
 
@@ -272,6 +301,8 @@ def _stream(
                     delta = choice.get("delta") or {}
                     for tc in delta.get("tool_calls") or []:
                         slot = tool_calls.setdefault(tc.get("index", 0), {"function": {"name": "", "arguments": ""}})
+                        if tc.get("id"):
+                            slot["id"] = tc["id"]
                         fn = tc.get("function") or {}
                         slot["function"]["name"] += fn.get("name") or ""
                         slot["function"]["arguments"] += fn.get("arguments") or ""
@@ -303,8 +334,9 @@ def _stream(
     final: dict[str, Any] = {"model": name, "created_at": now_iso()}
     if key == "message":
         final["message"] = {"role": "assistant", "content": ""}
-        if tool_calls:
-            final["message"]["tool_calls"] = tool_calls_to_ollama([tool_calls[i] for i in sorted(tool_calls)])
+        if tool_calls:  # Ollama sends the calls in a chunk of their own, before the final one
+            calls = tool_calls_to_ollama([tool_calls[i] for i in sorted(tool_calls)])
+            emit({**final, "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False})
     else:
         final["response"] = ""
     final.update(done_fields(finish, timings, usage, started, load))

@@ -8,14 +8,18 @@ loaded, in Ollama's shapes. The inference routes are ``dx.server.ollama``; the r
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
-from dx.errors import BadRequest, ModelNotFoundError
+from dx.config import dx_home
+from dx.errors import BadRequest, ModelConflictError, ModelNotFoundError, client_text
 from dx.models.capabilities import capabilities_for
 from dx.models.defaults import for_source
 from dx.models.details import details_for, details_or_empty
 from dx.models.source import ModelSource
+from dx.names import parse_name
 from dx.server.ollama import read_json, start_ndjson
 from dx.server.ollama_wire import (
     fim_template,
@@ -25,7 +29,6 @@ from dx.server.ollama_wire import (
     show_modelfile,
     show_parameters,
 )
-from dx.server.wire import HTTPError
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
@@ -33,8 +36,18 @@ if TYPE_CHECKING:
     from dx.server.request import Handler as Request
 
 
+# The Ollama release whose API DX serves, for clients that gate features on /api/version (VS Code Copilot
+# wants >= 0.6.4, Open WebUI compares versions). v0.14.0 (January 2026) is the first with Anthropic's
+# /v1/messages, and its api/types.go has every request field DX honours or refuses in Ollama's words: tools
+# with nested properties, tool-call ids and indexes (0.12.6-0.13.5), think as a level (0.11.1), logprobs/
+# top_logprobs (0.12.11), truncate/shift (0.12.6). Later releases add what DX does not serve (image generation
+# fields in 0.14.3, think "max" in 0.22.0). Raise it only together with the fields a newer release adds.
+OLLAMA_API_VERSION = "0.14.0"
+
+
 def version(req: Request) -> None:
-    req.send_json(200, {"version": __version__})
+    """Ollama's ``{"version"}`` is the API DX speaks; DX's own version rides beside it (field and header)."""
+    req.send_json(200, {"version": OLLAMA_API_VERSION, "dx_version": __version__}, {"X-DX-Version": __version__})
 
 
 def tags(req: Request) -> None:
@@ -140,62 +153,88 @@ def _model_info(source: ModelSource, verbose: bool) -> tuple[dict[str, Any], str
 
 
 def pull(req: Request) -> None:
+    """``/api/pull``: a model DX already has is a success without the network; a failed pull is 400/404/502.
+
+    The NDJSON stream starts with the first progress line, so a failure before it
+    (a bad name, a registry that cannot be reached or lacks the model) is an HTTP
+    error in Ollama's shape; once the stream has begun, a failure is an
+    ``{"error": …}`` line, as Ollama sends it.
+    """
     doc = require_object(read_json(req))
     name = model_name(doc)
-
     stream = doc.get("stream", True)
+    if stream is None:
+        stream = True
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
-    store = req.app.resolver.store
-    if not stream:
-        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
-
-        pull_by_name(store, name)
-        req.send_json(200, {"status": "success"})
-        return
-    emit = start_ndjson(req)
-    out = req.wfile
+    if not name.startswith("hf:"):
+        parse_name(name)  # 400 for what is not a model name
+    emit: Callable[[dict[str, Any]], None] | None = None
 
     def progress(status: str, completed: int | None, total: int | None) -> None:
-        if status == "success":
+        nonlocal emit
+        if status == "success" or not stream:
             return
+        if emit is None:
+            emit = start_ndjson(req)
         line: dict[str, Any] = {"status": status}
         if total:
             line.update(total=total, completed=completed or 0)
         emit(line)
 
-    try:
-        from dx.models.pull import pull_by_name  # lazy: urllib.request loads on the first pull
+    from dx.models.pull import pull_by_name, say_present  # lazy: urllib.request loads on the first pull
 
-        pull_by_name(store, name, progress)  # hf:, Ollama's registry, or already here (success)
-        emit({"status": "success"})
+    try:
+        resolver = req.app.resolver
+        if name in resolver.default_names():  # the model this server runs: here by definition
+            source = resolver.default
+            say_present(source.sha256 or "", source.size(), progress)
+        else:
+            pull_by_name(resolver.store, name, progress)  # hf:, Ollama's registry, or already here
     except DXError as exc:
-        emit({"error": str(exc)})
-    out.write(b"0\r\n\r\n")
+        if emit is None:
+            raise  # nothing sent yet: the transport answers with the error's own status
+        emit({"error": client_text(str(exc), roots=_roots())})
+        req.wfile.write(b"0\r\n\r\n")
+        return
+    if emit is None:
+        req.send_json(200, {"status": "success"})
+        return
+    emit({"status": "success"})
+    req.wfile.write(b"0\r\n\r\n")
 
 
 def delete(req: Request) -> None:
     doc = require_object(read_json(req))
     name = model_name(doc)
     source = None
-    with contextlib.suppress(ModelNotFoundError):
+    with contextlib.suppress(DXError):
         source = req.app.resolver(name)
-    if source is not None and name in req.app.resolver.default_names():
-        raise HTTPError(409, f"{name!r} is the model this server was started with; stop the server to delete "
-                             "it (`dx rm`)", kind="conflict_error")
-    req.app.resolver.store.delete(name)  # 404 / 403 (Ollama's own models) from the store
+    if name in req.app.resolver.default_names():
+        raise ModelConflictError(f"{name!r} is the model this server was started with; stop the server to "
+                                 "delete it (`dx rm`)")
+    try:
+        req.app.resolver.store.delete(name)  # 403 for Ollama's own models, from the store
+    except ModelNotFoundError:
+        raise ModelNotFoundError(f"model '{name}' not found") from None  # Ollama's words
     if source is not None and not source.path.exists():  # the blob went with its last name
         req.app.manager.unload_source(source)
     req.send_json(200, {})
 
 
 def copy(req: Request) -> None:
+    """``/api/copy``: a new name for the same bytes, the model a minted executable carries included."""
     doc = require_object(read_json(req))
     src, dst = doc.get("source"), doc.get("destination")
     if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
         raise BadRequest("source and destination must be model names")
-    req.app.resolver.store.copy(src, dst)
+    req.app.resolver.copy(src, dst)
     req.send_json(200, {})
+
+
+def _roots() -> list[str]:
+    """Folders whose paths never reach a client (DX_HOME, HOME)."""
+    return [str(dx_home()), str(Path.home())]
 
 
 def _mtime(source: ModelSource) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dx.errors import BadRequest
+from dx.server.tool_calls import check_tools
 
 NS = 1_000_000_000
 
@@ -179,8 +180,7 @@ def chat_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     body: dict[str, Any] = {"messages": _messages(doc.get("messages")), **fields, **map_format(doc.get("format"))}
     tools = doc.get("tools")
     if tools:
-        if not isinstance(tools, list):
-            raise BadRequest("tools must be a list")
+        check_tools(tools)  # a malformed tool is a 400 here, not the engine's 500
         body["tools"] = tools
     return _streaming(body, is_stream(doc)), num_ctx
 
@@ -307,15 +307,19 @@ def sse_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def tool_calls_to_ollama(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's calls (``arguments`` as JSON text) -> Ollama's (an object, the call's ``index``, its ``id``)."""
     out = []
-    for call in calls:
+    for n, call in enumerate(calls):
         fn = call.get("function") or {}
         args = fn.get("arguments") or "{}"
         try:
             parsed = json.loads(args) if isinstance(args, str) else args
         except ValueError:
             parsed = {"_raw": args}
-        out.append({"function": {"name": fn.get("name", ""), "arguments": parsed}})
+        item: dict[str, Any] = {"function": {"index": n, "name": fn.get("name", ""), "arguments": parsed}}
+        if isinstance(call.get("id"), str) and call["id"]:
+            item["id"] = call["id"]
+        out.append(item)
     return out
 
 

@@ -11,15 +11,18 @@ path goes where.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
 from dx.engine.lease import engine_for, open_engine
+from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
 from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
+from dx.server import tool_calls
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
@@ -37,7 +40,7 @@ def health(req: Request) -> None:
 
 
 def root(req: Request) -> None:
-    """``/``: one line for scripts and probes; a browser (Accept: text/html) gets the engine's web UI.
+    """``/``: Ollama's one line (health checks grep for it); a browser (Accept: text/html) gets the engine's web UI.
 
     ``/?token=T`` is the browser login (``dx.server.login``): a valid token sets the session cookie and
     redirects to ``/``, so the token does not stay in the address bar; a wrong or spent one is 401.
@@ -47,7 +50,7 @@ def root(req: Request) -> None:
         _login(req, query["token"][0])
         return
     if "text/html" not in req.headers.get("Accept", ""):
-        req.send_text(200, "dx is running\n")
+        req.send_text(200, "Ollama is running")  # Ollama's exact words, no newline
         return
     passthrough(req)
 
@@ -79,7 +82,8 @@ def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
 
 
 def relay(req: Request) -> None:
-    """/v1/chat/completions, /v1/completions, /v1/embeddings: the body goes to the engine as is."""
+    """/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages(/count_tokens): the body goes
+    as is to the engine of the body's ``model`` (llama-server speaks OpenAI's and Anthropic's APIs)."""
 
     path = req.path.split("?", 1)[0]
     body = req.read_body()
@@ -87,12 +91,75 @@ def relay(req: Request) -> None:
     model = doc.get("model", "")
     if not isinstance(model, str):
         raise HTTPError(400, "model must be a string")
+    if path.startswith("/v1/messages") and not isinstance(doc.get("messages"), list):
+        # the engine answers 500 without it, or generates from an empty prompt for a non-list
+        raise HTTPError(400, "messages: Field required" if "messages" not in doc else
+                        "messages: Input should be a valid list")  # Anthropic's words
+    if path == "/v1/chat/completions" and doc.get("tools"):
+        body = _with_tools(req, doc, model, body)
+        if body is None:
+            return
     purpose = "embed" if path == "/v1/embeddings" else "generate"
-    cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose)
+    cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose,
+                                               client=req.connection)
     try:
         _relay_or_503(req, conn, resp)
     finally:
         cm.__exit__(None, None, None)
+
+
+def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> bytes | None:
+    """A chat request with ``tools``: answered here in DX's generic format (None), or the body to relay.
+
+    Only a model whose template has no tool support is answered here; for the others the body
+    goes to the engine as it came (a named ``tool_choice`` rewritten to the form llama-server takes).
+    """
+    ask = generic_tool_answer(req, model, None, None, doc)
+    if ask is None:
+        tools = tool_calls.check_tools(doc.get("tools"))
+        native = tool_calls.native_body(doc, tools, tool_calls.check_tool_choice(doc.get("tool_choice"), tools))
+        return body if native is None else json.dumps(native).encode()
+    answer, parsed, _load = ask
+    if doc.get("stream") is True:
+        sse = tool_calls.openai_stream(answer, parsed, include_usage=tool_calls.include_usage(doc))
+        req.send_text(200, sse.decode(), "text/event-stream")
+    else:
+        req.send_json(200, tool_calls.openai_answer(answer, parsed))
+    return None
+
+
+def generic_tool_answer(
+    req: Request, model: str, keep_alive: object, num_ctx: int | None, body: dict[str, Any],
+) -> tuple[dict[str, Any], tool_calls.Parsed, float] | None:
+    """Ask the engine in DX's generic tool-call format (``dx.server.tool_calls``) when the model needs it.
+
+    ``body`` is an OpenAI chat request. None: the model's template renders tools itself, or the
+    request has none; send it the ordinary way. Otherwise (the engine's answer, the parsed
+    message, seconds spent loading). A tool's ``parameters`` that llama.cpp's
+    json-schema-to-grammar refuses are relaxed to any object, rather than failing the request.
+    """
+    tools = tool_calls.check_tools(body.get("tools"))
+    choice = tool_calls.check_tool_choice(body.get("tool_choice"), tools)
+    if not tools:
+        return None
+    with engine_for(req.app.manager, model, keep_alive, num_ctx) as (engine, load):
+        if renders_tools(engine):
+            return None
+        try:
+            status, answer = engine_json(engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice))
+            if status == 400 and choice.mode != tool_calls.NONE and "schema" in _message(answer, status).lower():
+                status, answer = engine_json(
+                    engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice, free_arguments=True))
+        except EngineUnavailable as exc:
+            raise EngineError(503, f"{exc}; retry the request") from None
+    if status != 200:
+        raise HTTPError(status if 400 <= status < 600 else 502, _message(answer, status))
+    return answer, tool_calls.read_answer(answer, choice), load
+
+
+def _message(answer: dict[str, Any], status: int) -> str:
+    err = answer.get("error")
+    return str(err.get("message") or err) if isinstance(err, dict) else str(err or f"the engine answered {status}")
 
 
 def models(req: Request) -> None:
@@ -179,7 +246,7 @@ def passthrough(req: Request) -> None:
             forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}
             conn, resp = engine_request(
                 engine, method, target, body, req.headers.get("Content-Type"), with_key=with_key,
-                forward=forward,
+                forward=forward, client=req.connection,
             )
         except EngineUnavailable as exc:
             raise EngineError(503, f"{exc}; retry the request") from None
@@ -211,7 +278,8 @@ def _front_page(req: Request) -> None:
         "<!doctype html><meta charset=utf-8><title>dx</title>"
         f"<h1>dx {html.escape(__version__)} is serving {model}</h1>"
         "<p>OpenAI API at <code>/v1</code> (chat/completions, completions, embeddings, models), "
-        "Ollama API at <code>/api</code>. Send the API key (<code>~/.dx/api_key</code>) as "
-        "<code>Authorization: Bearer &lt;key&gt;</code>.</p>"
+        "Anthropic's Messages API at <code>/v1/messages</code>, Ollama API at <code>/api</code>. Send the API key "
+        "(<code>~/.dx/api_key</code>) as <code>Authorization: Bearer &lt;key&gt;</code> or "
+        "<code>X-Api-Key: &lt;key&gt;</code>.</p>"
         "<p>This build has no web UI; point Open WebUI or any OpenAI/Ollama client here.</p>\n"
     ), "text/html; charset=utf-8")

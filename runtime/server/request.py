@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from dx import metrics
 from dx.errors import http_answer
-from dx.server.auth import bearer_matches
+from dx.server.auth import KEY_FORMS, key_matches
 from dx.server.context import App, MiB, Resolve
 from dx.server.login import cookie_may_act
 from dx.server.site import HostPolicy, same_origin, split_host
@@ -54,12 +54,12 @@ class Server(Protocol):
 def authenticate(req: Request) -> bool:
     """Is this request from someone holding the key? The one place that decides it.
 
-    ``Authorization: Bearer <key>``; or no key configured (``--no-auth``); or a browser's
-    session cookie from the login URL (``dx.server.login``) — for a write only when the request
-    comes from the page's own origin (the Host was checked before this).
+    The key in any form a client sends it (``key_matches``: Bearer, X-Api-Key, Basic); or no key
+    configured (``--no-auth``); or a browser's session cookie from the login URL (``dx.server.login``)
+    — for a write only when the request comes from the page's own origin (the Host was checked before this).
     """
     key = req.app.api_key
-    if key is None or bearer_matches(req.headers.get("Authorization"), key):
+    if key is None or key_matches(req.headers, key):
         return True
     sessions = req.app.sessions
     if sessions is None or not sessions.valid(sessions.session_of(req.headers.get("Cookie"))):
@@ -267,7 +267,7 @@ class Request:
                 self.authorized = authenticate(self)
                 if not public and not self.authorized:
                     self._auth_failed = True
-                    raise HTTPError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                    raise HTTPError(401, f"missing or wrong API key: send it as {KEY_FORMS}",
                                     kind="authentication_error")
                 handler(self)
         except HTTPError as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
-from dx.server import ollama, ollama_models, openai
+from dx.server import ollama, ollama_blobs, ollama_models, openai, rerank
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
@@ -29,8 +29,9 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET",         "/health",              openai.health, public=True),
-    Route("GET",         "/",                    openai.root,   public=True),  # a browser gets the web UI
-    Route("GET",         "/api/version",         ollama_models.version),
+    Route("GET",         "/",                    openai.root,   public=True),  # "Ollama is running"; a browser: the web UI
+    Route("GET",         "/api/version",         ollama_models.version, public=True),  # probes ask it keyless
+    Route("HEAD",        "/api/blobs/*",         ollama_blobs.head),  # does DX have this blob? (no uploads)
     Route("GET",         "/api/tags",            ollama_models.tags),
     Route("GET",         "/api/ps",              ollama_models.ps),
     Route("POST",        "/api/show",            ollama_models.show),
@@ -41,9 +42,16 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/api/pull",            ollama_models.pull),
     Route("POST DELETE", "/api/delete",          ollama_models.delete),
     Route("POST",        "/api/copy",            ollama_models.copy),
+    Route("POST",        "/api/rerank",          rerank.api_rerank),  # query + documents -> scores (reranker models)
     Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
     Route("POST",        "/v1/completions",      openai.relay),
     Route("POST",        "/v1/embeddings",       openai.relay),
+    Route("POST",        "/v1/messages",         openai.relay),  # Anthropic's Messages API, llama-server's own
+    Route("POST",        "/v1/messages/count_tokens", openai.relay),
+    Route("POST",        "/v1/rerank",           rerank.relay),  # llama-server's, on a --rerank engine
+    Route("POST",        "/v1/reranking",        rerank.relay),  # llama-server's other names for it
+    Route("POST",        "/rerank",              rerank.relay),
+    Route("POST",        "/reranking",           rerank.relay),
     Route("GET",         "/v1/models",           openai.models),
     Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
     Route("GET",         "/metrics",             metrics.serve),  # Prometheus: dx's and the engines' numbers

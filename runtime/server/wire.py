@@ -144,6 +144,8 @@ def api_of(target: str) -> str:
     llama-server's own (passthrough), whose errors are OpenAI-shaped; a request refused before
     any route is found (a bad head, 503 at the door) has nothing but its target to go by.
     """
+    if target.startswith("/v1/messages"):
+        return "anthropic"  # the Messages API (llama-server's /v1/messages): Anthropic's error shape
     return "ollama" if target.startswith("/api/") else "openai"
 
 
@@ -156,7 +158,22 @@ def target_of(buf: bytes | bytearray) -> str:
 def error_doc(api: str, status: int, message: str, kind: str) -> dict[str, Any]:
     if api == "ollama":
         return {"error": message}
+    if api == "anthropic":
+        return {"type": "error", "error": {"type": _anthropic_type(status, kind), "message": message}}
     return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def _anthropic_type(status: int, kind: str) -> str:
+    """Anthropic's error types (docs.anthropic.com/en/api/errors) for DX's kinds."""
+    if status == 413:
+        return "request_too_large"
+    if status == 429:
+        return "rate_limit_error"
+    if status == 503:
+        return "overloaded_error"
+    if kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error"):
+        return kind
+    return "api_error" if status >= 500 else "invalid_request_error"
 
 
 _PHRASES = {s.value: s.phrase for s in http.HTTPStatus}

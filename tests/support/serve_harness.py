@@ -98,8 +98,14 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
+# What the machine running the suite may have set for its own Ollama or dx: each would change every
+# server a test starts (dx serve reads them, dx.config), so a test sets the ones it means.
+_SERVE_VARIABLES = ("OLLAMA_", "DX_HOST", "DX_PORT", "DX_KEEP_ALIVE", "DX_CTX", "DX_PARALLEL", "DX_MAX_",
+                    "DX_FLASH_ATTN", "DX_KV_CACHE_TYPE", "DX_ALLOW", "DX_API_KEY")
+
+
 def dx_env(home: Path, engine: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVE_VARIABLES)}
     env.update(DX_HOME=str(home), HOME=str(home), PYTHONUNBUFFERED="1", OLLAMA_MODELS=str(home / "no-ollama"))
     if engine is not None:
         env["DX_ENGINE"] = str(engine)

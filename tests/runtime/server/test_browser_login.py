@@ -1,6 +1,6 @@
 """Browser login on the wire: the printed one-time URL sets a session cookie; the cookie is Host- and
 Origin-checked and never lets another site act. Raw HTTP against a real `dx serve` (no engine needed:
-/api/version answers from dx, and a 404 for an unknown model shows that auth passed)."""
+/api/tags answers from dx, and a 404 for an unknown model shows that auth passed)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def test_login_url_sets_a_cookie_and_redirects(dx: DXServer) -> None:
     first = _req(dx, "GET", path, {"Accept": "text/html"})
     assert first.status in (302, 303) and first.getheader("Location") == "/", first.status
     cookie = _cookie(first)
-    assert _req(dx, "GET", "/api/version", {"Cookie": cookie}).status == 200
-    assert _req(dx, "GET", "/api/version").status == 401
-    assert _req(dx, "GET", "/api/version", {"Cookie": cookie.split("=")[0] + "=forged"}).status == 401
+    assert _req(dx, "GET", "/api/tags", {"Cookie": cookie}).status == 200
+    assert _req(dx, "GET", "/api/tags").status == 401
+    assert _req(dx, "GET", "/api/tags", {"Cookie": cookie.split("=")[0] + "=forged"}).status == 401
     # spent: the same link again logs nobody in
     again = _req(dx, "GET", path, {"Accept": "text/html"})
     assert again.status == 401 and again.getheader("Set-Cookie") is None
@@ -75,7 +75,7 @@ def test_cookie_writes_need_their_own_origin(dx: DXServer) -> None:
     assert _req(dx, "POST", "/api/delete", {**json_h, "Origin": "http://127.0.0.1:1",
                                             "Sec-Fetch-Site": "same-site"}, body).status == 403
     # a rebound DNS name never gets as far as the cookie
-    assert _req(dx, "GET", "/api/version", {"Cookie": cookie, "Host": f"attacker.example:{dx.port}"}).status == 403
+    assert _req(dx, "GET", "/api/tags", {"Cookie": cookie, "Host": f"attacker.example:{dx.port}"}).status == 403
     # the bearer key still works everywhere, without any Origin
     assert _req(dx, "POST", "/api/delete", {"Authorization": f"Bearer {dx.api_key}",
                                             "Content-Type": "application/json"}, body).status == 404

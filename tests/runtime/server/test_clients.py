@@ -218,8 +218,9 @@ def test_curl_openai_sse_stream(curl: str, dx: DXServer) -> None:
 
 def test_curl_version_tags_and_non_stream(curl: str, dx: DXServer) -> None:
     from dx import __version__
+    from dx.server.ollama_models import OLLAMA_API_VERSION
 
-    assert json.loads(_curl(curl, dx, "/api/version")) == {"version": __version__}
+    assert json.loads(_curl(curl, dx, "/api/version")) == {"version": OLLAMA_API_VERSION, "dx_version": __version__}
     one = json.loads(_curl(curl, dx, "/api/chat", {"model": MODEL, "stream": False, "options": FAST,
                                                    "messages": [{"role": "user", "content": "Hi"}]}))
     assert one["done"] is True and one["message"]["content"]
@@ -250,7 +251,7 @@ def test_llama_cpp_web_ui_through_dx(dx: DXServer) -> None:
         assert direct.status_code == 404
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "/v1" in page.text and "/api" in page.text and MODEL in page.text
-    assert httpx.get(f"{dx.url}/", timeout=10).text == "dx is running\n"
+    assert httpx.get(f"{dx.url}/", timeout=10).text == "Ollama is running"  # what health checks grep for
     props = httpx.get(f"{dx.url}/props", timeout=30)  # llama.cpp's own API: the key is still required
     assert props.status_code == 401
     assert httpx.get(f"{dx.url}/props", headers=dx.headers, timeout=30).json()["model_alias"] == MODEL

@@ -12,7 +12,7 @@ import pytest
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.locate import locate_engine
 from dx.models.source import ModelSource
-from dx.server.auth import bearer_matches, check_bind_policy, is_loopback, load_or_create_api_key
+from dx.server.auth import check_bind_policy, is_loopback, key_matches, load_or_create_api_key
 from dx.server.ollama_wire import (
     BadRequest,
     chat_request,
@@ -22,6 +22,7 @@ from dx.server.ollama_wire import (
     map_options,
     sse_events,
 )
+from dx.server.wire import Headers
 from dxverify.errors import ConfigurationError
 
 
@@ -139,13 +140,17 @@ def test_api_key_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
 
 
+def _headers(**fields: str) -> Headers:
+    return Headers([(k.replace("_", "-"), v) for k, v in fields.items()])
+
+
 def test_bearer_check() -> None:
-    assert bearer_matches("Bearer k1", "k1")
-    assert bearer_matches("bearer  k1 ", "k1")
-    assert not bearer_matches("Bearer k2", "k1")
-    assert not bearer_matches("Basic k1", "k1")
-    assert not bearer_matches(None, "k1")
-    assert not bearer_matches("", "k1")
+    assert key_matches(_headers(Authorization="Bearer k1"), "k1")
+    assert key_matches(_headers(Authorization="bearer  k1 "), "k1")
+    assert not key_matches(_headers(Authorization="Bearer k2"), "k1")
+    assert not key_matches(_headers(Authorization="Basic k1"), "k1")  # Basic carries base64(user:key)
+    assert not key_matches(_headers(), "k1")
+    assert not key_matches(_headers(Authorization=""), "k1")
 
 
 def test_bind_policy() -> None:
@@ -192,14 +197,18 @@ def test_engine_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_route_table_says_who_answers_and_what_is_public() -> None:
     from dx.server import ollama as ollama_routes
-    from dx.server import ollama_models, routes
+    from dx.server import ollama_blobs, ollama_models, routes
     from dx.server import openai as openai_routes
 
     assert routes.resolve("POST", "/api/chat") == (ollama_routes.chat, False)
     assert routes.resolve("HEAD", "/api/tags") == (ollama_models.tags, False)  # GET routes answer HEAD
     assert routes.resolve("DELETE", "/api/delete") == (ollama_models.delete, False)
     assert routes.resolve("POST", "/v1/embeddings") == (openai_routes.relay, False)
-    assert {r.path for r in routes.ROUTES if r.public} == {"/health", "/"}
+    assert {r.path for r in routes.ROUTES if r.public} == {"/health", "/", "/api/version"}  # as Ollama's
+    assert routes.resolve("HEAD", "/api/blobs/sha256:00") == (ollama_blobs.head, False)
+    assert routes.resolve("POST", "/api/blobs/sha256:00")[0] not in (ollama_blobs.head, openai_routes.passthrough)
+    assert routes.resolve("POST", "/v1/messages") == (openai_routes.relay, False)  # by the body's model
+    assert routes.resolve("POST", "/v1/messages/count_tokens") == (openai_routes.relay, False)
     # everything else goes to the engine: public only for GET/HEAD outside the APIs (the web UI's assets)
     assert routes.resolve("GET", "/bundle.js") == (openai_routes.passthrough, True)
     assert routes.resolve("POST", "/tokenize") == (openai_routes.passthrough, False)

@@ -1,0 +1,209 @@
+"""A request nobody waits for stops: a client that hangs up mid-answer frees the engine's slot at once.
+
+Real engine, real SmolLM2, auth on. Each test starts a long answer on a raw socket, closes the socket
+(a stream after its first bytes; a non-streaming request while the engine decodes it) and then watches
+the engine's own ``/slots`` (through dx: the default model's engine) until no slot is processing.
+llama-server looks at a closed connection once a second (HTTP_POLLING_SECONDS), so "within a second"
+of dx closing its engine connection, plus one decode step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support.serve_harness import DXServer, engine_binary, start_dx
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2:135m"
+LONG = {"num_predict": 2000, "temperature": 0}  # greedy SmolLM2 counts on to the limit (at 1 it may stop at once)
+COUNT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # SmolLM2 goes on counting: an answer that does not end by itself
+ASK = [{"role": "user", "content": "Count from 1 to 2000, separated by commas, and say nothing else."}]
+# from the close to the slot released, plus three decode steps (measured: a loaded machine decodes slowly)
+IDLE_DEADLINE = float(os.environ.get("DX_TEST_IDLE_DEADLINE", "1.5"))
+MEASURED: dict[str, float] = {}
+STEPS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from dx.models.catalog import Store
+
+    tmp = tmp_path_factory.mktemp("disconnect")
+    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
+    server = start_dx(tmp, "--ctx", "4096", engine=engine_binary(request), model=MODEL)
+    assert server.api_key  # auth on, as a user runs it
+    yield server
+    server.stop()
+    if MEASURED:
+        print("\nclose -> slot released:", ", ".join(f"{k} {v:.2f}s ({STEPS[k] * 1000:.0f} ms/token)"
+                                                  for k, v in MEASURED.items()))
+
+
+def _slots(dx: DXServer, client: httpx.Client) -> list[dict]:
+    r = client.get(f"{dx.url}/slots", headers=dx.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _decoding(slots: list[dict]) -> bool:
+    return any(s.get("is_processing") and (s.get("next_token") or [{}])[0].get("n_decoded", 0) > 0 for s in slots)
+
+
+def _send(dx: DXServer, path: str, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", dx.port), timeout=120)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{dx.port}\r\nAuthorization: Bearer {dx.api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+    )
+    return sock
+
+
+def _token_time(dx: DXServer, client: httpx.Client) -> float:
+    """Seconds per decoded token now (the machine may be loaded): from the slot's own count."""
+    def decoded() -> int:
+        return max((s.get("next_token") or [{}])[0].get("n_decoded", 0) for s in _slots(dx, client))
+
+    t0, n0 = time.monotonic(), decoded()
+    time.sleep(0.3)
+    n1 = decoded()
+    while n1 == n0 and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+        n1 = decoded()
+    return (time.monotonic() - t0) / max(1, n1 - n0)
+
+
+def _first_bytes(sock: socket.socket) -> bytes:
+    """The head and the first piece of the body: the stream is flowing."""
+    got = b""
+    while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < 8:
+        block = sock.recv(4096)
+        assert block, got
+        got += block
+    return got
+
+
+def _releases(dx: DXServer) -> int:
+    """How many tasks the generation engine has released, from its log: watching costs the engine nothing.
+
+    (Polling /slots after the close would hold the cancel back: llama-server checks a closed
+    connection only when a second passes with no result of any task, and each /slots is one.)
+    """
+    [log] = [p for p in (dx.home / "logs").glob("engine-*.log") if "-embed" not in p.name]
+    return log.read_text(errors="replace").count("stop processing")
+
+
+def _hang_up_and_time(dx: DXServer, name: str, path: str, body: dict, stream: bool) -> None:
+    with httpx.Client() as client:
+        assert not any(s.get("is_processing") for s in _slots(dx, client)), "an earlier answer still runs"
+        released = _releases(dx)
+        sock = _send(dx, path, body)
+        if stream:
+            head = _first_bytes(sock)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        deadline = time.monotonic() + 120
+        while not _decoding(_slots(dx, client)):  # the engine is generating this answer now
+            assert time.monotonic() < deadline, "the engine never started decoding"
+            time.sleep(0.05)
+        step = _token_time(dx, client)
+        if not stream:
+            time.sleep(0.5)
+            assert _decoding(_slots(dx, client)), "the answer ended before the test could walk away from it"
+        # a second for the engine to look at its connection, and a few decode steps: it cancels between two
+        allowed = IDLE_DEADLINE + 3 * step
+        sock.close()
+        closed = time.monotonic()
+        while _releases(dx) == released:
+            took = time.monotonic() - closed
+            assert took < max(IDLE_DEADLINE, 1.5) + 60, "the engine kept generating for nobody"
+            time.sleep(0.02)
+        took = time.monotonic() - closed
+        MEASURED[name] = took
+        STEPS[name] = step
+        assert took < allowed, f"{name}: the slot was freed {took:.2f}s after the client left ({step:.3f}s/token)"
+        assert not any(s.get("is_processing") for s in _slots(dx, client))
+        metrics = client.get(f"{dx.url}/metrics", headers=dx.headers, timeout=30).text
+        busy = [line for line in metrics.splitlines() if "requests_processing" in line and not line.startswith("#")]
+        assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in busy), busy
+
+
+def test_generate_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "generate stream", "/api/generate",
+                      {"model": MODEL, "prompt": COUNT, "raw": True, "options": LONG}, stream=True)
+
+
+def test_generate_no_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "generate", "/api/generate",
+                      {"model": MODEL, "prompt": COUNT, "raw": True, "stream": False, "options": LONG}, stream=False)
+
+
+def test_chat_no_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "chat", "/api/chat",
+                      {"model": MODEL, "messages": ASK, "stream": False, "options": LONG}, stream=False)
+
+
+def test_chat_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "chat stream", "/api/chat", {"model": MODEL, "messages": ASK, "options": LONG}, stream=True)
+
+
+_OAI = {"model": MODEL, "messages": ASK, "max_tokens": 2000, "temperature": 1.0, "seed": 3,
+        "ignore_eos": True}  # llama-server's own field, relayed as is: the answer cannot end early
+
+
+def test_openai_chat_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "v1 chat stream", "/v1/chat/completions", {**_OAI, "stream": True}, stream=True)
+
+
+def test_openai_chat_no_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "v1 chat", "/v1/chat/completions", {**_OAI, "stream": False}, stream=False)
+
+
+def test_openai_completions_no_stream(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "v1 completions", "/v1/completions",
+                      {"model": MODEL, "prompt": COUNT, "max_tokens": 2000, "temperature": 1.0,
+                       "ignore_eos": True}, stream=False)
+
+
+def test_passthrough_completion_no_stream(dx: DXServer) -> None:
+    """llama.cpp's own /completion, through dx's passthrough to the default model's engine."""
+    _hang_up_and_time(dx, "passthrough /completion", "/completion",
+                      {"prompt": COUNT, "n_predict": 2000, "temperature": 1.0, "ignore_eos": True}, stream=False)
+
+
+def test_pipelined_request_is_not_a_hang_up(dx: DXServer) -> None:
+    """A client that already sent its next request is still there: its first answer comes, then the next."""
+    one = json.dumps({"model": MODEL, "prompt": "Hi", "stream": False,
+                      "options": {"num_predict": 8, "temperature": 0}}).encode()
+    req = (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1:{dx.port}\r\nAuthorization: Bearer {dx.api_key}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(one)}\r\n\r\n").encode() + one
+    bodies = []
+    with socket.create_connection(("127.0.0.1", dx.port), timeout=120) as sock:
+        sock.sendall(req + req)
+        got = b""
+        while len(bodies) < 2:
+            head, sep, rest = got.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None) if sep else None
+            if length is not None and len(rest) >= length:
+                assert head.startswith(b"HTTP/1.1 200"), head
+                bodies.append(json.loads(rest[:length]))
+                got = rest[length:]
+                continue
+            block = sock.recv(65536)
+            assert block, got
+            got += block
+    assert [b["done"] for b in bodies] == [True, True]
+
+
+def test_a_client_that_stays_gets_its_answer(dx: DXServer) -> None:
+    r = httpx.post(f"{dx.url}/api/chat", headers=dx.headers, timeout=300, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
+        "options": {"num_predict": 8}})
+    assert r.status_code == 200 and r.json()["done"] is True

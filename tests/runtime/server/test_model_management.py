@@ -243,7 +243,8 @@ def test_no_server_path_in_any_error_a_client_sees(world: dict) -> None:
     for name, status in expect.items():
         r = bodies.post(one, "/api/chat", {"model": name, "messages": [{"role": "user", "content": "hi"}],
                                            "stream": False, "options": FAST})
-        assert r.status_code == status, (name, r.text)
+        # "corrupt" is a reranker (an encoder): /api/chat refuses it as Ollama does before any engine loads it
+        assert r.status_code == (400 if name == "corrupt" else status), (name, r.text)
         assert name in r.json()["error"], (name, r.text)  # the model is named, not its file
         r = bodies.post(one, "/v1/chat/completions", {"model": name, "max_tokens": 2,
                                                       "messages": [{"role": "user", "content": "hi"}]})

@@ -342,7 +342,10 @@ def client_fault(status: int, body: bytes) -> tuple[int, bytes]:
         message = str(err.get("message", ""))
     except (ValueError, KeyError, TypeError, AttributeError):
         return status, body
-    if status == 501 or "json.exception" in message:
+    media = "input is not supported - hint:" in message  # image/audio/video to a model without a projector
+    if media:
+        err["message"] = message.split(" - hint:", 1)[0] + ": this model has no vision projector; send images to a vision model"
+    if status == 501 or "json.exception" in message or media:
         err["code"] = 400
         if status != 501:
             err["type"] = "invalid_request_error"

@@ -82,7 +82,7 @@ def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
 
 
 def relay(req: Request) -> None:
-    """/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages(/count_tokens): the body goes
+    """/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages(/count_tokens): the body goes
     as is to the engine of the body's ``model`` (llama-server speaks OpenAI's and Anthropic's APIs)."""
 
     path = req.path.split("?", 1)[0]

@@ -46,6 +46,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
     Route("POST",        "/v1/completions",      openai.relay),
     Route("POST",        "/v1/embeddings",       openai.relay),
+    Route("POST",        "/v1/responses",        openai.relay),  # OpenAI's Responses API, llama-server's own
     Route("POST",        "/v1/messages",         openai.relay),  # Anthropic's Messages API, llama-server's own
     Route("POST",        "/v1/messages/count_tokens", openai.relay),
     Route("POST",        "/v1/rerank",           rerank.relay),  # llama-server's, on a --rerank engine

@@ -75,6 +75,14 @@ def test_openai_embeddings(oai: openai.OpenAI) -> None:
     assert r.data[0].embedding != r.data[1].embedding
 
 
+def test_openai_responses_api_is_routed_by_model(oai: openai.OpenAI) -> None:
+    """/v1/responses (llama-server's own) goes to the engine of the body's model, like chat completions."""
+    r = oai.responses.create(model=MODEL, input="Say hello.", max_output_tokens=8, temperature=0)
+    assert r.output_text.strip()
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model="no-such-model", input="Hi", max_output_tokens=2)
+
+
 def test_openai_models(oai: openai.OpenAI) -> None:
     oai.completions.create(model=MODEL, prompt="Hi", max_tokens=1)  # the engine is loaded
     models = {m.id: m for m in oai.models.list()}

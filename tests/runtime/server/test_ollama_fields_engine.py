@@ -147,6 +147,16 @@ def test_images_on_a_text_only_model_are_400_not_500(http: httpx.Client, oll: ol
     with pytest.raises(ollama.ResponseError) as exc:
         oll.chat(MODEL, messages=msgs)
     assert exc.value.status_code == 400
+    # OpenAI's shape of the same mistake: the engine's 500 (its mmproj hint) is the client's 400 through DX
+    parts = [{"type": "text", "text": "What is this?"},
+             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]
+    for stream in (False, True):
+        r = _post(http, "/v1/chat/completions", model=MODEL, messages=[{"role": "user", "content": parts}],
+                  stream=stream, max_tokens=4)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and "image input is not supported" in err["message"]
+        assert "vision" in err["message"] and "hint" not in err["message"]
 
 
 # ------------------------------------------------------------------ logprobs

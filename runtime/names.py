@@ -93,6 +93,8 @@ def default_aliases(display_name: str) -> frozenset[str]:
     and the CLI (``dx run/show/doctor`` in an executable, ``dx.models.embedded``) both ask here.
     """
     stem = display_name[:-5] if display_name.lower().endswith(".gguf") else display_name
+    if stem.endswith(f":{DEFAULT_TAG}"):  # a store name: `smollm2` and `smollm2:latest` are one model
+        stem = stem[: -len(DEFAULT_TAG) - 1]
     names = {display_name, stem, stem.lower()}
     return frozenset(names | {f"{n}:{DEFAULT_TAG}" for n in names})
 

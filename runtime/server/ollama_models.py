@@ -54,13 +54,17 @@ def tags(req: Request) -> None:
     models = []
     default = req.app.resolver.default
     if default is not None:
-        d = details_or_empty(default.path, default.offset, default.length)
-        models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default), d,
-                                 capabilities_for(default).names()))
+        with contextlib.suppress(DXError, OSError):  # its bytes gone: not listed (a request for it says why)
+            d = details_or_empty(default.path, default.offset, default.length)
+            models.append(_tag_entry(default.display_name, default.size(), default.sha256 or "", _mtime(default),
+                                     d, capabilities_for(default).names()))
+    entries: list[Any] = []
     with contextlib.suppress(DXError, OSError):
-        for e in req.app.resolver.store.list():
-            if default is not None and e.name == default.display_name:
-                continue
+        entries = list(req.app.resolver.store.list())
+    for e in entries:
+        if default is not None and e.name == default.display_name:
+            continue
+        with contextlib.suppress(DXError, OSError):  # one broken entry does not hide the others
             caps = capabilities_for(ModelSource(path=e.path, name=e.name, sha256=e.sha256)).names()
             models.append(_tag_entry(e.name, e.size, e.sha256, e.modified, details_or_empty(e.path), caps))
     for m in models:

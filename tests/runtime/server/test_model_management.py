@@ -177,6 +177,25 @@ def test_the_served_model_cannot_be_deleted_or_overwritten(oll: ollama.Client) -
         assert "started with" in e.value.error
 
 
+def test_a_store_model_served_by_its_short_name_cannot_be_deleted_by_it(
+    request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path: Path,
+) -> None:
+    """`dx serve served` serves `served:latest`: deleting `served` (the same model, untagged) is the 409 too,
+    and the list stays whole (it once deleted the blob under the server, and /api/tags answered 500)."""
+    Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, "served")
+    dx = start_dx(tmp_path, "--no-preload", engine=engine_binary(request), model="served")
+    try:
+        client = ollama.Client(host=dx.url, headers=dx.headers, timeout=60)
+        for name in ("served", "served:latest"):
+            with pytest.raises(ollama.ResponseError) as e:
+                client.delete(name)
+            assert e.value.status_code == 409 and "started with" in e.value.error
+        assert "served:latest" in names(client)
+        assert client.show("served").details.family == "llama"
+    finally:
+        dx.stop()
+
+
 def test_unknown_names_are_404_and_bad_names_400(world: dict) -> None:
     dx, bodies = world["one"], world["bodies"]
     r = bodies.post(dx, "/api/copy", {"source": "nope", "destination": "x"})

@@ -15,7 +15,7 @@ def client(dx: MintedServer, key: str | None = None) -> anthropic.Anthropic:
 
 
 def test_anthropic_messages_create(dx: MintedServer) -> None:
-    msg = client(dx).messages.create(model=MODEL, max_tokens=16, temperature=0,
+    msg = client(dx).messages.create(model=MODEL, max_tokens=16,
                                      messages=[{"role": "user", "content": "Say hello."}])
     assert msg.role == "assistant" and msg.type == "message"
     assert msg.content and msg.content[0].type == "text" and msg.content[0].text.strip(), msg
@@ -24,7 +24,7 @@ def test_anthropic_messages_create(dx: MintedServer) -> None:
 
 
 def test_anthropic_messages_stream(dx: MintedServer) -> None:
-    with client(dx).messages.stream(model=MODEL, max_tokens=16, temperature=0, system="You are terse.",
+    with client(dx).messages.stream(model=MODEL, max_tokens=16, system="You are terse.",
                                     messages=[{"role": "user", "content": "Count from one to five."}]) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
@@ -34,7 +34,7 @@ def test_anthropic_messages_stream(dx: MintedServer) -> None:
 
 def test_anthropic_tool_use(dx: MintedServer) -> None:
     msg = client(dx).messages.create(
-        model=MODEL, max_tokens=96, temperature=0, tool_choice={"type": "any"},
+        model=MODEL, max_tokens=96, tool_choice={"type": "any"},
         tools=[{"name": "get_weather", "description": "Get the current weather in a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
         messages=[{"role": "user", "content": "What is the weather like in Paris right now?"}])

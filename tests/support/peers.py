@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 OPEN_WEBUI_VERSION = "0.12.4"
@@ -50,7 +50,7 @@ def _run(cmd: Sequence[str], log: Path, **kw: object) -> subprocess.CompletedPro
         return subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, text=True, **kw)  # type: ignore[call-overload]
 
 
-def cached(name: str, build: object) -> Path:
+def cached(name: str, build: Callable[[Path, Path], None]) -> Path:
     """``peers/<name>``, built by ``build(tmp_dir, log)`` into a temporary sibling the first time.
 
     The log of the last build stays beside it as ``<name>.log`` (with the seconds it took).
@@ -67,7 +67,7 @@ def cached(name: str, build: object) -> Path:
         log.write_text("")
         start = time.monotonic()
         try:
-            build(tmp, log)  # type: ignore[operator]
+            build(tmp, log)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -185,6 +185,7 @@ def test_open_webui_lists_the_model_with_its_details(webui: WebUI, browser, dx: 
 
 
 def test_open_webui_streams_an_answer(webui: WebUI, browser) -> None:  # type: ignore[no-untyped-def]
+    """Open WebUI's defaults: native function calling, so its built-in tools ride along with every chat."""
     page = open_page(browser, webui)
     send(page, "Name three colours.")
     shown = wait_answered(page)
@@ -192,6 +193,23 @@ def test_open_webui_streams_an_answer(webui: WebUI, browser) -> None:  # type: i
     growing = [s for s in shown if s.strip()]
     assert len(growing) >= 3, f"the answer did not stream: {shown}"  # token by token, not at once
     assert "error" not in shown[-1].lower(), shown[-1]
+    page.context.close()
+
+
+def test_open_webui_streams_an_answer_without_builtin_tools(webui: WebUI, browser, dx: MintedServer) -> None:  # type: ignore[no-untyped-def]
+    """The model's built-in tools turned off in Open WebUI's model settings (after the test above: it
+    changes the model for the rest of the module): a plain streamed chat."""
+    base = next(m["name"] for m in httpx.get(f"{dx.url}/api/tags", headers=dx.headers, timeout=60).json()["models"]
+                if m["name"].split(":")[0] == MODEL)
+    r = httpx.post(f"{webui.url}/api/v1/models/create", headers=webui.headers, timeout=60, json={
+        "id": base, "name": base, "meta": {"capabilities": {"builtin_tools": False}}, "params": {}})
+    assert r.status_code == 200, r.text
+    page = open_page(browser, webui)
+    send(page, "Name three colours.")
+    shown = wait_answered(page)
+    growing = [s for s in shown if s.strip()]
+    assert len(growing) >= 3, f"the answer did not stream: {shown}"
+    assert "error" not in shown[-1].lower() and "context size" not in shown[-1], shown[-1]
     page.context.close()
 
 

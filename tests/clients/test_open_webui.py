@@ -184,15 +184,17 @@ def test_open_webui_lists_the_model_with_its_details(webui: WebUI, browser, dx: 
     page.context.close()
 
 
-def test_open_webui_streams_an_answer(webui: WebUI, browser) -> None:  # type: ignore[no-untyped-def]
-    """Open WebUI's defaults: native function calling, so its built-in tools ride along with every chat."""
+def test_open_webui_defaults_say_why_a_small_context_cannot_take_its_builtin_tools(webui: WebUI, browser) -> None:  # type: ignore[no-untyped-def]
+    """Open WebUI's defaults: native function calling, so its built-in tools ride along with every chat —
+    about 8,000 tokens of tool schemas that now reach the model, more than the context per slot DX gives
+    SmolLM2 (4,096, or less after a client asked for a smaller num_ctx). The chat shows the engine's one-line
+    reason (a 400 that names the context), not a hang or a server error; a bigger --ctx, or the built-in
+    tools off (the next test), and it streams."""
     page = open_page(browser, webui)
     send(page, "Name three colours.")
     shown = wait_answered(page)
-    assert shown[-1].strip(), shown
-    growing = [s for s in shown if s.strip()]
-    assert len(growing) >= 3, f"the answer did not stream: {shown}"  # token by token, not at once
-    assert "error" not in shown[-1].lower(), shown[-1]
+    assert "exceeds the available context size" in shown[-1], shown[-1]
+    assert "internal error" not in shown[-1].lower() and "500" not in shown[-1], shown[-1]
     page.context.close()
 
 

@@ -190,9 +190,9 @@ class EngineManager:
             # without num_ctx a request takes whatever context is loaded (no reload thrash)
             want_ctx = num_ctx or (engine.ctx if engine is not None else slot.ctx)
             # the same for load options: none given, the loaded engine's flags stand
-            want_args = _for_purpose(load_args, slot.purpose) if load_args is not None else \
-                (engine.load_args if engine is not None else ())
-            if engine is not None and engine.alive() and (engine.ctx != want_ctx or engine.load_args != want_args):
+            running_args = getattr(engine, "load_args", ())  # () for none (or an engine that predates them)
+            want_args = running_args if load_args is None else _for_purpose(load_args, slot.purpose)
+            if engine is not None and engine.alive() and (engine.ctx != want_ctx or running_args != want_args):
                 if slot.in_use > 1:  # busy: serve with the loaded context rather than cut others off
                     return engine
                 engine.stop()  # Ollama reloads the model for a different num_ctx or load option

@@ -11,6 +11,7 @@ import contextlib
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,20 +36,40 @@ if TYPE_CHECKING:
     from dx.engine.process import Engine
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """A request's load-time options (Ollama's ``num_ctx``, ``num_thread``, ...): how its engine is started.
+
+    ``ctx``: the context per slot, None = whatever is loaded; ``args``: extra llama-server flags,
+    None = whatever the loaded engine was started with (a request without them never reloads).
+    """
+
+    ctx: int | None = None
+    args: tuple[str, ...] | None = None
+
+
 @contextlib.contextmanager
 def engine_for(  # type: ignore[no-untyped-def]
-    manager: EngineManager, model: str, keep_alive: object = None, num_ctx: int | None = None, purpose: str = "generate"
+    manager: EngineManager, model: str, keep_alive: object = None, num_ctx: int | EngineLoad | None = None,
+    purpose: str = "generate",
 ):
-    """Lease the engine for ``model``; yields (engine, seconds spent loading it)."""
+    """Lease the engine for ``model``; yields (engine, seconds spent loading it).
+
+    ``num_ctx``: a context size, or an ``EngineLoad`` (context + engine flags); a running engine
+    started otherwise is restarted for it when idle, as Ollama reloads its runner.
+    """
 
     if keep_alive is not None:
         try:
             parse_keep_alive(keep_alive)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+    load_args = None
+    if isinstance(num_ctx, EngineLoad):
+        num_ctx, load_args = num_ctx.ctx, num_ctx.args
     t0 = time.monotonic()
     try:
-        lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose)
+        lease = manager.lease(model, keep_alive, num_ctx=num_ctx, purpose=purpose, load_args=load_args)
         engine = lease.__enter__()
     except ModelNotFoundError as exc:
         hint = _client_text(manager, model, exc.hint) if exc.hint else None
@@ -79,7 +100,8 @@ def _client_text(manager: EngineManager, model: str, text: str) -> str:
 
 
 def open_engine(
-    manager: EngineManager, model: str, keep_alive: object, num_ctx: int | None, method: str, path: str, body: bytes | None,
+    manager: EngineManager, model: str, keep_alive: object, num_ctx: int | EngineLoad | None, method: str, path: str,
+    body: bytes | None,
     purpose: str = "generate", client: socket.socket | None = None,
 ) -> tuple[Any, Engine, float, http.client.HTTPConnection, http.client.HTTPResponse]:
     """Lease + send: (lease, engine, load seconds, connection, response); exit the lease when done.

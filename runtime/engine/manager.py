@@ -146,9 +146,14 @@ class EngineManager:
 
     @contextlib.contextmanager
     def lease(
-        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE
+        self, model: str, keep_alive: object = None, *, num_ctx: int | None = None, purpose: str = GENERATE,
+        load_args: tuple[str, ...] | None = None,
     ) -> Iterator[Engine]:
-        """Hold the model's engine for one request: it is not unloaded while leased."""
+        """Hold the model's engine for one request: it is not unloaded while leased.
+
+        ``load_args``: a request's load-time engine flags (Ollama's load options); None takes
+        whatever the running engine was started with.
+        """
         keep = self._default_keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
         source = self._resolve(model)
 
@@ -170,7 +175,7 @@ class EngineManager:
                     if keep != 0:  # the newest request sets the expiry, also over an unload asked before
                         other.unload_reason, other.unload_since = "", 0.0
         try:
-            engine = self._ensure_running(slot, num_ctx)
+            engine = self._ensure_running(slot, num_ctx, load_args)
             self._evict_over_limit(keep=slot)
             yield engine
         finally:
@@ -179,15 +184,18 @@ class EngineManager:
                 slot.last_used = time.monotonic()
             self._kick.set()
 
-    def _ensure_running(self, slot: _Slot, num_ctx: int | None) -> Engine:
+    def _ensure_running(self, slot: _Slot, num_ctx: int | None, load_args: tuple[str, ...] | None = None) -> Engine:
         with slot.lock:
             engine = slot.engine
             # without num_ctx a request takes whatever context is loaded (no reload thrash)
             want_ctx = num_ctx or (engine.ctx if engine is not None else slot.ctx)
-            if engine is not None and engine.alive() and engine.ctx != want_ctx:
+            # the same for load options: none given, the loaded engine's flags stand
+            running_args = getattr(engine, "load_args", ())  # () for none (or an engine that predates them)
+            want_args = running_args if load_args is None else _for_purpose(load_args, slot.purpose)
+            if engine is not None and engine.alive() and (engine.ctx != want_ctx or running_args != want_args):
                 if slot.in_use > 1:  # busy: serve with the loaded context rather than cut others off
                     return engine
-                engine.stop()  # Ollama reloads the model for a different num_ctx
+                engine.stop()  # Ollama reloads the model for a different num_ctx or load option
                 engine = slot.engine = None
             if engine is not None and engine.alive():
                 return engine
@@ -207,6 +215,7 @@ class EngineManager:
                 extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),
                             *(self._model_args(slot.source, slot.purpose) if self._model_args else ())],
                 purpose=slot.purpose,
+                load_args=want_args,
             )
             metrics.ENGINE_STARTS.inc(slot.source.display_name, slot.purpose)
             return slot.engine
@@ -341,3 +350,18 @@ class EngineManager:
             slots = list(self._slots.values())
         for slot in slots:
             self._unload_slot(slot, "shutdown")
+
+
+def _for_purpose(args: tuple[str, ...], purpose: str) -> tuple[str, ...]:
+    """Load flags for an engine of ``purpose``: an embedding or rerank engine keeps its batch = context
+    (a whole input in one micro-batch), so a request's ``-b``/``-ub`` apply to generation only."""
+    if purpose == GENERATE:
+        return args
+    out: list[str] = []
+    it = iter(args)
+    for flag in it:
+        if flag in ("-b", "-ub"):
+            next(it, None)
+            continue
+        out.append(flag)
+    return tuple(out)

@@ -70,6 +70,7 @@ class Engine:
     started_at: float
     load_duration: float
     purpose: str = GENERATE
+    load_args: tuple[str, ...] = ()  # a request's load options (Ollama's num_thread, ...) it was started with
     watchdog: subprocess.Popen | None = None
     _watch_fd: int | None = None
     _stopping: bool = field(default=False, repr=False)
@@ -95,12 +96,14 @@ class Engine:
         ready_timeout: float = READY_TIMEOUT,
         verify: bool = True,
         purpose: str = GENERATE,
+        load_args: Sequence[str] = (),
     ) -> Engine:
         """Verify ``source``, start llama-server for it and wait until /health says ready.
 
         ``ctx`` is the context per parallel slot (the engine gets ``ctx * parallel``).
         ``purpose`` EMBED starts an embeddings-only engine (mean pooling, whole inputs
         in one micro-batch), RERANK a reranking one (``--rerank``), instead of a generation engine.
+        ``load_args``: a request's load-time flags, last on the command line (they win), recorded on the engine.
         """
         if verify:
             verify_source(source)
@@ -119,7 +122,10 @@ class Engine:
         last_error: DXError | None = None
         for _attempt in range(3):  # a port picked free can be taken before the engine binds it
             try:
-                return cls._start_once(source, binary, ctx, parallel, log_path, extra_args, ready_timeout, purpose)
+                engine = cls._start_once(source, binary, ctx, parallel, log_path, [*extra_args, *load_args],
+                                         ready_timeout, purpose)
+                engine.load_args = tuple(load_args)
+                return engine
             except _PortTaken as exc:
                 last_error = exc.error
         assert last_error is not None

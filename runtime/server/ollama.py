@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dx import metrics
 from dx.engine.keep_alive import parse_keep_alive
-from dx.engine.lease import engine_for, open_engine
+from dx.engine.lease import EngineLoad, engine_for, open_engine
 from dx.engine.relay import engine_json, hang_up, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.capabilities import ModelCapabilities, capabilities_for
@@ -37,6 +37,7 @@ from dx.server.ollama_wire import (
     logprob_fields,
     logprob_request,
     logprobs_to_ollama,
+    map_options,
     message_images,
     model_name,
     now_iso,
@@ -148,7 +149,7 @@ def _field_engine_args(doc: dict[str, Any], caps: ModelCapabilities, name: str, 
     return fields
 
 
-def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: int | None) -> bool:
+def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: EngineLoad | None) -> bool:
     """Tools for a model whose template has none (DX's generic format); False: the engine's template does it.
 
     The answer is parsed only once complete, so a stream carries it in one chunk (the reply or
@@ -184,7 +185,7 @@ def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
 
 
 def _complete(
-    req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: int | None, key: str,
+    req: Request, name: str, doc: dict[str, Any], path: str, body: dict[str, Any], num_ctx: EngineLoad | None, key: str,
 ) -> None:
     started = time.monotonic()
     want_logprobs, top = logprob_request(doc)
@@ -352,7 +353,8 @@ def embed(req: Request) -> None:
     truncate = check_truncate(doc)
     dims = embed_dimensions(doc)
     started = time.monotonic()
-    answer, load = _embed(req, name, doc.get("keep_alive"), texts, truncate)
+    _fields, options = map_options(doc.get("options"))  # an embedding takes only the load options
+    answer, load = _embed(req, name, doc.get("keep_alive"), texts, truncate, options)
     vectors = [item.get("embedding") for item in sorted(answer.get("data", []), key=lambda d: d.get("index", 0))]
     if dims:
         vectors = [shorten_vector(v, dims) for v in vectors]
@@ -369,18 +371,20 @@ def embeddings(req: Request) -> None:
     prompt = embed_input(doc, "prompt")
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
-    answer, _load = _embed(req, name, doc.get("keep_alive"), prompt)
+    _fields, options = map_options(doc.get("options"))
+    answer, _load = _embed(req, name, doc.get("keep_alive"), prompt, options=options)
     data = answer.get("data") or [{}]
     req.send_json(200, {"embedding": data[0].get("embedding", [])})
 
 
 def _embed(
     req: Request, name: str, keep_alive: object, texts: list[str] | str, truncate: bool = True,
+    options: EngineLoad | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Embed ``texts``; an input longer than the context is cut to it (``truncate``, Ollama's default) or
     refused with Ollama's 400 (``truncate: false``). The engine answers such an input with an error
     (a 500 "too large to process"), so the hot path pays nothing and only an over-long input is tokenized."""
-    with engine_for(req.app.manager, name, keep_alive, purpose="embed") as (engine, load):
+    with engine_for(req.app.manager, name, keep_alive, options, purpose="embed") as (engine, load):
         try:
             status, answer = engine_json(engine, "/v1/embeddings", {"input": texts})
             if status != 200 and _too_long(answer):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from dx.engine.lease import EngineLoad
 from dx.errors import BadRequest
 from dx.server.tool_calls import check_tools
 
@@ -41,16 +42,62 @@ _OPTION_MAP: dict[str, tuple[str, tuple[type, ...]]] = {
     "num_predict": ("max_tokens", (int,)),
     "stop": ("stop", (list, str)),
 }
-# Load-time options: they change how the engine is started, not one request.
-_LOAD_OPTIONS = frozenset(
-    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "num_thread", "use_mmap", "use_mlock",
-     "numa", "vocab_only", "f16_kv", "logits_all", "penalize_newline", "tfs_z", "num_gqa", "rope_frequency_base",
-     "rope_frequency_scale"}
+# Load-time options: they change how the engine is started, not one request. Those the pinned
+# llama-server has a flag for are honoured by (re)starting the engine with it, as Ollama does.
+_LOAD_INT = {"num_thread": 0, "num_batch": 1, "num_gpu": -1, "main_gpu": 0}  # the smallest value accepted
+_LOAD_BOOL = ("use_mmap", "use_mlock", "numa")
+# Gone from current Ollama (a warning in its log, the request served) and from llama-server: ignored alike.
+_RETIRED_OPTIONS = frozenset(
+    {"low_vram", "f16_kv", "logits_all", "vocab_only", "penalize_newline", "tfs_z", "num_gqa",
+     "rope_frequency_base", "rope_frequency_scale"}
 )
 
 
-def map_options(options: object) -> tuple[dict[str, Any], int | None]:
-    """Ollama ``options`` -> (engine sampling fields, num_ctx or None)."""
+def load_args(options: dict[str, Any]) -> tuple[str, ...] | None:
+    """Ollama's load options -> llama-server flags (None: the request names none, so no reload).
+
+    ``num_thread`` 0, ``num_gpu`` -1 and ``use_mmap: true`` are the engine's defaults (no flag).
+    A wrong type or range is a 400 in Ollama's words.
+    """
+    named = False
+    args: list[str] = []
+    flags = {"num_thread": "-t", "num_batch": "-b", "num_gpu": "-ngl", "main_gpu": "-mg"}
+    for key, least in _LOAD_INT.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        named = True
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON numbers: Ollama takes 4.0 as 4
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f'option "{key}" must be of type integer')
+        if not least <= value <= 1 << 20:
+            raise BadRequest(f'option "{key}" must be an integer >= {least}')
+        if (key, value) in (("num_thread", 0), ("num_gpu", -1)):
+            continue
+        args += [flags[key], str(value)]
+        if key == "num_batch":
+            args += ["-ub", str(value)]  # Ollama's micro-batch follows num_batch
+    modes: dict[str, bool] = {}
+    for key in _LOAD_BOOL:
+        value = options.get(key)
+        if value is None:
+            continue
+        named = True
+        if not isinstance(value, bool):
+            raise BadRequest(f'option "{key}" must be of type boolean')
+        modes[key] = value
+    mmap, mlock = modes.get("use_mmap", True), modes.get("use_mlock", False)
+    if not mmap or mlock:  # this llama-server's --load-mode replaces --no-mmap / --mlock
+        args += ["--load-mode", {(False, False): "none", (False, True): "mlock", (True, True): "mmap+mlock"}[
+            (mmap, mlock)]]
+    if modes.get("numa"):
+        args += ["--numa", "distribute"]
+    return tuple(args) if named else None
+
+
+def map_options(options: object) -> tuple[dict[str, Any], EngineLoad | None]:
+    """Ollama ``options`` -> (engine sampling fields, load options or None when the request names none)."""
     if options is None:
         return {}, None
     if not isinstance(options, dict):
@@ -59,11 +106,13 @@ def map_options(options: object) -> tuple[dict[str, Any], int | None]:
     num_ctx = None
     for key, value in options.items():
         if key == "num_ctx":
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not (0 < value <= 1 << 20):
                 raise BadRequest("options.num_ctx must be a positive integer")
             num_ctx = value
             continue
-        if key in _LOAD_OPTIONS:
+        if key in _RETIRED_OPTIONS or key in _LOAD_INT or key in _LOAD_BOOL:
             continue
         spec = _OPTION_MAP.get(key)
         if spec is None:
@@ -78,7 +127,10 @@ def map_options(options: object) -> tuple[dict[str, Any], int | None]:
         if key == "num_predict" and value < 0:
             continue  # -1 (infinite) / -2 (fill context): the engine's default
         out[field] = value
-    return out, num_ctx
+    args = load_args(options)
+    if num_ctx is None and args is None:
+        return out, None  # the hot path: nothing about the engine
+    return out, EngineLoad(ctx=num_ctx, args=args)
 
 
 def map_format(fmt: object) -> dict[str, Any]:
@@ -174,8 +226,8 @@ def _tool_call_to_openai(call: object, i: int, n: int) -> dict[str, Any]:
     }
 
 
-def chat_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """/api/chat body -> (engine /v1/chat/completions body, num_ctx)."""
+def chat_request(doc: dict[str, Any]) -> tuple[dict[str, Any], EngineLoad | None]:
+    """/api/chat body -> (engine /v1/chat/completions body, load options)."""
     fields, num_ctx = map_options(doc.get("options"))
     body: dict[str, Any] = {"messages": _messages(doc.get("messages")), **fields, **map_format(doc.get("format"))}
     tools = doc.get("tools")
@@ -185,8 +237,8 @@ def chat_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     return _streaming(body, is_stream(doc)), num_ctx
 
 
-def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], int | None]:
-    """/api/generate body -> (engine path, engine body, num_ctx).
+def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], EngineLoad | None]:
+    """/api/generate body -> (engine path, engine body, load options).
 
     Not raw: the prompt (and ``system``) become chat messages so the model's own
     template applies, as Ollama does. Raw: the prompt goes to /v1/completions as is.
@@ -468,7 +520,7 @@ def image_parts(text: str, images: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def infill_request(doc: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+def infill_request(doc: dict[str, Any]) -> tuple[dict[str, Any], EngineLoad | None]:
     """/api/generate with ``suffix`` -> the engine's /infill body (prompt before, suffix after the hole)."""
     prompt = doc.get("prompt", "")
     suffix = doc.get("suffix", "")

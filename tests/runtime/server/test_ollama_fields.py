@@ -148,10 +148,10 @@ def test_unsupported_words() -> None:
 
 
 def test_suffix_becomes_an_infill_request() -> None:
-    body, num_ctx = w.infill_request({"prompt": "def f(", "suffix": "    return x\n", "stream": False,
+    body, load = w.infill_request({"prompt": "def f(", "suffix": "    return x\n", "stream": False,
                                       "options": {"num_predict": 5, "num_ctx": 512}, "format": "json"})
     assert body["input_prefix"] == "def f(" and body["input_suffix"] == "    return x\n"
-    assert body["max_tokens"] == 5 and body["stream"] is False and num_ctx == 512
+    assert body["max_tokens"] == 5 and body["stream"] is False and load is not None and load.ctx == 512
     assert body["json_schema"] == {}
     choice, usage = w.infill_choice({"content": "x)", "stop": True, "stop_type": "limit",
                                      "tokens_predicted": 2, "tokens_evaluated": 9})

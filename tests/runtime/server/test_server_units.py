@@ -50,13 +50,13 @@ def test_model_source_engine_argument_uses_the_offset_syntax() -> None:
 
 
 def test_options_map_onto_engine_fields() -> None:
-    fields, num_ctx = map_options(
+    fields, load = map_options(
         {"temperature": 0.2, "top_k": 5, "top_p": 0.9, "num_predict": 7, "seed": 3, "stop": ["\n"],
          "repeat_penalty": 1.1, "num_ctx": 2048, "num_thread": 2, "unknown_knob": 1}
     )
     assert fields == {"temperature": 0.2, "top_k": 5, "top_p": 0.9, "max_tokens": 7, "seed": 3, "stop": ["\n"],
                       "repeat_penalty": 1.1}
-    assert num_ctx == 2048
+    assert load is not None and load.ctx == 2048 and load.args == ("-t", "2")
     assert map_options({"num_predict": -1}) == ({}, None)
 
 

@@ -17,7 +17,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dx import __version__
-from dx.engine.lease import engine_for, open_engine
+from dx.engine.lease import EngineLoad, engine_for, open_engine
 from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
@@ -129,7 +129,7 @@ def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> b
 
 
 def generic_tool_answer(
-    req: Request, model: str, keep_alive: object, num_ctx: int | None, body: dict[str, Any],
+    req: Request, model: str, keep_alive: object, load: EngineLoad | int | None, body: dict[str, Any],
 ) -> tuple[dict[str, Any], tool_calls.Parsed, float] | None:
     """Ask the engine in DX's generic tool-call format (``dx.server.tool_calls``) when the model needs it.
 
@@ -142,7 +142,7 @@ def generic_tool_answer(
     choice = tool_calls.check_tool_choice(body.get("tool_choice"), tools)
     if not tools:
         return None
-    with engine_for(req.app.manager, model, keep_alive, num_ctx) as (engine, load):
+    with engine_for(req.app.manager, model, keep_alive, load) as (engine, load_s):
         if renders_tools(engine):
             return None
         try:
@@ -154,7 +154,7 @@ def generic_tool_answer(
             raise EngineError(503, f"{exc}; retry the request") from None
     if status != 200:
         raise HTTPError(status if 400 <= status < 600 else 502, _message(answer, status))
-    return answer, tool_calls.read_answer(answer, choice), load
+    return answer, tool_calls.read_answer(answer, choice), load_s
 
 
 def _message(answer: dict[str, Any], status: int) -> str:

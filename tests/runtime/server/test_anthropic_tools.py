@@ -179,3 +179,24 @@ def test_sdk_tool_use(dx: DXServer) -> None:
     uses = [b for b in final.content if b.type == "tool_use"]
     assert uses and uses[0].name == "get_weather" and isinstance(uses[0].input["city"], str)
     assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.integration
+def test_sdk_tool_result_round_and_bad_choice(dx: DXServer) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=dx.url, api_key=dx.api_key, max_retries=0, timeout=120)
+    ask = _ask()
+    ask["tool_choice"] = {"type": "auto"}
+    ask["messages"] += [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C, sunny"}]},
+    ]
+    msg = client.messages.create(**ask)
+    assert msg.content and msg.stop_reason in ("tool_use", "end_turn", "max_tokens")
+
+    bad = _ask()
+    bad["tool_choice"] = {"type": "tool", "name": "no_such_tool"}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(**bad)
+    assert err.value.status_code == 400 and "no_such_tool" in str(err.value)

@@ -22,7 +22,7 @@ from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
 from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
-from dx.server import tool_calls
+from dx.server import anthropic_tools, tool_calls
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
@@ -99,6 +99,8 @@ def relay(req: Request) -> None:
         body = _with_tools(req, doc, model, body)
         if body is None:
             return
+    if path == "/v1/messages" and doc.get("tools") and _anthropic_with_tools(req, doc, model):
+        return
     purpose = "embed" if path == "/v1/embeddings" else "generate"
     cm, _engine, _load, conn, resp = open_engine(req.app.manager, model, None, None, "POST", path, body, purpose,
                                                client=req.connection)
@@ -126,6 +128,23 @@ def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> b
     else:
         req.send_json(200, tool_calls.openai_answer(answer, parsed))
     return None
+
+
+def _anthropic_with_tools(req: Request, doc: dict[str, Any], model: str) -> bool:
+    """A Messages request with ``tools`` for a model whose template has none: answered here (True).
+
+    Else (a native template) False, and the body goes to the engine as it came.
+    """
+    ask = generic_tool_answer(req, model, None, None, anthropic_tools.to_openai(doc))
+    if ask is None:
+        return False
+    answer, parsed, _load = ask
+    msg = anthropic_tools.message(answer, parsed, model)
+    if doc.get("stream") is True:
+        req.send_text(200, anthropic_tools.stream(msg).decode(), "text/event-stream")
+    else:
+        req.send_json(200, msg)
+    return True
 
 
 def generic_tool_answer(

@@ -244,6 +244,13 @@ def _model_names(req: Request) -> list[str]:
     return names
 
 
+# llama.cpp's own routes that decode tokens: a client gone while one runs cancels it (dx.engine.relay waits
+# on its socket). Only these: a client that half-closes after its request (FIN, as nginx and Go's net/http
+# read it, a client gone) is otherwise still answered on the quick routes (/props, /tokenize, ...).
+_GENERATES = frozenset(("POST", p) for p in ("/completion", "/completions", "/chat/completions", "/infill",
+                                             "/responses", "/v1/chat/completions/control"))
+
+
 def passthrough(req: Request) -> None:
     """llama.cpp's own routes and web UI, on the default model's engine.
 
@@ -265,7 +272,7 @@ def passthrough(req: Request) -> None:
             forward = {h: v for h in _FORWARDED if (v := req.headers.get(h)) is not None}
             conn, resp = engine_request(
                 engine, method, target, body, req.headers.get("Content-Type"), with_key=with_key,
-                forward=forward, client=req.connection,
+                forward=forward, client=req.connection if (method, path) in _GENERATES else None,
             )
         except EngineUnavailable as exc:
             raise EngineError(503, f"{exc}; retry the request") from None

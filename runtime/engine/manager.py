@@ -190,7 +190,7 @@ class EngineManager:
             # without num_ctx a request takes whatever context is loaded (no reload thrash)
             want_ctx = num_ctx or (engine.ctx if engine is not None else slot.ctx)
             # the same for load options: none given, the loaded engine's flags stand
-            running_args = getattr(engine, "load_args", ())  # () for none (or an engine that predates them)
+            running_args = engine.load_args if engine is not None else ()
             want_args = running_args if load_args is None else _for_purpose(load_args, slot.purpose)
             if engine is not None and engine.alive() and (engine.ctx != want_ctx or running_args != want_args):
                 if slot.in_use > 1:  # busy: serve with the loaded context rather than cut others off

@@ -264,18 +264,12 @@ def _dx_store_projector(blob: Path, name: str) -> Path | None:
 
 
 def _ollama_store_projector(blob: Path, name: str) -> Path | None:
-    from dx.models.ollama_dir import find_manifest
-    from dx.registry.ollama import parse_registry_name
+    from dx.models.ollama_dir import manifest_of_blob
 
-    if not name:
-        return None
-    rname = parse_registry_name(name)
-    found = find_manifest(blob.parent.parent, rname)
+    found = manifest_of_blob(blob, name)
     if found is None:
         return None
-    manifest, models_dir = found
-    if manifest.model_layer(rname.short).sha256 != blob.name.removeprefix("sha256-"):
-        return None
+    manifest, models_dir, _name = found
     layers = manifest.of_kind("projector")
     if not layers:
         return None

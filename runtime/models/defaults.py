@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dx.models.catalog import Store
-from dx.models.ollama_dir import find_manifest, read_layer
+from dx.models.ollama_dir import manifest_of_blob, read_layer
 
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
@@ -128,18 +128,12 @@ def _dx_store(blob: Path, name: str) -> ModelDefaults | None:
 def _ollama_store(blob: Path, name: str) -> ModelDefaults:
     """An Ollama model served in place: its params and system layers, read-only."""
 
-    from dx.registry.ollama import (  # lazy: urllib.request loads on the first pull
-        parse_registry_name,
-        read_info,
-    )
+    from dx.registry.ollama import read_info  # lazy: urllib.request loads on the first pull
 
-    rname = parse_registry_name(name)
-    found = find_manifest(blob.parent.parent, rname)
+    found = manifest_of_blob(blob, name)
     if found is None:
         return NONE
-    manifest, models_dir = found
-    if manifest.model_layer(rname.short).sha256 != blob.name.removeprefix("sha256-"):
-        return NONE
+    manifest, models_dir, rname = found
     info = read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
     return ModelDefaults(dict(info.params), info.system)
 

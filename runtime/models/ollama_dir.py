@@ -128,6 +128,23 @@ def find_manifest(models_dir: Path, name: RegistryName) -> tuple[Manifest, Path]
     return manifest, Path(models_dir)
 
 
+def manifest_of_blob(blob: Path, name: str) -> tuple[Manifest, Path, RegistryName] | None:
+    """The manifest of ``name`` in the Ollama store ``blob`` lies in, when its model layer is that blob.
+
+    A blob served in place answers to the name it was listed under; its other layers (params, system,
+    projector) are read only through the manifest that really points at it.
+    """
+    from dx.registry.ollama import parse_registry_name  # lazy: urllib.request loads on the first pull
+
+    if not name:
+        return None
+    rname = parse_registry_name(name)
+    found = find_manifest(blob.parent.parent, rname)
+    if found is None or found[0].model_layer(rname.short).sha256 != blob.name.removeprefix("sha256-"):
+        return None
+    return found[0], found[1], rname
+
+
 def read_layer(models_dir: Path, name: RegistryName, layer: Layer) -> bytes:
     """A small layer out of Ollama's blobs, checked against its digest (read-only)."""
 

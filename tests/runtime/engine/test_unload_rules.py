@@ -22,11 +22,11 @@ _pids = itertools.count(1000)
 
 
 class StandIn:
-    """What the manager uses of an Engine: alive, stop, stopping, ctx, pid, url."""
+    """What the manager uses of an Engine: alive, stop, stopping, ctx, load_args, pid, url."""
 
     def __init__(self, source: ModelSource, *, ctx: int | None = None, purpose: str = "generate",
-                 **_: object) -> None:
-        self.source, self.ctx, self.purpose = source, ctx, purpose
+                 load_args: tuple[str, ...] = (), **_: object) -> None:
+        self.source, self.ctx, self.purpose, self.load_args = source, ctx, purpose, tuple(load_args)
         self.pid, self.url = next(_pids), "http://127.0.0.1:1"
         self.stopping = False
         self.stopped = False

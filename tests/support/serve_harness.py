@@ -146,6 +146,14 @@ def start_dx(
     raise AssertionError(f"dx serve did not start: {''.join(lines)} {stderr_path.read_text(errors='replace')}")
 
 
+def serve_model(tmp: Path, gguf: Path, name: str, *args: str, engine: Path | None = None) -> DXServer:
+    """``gguf`` imported into a fresh store under ``tmp`` as ``name``, then ``dx serve name *args`` (auth on)."""
+    from dx.models.catalog import Store
+
+    Store(root=tmp / "home", ollama_dir=False).import_file(gguf, name)
+    return start_dx(tmp, *args, engine=engine, model=name)
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

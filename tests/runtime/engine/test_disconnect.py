@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, serve_model
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,8 @@ STEPS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.models.catalog import Store
-
     tmp = tmp_path_factory.mktemp("disconnect")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp, "--ctx", "4096", engine=engine_binary(request), model=MODEL)
+    server = serve_model(tmp, smollm2_gguf, MODEL, "--ctx", "4096", engine=engine_binary(request))
     assert server.api_key  # auth on, as a user runs it
     yield server
     server.stop()

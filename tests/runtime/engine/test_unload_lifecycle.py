@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
+from support.serve_harness import DXServer, engine_binary, serve_model, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,8 @@ HI = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.models.catalog import Store
-
     tmp = tmp_path_factory.mktemp("unload")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp, "--ctx", "2048", engine=engine_binary(request), model=MODEL)
+    server = serve_model(tmp, smollm2_gguf, MODEL, "--ctx", "2048", engine=engine_binary(request))
     assert server.api_key
     yield server
     server.stop()

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, serve_model
 
 from dx.errors import BadRequest
 from dx.server import anthropic_tools as at
@@ -148,12 +148,9 @@ MODEL = "smollm2:135m"
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.models.catalog import Store
-
     engine = engine_binary(request)
     tmp = tmp_path_factory.mktemp("anthropic-tools")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp, "--ctx", "2048", engine=engine, model=MODEL)
+    server = serve_model(tmp, smollm2_gguf, MODEL, "--ctx", "2048", engine=engine)
     yield server
     server.stop()
 

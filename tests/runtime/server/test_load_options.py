@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, serve_model
 
 from dx.engine.lease import EngineLoad
 from dx.engine.manager import _for_purpose
@@ -91,12 +91,9 @@ def test_embedding_engines_keep_their_batch() -> None:
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.models.catalog import Store
-
     engine = engine_binary(request)
     tmp = tmp_path_factory.mktemp("loadopts")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp, "--ctx", "1024", engine=engine, model=MODEL)
+    server = serve_model(tmp, smollm2_gguf, MODEL, "--ctx", "1024", engine=engine)
     server.home = tmp / "home"  # type: ignore[attr-defined]
     yield server
     server.stop()

@@ -14,7 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from support.serve_harness import DXServer, engine_binary, start_dx
+from support.serve_harness import DXServer, engine_binary, serve_model
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,9 @@ GREEDY = {"temperature": 0, "seed": 7}
 
 @pytest.fixture(scope="module")
 def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from dx.models.catalog import Store
-
     engine = engine_binary(request)
     tmp = tmp_path_factory.mktemp("tools")
-    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp, "--ctx", "2048", engine=engine, model=MODEL)
+    server = serve_model(tmp, smollm2_gguf, MODEL, "--ctx", "2048", engine=engine)
     assert server.api_key  # auth on
     yield server
     server.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +303,7 @@ def _entry_line(e: dict[str, Any]) -> str:
 
 
 def _progress_printer() -> Callable[[int, int], None] | None:
-    if not click.get_text_stream("stderr").isatty():
+    if not sys.stderr.isatty():
         return None
     last = [-1]
 

@@ -59,6 +59,7 @@ def test_cross_built_engine_is_arm64_with_the_armv8_variants(arm64_engine: Path)
     assert (info["os"], info["arch"]) == ("linux", "arm64")
     assert info["toolchain"]["name"] == "cross-gnu" and info["toolchain"]["cross"] == "aarch64-linux-gnu"
     assert [p["file"] for p in info["patches"]] == ["0001-load-gguf-at-file-offset.patch",
+                                                    "0004-stream-opening-and-waiter-deadline.patch",
                                                     "0003-arm64-without-sme-cpu-variants.patch"]
     built = sorted(p.name.removeprefix("libggml-cpu-").removesuffix(".so")
                    for p in (arm64_engine / "bin").glob("libggml-cpu-*.so"))

@@ -34,7 +34,8 @@ def test_engine_layout(cpu_engine: Path) -> None:
     info = json.loads((cpu_engine / "engine.json").read_text())
     assert info["tier"] == "cpu" and info["key"].startswith(cpu_engine.name.rsplit("-", 1)[1])
     assert info["llama_cpp_commit"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
-    assert [p["file"] for p in info["patches"]] == ["0001-load-gguf-at-file-offset.patch"]
+    assert [p["file"] for p in info["patches"]] == ["0001-load-gguf-at-file-offset.patch",
+                                                    "0004-stream-opening-and-waiter-deadline.patch"]
     assert info["cmake_flags"]["GGML_BACKEND_DL"] == "ON"
     for rel, sha in info["files"].items():
         assert (cpu_engine / rel).is_file(), rel

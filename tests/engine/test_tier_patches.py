@@ -40,7 +40,8 @@ def test_each_cell_gets_its_tiers_patches_only() -> None:
     assert _cell("cpu", arch="arm64").tier_patches == (SME_PATCH,)
     assert _cell("cpu", "macos", "arm64").tier_patches == ()
     recipe = load_engine_recipe().with_patches(_cell("vulkan").tier_patches)
-    assert [p.name for p in recipe.patch_paths()] == ["0001-load-gguf-at-file-offset.patch", VULKAN_PATCH]
+    assert [p.name for p in recipe.patch_paths()] == ["0001-load-gguf-at-file-offset.patch",
+                                                     "0004-stream-opening-and-waiter-deadline.patch", VULKAN_PATCH]
 
 
 def test_tier_patches_are_in_the_cache_key(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def _offloaded(log: str) -> tuple[int, int]:
 def test_engine_carries_the_vulkan_backend_and_its_patch(vulkan_engine: Path) -> None:
     info = json.loads((vulkan_engine / "engine.json").read_text())
     assert [p["file"] for p in info["patches"]] == ["0001-load-gguf-at-file-offset.patch",
+                                                    "0004-stream-opening-and-waiter-deadline.patch",
                                                     "0002-vulkan-without-layer-settings-ext.patch"]
     assert info["cmake_flags"]["GGML_VULKAN"] == "ON"
     assert (vulkan_engine / "bin" / "libggml-vulkan.so").is_file()

@@ -44,7 +44,8 @@ def test_committed_recipes_load() -> None:
     recipe = load_engine_recipe()
     assert recipe.source.kind == "sdist" and recipe.source.sha256 == SHA
     assert recipe.source.subdir == "vendor/llama.cpp"
-    assert [p.name for p in recipe.patch_paths()] == ["0001-load-gguf-at-file-offset.patch"]
+    assert [p.name for p in recipe.patch_paths()] == ["0001-load-gguf-at-file-offset.patch",
+                                                         "0004-stream-opening-and-waiter-deadline.patch"]
     assert all(p.is_file() for p in recipe.patch_paths())
     for key in ("LLAMA_CURL", "LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES", "GGML_NATIVE"):
         assert recipe.cmake[key] == "OFF"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.serve_harness import DXServer, engine_binary, serve_model
+from support.serve_harness import DXServer, engine_binary, serve_model, start_dx
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +204,45 @@ def test_a_client_that_stays_gets_its_answer(dx: DXServer) -> None:
         "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
         "options": {"num_predict": 8}})
     assert r.status_code == 200 and r.json()["done"] is True
+
+
+# ---------------------------------------------------------------- while another client streams
+@pytest.fixture(scope="module")
+def dx_two_slots(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from dx.models.catalog import Store
+
+    tmp = tmp_path_factory.mktemp("disconnect-two")
+    Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
+    server = start_dx(tmp, "--ctx", "8192", engine=engine_binary(request), model=MODEL,
+                      env={"OLLAMA_NUM_PARALLEL": "2"})  # two slots: two answers at once
+    yield server
+    server.stop()
+
+
+def test_a_waiting_answer_is_cancelled_while_another_client_streams(dx_two_slots: DXServer) -> None:
+    """The engine's waiter for a non-streaming answer wakes on every result of every request. Unpatched,
+    each wake-up started its one-second wait again, so while another client streamed it never looked at
+    its own connection: the abandoned answer decoded on to its limit (DX's patch 0004 gives it a deadline)."""
+    dx = dx_two_slots
+    with httpx.Client() as client:
+        streaming = _send(dx, "/api/chat", {"model": MODEL, "messages": ASK, "options": LONG})
+        assert _first_bytes(streaming).startswith(b"HTTP/1.1 200")
+        try:
+            released = _releases(dx)
+            waiting = _send(dx, "/api/chat", {"model": MODEL, "messages": ASK, "stream": False, "options": LONG})
+            deadline = time.monotonic() + 120
+            while sum(_decoding([s]) for s in _slots(dx, client)) < 2:  # both answers decode now
+                assert time.monotonic() < deadline, "the engine never decoded both answers"
+                time.sleep(0.05)
+            step = _token_time(dx, client)
+            waiting.close()
+            closed = time.monotonic()
+            while _releases(dx) == released:
+                streaming.recv(65536)  # the other client keeps reading its stream: results keep coming
+                assert time.monotonic() - closed < 60, "the abandoned answer kept decoding"
+            took = time.monotonic() - closed
+            MEASURED["chat, beside a stream"], STEPS["chat, beside a stream"] = took, step
+            assert took < IDLE_DEADLINE + 1.0 + 3 * step, f"freed {took:.2f}s after the client left ({step:.3f}s/token)"
+            assert sum(bool(s.get("is_processing")) for s in _slots(dx, client)) == 1  # the stream goes on
+        finally:
+            streaming.close()

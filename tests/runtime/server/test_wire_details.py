@@ -6,6 +6,7 @@ bind and the engine's argv. One server for the module (the engine starts once)."
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import socket
@@ -132,6 +133,64 @@ def test_anthropic_sdk_messages(dx: DXServer) -> None:
     assert len(pieces) > 1 and "".join(pieces) == final.content[0].text
     counted = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "Say hello"}])
     assert counted.input_tokens > 0
+
+
+# Greedy SmolLM2 answers this with "🌟" first: a first token that is part of a UTF-8 character, so the engine
+# sends no chunk for it. Unpatched llama-server opened a stream only with the chunk of token 1: these never opened.
+EMOJI_FIRST = [{"role": "user", "content": "Repeat exactly: 🌟 hello"}]
+
+
+def _sse(dx: DXServer, path: str, body: dict) -> list[tuple[str, dict]]:
+    """(event name, data) of each event of a stream (the event name is "" where the API sends none)."""
+    with httpx.stream("POST", f"{dx.url}{path}", headers=dx.headers, json={**body, "stream": True},
+                      timeout=120) as resp:
+        assert resp.status_code == 200, resp.read()
+        text = resp.read().decode()
+    events = []
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if lines.get("data", "[DONE]") != "[DONE]":
+            events.append((lines.get("event", ""), json.loads(lines["data"])))
+    return events
+
+
+def test_a_stream_whose_first_token_is_half_an_emoji_still_opens(dx: DXServer) -> None:
+    msgs = _sse(dx, "/v1/messages", {"model": MODEL, "max_tokens": 8, "temperature": 0, "messages": EMOJI_FIRST})
+    texts = [d["delta"]["text"] for e, d in msgs if e == "content_block_delta"]
+    assert texts and texts[0].startswith("🌟"), texts  # the case under test: else the model changed, not DX
+    names = [e for e, _ in msgs]
+    assert names[0] == "message_start" and names.count("message_start") == 1, names
+    assert msgs[0][1]["message"]["usage"]["input_tokens"] > 0
+    client = anthropic.Anthropic(base_url=dx.url, api_key=dx.api_key, max_retries=0, timeout=120)
+    with client.messages.stream(model=MODEL, max_tokens=8, temperature=0, messages=EMOJI_FIRST) as stream:
+        assert stream.get_final_message().content[0].text.startswith("🌟")
+
+    chat = _sse(dx, "/v1/chat/completions", {"model": MODEL, "max_tokens": 8, "temperature": 0,
+                                             "messages": EMOJI_FIRST})
+    deltas = [d["choices"][0]["delta"] for _, d in chat if d.get("choices")]
+    assert deltas[0].get("role") == "assistant" and [d.get("role") for d in deltas].count("assistant") == 1, deltas
+
+    resp = _sse(dx, "/v1/responses", {"model": MODEL, "max_output_tokens": 8, "temperature": 0,
+                                      "input": EMOJI_FIRST[0]["content"]})
+    kinds = [d["type"] for _, d in resp]
+    assert kinds[0] == "response.created" and kinds.count("response.created") == 1, kinds
+    assert kinds[-1] == "response.completed", kinds
+
+
+def test_a_stream_with_only_its_final_chunk_still_opens(dx: DXServer) -> None:
+    """One token, half an emoji: no chunk went out before the final one, which opens the stream itself."""
+    msgs = _sse(dx, "/v1/messages", {"model": MODEL, "max_tokens": 1, "temperature": 0, "messages": EMOJI_FIRST})
+    names = [e for e, _ in msgs]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], names
+    assert msgs[0][1]["message"]["usage"]["input_tokens"] > 0
+    chat = _sse(dx, "/v1/chat/completions", {"model": MODEL, "max_tokens": 1, "temperature": 0,
+                                             "messages": EMOJI_FIRST})
+    deltas = [d["choices"][0] for _, d in chat if d.get("choices")]
+    assert deltas[0]["delta"].get("role") == "assistant" and deltas[-1]["finish_reason"] == "length", deltas
+    resp = _sse(dx, "/v1/responses", {"model": MODEL, "max_output_tokens": 1, "temperature": 0,
+                                      "input": EMOJI_FIRST[0]["content"]})
+    kinds = [d["type"] for _, d in resp]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed", kinds
 
 
 def test_anthropic_errors_in_anthropic_shape(dx: DXServer) -> None:

@@ -63,7 +63,7 @@ def test_projector_follows_the_draft(tmp_path: Path) -> None:
 
 
 def test_dx_verify_checks_the_projector_entry(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    exe, em = mint_with_projector(tmp_path)
+    exe, _ = mint_with_projector(tmp_path)
     code, out, err = dx(capsys, "verify", exe)
     assert code == 0, err
     assert "projector: 'mmproj-tiny' from file:mmproj-tiny.gguf" in out, out

@@ -71,7 +71,7 @@ def test_verify_step_accepts_a_projector_that_fits(tmp_path: Path, smollm2_gguf:
 def test_verify_step_refuses_what_is_not_a_projector_for_the_model(tmp_path: Path, smollm2_gguf: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DX_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(MalformedInputError, match="--mmproj .* is not a multimodal projector"):
+    with pytest.raises(MalformedInputError, match=r"--mmproj .* is not a multimodal projector"):
         verify_model.run(_ctx(tmp_path, smollm2_gguf, smollm2_gguf))
     narrow = write_tiny_projector(tmp_path / "mmproj-narrow.gguf", out_width=64)
     with pytest.raises(IncompatibleModelsError, match="projects to width 64, but the model's n_embd is 576"):

@@ -68,7 +68,7 @@ def test_a_tampered_projector_entry_refuses_the_start(vision_file: Path, tmp_pat
     em = trailer.read_trailer(vision_file)
     assert em.projector is not None
     flip_byte(vision_file, em.projector.offset + em.projector.length - 10)
-    with pytest.raises(IntegrityError, match="the embedded projector .* has SHA-256 .*, the trailer says") as e:
+    with pytest.raises(IntegrityError, match=r"the embedded projector .* has SHA-256 .*, the trailer says") as e:
         embedded.embedded_source()
     assert str(vision_file) in str(e.value) and "\n" not in str(e.value)
     cache = tmp_path / "dxhome" / "cache" / "projectors"

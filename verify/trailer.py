@@ -36,10 +36,14 @@ entry, little-endian::
                    one the previous entry's aligned end, the table right after the last)
     u64  length   (> 0)
     32B  SHA-256
-    16B  role, ASCII, NUL-padded ("model" exactly once, first; "draft"; no role twice)
+    16B  role, ASCII, NUL-padded ("model" exactly once, first; "draft"; "projector"; no role twice)
 
-The metadata records each other entry under its role (``metadata["draft"]``: model,
-source, sha256, length), and the reader checks that record against the table. A
+A "projector" entry is a multimodal (CLIP) projector GGUF for the model (``dxbuild
+--mmproj``); the engine's projector loader reads whole files only, so the runtime
+extracts it once to a verified cache file (``dx.models.embedded``).
+
+The metadata records each other entry under its role (``metadata["draft"]``,
+``metadata["projector"]``: model, source, sha256, length), and the reader checks that record against the table. A
 single model is still written as version 1, byte for byte as before, so existing
 executables, golden files and readers see no change.
 """
@@ -74,7 +78,8 @@ _ENTRY = struct.Struct("<QQ32s16s")
 ENTRY_SIZE = _ENTRY.size
 MAX_ENTRIES = 16
 PRIMARY_ROLE = "model"
-ROLES = (PRIMARY_ROLE, "draft")
+# "projector": a multimodal (CLIP) projector the engine loads with --mmproj for the model.
+ROLES = (PRIMARY_ROLE, "draft", "projector")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,10 @@ class EmbeddedModel:
     @property
     def draft(self) -> Entry | None:
         return self.entry("draft")
+
+    @property
+    def projector(self) -> Entry | None:
+        return self.entry("projector")
 
     @property
     def payload_end(self) -> int:
@@ -386,15 +395,18 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
                      progress: Callable[[int], None] | None = None,
                      file_hasher: Any = None, draft: Path | str | None = None,
                      draft_metadata: dict[str, Any] | None = None,
-                     draft_expected_sha256: str | None = None) -> EmbeddedModel:
+                     draft_expected_sha256: str | None = None, projector: Path | str | None = None,
+                     projector_metadata: dict[str, Any] | None = None,
+                     projector_expected_sha256: str | None = None) -> EmbeddedModel:
     """Write runtime + padding + model [+ padding + draft] + metadata + trailer to the open file ``dest``.
 
     Each GGUF is hashed while it is copied (one read), and a mismatch with its
     expected SHA-256 raises IntegrityError before the trailer is written, so a
     model that changed after verification never gets sealed. The caller owns
     ``dest`` (a temporary file it renames into place on success). Without a
-    draft the file is format version 1, with one version 2 (``draft_metadata``
-    is recorded under ``metadata["draft"]``).
+    draft or projector the file is format version 1, with one version 2
+    (``draft_metadata`` is recorded under ``metadata["draft"]``, ``projector_metadata``
+    under ``metadata["projector"]``; the projector follows the draft).
 
     ``file_hasher`` (a hashlib object), when given, is fed every byte written, so
     the whole executable's SHA-256 comes out of the same single pass; it runs in
@@ -405,6 +417,8 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
     parts = [(PRIMARY_ROLE, model, expected_sha256)]
     if draft is not None:
         parts.append(("draft", draft, draft_expected_sha256))
+    if projector is not None:
+        parts.append(("projector", projector, projector_expected_sha256))
     entries: list[Entry] = []
     with _Feeder(dest, file_hasher) as out:
         rh = hashlib.sha256()
@@ -421,7 +435,7 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
             entries.append(Entry(role, offset, length, h.hexdigest()))
             pos = offset + length
         metadata = {**metadata, "runtime_size": runtime_size, "runtime_sha256": rh.hexdigest()}
-        tail = seal(entries, metadata, {"draft": draft_metadata or {}})
+        tail = seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {}})
         out.write(tail)
     dest.flush()
     name = Path(dest.name) if isinstance(getattr(dest, "name", None), str) else Path()

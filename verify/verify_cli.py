@@ -10,6 +10,8 @@ A two-model executable (trailer version 2: the target and a draft) is checked
 entry by entry: every GGUF's structure and SHA-256 against its own table entry,
 the pair's vocabularies as llama.cpp's speculation would (``dxverify.spec_pair``),
 and a failure names the entry ("draft entry …") so the user knows which part broke.
+A "projector" entry (``dxbuild --mmproj``) is checked the same way, and must be a
+vision projector that fits the model (``dxverify.projector``).
 """
 
 from __future__ import annotations
@@ -162,6 +164,17 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
         except GGUFError as err:
             result.fail(GGUFError(err.code, f"{e.role} entry at byte {e.offset}: {err.detail}", field=err.field,
                                   offset=err.offset, path=result.path))
+            return
+    projector = em.projector
+    if projector is not None:
+        from dxverify.projector import check_projector
+
+        try:
+            check_projector(result.path, projector.offset, projector.length,
+                            label=f"projector entry at byte {projector.offset}", model=result.path,
+                            model_offset=em.offset, model_length=em.length)
+        except DXError as err:
+            result.fail(err, code="bad_projector")
             return
     draft = em.draft
     if draft is not None:

@@ -35,6 +35,9 @@ def mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--draft", metavar="MODEL", default=None,
                      help="A draft model for speculative decoding, embedded next to --model (same forms); it must"
                           " share the model's vocabulary (checked before anything is written).")(f)
+    f = click.option("--mmproj", metavar="PROJECTOR", default=None,
+                     help="A multimodal (vision) projector GGUF for --model, embedded after it (same forms as"
+                          " --model); the served model then takes images (llama-server --mmproj).")(f)
     f = click.option("--arch", metavar="ARCH", default=None,
                      help="Target CPU architecture: x86_64 or arm64 (aarch64); default: this machine's.")(f)
     f = click.option("--gpu", "tier", metavar="TIER", default=None,

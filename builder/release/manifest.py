@@ -120,6 +120,7 @@ def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str
             "engine_commit": (f.get("engine") or {}).get("llama_cpp_commit"),
             "model": f.get("model"),
             **({"draft": f["draft"]} if f.get("draft") else {}),
+            **({"projector": f["projector"]} if f.get("projector") else {}),
             "requirements": f["requirements"],
             **_trust_files(directory, f["file"]),
         })

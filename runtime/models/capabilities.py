@@ -213,10 +213,16 @@ def projector_for(source: ModelSource) -> Path | None:
     - a model of Ollama's store: its manifest's projector layer, when the blob is there;
     - a model of DX's store pulled from Ollama's registry: the projector layer its record names, found in
       DX's blobs or Ollama's;
-    - a model inside a minted executable: none (a second trailer entry is not read for this yet).
+    - the model inside a minted executable: its "projector" trailer entry (``dxbuild --mmproj``), extracted
+      once to a verified cache file (``dx.models.embedded.embedded_projector``: the engine's projector loader
+      reads whole files only).
     """
     path = Path(source.path)
     if source.offset:
+        from dx.models.embedded import projector_for_embedded
+
+        with contextlib.suppress(Exception):  # a damaged entry refuses the start (verify_embedded_source)
+            return projector_for_embedded(source)
         return None
     if path.parent.name == "blobs":
         if path.parent.parent.name == "models":

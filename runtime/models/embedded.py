@@ -17,10 +17,20 @@ A two-model executable (trailer version 2, ``dxbuild --model M --draft D``) also
 carries a draft for speculative decoding: ``embedded_draft()`` hands it out as a
 ModelSource of its own (``FILE#offset=N`` like the model), verified the same way;
 verifying the model verifies the draft too, so a damaged draft stops the start.
+
+An executable minted with ``dxbuild --mmproj P`` carries a vision projector as a
+"projector" entry. The engine's projector loader (tools/mtmd/clip.cpp) opens a
+whole file by name — the engine's ``FILE#offset=N`` patch covers the model
+loader only — so ``embedded_projector()`` extracts the entry once to
+``$DX_HOME/cache/projectors/sha256-<digest>.gguf``: hashed while it is copied,
+refused unless it matches the trailer, written atomically, and reused while the
+file still hashes to that digest (remembered per file state in
+``dxverify.verified_cache``). Verifying the model verifies the projector too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,7 +44,7 @@ from dxverify.errors import ConfigurationError, DXError, IntegrityError, Malform
 
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
-    from dxverify.trailer import EmbeddedModel
+    from dxverify.trailer import EmbeddedModel, Entry
 
 # Lets a developer or test point an uncompiled `python -m dx` at a minted file.
 SELF_ENV = config.SELF_EXECUTABLE_ENV
@@ -150,10 +160,19 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
         draft = _draft_beside(source)
         if draft is not None:
             verify_embedded_source(draft, role="draft")
+        em = _trailer_of(source)
+        if em is not None and em.projector is not None:
+            embedded_projector(em)
 
 
 def _draft_beside(source: ModelSource) -> ModelSource | None:
     """The draft that travels with ``source`` when it is the primary model of a two-model executable."""
+    em = _trailer_of(source)
+    return draft_source(em) if em is not None else None
+
+
+def _trailer_of(source: ModelSource) -> EmbeddedModel | None:
+    """The trailer of the executable whose primary model ``source`` is, or None."""
     if not source.offset:
         return None
     from dxverify.trailer import find_trailer
@@ -161,7 +180,88 @@ def _draft_beside(source: ModelSource) -> ModelSource | None:
     em = find_trailer(source.path)
     if em is None or em.offset != source.offset:
         return None
-    return draft_source(em)
+    return em
+
+
+PROJECTOR_DIR = "projectors"
+
+
+def projector_cache_dir() -> Path:
+    """Where extracted projectors live (one file per digest, shared by every executable carrying it)."""
+    return config.dx_home() / "cache" / PROJECTOR_DIR
+
+
+def projector_for_embedded(source: ModelSource) -> Path | None:
+    """The ``--mmproj`` file for the primary model of an executable with a projector entry, else None."""
+    em = _trailer_of(source)
+    if em is None or em.projector is None:
+        return None
+    return embedded_projector(em)
+
+
+def embedded_projector(em: EmbeddedModel) -> Path | None:
+    """The executable's projector entry as a verified file of its own (extracted once), or None without one.
+
+    Raises IntegrityError naming the executable when the entry's bytes do not hash
+    to the trailer's digest (nothing is left behind then).
+    """
+    entry = em.projector
+    if entry is None:
+        return None
+    from dxverify import verified_cache
+    from dxverify.hashing import sha256_file
+
+    cache = config.dx_home() / "cache"
+    dest = projector_cache_dir() / f"sha256-{entry.sha256}.gguf"
+    try:
+        if dest.is_file() and dest.stat().st_size == entry.length:
+            if verified_cache.lookup(cache, dest) == entry.sha256:
+                return dest
+            if sha256_file(dest) == entry.sha256:
+                verified_cache.remember(cache, dest, entry.sha256)
+                return dest
+        _extract(entry, dest)
+    except OSError as e:
+        raise MalformedInputError(f"{em.path}: cannot extract the embedded projector to {dest}: {e.strerror or e}",
+                                  hint="check that $DX_HOME is writable") from e
+    verified_cache.remember(cache, dest, entry.sha256)
+    return dest
+
+
+def _extract(entry: Entry, dest: Path) -> None:
+    """Copy ``entry``'s bytes to ``dest`` atomically, hashing them; IntegrityError (and no file) on a mismatch."""
+    import hashlib
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=".projector-", suffix=".part", dir=dest.parent)
+    try:
+        with open(entry.path, "rb") as src, os.fdopen(fd, "wb") as out:
+            src.seek(entry.offset)
+            left = entry.length
+            while left:
+                block = src.read(min(left, 8 << 20))
+                if not block:
+                    raise MalformedInputError(f"{entry.path}: the projector entry ends early (byte"
+                                              f" {entry.offset + entry.length - left})")
+                h.update(block)
+                out.write(block)
+                left -= len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        got = h.hexdigest()
+        if got != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path}: the embedded projector ({entry.length} bytes at offset {entry.offset}) has"
+                f" SHA-256 {got}, the trailer says {entry.sha256}",
+                hint="the executable was altered or damaged; refusing to use it — download it again",
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def embedded_source(path: Path | None = None) -> ModelSource | None:

@@ -162,7 +162,7 @@ def test_a_stream_whose_first_token_is_half_an_emoji_still_opens(dx: DXServer) -
     assert names[0] == "message_start" and names.count("message_start") == 1, names
     assert msgs[0][1]["message"]["usage"]["input_tokens"] > 0
     client = anthropic.Anthropic(base_url=dx.url, api_key=dx.api_key, max_retries=0, timeout=120)
-    with client.messages.stream(model=MODEL, max_tokens=8, temperature=0, messages=EMOJI_FIRST) as stream:
+    with client.messages.stream(model=MODEL, max_tokens=8, messages=EMOJI_FIRST, extra_body={"temperature": 0}) as stream:
         assert stream.get_final_message().content[0].text.startswith("🌟")
 
     chat = _sse(dx, "/v1/chat/completions", {"model": MODEL, "max_tokens": 8, "temperature": 0,

@@ -157,10 +157,15 @@ def test_real_patches_apply_to_pinned_source(tmp_path: Path) -> None:
     assert recipe.patch_paths(), "the engine recipe lists no patches"
     pristine = tops[0] / recipe.source.subdir
     work = tmp_path / "llama.cpp"
-    (work / "src").mkdir(parents=True)
-    subprocess.run(["cp", "-a", str(pristine / "src" / "llama.cpp"), str(work / "src")], check=True)
+    touched = {line[6:].strip() for p in recipe.patch_paths()
+               for line in p.read_text().splitlines() if line.startswith("+++ b/")}
+    assert "src/llama.cpp" in touched and "tools/server/server-queue.cpp" in touched, touched
+    for rel in touched:  # only the files the patches change: the whole tree is ~100 MB
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(pristine / rel), str(work / rel)], check=True)
     apply_patches(work, recipe.patch_paths(), tmp_path / "p.log", echo=None)
     assert "#offset=" in (work / "src" / "llama.cpp").read_text()
+    assert "wait_until(lock, deadline)" in (work / "tools" / "server" / "server-queue.cpp").read_text()
 
 
 @pytest.mark.integration

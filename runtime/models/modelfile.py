@@ -163,16 +163,24 @@ def parse(text: str) -> Modelfile:
             if rest:
                 raise _fail(number, word.upper(), f"unexpected {rest[0]!r} after the instruction; "
                                                   f"write {word.upper()} <value>")
-            raise _fail(number, word.upper(), f"no value; write {word.upper()} <value>")
+            shape = {"parameter": "<name> <value>", "message": "<role> <text>"}.get(name, "<value>")
+            raise _fail(number, word.upper(), f"no value; write {word.upper()} {shape}")
         rest = rest.lstrip(" \t")
         key = ""
         if name in ("parameter", "message"):
             m = re.match(r"[A-Za-z0-9_]+" if name == "parameter" else r"[A-Za-z]+", rest)
             key = m.group(0) if m else ""
             after = rest[len(key):]
-            if not key or not after or after[0] not in " \t":
-                what = "PARAMETER <name> <value>" if name == "parameter" else "MESSAGE <role> <text>"
-                raise _fail(number, word.upper(), f"expected {what}")
+            if not key or (after and after[0] not in " \t"):
+                if not rest:
+                    what = "PARAMETER <name> <value>" if name == "parameter" else "MESSAGE <role> <text>"
+                    raise _fail(number, word.upper(), f"nothing after it; write {what}")
+                shown = rest.split()[0][:40]
+                kind = "parameter name (letters, digits and _)" if name == "parameter" else "message role"
+                raise _fail(number, f"{word.upper()} {shown}", f"not a {kind}; write "
+                            + ("PARAMETER <name> <value>" if name == "parameter" else "MESSAGE user|assistant|system <text>"))
+            if not after:
+                raise _fail(number, f"{word.upper()} {key}", f"no value; write {word.upper()} {key} <value>")
             rest = after.lstrip(" \t")
             if name == "message" and key not in ROLES:
                 raise _fail(number, f"MESSAGE {key}", 'message role must be one of "system", "user", or '
@@ -249,7 +257,11 @@ def _parameter(mf: Modelfile, key: str, value: str, line: int) -> None:
 
 
 def _unknown(key: str) -> ModelfileError:
-    return ModelfileError(f"unknown parameter {key[:40]!r}; use one of {', '.join(sorted(PARAMS))}")
+    import difflib
+
+    near = difflib.get_close_matches(key.lower(), sorted(PARAMS), n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return ModelfileError(f"unknown parameter {key[:40]!r}; {hint}DX takes {', '.join(sorted(PARAMS))}")
 
 
 def parse_parameter(key: str, text: str) -> Any:

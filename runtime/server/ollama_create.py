@@ -80,6 +80,11 @@ def _base_for(req: Request, name: str) -> tuple[ModelEntry, Any, dict[str, Any] 
     if is_hf(name) or looks_like_path(name):
         raise ModelfileError(f"from {name[:80]!r}: the API takes a model name or a blob digest; upload a GGUF "
                              "with POST /api/blobs/<digest> and send it in files")
+    own = _own(store, name)
+    if own is not None:  # a model of DX's store (also when it is the one this server was started with)
+        resolver(name)
+        d, rec, t = base_defaults(own, store)
+        return as_base(own), d, rec, t
     if name in resolver.default_names():
         source = resolver.default
         sha = source.sha256 or verify_source(source)
@@ -98,3 +103,10 @@ def _base_for(req: Request, name: str) -> tuple[ModelEntry, Any, dict[str, Any] 
                              "`dx pull` (POST /api/pull) fetches one") from None
     d, rec, t = base_defaults(entry, store)
     return as_base(entry), d, rec, t
+
+
+def _own(store: Any, name: str) -> ModelEntry | None:
+    try:
+        return store.own(name)
+    except (ConfigurationError, BadRequest):
+        return None

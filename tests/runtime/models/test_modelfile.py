@@ -134,10 +134,10 @@ def test_record_renders_and_becomes_defaults(tmp_path: Path) -> None:
     d = from_modelfile(record, tmp_path)
     blob = str(tmp_path / ("sha256-" + "cd" * 32))
     args = d.engine_args()
-    assert ["--temp", "0.0"] == args[args.index("--temp"):args.index("--temp") + 2]
-    assert ["-r", "END"] == args[args.index("-r"):args.index("-r") + 2]
-    assert ["-t", "2"] == args[args.index("-t"):args.index("-t") + 2]
-    assert ["--load-mode", "none"] == args[args.index("--load-mode"):args.index("--load-mode") + 2]
+    assert args[args.index("--temp"):args.index("--temp") + 2] == ["--temp", "0.0"]
+    assert args[args.index("-r"):args.index("-r") + 2] == ["-r", "END"]
+    assert args[args.index("-t"):args.index("-t") + 2] == ["-t", "2"]
+    assert args[args.index("--load-mode"):args.index("--load-mode") + 2] == ["--load-mode", "none"]
     assert ["--lora", blob] == args[args.index("--lora"):args.index("--lora") + 2]
     assert args[-6:] == ["--spec-type", "draft-simple", "--spec-draft-model", blob, "--spec-draft-n-max", "5"]
     no_draft = from_modelfile({**record, "params": {"draft_num_predict": 0}}, tmp_path).engine_args()

@@ -20,6 +20,7 @@ import ollama
 import pytest
 from support.gguf_handcraft import STR, tiny_model
 from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
+from support.tiny_lora import smollm2_lora
 
 pytestmark = pytest.mark.integration
 
@@ -219,6 +220,19 @@ def test_adapter_and_draft_are_checked_and_recorded(http: httpx.Client, oll: oll
     assert r.status_code == 200, r.text
     mf = oll.show("shaped").modelfile or ""
     assert f"ADAPTER {_digest(adapter)}" in mf and f"DRAFT {own}" in mf
+
+
+def test_a_lora_adapter_changes_greedy_output(oll: ollama.Client, base: str, dx: DXServer,
+                                             tmp_path: Path) -> None:
+    lora = smollm2_lora(tmp_path / "smollm2-lora.gguf")
+    digest = oll.create_blob(lora)
+    assert oll.create(model="tuned", from_=base, adapters={"smollm2-lora.gguf": digest}).status == "success"
+    plain = _chat(oll, base, [{"role": "user", "content": PROMPT}])
+    tuned = _chat(oll, "tuned", [{"role": "user", "content": PROMPT}])
+    assert tuned and tuned != plain
+    blob = str(dx.home / "models" / "blobs" / digest.replace(":", "-"))
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in dx.children()]
+    assert any(c[c.index("--lora") + 1] == blob for c in cmdlines if "--lora" in c)
 
 
 def test_draft_serves(oll: ollama.Client, base: str, dx: DXServer, smollm2_gguf: Path) -> None:

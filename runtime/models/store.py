@@ -315,6 +315,8 @@ class ModelStore:
         """
         entry = self.get(src)
         dst_name = parse_name(dst)
+        if entry.modelfile is not None:  # a created model: the copy keeps its Modelfile record
+            return self.name_modelfile(str(dst_name), entry, entry.source, entry.modelfile)
         if entry.in_place:
             return self.name_in_place(str(dst_name), entry.path, entry.offset, entry.length or entry.size,
                                       entry.sha256, source=entry.source)

@@ -93,6 +93,8 @@ def test_name_modelfile_names_the_base_blob_without_copying(tmp_path: Path, smol
     assert entry.path == base.path and entry.sha256 == base.sha256 and not entry.in_place
     assert store.own("mine").modelfile == {"system": "S", "params": {"seed": 1}}
     assert len(list(store.blobs.iterdir())) == 1
+    assert store.copy("mine", "mine2").modelfile == {"system": "S", "params": {"seed": 1}}
+    store.delete("mine2")
     store.delete("smol:135m")
     assert base.path.is_file()  # still named by the created model
     store.delete("mine")

@@ -264,7 +264,7 @@ def _modelfile_of(shown: Any) -> str:
 @click.option("-f", "--file", "modelfile", default="Modelfile", show_default=True, metavar="FILE",
               help="The Modelfile (FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, ADAPTER, DRAFT, LICENSE).")
 def create_cmd(name: str, modelfile: str) -> None:
-    """Create NAME from a Modelfile: a new name for the FROM model's bytes (no copy) with its own defaults.
+    """Create NAME from a Modelfile: the FROM model's bytes (shared, never copied twice) with its own defaults.
 
     FROM takes a store name (pulled when missing, as Ollama does), a GGUF path (relative to the Modelfile),
     hf:OWNER/REPO/FILE.gguf or sha256:DIGEST; ADAPTER a LoRA GGUF path or digest; DRAFT a draft GGUF path,

@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from dx.errors import BadRequest, ModelConflictError, ModelNotFoundError
+from dx.models.check import read_facts
 from dx.models.create import TEMPLATE_NOTE, as_base, base_defaults, blob_entry, spec_from_api
 from dx.models.create import create as create_model
 from dx.models.defaults import for_source
@@ -73,13 +74,6 @@ def _base_for(req: Request, name: str) -> tuple[ModelEntry, Any, dict[str, Any] 
     """``from``: a model this server serves (its default, the store, Ollama's store) or a blob digest."""
     resolver = req.app.resolver
     store = resolver.store
-    if name.startswith(("sha256:", "sha256-")):
-        base = blob_entry(store, "sha256:" + name[7:].lower(), "from")
-        d, rec, t = base_defaults(base, store)
-        return base, d, rec, t
-    if is_hf(name) or looks_like_path(name):
-        raise ModelfileError(f"from {name[:80]!r}: the API takes a model name or a blob digest; upload a GGUF "
-                             "with POST /api/blobs/<digest> and send it in files")
     own = _own(store, name)
     if own is not None:  # a model of DX's store (also when it is the one this server was started with)
         resolver(name)
@@ -87,14 +81,20 @@ def _base_for(req: Request, name: str) -> tuple[ModelEntry, Any, dict[str, Any] 
         return as_base(own), d, rec, t
     if name in resolver.default_names():
         source = resolver.default
+        # the GGUF this server was started with, or the model inside this executable: named in place
         sha = source.sha256 or verify_source(source)
         base = ModelEntry(name=source.display_name, sha256=sha, size=source.size(), modified=0.0,
                           path=source.path, source="default", offset=source.offset,
-                          length=source.length or source.size())
-        from dx.models.check import read_facts
-
-        base = ModelEntry(**{**base.__dict__, "facts": read_facts(source.path, source.offset, source.length)})
+                          length=source.length or source.size(),
+                          facts=read_facts(source.path, source.offset, source.length))
         return base, for_source(source), None, None
+    if name.startswith(("sha256:", "sha256-")):
+        base = blob_entry(store, "sha256:" + name[7:].lower(), "from")
+        d, rec, t = base_defaults(base, store)
+        return base, d, rec, t
+    if is_hf(name) or looks_like_path(name):
+        raise ModelfileError(f"from {name[:80]!r}: the API takes a model name or a blob digest; upload a GGUF "
+                             "with POST /api/blobs/<digest> and send it in files")
     try:
         resolver(name)  # verified as a chat would be (a model in place: its bytes are still those)
         entry = store.get(name)

@@ -263,3 +263,24 @@ def test_refusals(http: httpx.Client, base: str, dx: DXServer, body: dict, statu
     assert r.status_code == status, r.text
     assert words in r.json()["error"] and str(dx.home) not in r.json()["error"]
     assert http.post("/api/show", json={"model": "x"}).status_code == 404
+
+
+def test_create_from_the_model_a_server_was_started_with(request: pytest.FixtureRequest, smollm2_gguf: Path,
+                                                         tmp_path: Path) -> None:
+    """``dx serve FILE.gguf``: the created model names the file's bytes in place (no copy into the store)."""
+    server = start_dx(tmp_path, "--no-preload", engine=engine_binary(request), model=str(smollm2_gguf))
+    try:
+        http = httpx.Client(base_url=server.url, headers=server.headers, timeout=60)
+        default = http.get("/api/tags").json()["models"][0]["name"]
+        r = http.post("/api/create", json={"model": "persona", "from": default, "system": "Be kind.", "stream": False})
+        assert r.status_code == 200, r.text
+        shown = http.post("/api/show", json={"model": "persona"}).json()
+        assert shown["system"] == "Be kind." and f"FROM {default}" in shown["modelfile"]
+        assert not list((server.home / "models" / "blobs").glob("sha256-*"))  # nothing copied
+        chat = http.post("/api/chat", json={"model": "persona", "stream": False, "options": GREEDY,
+                                            "messages": [{"role": "user", "content": "Hi"}]}, timeout=180)
+        assert chat.status_code == 200 and chat.json()["message"]["content"]
+        clash = http.post("/api/create", json={"model": default, "from": default})
+        assert clash.status_code == 409
+    finally:
+        server.stop()

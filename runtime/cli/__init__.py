@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "pull": "dx.cli.models:pull_cmd",
     "rm": "dx.cli.models:rm_cmd",
     "cp": "dx.cli.models:cp_cmd",
+    "create": "dx.cli.models:create_cmd",
     "ps": "dx.cli.models:ps_cmd",
     "doctor": "dx.cli.models:doctor_cmd",
     "swarm": "dx.cli.swarm:swarm_group",

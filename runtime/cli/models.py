@@ -218,7 +218,7 @@ def pull_cmd(model: str, name: str | None, sha256: str | None, insecure: bool) -
             drawn = False
         click.echo(status, err=True)
 
-    entry = _store().pull(model, name=name, sha256=sha256, progress=say)
+    entry = _store().pull(model, name=name, sha256=sha256, progress=say, insecure=insecure)
     click.echo(f"{entry.name}  sha256:{entry.sha256}  {human_size(entry.size)}")
 
 

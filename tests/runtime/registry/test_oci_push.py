@@ -190,6 +190,13 @@ def test_a_blob_whose_bytes_do_not_match_its_digest_is_refused_by_the_registry(
     assert not oci_registry.has_blob(name.repository, "sha256:" + "0" * 64)
 
 
+_PEAK_RSS = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if done.returncode == 0 else sys.exit(done.returncode))
+"""
+
+
 def test_dx_push_on_the_command_line(tmp_path: Path, oci_registry: OCIRegistry, smollm2_gguf: Path) -> None:
     env = {**os.environ, "DX_HOME": str(tmp_path / "cli"), "OLLAMA_MODELS": str(tmp_path / "no-ollama")}
     env.pop("DX_OLLAMA_REGISTRY", None)
@@ -199,6 +206,17 @@ def test_dx_push_on_the_command_line(tmp_path: Path, oci_registry: OCIRegistry, 
     ok = subprocess.run([*dx, "push", "smol", f"{oci_registry.host}/{r}:cli", "--insecure"], env=env,
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
+    # streamed from disk: the push's peak memory stays well under the model's size (a fresh repository
+    # so every byte goes up again, no mount), measured on a process of its own
+    (tmp_path / "cli" / "models" / SEEN_FILE).unlink()
+    measured = subprocess.run([sys.executable, "-c", _PEAK_RSS, *dx, "push", "smol",
+                               f"{oci_registry.host}/{repo()}:rss", "--insecure"],
+                              env={**env, "DX_HOME": str(tmp_path / "cli"), "HOME": str(tmp_path / "cli")},
+                              capture_output=True, text=True, timeout=300)
+    assert measured.returncode == 0, measured.stderr
+    assert "(sent 2, mounted 0, already there 0)" in measured.stdout
+    peak = int(measured.stdout.strip().splitlines()[-1]) * 1024
+    assert peak < smollm2_gguf.stat().st_size * 0.8, (peak, smollm2_gguf.stat().st_size)
     digest = oci_registry.manifest(r, "cli")[1]
     assert ok.stdout.startswith(f"{oci_registry.host}/{r}:cli@{digest}")
     assert "retrieving manifest" in ok.stderr and "pushing manifest" in ok.stderr and "success" in ok.stderr
@@ -209,3 +227,55 @@ def test_dx_push_on_the_command_line(tmp_path: Path, oci_registry: OCIRegistry, 
                           env={**env, "DX_HOME": str(tmp_path / "cli2")}, capture_output=True, text=True, timeout=300)
     assert back.returncode == 0, back.stderr
     assert back.stdout.startswith(f"{oci_registry.host}/{r}:cli  sha256:{SMOL_SHA}")
+
+
+# ---- what a store record becomes (no registry needed) -------------------------------------------
+
+
+def test_a_recorded_params_layer_keeps_the_encoding_its_digest_names() -> None:
+    """Ollama writes params with Go's encoder (HTML escapes, a newline): a pull -> push keeps those bytes."""
+    from dx.models.push import _small_layers
+
+    params = {"stop": ["<|im_end|>"], "temperature": 0.2}
+    go = b'{"stop":["\\u003c|im_end|\\u003e"],"temperature":0.2}\n'
+    recorded = [reg.Layer(media("params"), hashlib.sha256(go).hexdigest(), len(go))]
+    assert _small_layers({"params": params}, recorded)["params"][0].data == go
+    fresh = _small_layers({"params": params}, [])["params"][0].data
+    assert fresh == b'{"stop":["<|im_end|>"],"temperature":0.2}'  # DX's own: compact, sorted
+
+
+@pytest.mark.parametrize("name, full", [
+    ("127.0.0.1:5000/ns/m:v1", "127.0.0.1:5000/ns/m:v1"), ("localhost:5000/ns/m", "localhost:5000/ns/m:latest"),
+    ("registry.example.com/ns/m:v1", "registry.example.com/ns/m:v1"),
+    ("a:5/m", None), ("ns/m:5/x:y", None), ("h:1:2/ns/m", None), ("ns/h:5/m", None),
+])
+def test_store_names_may_carry_a_registry_host_with_a_port(name: str, full: str | None) -> None:
+    """A model pulled from (or named for) a registry on a port keeps that name, as Ollama's does."""
+    from dx.names import parse_name
+
+    if full is not None:
+        assert str(parse_name(name)) == full
+    else:
+        with pytest.raises(InvalidModelNameError):
+            parse_name(name)
+
+
+def test_a_projector_layer_goes_up_when_its_blob_is_in_the_store(store: Store, oci_registry: OCIRegistry) -> None:
+    entry = store.get("smol")
+    proj = b"projector bytes stand-in"
+    hexd = hashlib.sha256(proj).hexdigest()
+    (store.blobs / f"sha256-{hexd}").write_bytes(proj)
+    missing = "1" * 64
+    record = {"layers": [{"mediaType": media("model"), "digest": f"sha256:{SMOL_SHA}", "size": entry.size},
+                         {"mediaType": media("projector"), "digest": f"sha256:{hexd}", "size": len(proj)},
+                         {"mediaType": media("adapter"), "digest": f"sha256:{missing}", "size": 3}],
+              "system": SYSTEM}
+    store.name_blob("withproj", entry.sha256, "test", registry=record)
+    r = repo()
+    lines: list[dict] = []
+    push_model(store, "withproj", f"{oci_registry.host}/{r}:v1", insecure=True, progress=lines.append)
+    doc = json.loads(oci_registry.manifest(r, "v1")[0])
+    assert [ly["mediaType"] for ly in doc["layers"]] == [media("model"), media("projector"), media("system")]
+    assert oci_registry.blob(r, f"sha256:{hexd}") == proj
+    notes = [ln["status"] for ln in lines if ln["status"].startswith("note:")]
+    assert len(notes) == 1 and "adapter" in notes[0] and missing[:12] in notes[0]

@@ -279,3 +279,21 @@ def test_a_projector_layer_goes_up_when_its_blob_is_in_the_store(store: Store, o
     assert oci_registry.blob(r, f"sha256:{hexd}") == proj
     notes = [ln["status"] for ln in lines if ln["status"].startswith("note:")]
     assert len(notes) == 1 and "adapter" in notes[0] and missing[:12] in notes[0]
+
+
+def test_a_model_kept_in_place_is_pushed_from_its_offset(
+    tmp_path: Path, oci_registry: OCIRegistry, smollm2_gguf: Path
+) -> None:
+    """A record naming bytes inside another file (a minted executable's model) pushes exactly those bytes."""
+    host_file = tmp_path / "carrier.bin"
+    with open(host_file, "wb") as out, open(smollm2_gguf, "rb") as src:
+        out.write(b"\x7fELF" + b"x" * 4092)
+        while block := src.read(1 << 20):
+            out.write(block)
+        out.write(b"trailer")
+    store = Store(tmp_path / "h", ollama_dir=False)
+    size = smollm2_gguf.stat().st_size
+    store.name_in_place("inplace", host_file, 4096, size, SMOL_SHA, source="test")
+    r = repo()
+    push_model(store, "inplace", f"{oci_registry.host}/{r}:v1", insecure=True, chunk=32 << 20)
+    assert hashlib.sha256(oci_registry.blob(r, f"sha256:{SMOL_SHA}")).hexdigest() == SMOL_SHA

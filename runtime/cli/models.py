@@ -229,9 +229,10 @@ def pull_cmd(model: str, name: str | None, sha256: str | None, insecure: bool) -
 def push_cmd(model: str, destination: str | None, insecure: bool) -> None:
     """Push MODEL from the store to an OCI registry as [host/]namespace/model:tag (default: MODEL's own name).
 
-    Ollama's media types and manifest, so `ollama pull` and `dx pull` read it back. Blobs the
-    registry has are not sent again; blobs DX saw in another repository of it are mounted. Prints
-    NAME@sha256:<manifest digest>. DX_OLLAMA_TOKEN is sent to the registry as a bearer token.
+    In Ollama's media types and manifest shape (what `dx pull NAME` reads back). Blobs the registry
+    has are not sent again; blobs DX saw in another repository of it are mounted. Prints
+    NAME@sha256:<manifest digest>. DX_OLLAMA_REGISTRY sends it to that base URL instead;
+    DX_OLLAMA_TOKEN goes to the registry as a bearer token.
     """
     from dx.models.push import push_model
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dx.errors import InvalidModelNameError
+from dx.errors import DownloadError, InvalidModelNameError, ModelNotFoundError
 from dx.registry import oci_push as oci
 from dx.registry import ollama as reg
-from dxverify.errors import ConfigurationError
+from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.models.entry import ModelEntry
@@ -81,6 +81,17 @@ def push_model(store: Store, model: str, dest: str | None = None, *, insecure: b
     say = progress or (lambda line: None)
     target = destination(dest or model, insecure=insecure)
     entry = store.get(model)  # ModelNotFoundError: 404
+    if not entry.path.is_file():
+        raise ModelNotFoundError(f"model {entry.name!r} is listed but its bytes are no longer there",
+                                 hint=f"delete {entry.name} and import or pull it again")
+    try:
+        return _push(store, entry, target, say, chunk)
+    except (IntegrityError, MalformedInputError) as e:  # the registry's bytes or answers, not DX's: 502
+        raise DownloadError(e.message, hint=e.hint) from None
+
+
+def _push(store: Store, entry: ModelEntry, target: reg.RegistryName, say: PushProgress,
+          chunk: int) -> PushResult:
     say({"status": "retrieving manifest"})
     blobs, notes = _layers(store, entry)
     for note in notes:

@@ -154,8 +154,10 @@ def _refused(name: reg.RegistryName, what: str, answer: _Answer) -> DownloadErro
     if answer.status == 401:
         hint = f"set {reg.TOKEN_ENV} to a bearer token this registry accepts"
         return DownloadError(f"{where} asks for a token to push {name.short} (HTTP 401{said})", hint=hint)
-    return DownloadError(f"{where} refused {what} of {name.short} (HTTP {answer.status}{said})",
-                         hint="check the name and your rights on this registry; nothing half-written is used")
+    hint = "check the name and your rights on this registry; nothing half-written is used"
+    if "DIGEST_INVALID" in said:
+        hint = "the bytes sent do not hash to the layer's digest: the model file changed or is damaged"
+    return DownloadError(f"{where} refused {what} of {name.short} (HTTP {answer.status}{said})", hint=hint)
 
 
 def _repo_url(name: reg.RegistryName, *rest: str) -> str:

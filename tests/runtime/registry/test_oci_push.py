@@ -297,3 +297,22 @@ def test_a_model_kept_in_place_is_pushed_from_its_offset(
     r = repo()
     push_model(store, "inplace", f"{oci_registry.host}/{r}:v1", insecure=True, chunk=32 << 20)
     assert hashlib.sha256(oci_registry.blob(r, f"sha256:{SMOL_SHA}")).hexdigest() == SMOL_SHA
+
+
+def test_a_damaged_store_blob_is_refused_and_nothing_is_tagged(
+    tmp_path: Path, oci_registry: OCIRegistry, smollm2_gguf: Path
+) -> None:
+    store = Store(tmp_path / "h", ollama_dir=False)
+    entry = store.import_file(smollm2_gguf, "smol")  # a copy of its own: this test damages it
+    assert entry.path.stat().st_ino != smollm2_gguf.stat().st_ino
+    with open(entry.path, "r+b") as f:
+        f.seek(entry.size - 10)
+        byte = f.read(1)
+        f.seek(entry.size - 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = repo()
+    with pytest.raises(DownloadError, match="DIGEST_INVALID") as ei:
+        push_model(store, "smol", f"{oci_registry.host}/{r}:v1", insecure=True)
+    assert "changed or is damaged" in ei.value.hint
+    assert not oci_registry.has_blob(r, f"sha256:{SMOL_SHA}")
+    assert oci_registry.request("GET", f"/v2/{r}/manifests/v1", headers={"Accept": MANIFEST_TYPE})[0] == 404

@@ -316,3 +316,16 @@ def test_a_damaged_store_blob_is_refused_and_nothing_is_tagged(
     assert "changed or is damaged" in ei.value.hint
     assert not oci_registry.has_blob(r, f"sha256:{SMOL_SHA}")
     assert oci_registry.request("GET", f"/v2/{r}/manifests/v1", headers={"Accept": MANIFEST_TYPE})[0] == 404
+
+
+def test_a_stale_mount_hint_becomes_an_upload(store: Store, oci_registry: OCIRegistry) -> None:
+    """The record says another repository has the blob, the registry says no (202): the bytes go up."""
+    from dx.models.push import SeenBlobs
+
+    SeenBlobs(store.models / SEEN_FILE).add(oci_registry.url, "dxtest/never-was", [f"sha256:{SMOL_SHA}"])
+    r = repo()
+    mark = oci_registry.log_mark()
+    result = push_model(store, "smol", f"{oci_registry.host}/{r}:v1", insecure=True)
+    assert (result.sent, result.mounted) == (2, 0)
+    assert any(m == "POST" and "mount=" in u for m, u in oci_registry.requests(mark))
+    assert hashlib.sha256(oci_registry.blob(r, f"sha256:{SMOL_SHA}")).hexdigest() == SMOL_SHA

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "list": "dx.cli.models:list_cmd",
     "show": "dx.cli.models:show_cmd",
     "pull": "dx.cli.models:pull_cmd",
+    "push": "dx.cli.models:push_cmd",
     "rm": "dx.cli.models:rm_cmd",
     "cp": "dx.cli.models:cp_cmd",
     "create": "dx.cli.models:create_cmd",

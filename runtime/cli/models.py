@@ -1,4 +1,4 @@
-"""The model commands of ``dx``: run, list, show, pull, rm, cp, create, ps, doctor.
+"""The model commands of ``dx``: run, list, show, pull, push, rm, cp, create, ps, doctor.
 
 Only click is imported at module level; each command loads what it needs when
 it runs, so ``dx --help`` and a minted executable's start stay quick.
@@ -196,7 +196,8 @@ def _names_embedded(model: str) -> bool:
 @click.argument("model")
 @click.option("--name", default=None, help="Store it under this name[:tag] (default: hf.co/OWNER/REPO:FILE).")
 @click.option("--sha256", default=None, help="The SHA-256 the file must have.")
-def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
+@click.option("--insecure", is_flag=True, help="Plain HTTP to the registry in the name (a registry without TLS).")
+def pull_cmd(model: str, name: str | None, sha256: str | None, insecure: bool) -> None:
     """Fetch NAME[:TAG] from Ollama's registry (~/.ollama first), hf:OWNER/REPO/FILE.gguf[@REV], or import a GGUF.
 
     Registry names are Ollama's ([host/][namespace/]model[:tag]; DX_OLLAMA_REGISTRY, DX_OLLAMA_TOKEN);
@@ -221,8 +222,49 @@ def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
             drawn = False
         click.echo(status, err=True)
 
-    entry = _store().pull(model, name=name, sha256=sha256, progress=say)
+    entry = _store().pull(model, name=name, sha256=sha256, progress=say, insecure=insecure)
     click.echo(f"{entry.name}  sha256:{entry.sha256}  {human_size(entry.size)}")
+
+
+@click.command("push")
+@click.argument("model")
+@click.argument("destination", required=False)
+@click.option("--insecure", is_flag=True, help="Plain HTTP to the registry (a registry without TLS).")
+def push_cmd(model: str, destination: str | None, insecure: bool) -> None:
+    """Push MODEL from the store to an OCI registry as [host/]namespace/model:tag (default: MODEL's own name).
+
+    In Ollama's media types and manifest shape (what `dx pull NAME` reads back). Blobs the registry
+    has are not sent again; blobs DX saw in another repository of it are mounted. Prints
+    NAME@sha256:<manifest digest>. DX_OLLAMA_REGISTRY sends it to that base URL instead;
+    DX_OLLAMA_TOKEN goes to the registry as a bearer token.
+    """
+    from dx.models.push import push_model
+
+    tty = sys.stderr.isatty()
+    drawn = False
+
+    def say(line: dict[str, Any]) -> None:
+        nonlocal drawn
+        status, total, done = line["status"], line.get("total"), line.get("completed")
+        if total is not None:  # a blob's bytes: one redrawn line on a terminal, the finished size otherwise
+            if tty and done is not None and total:
+                sys.stderr.write(f"\r{status} {100 * done // total:3d}% {human_size(done)} / {human_size(total)}   ")
+                sys.stderr.flush()
+                drawn = True
+            if done == total:
+                if drawn:
+                    sys.stderr.write("\n")
+                    drawn = False
+                else:
+                    click.echo(f"{status}  {human_size(total or 0)}", err=True)
+            return
+        if drawn:
+            sys.stderr.write("\n")
+            drawn = False
+        click.echo(status, err=True)
+
+    result = push_model(_store(), model, destination, insecure=insecure, progress=say)
+    click.echo(f"{result.pinned}  (sent {result.sent}, mounted {result.mounted}, already there {result.present})")
 
 
 @click.command("rm")

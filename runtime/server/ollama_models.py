@@ -199,6 +199,9 @@ def pull(req: Request) -> None:
         stream = True
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
+    insecure = doc.get("insecure") or False  # plain HTTP to the name's registry, as Ollama's
+    if not isinstance(insecure, bool):
+        raise BadRequest("insecure must be true or false")
     if not name.startswith("hf:"):
         parse_name(name)  # 400 for what is not a model name
     emit: Callable[[dict[str, Any]], None] | None = None
@@ -222,7 +225,7 @@ def pull(req: Request) -> None:
             source = resolver.default
             say_present(source.sha256 or "", source.size(), progress)
         else:
-            pull_by_name(resolver.store, name, progress)  # hf:, Ollama's registry, or already here
+            pull_by_name(resolver.store, name, progress, insecure=insecure)  # hf:, Ollama's registry, or already here
     except DXError as exc:
         if emit is None:
             raise  # nothing sent yet: the transport answers with the error's own status

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
-from dx.server import ollama, ollama_blobs, ollama_create, ollama_models, openai, rerank
+from dx.server import ollama, ollama_blobs, ollama_create, ollama_models, ollama_push, openai, rerank
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
@@ -41,6 +41,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/api/embed",           ollama.embed),
     Route("POST",        "/api/embeddings",      ollama.embeddings),
     Route("POST",        "/api/pull",            ollama_models.pull),
+    Route("POST",        "/api/push",            ollama_push.push),  # a store model to an OCI registry
     Route("POST DELETE", "/api/delete",          ollama_models.delete),
     Route("POST",        "/api/copy",            ollama_models.copy),
     Route("POST",        "/api/create",          ollama_create.create),  # from + system/parameters/…, or files

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: the system tools the tests drive
 # (ccache, dash, busybox, openssl, curl, npm for llama.cpp's web UI, chromium to drive it, tmux for dx top,
+# docker-registry (the CNCF distribution registry) for dx push/pull against a real registry,
 # gcc and patch for the engine), DX with its test extras, then ruff, the import layers
 # (lint-imports) and pytest (unit, integration with the real engine, Nuitka and clients).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need=()
-for tool in ccache dash busybox openssl curl npm chromium tmux gcc patch; do
+for tool in ccache dash busybox openssl curl npm chromium tmux gcc patch docker-registry; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v dpkg >/dev/null && for pkg in qemu-user-static glslc libvulkan-dev spirv-headers mesa-vulkan-drivers gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done  # the vulkan (lavapipe) and aarch64 (qemu) tiers

@@ -16,6 +16,7 @@ from dxverify.errors import ConfigurationError
 
 DEFAULT_TAG = "latest"
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HOST_PORT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[0-9]{1,5}")  # a registry host with a port, as Ollama allows
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _HF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
@@ -76,7 +77,8 @@ def parse_name(text: str) -> ModelName:
             hint="tags use letters, digits, '.', '_' and '-' (at most 128)",
         )
     parts = name.split("/")
-    if len(parts) > 4 or not all(_SEGMENT.fullmatch(p) for p in parts):
+    host_port = len(parts) >= 3 and _HOST_PORT.fullmatch(parts[0]) is not None  # 127.0.0.1:5000/ns/model
+    if len(parts) > 4 or not all(_SEGMENT.fullmatch(p) or (i == 0 and host_port) for i, p in enumerate(parts)):
         raise InvalidModelNameError(
             f"invalid model name {_shown(name)}",
             hint="names are up to 4 '/'-separated parts of letters, digits, '.', '_' and '-'",

@@ -27,6 +27,16 @@ def cpu_engine() -> Path:
 
 
 @pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real OCI registry (Debian's docker-registry, distribution 2.8) on loopback, plain HTTP, no auth."""
+    from support.oci_registry import start_registry
+
+    reg = start_registry(tmp_path_factory.mktemp("oci-registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
 def mint_release_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, cpu_engine: Path) -> Path:
     """A release directory made by the real `dxbuild --gpu cpu --model smollm2 -o DIR`.
 

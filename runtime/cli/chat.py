@@ -161,6 +161,12 @@ class LocalEngine:
         self.engine = Engine.start(source, ctx=self.ctx, parallel=1, extra_args=spec.engine_args())
 
     def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+        from dx.models.defaults import for_source
+
+        # a created model's MESSAGEs go first, as the server puts them (its SYSTEM is already the chat's)
+        shots = [dict(m) for m in for_source(self.engine.source).messages]
+        at = 1 if messages and messages[0].get("role") == "system" else 0
+        messages = [*messages[:at], *shots, *messages[at:]]
         body = {"model": self.name, "messages": messages, "stream": True, **sampling.openai()}
         headers = {"Authorization": f"Bearer {self.engine.api_key}"}
         from dx.server.ollama_wire import sse_events

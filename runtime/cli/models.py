@@ -1,4 +1,4 @@
-"""The model commands of ``dx``: run, list, show, pull, rm, cp, ps, doctor.
+"""The model commands of ``dx``: run, list, show, pull, push, rm, cp, create, ps, doctor.
 
 Only click is imported at module level; each command loads what it needs when
 it runs, so ``dx --help`` and a minted executable's start stay quick.
@@ -129,7 +129,8 @@ def _embedded_listing() -> list[tuple[Any, int, int | None]]:
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with the GGUF metadata.")
 @click.option("--template", is_flag=True, help="Print only the chat template.")
-def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
+@click.option("--modelfile", "as_modelfile", is_flag=True, help="Print the model's Modelfile (as `ollama show --modelfile`).")
+def show_cmd(model: str | None, as_json: bool, template: bool, as_modelfile: bool) -> None:
     """Show a model (a store name, or a GGUF path): architecture, parameters, quantisation, context.
 
     In an executable with a model inside, MODEL may be left out (it is the embedded one).
@@ -161,6 +162,9 @@ def show_cmd(model: str | None, as_json: bool, template: bool) -> None:
         from dxverify.errors import ConfigurationError
 
         raise ConfigurationError("dx show needs a MODEL", hint="`dx list` shows the models")
+    if as_modelfile:
+        click.echo(_modelfile_of(d), nl=False)
+        return
     if template:
         click.echo(d.chat_template or "")
         return
@@ -192,7 +196,8 @@ def _names_embedded(model: str) -> bool:
 @click.argument("model")
 @click.option("--name", default=None, help="Store it under this name[:tag] (default: hf.co/OWNER/REPO:FILE).")
 @click.option("--sha256", default=None, help="The SHA-256 the file must have.")
-def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
+@click.option("--insecure", is_flag=True, help="Plain HTTP to the registry in the name (a registry without TLS).")
+def pull_cmd(model: str, name: str | None, sha256: str | None, insecure: bool) -> None:
     """Fetch NAME[:TAG] from Ollama's registry (~/.ollama first), hf:OWNER/REPO/FILE.gguf[@REV], or import a GGUF.
 
     Registry names are Ollama's ([host/][namespace/]model[:tag]; DX_OLLAMA_REGISTRY, DX_OLLAMA_TOKEN);
@@ -217,8 +222,49 @@ def pull_cmd(model: str, name: str | None, sha256: str | None) -> None:
             drawn = False
         click.echo(status, err=True)
 
-    entry = _store().pull(model, name=name, sha256=sha256, progress=say)
+    entry = _store().pull(model, name=name, sha256=sha256, progress=say, insecure=insecure)
     click.echo(f"{entry.name}  sha256:{entry.sha256}  {human_size(entry.size)}")
+
+
+@click.command("push")
+@click.argument("model")
+@click.argument("destination", required=False)
+@click.option("--insecure", is_flag=True, help="Plain HTTP to the registry (a registry without TLS).")
+def push_cmd(model: str, destination: str | None, insecure: bool) -> None:
+    """Push MODEL from the store to an OCI registry as [host/]namespace/model:tag (default: MODEL's own name).
+
+    In Ollama's media types and manifest shape (what `dx pull NAME` reads back). Blobs the registry
+    has are not sent again; blobs DX saw in another repository of it are mounted. Prints
+    NAME@sha256:<manifest digest>. DX_OLLAMA_REGISTRY sends it to that base URL instead;
+    DX_OLLAMA_TOKEN goes to the registry as a bearer token.
+    """
+    from dx.models.push import push_model
+
+    tty = sys.stderr.isatty()
+    drawn = False
+
+    def say(line: dict[str, Any]) -> None:
+        nonlocal drawn
+        status, total, done = line["status"], line.get("total"), line.get("completed")
+        if total is not None:  # a blob's bytes: one redrawn line on a terminal, the finished size otherwise
+            if tty and done is not None and total:
+                sys.stderr.write(f"\r{status} {100 * done // total:3d}% {human_size(done)} / {human_size(total)}   ")
+                sys.stderr.flush()
+                drawn = True
+            if done == total:
+                if drawn:
+                    sys.stderr.write("\n")
+                    drawn = False
+                else:
+                    click.echo(f"{status}  {human_size(total or 0)}", err=True)
+            return
+        if drawn:
+            sys.stderr.write("\n")
+            drawn = False
+        click.echo(status, err=True)
+
+    result = push_model(_store(), model, destination, insecure=insecure, progress=say)
+    click.echo(f"{result.pinned}  (sent {result.sent}, mounted {result.mounted}, already there {result.present})")
 
 
 @click.command("rm")
@@ -237,6 +283,122 @@ def cp_cmd(source: str, destination: str) -> None:
     """Give a model another name (the bytes are shared)."""
     entry = _store().copy(source, destination)
     click.echo(f"copied {source} to {entry.name}")
+
+
+def _modelfile_of(shown: Any) -> str:
+    """``dx show --modelfile``: a created model's Modelfile, else one made of its template and defaults."""
+    from dx.models.create import render_record
+    from dx.models.defaults import for_source
+    from dx.models.source import ModelSource
+    from dx.server.ollama_wire import show_modelfile
+
+    e = shown.entry
+    if e.modelfile:
+        head = ['# Modelfile generated by "dx show"', "# To build a new Modelfile based on this, replace FROM with:",
+                f"# FROM {e.name}", ""]
+        return "\n".join(head) + "\n" + render_record(e.modelfile)
+    d = for_source(ModelSource(path=e.path, offset=e.offset, length=e.length, name=e.name, sha256=e.sha256))
+    return show_modelfile(e.name, shown.chat_template or "", d.params, d.system)
+
+
+@click.command("create")
+@click.argument("name")
+@click.option("-f", "--file", "modelfile", default="Modelfile", show_default=True, metavar="FILE",
+              help="The Modelfile (FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, ADAPTER, DRAFT, LICENSE).")
+def create_cmd(name: str, modelfile: str) -> None:
+    """Create NAME from a Modelfile: the FROM model's bytes (shared, never copied twice) with its own defaults.
+
+    FROM takes a store name (pulled when missing, as Ollama does), a GGUF path (relative to the Modelfile),
+    hf:OWNER/REPO/FILE.gguf or sha256:DIGEST; ADAPTER a LoRA GGUF path or digest; DRAFT a draft GGUF path,
+    store name or digest (checked against FROM as --draft is).
+    """
+    from pathlib import Path
+
+    from dx.models.create import as_base, base_defaults, blob_entry, create, spec_from_modelfile
+    from dx.models.modelfile import parse
+    from dx.names import parse_name
+    from dxverify.errors import ConfigurationError
+
+    parse_name(name)
+    path = Path(modelfile).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(f"no Modelfile at {path}", hint="write one (FROM MODEL, SYSTEM …) or pass -f FILE")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigurationError(f"cannot read the Modelfile {path}: {e}") from None
+    mf = parse(text)
+    for w in mf.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+    def say(status: str) -> None:
+        click.echo(status, err=True)
+
+    store, folder = _store(), path.resolve().parent
+    from_ = mf.from_
+    blob = _file_blob(store, from_, folder, "FROM", say)
+    if blob is not None or from_.startswith(("sha256:", "sha256-")):
+        from_ = blob or "sha256:" + from_[7:].lower()
+        base = blob_entry(store, from_, "FROM")
+    elif from_.startswith("hf:"):
+        base = store.pull(from_, progress=lambda s, c, t: None if s == "downloading" else say(s))
+    else:
+        try:
+            base = store.get(from_)
+        except ConfigurationError:
+            base = store.pull(from_, progress=lambda s, c, t: None if s == "downloading" else say(s))
+    inherited, record, template = base_defaults(base, store)
+    adapters = [_blob_digest(store, a, folder, "ADAPTER", say) for a in mf.adapters]
+    draft = _blob_digest(store, mf.draft, folder, "DRAFT", say, names=True) if mf.draft else None
+    spec = spec_from_modelfile(name, mf, from_, adapters, draft)
+    entry = create(store, spec, as_base(base), inherited, say, base_record=record, base_template=template)
+    say("success")
+    click.echo(f"created {entry.name} from {from_}")
+
+
+def _file_blob(store: Any, value: str, folder: Any, what: str, say: Any) -> str | None:
+    """A GGUF file FROM/ADAPTER/DRAFT names (relative to the Modelfile): into the store's blobs, its digest.
+
+    None when ``value`` names no file (then it is a model name or a digest)."""
+    from pathlib import Path
+
+    from dx.models.check import sha256_of
+    from dx.names import looks_like_path
+    from dxverify.errors import ConfigurationError
+
+    if value.startswith(("sha256:", "sha256-", "hf:")):
+        return None
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else folder / p
+    if not p.is_file():
+        if looks_like_path(value):
+            raise ConfigurationError(f"{what} {value}: no such file (a path is relative to the Modelfile's folder)")
+        return None
+    say(f"reading {p.name}")
+    digest = "sha256:" + sha256_of(p)
+    if store.blob_path(digest) is None:
+        say(f"copying {p.name} into the store")
+        with open(p, "rb") as f:
+            store.receive_blob(iter(lambda: f.read(1 << 20), b""), digest, p.stat().st_size)
+    return digest
+
+
+def _blob_digest(store: Any, value: str, folder: Any, what: str, say: Any, names: bool = False) -> str:
+    """ADAPTER/DRAFT -> a blob digest of the store: a file (copied in), a digest, or (DRAFT) a store model."""
+    from dxverify.errors import ConfigurationError
+
+    got = _file_blob(store, value, folder, what, say)
+    if got is not None:
+        return got
+    if value.startswith(("sha256:", "sha256-")):
+        return "sha256:" + value[7:].lower()
+    if names:
+        entry = store.get(value)
+        if entry.in_place or entry.read_only:
+            raise ConfigurationError(f"{what} {value}: its bytes are not a blob of DX's store",
+                                     hint=f"dx pull {value} (or give the GGUF's path)")
+        return entry.digest
+    raise ConfigurationError(f"{what} {value}: no such file", hint="give the LoRA GGUF's path or sha256:DIGEST")
 
 
 @click.command("ps")

@@ -35,7 +35,7 @@ from dx.engine.launcher import (
 )
 from dx.engine.locate import locate_engine
 from dx.models.capabilities import projector_for
-from dx.models.defaults import for_source
+from dx.models.defaults import ModelDefaults, for_source
 from dx.models.source import ModelSource, verify_source
 
 DEFAULT_PARALLEL = 4
@@ -117,6 +117,8 @@ class Engine:
         defaults = for_source(source)  # the model's own (Ollama params layer): stop strings, sampling, num_ctx
         ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
         if purpose == GENERATE:
+            if verify:
+                _verify_created_parts(defaults)
             extra_args = [*defaults.engine_args(), *mmproj_args(source), *extra_args]
             _say_engine_devices(binary)
         last_error: DXError | None = None
@@ -301,3 +303,23 @@ class _PortTaken(Exception):
     def __init__(self, error: DXError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _verify_created_parts(defaults: ModelDefaults) -> None:
+    """A created model's draft and LoRA adapters (``dx.models.create``) are checked like the model at every
+    start: structure each time, the SHA-256 their blob is named by once (cached)."""
+    from dx.errors import ModelNotFoundError
+    from dxverify.errors import IntegrityError
+
+    parts = [("draft", defaults.draft)] if defaults.draft else []
+    for kind, part in [*parts, *(("adapter", a) for a in defaults.adapters)]:
+        path = Path(part)
+        digest = "sha256:" + path.name.removeprefix("sha256-")
+        if not path.is_file():  # no store path in the words: they reach API clients
+            raise ModelNotFoundError(f"this model's {kind} blob {digest} is gone from the store",
+                                     hint="create the model again (dx create / POST /api/create)")
+        try:
+            verify_source(ModelSource(path=path, name=path.name, sha256=digest[7:]))
+        except DXError as e:
+            raise IntegrityError(f"this model's {kind} blob {digest} is damaged: {str(e).replace(part, digest)}",
+                                 hint="create the model again (dx create / POST /api/create)") from None

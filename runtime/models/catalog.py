@@ -216,8 +216,11 @@ class Store(ModelStore):
         name: str | None = None,
         sha256: str | None = None,
         progress: ProgressCallback | None = None,
+        insecure: bool = False,
     ) -> ModelEntry:
-        """Fetch ``hf:OWNER/REPO/FILE.gguf`` (huggingface_hub) or import a local GGUF path."""
+        """Fetch ``hf:OWNER/REPO/FILE.gguf`` (huggingface_hub) or import a local GGUF path.
+
+        A registry name comes from Ollama's registry (``insecure``: plain HTTP to its host)."""
         if is_hf(spec):
             return _pull().pull_hf(self, parse_hf(spec), name=name, sha256=sha256, progress=progress)
         if looks_like_path(spec) or Path(spec).is_file():
@@ -235,7 +238,7 @@ class Store(ModelStore):
         except ModelNotFoundError:
             entry = None
         if entry is None or entry.read_only or entry.source.startswith("registry:"):
-            return _pull().pull_registry(self, spec, name=name, progress=progress)
+            return _pull().pull_registry(self, spec, name=name, progress=progress, insecure=insecure)
         if progress:
             progress("success", entry.size, entry.size)
         return entry

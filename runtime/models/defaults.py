@@ -11,6 +11,13 @@ slot. Some published blobs need the stop strings: without Ollama's own
 llama.cpp patches their end-of-turn token is not marked as such, and the
 generation would not end.
 
+A created model (``dx create``, ``/api/create``; ``dx.models.create``) carries its
+Modelfile's record in its manifest: its parameters are these defaults too (the
+load-time ones, ``num_thread``, ``num_batch``, ``num_gpu``, ``main_gpu``,
+``use_mmap``/``use_mlock``, ``numa``, become the engine's flags), its ``SYSTEM``
+and ``MESSAGE``s go before every chat, each ``ADAPTER`` is a ``--lora`` and its
+``DRAFT`` the engine's draft model (``draft_num_predict`` its most drafted tokens).
+
 The defaults are found from the ModelSource alone (the server and the CLI make
 those in several places): a blob of DX's store is looked up by the manifest of
 the same name whose blob it is; a blob of Ollama's store by Ollama's manifest.
@@ -51,12 +58,20 @@ _FLAGS = {
 }
 _INTS = {"top_k", "repeat_last_n", "seed", "num_predict", "num_keep", "mirostat"}
 MAX_STOPS = 16
+# Load-time options of a created model -> llama-server flags (the value of Ollama's default: no flag).
+_LOAD_FLAGS = {"num_thread": ("-t", 0), "num_batch": ("-b", None), "num_gpu": ("-ngl", -1), "main_gpu": ("-mg", None)}
+# The pinned engine's speculation flags (dx.engine.speculative.ENGINE_FLAGS, which this layer cannot import).
+_DRAFT_ARGS = ("--spec-type", "draft-simple", "--spec-draft-model")
+_DRAFT_MAX = "--spec-draft-n-max"
 
 
 @dataclass(frozen=True)
 class ModelDefaults:
     params: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
+    messages: tuple[dict[str, str], ...] = ()   # a created model's MESSAGEs: before every chat's own
+    adapters: tuple[str, ...] = ()              # LoRA GGUF paths (--lora)
+    draft: str | None = None                    # the draft GGUF's path (speculative decoding)
 
     @property
     def ctx(self) -> int | None:
@@ -80,7 +95,40 @@ class ModelDefaults:
             args += [flag, str(int(v)) if key in _INTS else repr(float(v))]
         for s in self.stop:
             args += ["-r", s]
+        for key, (flag, engine_default) in _LOAD_FLAGS.items():
+            v = self.params.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v != engine_default:
+                args += [flag, str(v)] + (["-ub", str(v)] if key == "num_batch" else [])
+        mmap, mlock = self.params.get("use_mmap", True) is not False, self.params.get("use_mlock") is True
+        if not mmap or mlock:
+            args += ["--load-mode", {(False, False): "none", (False, True): "mlock", (True, True): "mmap+mlock"}[
+                (mmap, mlock)]]
+        if self.params.get("numa") is True:
+            args += ["--numa", "distribute"]
+        for adapter in self.adapters:
+            args += ["--lora", adapter]
+        n_max = self.params.get("draft_num_predict")
+        if self.draft and n_max != 0:
+            args += [*_DRAFT_ARGS, self.draft]
+            if isinstance(n_max, int) and not isinstance(n_max, bool):
+                args += [_DRAFT_MAX, str(n_max)]
         return args
+
+    def prepend_to(self, messages: list[Any]) -> bool:
+        """Put the model's SYSTEM (unless the chat has a system message) and its MESSAGEs before a chat's
+        own ``messages``, in place, as Ollama does; after the chat's own leading system message, since
+        chat templates want the system message first. True when anything was added."""
+        prefix: list[dict[str, str]] = []
+        has_system = any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
+        if self.system and not has_system:
+            prefix.append({"role": "system", "content": self.system})
+        prefix += [dict(m) for m in self.messages]
+        if not prefix:
+            return False
+        own_system = bool(messages) and isinstance(messages[0], dict) and messages[0].get("role") == "system"
+        at = 1 if own_system else 0
+        messages[at:at] = prefix
+        return True
 
 
 NONE = ModelDefaults()
@@ -95,9 +143,46 @@ def from_registry(doc: dict[str, Any] | None) -> ModelDefaults:
     return ModelDefaults(dict(params), system)
 
 
+def from_modelfile(record: dict[str, Any] | None, blobs: Path) -> ModelDefaults:
+    """From a created model's ``modelfile`` record (``dx.models.create``); adapter and draft digests are
+    blobs of the store at ``blobs``."""
+    if not record:
+        return NONE
+    params = record.get("params") if isinstance(record.get("params"), dict) else {}
+    system = record.get("system") if isinstance(record.get("system"), str) else None
+    messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in record.get("messages") or []
+                     if isinstance(m, dict) and "role" in m and "content" in m)
+
+    def blob(digest: object) -> str | None:
+        return str(blobs / digest.replace("sha256:", "sha256-", 1)) if isinstance(digest, str) else None
+
+    adapters = tuple(p for p in (blob(d) for d in record.get("adapters") or []) if p)
+    return ModelDefaults(dict(params), system, messages, adapters, blob(record.get("draft")))
+
+
+def _created(source: ModelSource) -> ModelDefaults | None:
+    """A created model of DX's store named ``source.name`` for these very bytes, or None."""
+    if not source.name:
+        return None
+    from dx.config import dx_home
+    from dx.models.store import ModelStore
+
+    store = ModelStore(dx_home(), ollama_dir=False)
+    try:
+        entry = store.own(source.name)
+    except Exception:  # not a store name (a file's name), a broken manifest: not a created model
+        return None
+    if entry is None or entry.modelfile is None or (source.sha256 and entry.sha256 != source.sha256):
+        return None
+    return from_modelfile(entry.modelfile, store.blobs)
+
+
 def for_source(source: ModelSource) -> ModelDefaults:
     """The defaults of the model ``source`` points at; NONE when it has none (or cannot be told)."""
     with contextlib.suppress(Exception):  # defaults are a nicety: never a reason not to start
+        created = _created(source)  # first: a created model may name bytes in place (another file)
+        if created is not None:
+            return created
         path = Path(source.path)
         if source.offset:
             return _embedded(path)
@@ -122,7 +207,9 @@ def _embedded(path: Path) -> ModelDefaults:
 def _dx_store(blob: Path, name: str) -> ModelDefaults | None:
     store = Store(blob.parent.parent.parent, ollama_dir=False)
     entry = store.get(name)
-    return from_registry(entry.registry) if entry.path == blob else None
+    if entry.path != blob:
+        return None
+    return from_modelfile(entry.modelfile, store.blobs) if entry.modelfile else from_registry(entry.registry)
 
 
 def _ollama_store(blob: Path, name: str) -> ModelDefaults:
@@ -140,4 +227,11 @@ def _ollama_store(blob: Path, name: str) -> ModelDefaults:
 
 def describe(defaults: ModelDefaults) -> str:
     """One line for logs and `dx show`."""
-    return json.dumps({"params": defaults.params, "system": defaults.system}, sort_keys=True)[:400]
+    doc: dict[str, Any] = {"params": defaults.params, "system": defaults.system}
+    if defaults.messages:
+        doc["messages"] = len(defaults.messages)
+    if defaults.adapters:
+        doc["adapters"] = len(defaults.adapters)
+    if defaults.draft:
+        doc["draft"] = True
+    return json.dumps(doc, sort_keys=True)[:400]

@@ -24,6 +24,7 @@ class ModelEntry:
     registry: dict[str, Any] | None = None  # pulled from Ollama's registry: manifest digest, layers, params…
     offset: int = 0              # in place (an ``in_file`` manifest): the bytes at offset..offset+length of path
     length: int | None = None
+    modelfile: dict[str, Any] | None = None  # made by `dx create` / /api/create: the record of dx.models.create
 
     @property
     def in_place(self) -> bool:

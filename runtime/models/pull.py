@@ -351,16 +351,17 @@ def pull_registry(
     *,
     name: str | None = None,
     progress: ProgressCallback | None = None,
+    insecure: bool = False,
 ) -> ModelEntry:
     """``spec`` from Ollama's registry (or Ollama's own store, read-only, when it is there) into ``store``.
 
     Stored as Ollama names it (``llama3.2:3b``; another host or namespace keeps
     it), source ``registry:<host>/<ns>/<model>:<tag>``; the manifest's digest,
     its layers and what the small layers say (params, system, template,
-    licenses) go into DX's manifest under ``registry``.
+    licenses) go into DX's manifest under ``registry``. ``insecure``: plain HTTP to the name's host.
     """
 
-    rname = reg.parse_registry_name(spec)
+    rname = reg.parse_registry_name(spec).plain_http(insecure)
     target = str(parse_name(name) if name else parse_name(rname.short))
     say = progress or _stderr_progress(rname)
     source = f"registry:{rname}"
@@ -410,6 +411,9 @@ def pull_registry(
         finally:
             path.unlink(missing_ok=True)
     _notes(rname, manifest, info, entry, say)
+    from dx.models.push import remember_pull
+
+    remember_pull(store, rname, manifest)  # a push to this registry can mount these blobs
     say("success", entry.size, entry.size)
     return entry
 
@@ -469,7 +473,8 @@ def _stderr_progress(rname: Any) -> ProgressCallback:
     return say
 
 
-def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None) -> ModelEntry:
+def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = None, *,
+                 insecure: bool = False) -> ModelEntry:
     """``/api/pull``: ``hf:…``, or a name (Ollama's registry unless DX already has it); never a file path.
 
     A model DX already has is a success without the network, as Ollama answers for
@@ -477,7 +482,7 @@ def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = No
     registry after asking the registry for a newer manifest, falling back to the
     copy here when the registry cannot be reached. Failures keep their HTTP
     meaning (``dx.errors``): a bad name 400, a model the registry does not have
-    404, a registry that cannot be reached or sends bad bytes 502.
+    404, a registry that cannot be reached or sends bad bytes 502. ``insecure``: plain HTTP to the registry.
     """
 
     say = progress or (lambda status, completed, total: None)
@@ -511,7 +516,7 @@ def pull_by_name(store: Store, spec: str, progress: ProgressCallback | None = No
     except ConfigurationError as e:
         raise InvalidModelNameError(e.message, hint=e.hint) from None
     try:
-        return _upstream(lambda: pull_registry(store, spec, progress=say))
+        return _upstream(lambda: pull_registry(store, spec, progress=say, insecure=insecure))
     except DownloadError:
         if entry is None or not entry.path.is_file():
             raise

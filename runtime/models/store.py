@@ -6,8 +6,14 @@ Layout (``$DX_HOME``, default ``~/.dx``; the server's API key lives there too)::
                                      name:tag -> blob digest + what we read from the GGUF; an
                                      ``in_file`` record (path, offset, length) instead names bytes
                                      where they are (a copy of the model inside a minted executable)
-    models/tmp/                      imports and downloads in progress (same filesystem)
+    models/tmp/                      imports, uploads and downloads in progress (same filesystem)
     models/downloads/                huggingface_hub's cache while a pull runs
+
+A created model (``dx create``, ``/api/create``: ``dx.models.create``) is a manifest
+like any other, naming its base model's blob (no copy) and carrying a ``modelfile``
+record (system, messages, parameters, template, license, adapter and draft
+digests, its Modelfile); a blob uploaded by ``POST /api/blobs`` (``receive_blob``)
+is a blob without a name until a created model names it.
 
 Everything is written to ``tmp/`` and renamed into place, so a crash leaves no
 half blob and no half manifest. Models that Ollama keeps under
@@ -120,6 +126,16 @@ class ModelStore:
         entry = self.get(name)
         return ShownModel(entry, read_facts(entry.path, entry.offset, entry.length))
 
+    def own(self, name: str) -> ModelEntry | None:
+        """DX's own manifest for ``name`` (never Ollama's), None when there is none: one file read."""
+        path = self._manifest_path(parse_name(name))
+        return self._load_manifest(path) if path.is_file() else None
+
+    def blob_path(self, digest: str) -> Path | None:
+        """The blob ``sha256:<hex>`` (or ``sha256-<hex>``) in DX's store, None when it is not there."""
+        blob = self.blobs / f"sha256-{_check_hex(digest.replace('sha256-', 'sha256:', 1))}"
+        return blob if blob.is_file() else None
+
     def find_by_source(self, source: str) -> ModelEntry | None:
         for e in self._own_entries():
             if e.source == source:
@@ -199,6 +215,68 @@ class ModelStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def receive_blob(self, chunks: Iterator[bytes], sha256: str, length: int) -> Path:
+        """Take an upload (``POST /api/blobs``): stream ``chunks`` to ``tmp/`` while hashing, then check
+        the digest and the GGUF structure, and only then rename it into ``blobs/``.
+
+        Nothing is held in memory and nothing half-written stays: a short body, a
+        wrong digest, a damaged GGUF or a full disk remove the partial file and
+        raise (IntegrityError for the digest, MalformedInputError for the GGUF,
+        OSError for the disk; ``BlobTooLargeError`` before any byte when ``length``
+        is more than the free space).
+        """
+        sha256 = _check_hex(sha256)
+        self._ensure_dirs()
+        free = free_bytes(self.tmp)
+        if length > free:
+            raise BlobTooLargeError(f"the blob is {length} bytes and the store has {free} bytes free",
+                                    hint="free disk space under DX_HOME, then upload again")
+        self.sweep_stale()
+        fd, tmp_name = tempfile.mkstemp(prefix="upload-", suffix=".partial", dir=self.tmp)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            got = 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    h.update(chunk)
+                    out.write(chunk)
+                    got += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if got != length:
+                raise IntegrityError(f"the upload ended after {got} of {length} bytes", hint="upload it again")
+            digest = h.hexdigest()
+            if digest != sha256:
+                raise IntegrityError(f'digest mismatch, expected "sha256:{sha256}", got "sha256:{digest}"')
+            read_facts(tmp)  # the strict GGUF reader, as an import: a damaged file never enters the store
+            os.chmod(tmp, 0o644)
+            with self._lock():
+                blob = self._adopt_blob(tmp, digest)
+            self._remember_verified(blob, digest)
+            return blob
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def name_modelfile(
+        self, name: str, base: ModelEntry, source: str, record: dict[str, Any],
+    ) -> ModelEntry:
+        """Name a created model: ``base``'s bytes (no copy) with its Modelfile ``record`` (``dx.models.create``).
+
+        ``base`` is a store entry (its blob) or one read in place (``base.length`` set:
+        a slice of another file, verified again at every use).
+        """
+        mn = parse_name(name)
+        self._ensure_dirs()
+        in_file = None
+        if base.in_place:
+            in_file = {"path": str(Path(base.path).resolve()), "offset": base.offset, "length": base.length}
+        elif not (self.blobs / f"sha256-{base.sha256}").is_file():
+            raise ModelNotFoundError(f"no blob sha256:{base.sha256} in the store")
+        with self._lock():
+            return self._write_manifest(mn, base.sha256, base.length or base.size, source, base.facts,
+                                        in_file=in_file, modelfile=record)
+
     def name_blob(self, name: str, sha256: str, source: str, registry: dict[str, Any] | None = None) -> ModelEntry:
         """Give a blob already in the store (verified when it entered) a name from another source."""
         mn = parse_name(name)
@@ -223,8 +301,9 @@ class ModelStore:
         with self._lock():
             entry = self._load_manifest(path)
             path.unlink()
+            others = self._own_entries()
             if not entry.in_place and not any(
-                e.sha256 == entry.sha256 and not e.in_place for e in self._own_entries()
+                (e.sha256 == entry.sha256 and not e.in_place) or entry.digest in _blobs_named_by(e) for e in others
             ):
                 (self.blobs / f"sha256-{entry.sha256}").unlink(missing_ok=True)
         return entry
@@ -236,6 +315,8 @@ class ModelStore:
         """
         entry = self.get(src)
         dst_name = parse_name(dst)
+        if entry.modelfile is not None:  # a created model: the copy keeps its Modelfile record
+            return self.name_modelfile(str(dst_name), entry, entry.source, entry.modelfile)
         if entry.in_place:
             return self.name_in_place(str(dst_name), entry.path, entry.offset, entry.length or entry.size,
                                       entry.sha256, source=entry.source)
@@ -310,6 +391,7 @@ class ModelStore:
     def _write_manifest(
         self, mn: ModelName, digest: str, size: int, source: str, facts: ModelFacts,
         registry: dict[str, Any] | None = None, in_file: dict[str, Any] | None = None,
+        modelfile: dict[str, Any] | None = None,
     ) -> ModelEntry:
         doc = {
             "schemaVersion": MANIFEST_SCHEMA,
@@ -325,6 +407,8 @@ class ModelStore:
             doc["registry"] = registry
         if in_file:
             doc["in_file"] = in_file  # the bytes stay where they are: path, offset, length (no blob)
+        if modelfile:
+            doc["modelfile"] = modelfile  # dx create / /api/create: system, messages, params... (dx.models.create)
         path = self._manifest_path(mn)
         fd, tmp_name = tempfile.mkstemp(prefix="manifest-", suffix=".partial", dir=self.tmp)
         try:
@@ -365,6 +449,7 @@ class ModelStore:
                 registry=doc["registry"] if isinstance(doc.get("registry"), dict) else None,
                 offset=offset,
                 length=length,
+                modelfile=doc["modelfile"] if isinstance(doc.get("modelfile"), dict) else None,
             )
         except (OSError, ValueError, KeyError, TypeError, ConfigurationError) as e:
             # No path in the line: it can reach an API client (`dx list` shows where the store is).
@@ -393,6 +478,28 @@ class ModelStore:
             from dxverify import verified_cache
 
             verified_cache.remember(self.root / "cache", blob, digest)
+
+
+class BlobTooLargeError(ConfigurationError):
+    """An upload bigger than the store's free disk space: refused before a byte is written (507)."""
+
+    http_status = 507
+    error_type = "server_error"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem of ``path`` for an unprivileged writer."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _blobs_named_by(entry: ModelEntry) -> set[str]:
+    """The adapter and draft blobs a created model's record names (they stay while it does)."""
+    rec = entry.modelfile or {}
+    named = [d for d in rec.get("adapters") or [] if isinstance(d, str)]
+    if isinstance(rec.get("draft"), str):
+        named.append(rec["draft"])
+    return set(named)
 
 
 def _check_hex(value: str) -> str:

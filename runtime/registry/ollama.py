@@ -13,7 +13,8 @@ The protocol is the Docker distribution API as Ollama uses it:
 
 Names are Ollama's: ``[host/][namespace/]model[:tag]`` with the defaults
 ``registry.ollama.ai``, ``library`` and ``latest``; ``hf.co/OWNER/REPO:QUANT`` is
-the same protocol with ``hf.co`` as the host. ``DX_OLLAMA_REGISTRY`` (a base URL
+the same protocol with ``hf.co`` as the host; ``--insecure`` (``"insecure": true``
+on the API) speaks plain HTTP to the host, as Ollama's does. ``DX_OLLAMA_REGISTRY`` (a base URL
 such as ``http://127.0.0.1:8080``) sends every registry request there instead of
 ``https://<host>`` (tests, mirrors). Pulls are anonymous; a registry that asks
 for a token (401 + ``WWW-Authenticate``) gets ``DX_OLLAMA_TOKEN`` as a bearer
@@ -42,7 +43,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dx import __version__, config
@@ -73,12 +74,13 @@ Progress = Callable[[str, "int | None", "int | None"], None]
 
 @dataclass(frozen=True)
 class RegistryName:
-    """``host/namespace/model:tag``, every part filled in."""
+    """``host/namespace/model:tag``, every part filled in; ``insecure``: plain HTTP to ``host`` (Ollama's ``--insecure``)."""
 
     host: str
     namespace: str
     model: str
     tag: str
+    insecure: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
@@ -95,6 +97,10 @@ class RegistryName:
     @property
     def repository(self) -> str:
         return f"{self.namespace}/{self.model}"
+
+    def plain_http(self, insecure: bool = True) -> RegistryName:
+        """The same name reached over plain HTTP (a registry on loopback or a LAN without TLS)."""
+        return replace(self, insecure=insecure)
 
 
 def parse_registry_name(text: str) -> RegistryName:
@@ -187,8 +193,9 @@ def _layer(d: object) -> Layer:
 
 
 def base_url(name: RegistryName) -> str:
+    """``DX_OLLAMA_REGISTRY`` when set, else ``https://<host>`` (``http://`` for an insecure name)."""
     override = config.ollama_registry_override()
-    return override or f"https://{name.host}"
+    return override or f"{'http' if name.insecure else 'https'}://{name.host}"
 
 
 def manifest_url(name: RegistryName) -> str:
@@ -257,7 +264,8 @@ def _http_error(name: RegistryName, url: str, exc: urllib.error.HTTPError) -> Ex
 def _net_error(name: RegistryName, exc: BaseException) -> DownloadError:
     reason = getattr(exc, "reason", None) or str(exc) or exc.__class__.__name__
     return DownloadError(f"pulling {name.short} from {base_url(name)} failed: {reason}",
-                         hint=f"check the network (or {REGISTRY_ENV}) and run the pull again: it resumes")
+                         hint=f"check the network (or {REGISTRY_ENV}; --insecure for a plain-HTTP "
+                              "registry) and run the pull again: it resumes")
 
 
 def fetch_manifest(name: RegistryName) -> Manifest:

@@ -174,14 +174,12 @@ def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str,
 
 
 def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:
-    """No system message in the request: the model's own (an Ollama system layer) goes first."""
+    """The model's own system prompt (an Ollama system layer, a Modelfile's SYSTEM) goes first unless the
+    request has one; a created model's MESSAGEs go before the request's own, as in Ollama."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or any(m.get("role") == "system" for m in messages):
+    if not isinstance(messages, list):
         return
-
-    system = for_source(req.app.resolver(name)).system
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
+    for_source(req.app.resolver(name)).prepend_to(messages)
 
 
 def _complete(

@@ -1,17 +1,27 @@
-"""``HEAD /api/blobs/sha256:<hex>``: does DX have this blob? (Ollama's clients ask before they upload.)
+"""``HEAD``/``POST /api/blobs/sha256:<hex>``: does DX have this blob, and upload one (then ``/api/create`` names it).
 
-200 when the blob is in DX's store or in Ollama's (read-only), 404 when it is in neither, 400 for a
+HEAD: 200 when the blob is in DX's store or in Ollama's (read-only), 404 when it is in neither, 400 for a
 digest that is not ``sha256:<64 hex>`` — Ollama's answers and words (server/routes.go HeadBlobHandler).
-Uploading (``POST /api/blobs``, then ``/api/create``) is not served here: it is a 404 "no route".
+
+POST (Ollama's CreateBlobHandler, with DX's checks): 200 at once when the blob is already in DX's store;
+otherwise the body streams to a temporary file in the store while it is hashed (never held in memory),
+and only a body of the announced length whose SHA-256 is the digest and whose bytes pass the strict GGUF
+reader is renamed into ``blobs/`` — 201 Created. A wrong digest is 400 ``digest mismatch, expected …,
+got …`` (Ollama's words), a body that is not a GGUF 400, a body that ends early 400, a body longer than
+the store's free disk space 507 before a byte is written (Ollama has no such check; 507 Insufficient
+Storage is HTTP's word for it), a disk that fills up mid-way 507; nothing half-written stays on any of them.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dx.errors import client_text
 from dx.server.wire import HTTPError
+from dxverify.errors import IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.server.request import Handler as Request
@@ -20,18 +30,60 @@ PREFIX = "/api/blobs/"
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
 
-def head(req: Request) -> None:
+def _digest(req: Request) -> tuple[str, str]:
+    """(what the client sent, the hex digest) or 400 in Ollama's words."""
     digest = req.path.split("?", 1)[0][len(PREFIX):]
     match = _DIGEST.fullmatch(digest)
     if match is None:
         raise HTTPError(400, "invalid digest format")
-    name = f"sha256-{match.group(1).lower()}"
+    return digest, match.group(1).lower()
+
+
+def head(req: Request) -> None:
+    digest, hexdigest = _digest(req)
+    name = f"sha256-{hexdigest}"
     store = req.app.store
     dirs: list[Path] = [store.blobs]
     if store.ollama_dir is not None:
         dirs.append(Path(store.ollama_dir) / "blobs")
     if not any((d / name).is_file() for d in dirs):
         raise HTTPError(404, f'blob "{digest[:80]}" not found', kind="not_found_error")
-    req.send_response(200)
+    _empty(req, 200)
+
+
+def post(req: Request) -> None:
+    """Upload a GGUF blob: 201 when stored, 200 when it was there already."""
+    _, hexdigest = _digest(req)
+    store = req.app.store
+    if (store.blobs / f"sha256-{hexdigest}").is_file():
+        if req.body_length:
+            req.close_connection = True  # the body stays unread: the connection cannot carry another request
+        _empty(req, 200)
+        return
+    length = req.body_length
+    if not length:
+        raise HTTPError(400, "the upload is empty; send the GGUF file's bytes as the body")
+    try:
+        store.receive_blob(req.iter_body(), hexdigest, length)
+    except IntegrityError as e:
+        raise HTTPError(400, str(e)) from None
+    except MalformedInputError as e:
+        reason = client_text(str(e), roots=[str(store.root)])
+        raise HTTPError(400, f"supplied file was not in GGUF format: {reason}"[:400]) from None
+    except OSError as e:
+        req.close_connection = True
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise HTTPError(507, "the disk filled up while the blob was stored; nothing was kept: free disk "
+                                 "space under DX_HOME and upload again", kind="server_error") from None
+        raise HTTPError(500, f"the blob could not be stored ({e.strerror or type(e).__name__}); nothing was kept",
+                        kind="server_error") from None
+    finally:
+        if req.body_length:
+            req.close_connection = True  # refused before (or while) the body was read: do not reuse it
+    _empty(req, 201)
+
+
+def _empty(req: Request, status: int) -> None:
+    req.send_response(status)
     req.send_header("Content-Length", "0")
     req.end_headers()

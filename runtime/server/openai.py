@@ -95,6 +95,8 @@ def relay(req: Request) -> None:
         # the engine answers 500 without it, or generates from an empty prompt for a non-list
         raise HTTPError(400, "messages: Field required" if "messages" not in doc else
                         "messages: Input should be a valid list")  # Anthropic's words
+    if path == "/v1/chat/completions" and isinstance(doc.get("messages"), list):
+        body = _with_model_prefix(req, model, doc, body)
     if path == "/v1/chat/completions" and doc.get("tools"):
         body = _with_tools(req, doc, model, body)
         if body is None:
@@ -108,6 +110,18 @@ def relay(req: Request) -> None:
         _relay_or_503(req, conn, resp)
     finally:
         cm.__exit__(None, None, None)
+
+
+def _with_model_prefix(req: Request, model: str, doc: dict[str, Any], body: bytes) -> bytes:
+    """A model with its own SYSTEM or MESSAGEs (a Modelfile's, an Ollama system layer): they go before the
+    chat's messages, as Ollama's /v1 does; any other chat stays byte for byte."""
+    from dx.models.defaults import for_source
+
+    try:
+        source = req.app.resolver(model)
+    except DXError:
+        return body  # the engine lease answers the unknown model in its own words
+    return json.dumps(doc).encode() if for_source(source).prepend_to(doc["messages"]) else body
 
 
 def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> bytes | None:

@@ -5,7 +5,7 @@ that decides who holds the key), then the route's handler; a failure becomes an
 answer by its own HTTP status (``dx.errors``), in the API's shape.
 
 Handlers use only the documented surface: ``app``, ``command``, ``path``,
-``headers``, ``authorized``, ``read_body``, ``send_json``/``send_text``/
+``headers``, ``authorized``, ``read_body`` (or ``body_length`` + ``iter_body`` for an upload), ``send_json``/``send_text``/
 ``send_error_json``, ``send_response``/``send_header``/``end_headers`` +
 ``wfile``/``connection`` for streams, ``headers_sent`` and ``close_connection``.
 """
@@ -18,6 +18,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from dx import metrics
@@ -208,6 +209,39 @@ class Request:
             self._body_left = need
             sock.settimeout(limits.io_timeout)
         return b"".join(parts)
+
+    @property
+    def body_length(self) -> int:
+        """Bytes of the body not read yet (all of it before ``read_body``/``iter_body``)."""
+        return self._body_left
+
+    def iter_body(self, chunk: int = MiB) -> Iterator[bytes]:
+        """The body in chunks, for an upload too big to hold (``POST /api/blobs``): no size limit (the
+        handler sets its own), no deadline for the whole, ``io_timeout`` for each chunk. A body that
+        ends early raises HTTPError(400) (408 when the client stalls), so a caller never keeps half."""
+        buf = self._conn.buf
+        if self._body_left and buf:
+            have = min(self._body_left, len(buf))
+            first = bytes(buf[:have])
+            del buf[:have]
+            self._body_left -= have
+            yield first
+        if self._body_left and self.headers.get("Expect", "").lower() == "100-continue":
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock = self.connection
+        sock.settimeout(self.app.limits.io_timeout)
+        while self._body_left:
+            try:
+                data = sock.recv(min(self._body_left, chunk))
+            except TimeoutError:
+                self.close_connection = True
+                raise HTTPError(408, "the upload stalled: no bytes within "
+                                     f"{self.app.limits.io_timeout:g}s") from None
+            if not data:
+                self.close_connection = True
+                raise HTTPError(400, "request body ended early")
+            self._body_left -= len(data)
+            yield data
 
     def body_read_fully(self) -> bool:
         """The connection can carry another request only when this one's body was read to its end."""

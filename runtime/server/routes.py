@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
-from dx.server import ollama, ollama_blobs, ollama_models, openai, rerank
+from dx.server import ollama, ollama_blobs, ollama_create, ollama_models, ollama_push, openai, rerank
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
@@ -31,7 +31,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET",         "/health",              openai.health, public=True),
     Route("GET",         "/",                    openai.root,   public=True),  # "Ollama is running"; a browser: the web UI
     Route("GET",         "/api/version",         ollama_models.version, public=True),  # probes ask it keyless
-    Route("HEAD",        "/api/blobs/*",         ollama_blobs.head),  # does DX have this blob? (no uploads)
+    Route("HEAD",        "/api/blobs/*",         ollama_blobs.head),  # does DX have this blob?
+    Route("POST",        "/api/blobs/*",         ollama_blobs.post),  # upload a GGUF blob (streamed, verified)
     Route("GET",         "/api/tags",            ollama_models.tags),
     Route("GET",         "/api/ps",              ollama_models.ps),
     Route("POST",        "/api/show",            ollama_models.show),
@@ -40,8 +41,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/api/embed",           ollama.embed),
     Route("POST",        "/api/embeddings",      ollama.embeddings),
     Route("POST",        "/api/pull",            ollama_models.pull),
+    Route("POST",        "/api/push",            ollama_push.push),  # a store model to an OCI registry
     Route("POST DELETE", "/api/delete",          ollama_models.delete),
     Route("POST",        "/api/copy",            ollama_models.copy),
+    Route("POST",        "/api/create",          ollama_create.create),  # from + system/parameters/…, or files
     Route("POST",        "/api/rerank",          rerank.api_rerank),  # query + documents -> scores (reranker models)
     Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
     Route("POST",        "/v1/completions",      openai.relay),

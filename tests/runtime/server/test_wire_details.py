@@ -114,9 +114,9 @@ def test_head_blobs(dx: DXServer) -> None:
     assert _get(dx, f"/api/blobs/sha256:{'0' * 64}", "HEAD", **key).status_code == 404
     for bad in ("sha256:abc", "md5:" + "0" * 32, "sha256:" + "g" * 64, "..%2F..%2Fetc%2Fpasswd"):
         assert _get(dx, f"/api/blobs/{bad}", "HEAD", **key).status_code == 400, bad
-    # what a HEAD cannot carry, a GET-less route says in Ollama's words: uploads are not served
+    # an upload whose bytes are not the digest: Ollama's words, nothing kept (uploads: test_create_api.py)
     post = httpx.post(f"{dx.url}/api/blobs/sha256:{'0' * 64}", headers=key, content=b"x", timeout=30)
-    assert post.status_code == 404 and post.json() == {"error": f"no route POST /api/blobs/sha256:{'0' * 64}"}
+    assert post.status_code == 400 and post.json()["error"].startswith(f'digest mismatch, expected "sha256:{"0" * 64}"')
 
 
 # ---------------------------------------------------------------- Anthropic's Messages API, by the SDK

@@ -11,7 +11,8 @@ entry by entry: every GGUF's structure and SHA-256 against its own table entry,
 the pair's vocabularies as llama.cpp's speculation would (``dxverify.spec_pair``),
 and a failure names the entry ("draft entry …") so the user knows which part broke.
 A "projector" entry (``dxbuild --mmproj``) is checked the same way, and must be a
-vision projector that fits the model (``dxverify.projector``).
+vision projector that fits the model (``dxverify.projector``); an "adapter" entry
+(``dxbuild --adapter``) a LoRA adapter that fits the model (``dxverify.adapter``).
 """
 
 from __future__ import annotations
@@ -175,6 +176,17 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
                             model_offset=em.offset, model_length=em.length)
         except DXError as err:
             result.fail(err, code="bad_projector")
+            return
+    adapter = em.adapter
+    if adapter is not None:
+        from dxverify.adapter import check_adapter
+
+        try:
+            check_adapter(result.path, adapter.offset, adapter.length,
+                          label=f"adapter entry at byte {adapter.offset}", model=result.path,
+                          model_offset=em.offset, model_length=em.length)
+        except DXError as err:
+            result.fail(err, code="bad_adapter")
             return
     draft = em.draft
     if draft is not None:

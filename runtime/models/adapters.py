@@ -95,6 +95,31 @@ def adapters_for(source: ModelSource) -> list[Path]:
     return out
 
 
+def adapter_key(source: ModelSource) -> tuple[str, ...]:
+    """What tells apart two names for one blob with different adapters (the engine manager's slot key).
+
+    The digests the model names, unverified and cheap (one manifest or trailer read); ()
+    without adapters. A record that cannot be read gives a key of its own, and the start
+    then reports it (:func:`adapters_for`).
+    """
+    try:
+        path = Path(source.path)
+        if source.offset:
+            from dxverify.trailer import find_trailer
+
+            em = find_trailer(path)
+            entry = em.adapter if em is not None and em.offset == source.offset else None
+            digests = [entry.sha256] if entry is not None else []
+        elif path.parent.name != "blobs":
+            return ()
+        else:
+            digests = _dx_store_digests(path, source.name) if path.parent.parent.name == "models" else []
+            digests = digests or _ollama_store_digests(path, source.name)
+    except Exception:  # the start says what is wrong with it
+        return ("--lora", "unreadable")
+    return ("--lora", *digests) if digests else ()
+
+
 def _hex(value: Any) -> str | None:
     if not isinstance(value, str):
         return None

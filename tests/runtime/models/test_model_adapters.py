@@ -155,3 +155,18 @@ def test_no_adapter_without_the_entry(tmp_path: Path, smollm2_gguf: Path, monkey
     src = embedded.embedded_source(exe)
     assert src is not None and adapters_for(src) == [] and lora_args(src) == []
     assert not (tmp_path / "dxhome" / "cache" / "adapters").exists()
+
+
+def test_adapter_key_tells_two_names_for_one_blob_apart(store: ModelStore, smollm2_gguf: Path, tmp_path: Path,
+                                                         lora_file: Path) -> None:
+    """The engine manager keys its engines by it: "bare" and "shaped" share a blob but not an engine."""
+    from dx.models.adapters import adapter_key
+
+    digest = _blob(store, write_tiny_lora(tmp_path / "one.gguf"))
+    store.import_file(smollm2_gguf, "bare", link=True)
+    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [digest]})
+    assert adapter_key(_source(store, "bare")) == ()
+    assert adapter_key(_source(store, "shaped")) == ("--lora", digest)
+    src = embedded.embedded_source()
+    em = trailer.read_trailer(lora_file)
+    assert src is not None and em.adapter is not None and adapter_key(src) == ("--lora", em.adapter.sha256)

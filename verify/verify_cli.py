@@ -115,8 +115,17 @@ def _check_gguf(result: VerifyResult) -> None:
     try:
         with read_gguf(result.path, result.offset, result.length) as gf:
             result.summary = gf.summary().to_dict()
+            is_adapter = gf.get("general.type") == "adapter"
     except GGUFError as e:
         result.fail(e)
+        return
+    if is_adapter and result.kind == "gguf":  # a LoRA adapter file (a Modelfile's ADAPTER): loadable as one?
+        from dxverify.adapter import check_adapter
+
+        try:
+            check_adapter(result.path)
+        except DXError as err:
+            result.fail(err, code="bad_adapter")
 
 
 def _check_executable(result: VerifyResult) -> None:

@@ -104,3 +104,14 @@ def test_token_embd_pairs_are_flipped_as_the_loader_reads_them(tmp_path: Path, s
         "token_embd.weight.lora_a": (576, 4), "token_embd.weight.lora_b": (4, 49152)})
     with pytest.raises(IncompatibleModelsError, match="which do not fit"):
         check_adapter(straight, model=smollm2_gguf)
+
+
+def test_dx_verify_checks_an_adapter_file(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`dx verify lora.gguf` (before `dx create` with ADAPTER): a loadable adapter passes, a broken one is one line."""
+    from test_verify_cli import dx, one_error_line
+
+    code, _, err = dx(capsys, "verify", write_tiny_lora(tmp_path / "lora.gguf"))
+    assert code == 0, err
+    code, _, err = dx(capsys, "verify", _write(tmp_path / "bad.gguf", alpha=8))
+    assert code == 3, err
+    assert "adapter.lora.alpha is UINT32, not FLOAT32" in one_error_line(err)

@@ -77,11 +77,9 @@ def adapters_for(source: ModelSource) -> list[Path]:
         return [found]
     if path.parent.name != "blobs":
         return []
-    digests: list[str] = []
-    if path.parent.parent.name == "models":
-        digests = _dx_store_digests(path, source.name)
-    from_ollama = not digests
-    if from_ollama:
+    digests = _store_digests(path, source.name)
+    from_ollama = digests is None
+    if digests is None:
         digests = _ollama_store_digests(path, source.name)
     out = []
     for d in digests:
@@ -113,8 +111,9 @@ def adapter_key(source: ModelSource) -> tuple[str, ...]:
         elif path.parent.name != "blobs":
             return ()
         else:
-            digests = _dx_store_digests(path, source.name) if path.parent.parent.name == "models" else []
-            digests = digests or _ollama_store_digests(path, source.name)
+            digests = _store_digests(path, source.name)
+            if digests is None:
+                digests = _ollama_store_digests(path, source.name)
     except Exception:  # the start says what is wrong with it
         return ("--lora", "unreadable")
     return ("--lora", *digests) if digests else ()
@@ -127,16 +126,21 @@ def _hex(value: Any) -> str | None:
     return v if len(v) == 64 and set(v) <= _HEX else None
 
 
-def _dx_store_digests(blob: Path, name: str) -> list[str]:
-    """The ``adapters`` of the DX manifest named ``name`` whose blob is ``blob`` ([] if none or another's)."""
+def _store_digests(blob: Path, name: str) -> list[str] | None:
+    """The ``adapters`` of the DX manifest named ``name`` whose blob is ``blob``; None when no such manifest
+    (then it may be a model of Ollama's store)."""
     from dx.errors import ModelNotFoundError
     from dx.models.catalog import Store
 
+    if blob.parent.parent.name != "models" or not name:
+        return None
     try:
         entry = Store(blob.parent.parent.parent, ollama_dir=False).get(name)
     except (ModelNotFoundError, MalformedInputError):
-        return []
-    if entry.path != blob or not entry.registry:
+        return None
+    if entry.path != blob or entry.read_only:
+        return None
+    if not entry.registry:
         return []
     listed = entry.registry.get(ADAPTERS_KEY)
     if listed is None:

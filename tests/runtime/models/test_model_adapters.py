@@ -15,7 +15,7 @@ from test_embedded_runtime import META
 
 from dx.engine.process import lora_args
 from dx.models import embedded
-from dx.models.adapters import ADAPTERS_KEY, adapter_record, adapters_for
+from dx.models.adapters import ADAPTERS_KEY, adapter_key, adapter_record, adapters_for
 from dx.models.source import ModelSource
 from dx.models.store import ModelStore
 from dxverify import trailer
@@ -160,8 +160,6 @@ def test_no_adapter_without_the_entry(tmp_path: Path, smollm2_gguf: Path, monkey
 def test_adapter_key_tells_two_names_for_one_blob_apart(store: ModelStore, smollm2_gguf: Path, tmp_path: Path,
                                                          lora_file: Path) -> None:
     """The engine manager keys its engines by it: "bare" and "shaped" share a blob but not an engine."""
-    from dx.models.adapters import adapter_key
-
     digest = _blob(store, write_tiny_lora(tmp_path / "one.gguf"))
     store.import_file(smollm2_gguf, "bare", link=True)
     store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [digest]})
@@ -170,3 +168,38 @@ def test_adapter_key_tells_two_names_for_one_blob_apart(store: ModelStore, smoll
     src = embedded.embedded_source()
     em = trailer.read_trailer(lora_file)
     assert src is not None and em.adapter is not None and adapter_key(src) == ("--lora", em.adapter.sha256)
+
+
+def test_an_ollama_model_with_an_adapter_layer_gets_it(tmp_path: Path, smollm2_gguf: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model of Ollama's store (read-only) whose manifest has an ``application/vnd.ollama.image.adapter`` layer."""
+    import json
+
+    from support.ollama_tree import SMOL_SHA, make_ollama_tree
+
+    tree = make_ollama_tree(tmp_path / "ollama", smollm2_gguf)
+    lora = write_tiny_lora(tmp_path / "tiny-lora.gguf")
+    digest = hashlib.sha256(lora.read_bytes()).hexdigest()
+    shutil.copyfile(lora, tree / "blobs" / f"sha256-{digest}")
+    plain = json.loads((tree / "manifests/registry.ollama.ai/library/smollm2/135m").read_text())
+    # Ollama's manifest lookup wants every layer's blob present at its size: the model's, and the adapter's
+    plain["layers"] = [dict(ly, size=smollm2_gguf.stat().st_size) for ly in plain["layers"]
+                       if ly["mediaType"].endswith(".model")]
+    plain["layers"].append({"mediaType": "application/vnd.ollama.image.adapter", "digest": f"sha256:{digest}",
+                            "size": lora.stat().st_size})
+    shaped = tree / "manifests/registry.ollama.ai/library/smollora/latest"
+    shaped.parent.mkdir(parents=True)
+    shaped.write_text(json.dumps(plain))
+    monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tree))
+    store = ModelStore(tmp_path / "dxhome", ollama_dir=tree)
+    entry = store.get("smollora")
+    assert entry.read_only and entry.path.name == f"sha256-{SMOL_SHA}"
+    src = ModelSource(entry.path, name=entry.name, sha256=entry.sha256)
+    assert adapters_for(src) == [tree / "blobs" / f"sha256-{digest}"]
+    plain_entry = store.get("smollm2:135m")
+    assert adapters_for(ModelSource(plain_entry.path, name=plain_entry.name)) == []
+    assert adapter_key(src) == ("--lora", digest)
+    flip_byte(tree / "blobs" / f"sha256-{digest}", lora.stat().st_size - 5)
+    with pytest.raises(IntegrityError, match=f"adapter blob sha256:{digest} has SHA-256"):
+        adapters_for(src)

@@ -108,3 +108,17 @@ def test_a_missing_adapter_is_one_line_not_a_bare_answer(served: tuple[str, DXSe
     assert r.status_code == 500, r.text  # the store is damaged: the server's trouble, not the client's
     error = r.json()["error"]
     assert f"its adapter sha256:{'ef' * 32} is not in the store" in error and str(server.home) not in error, error
+
+
+def test_embeddings_come_from_the_adapted_model(served: tuple[str, DXServer, str]) -> None:
+    """The embeddings engine gets the adapter too (Ollama serves both from one runner with it)."""
+    _, server, name = served
+
+    def embed(model: str) -> list[float]:
+        r = httpx.post(f"{server.url}/api/embed", headers=server.headers, timeout=120,
+                       json={"model": model, "input": QUESTION})
+        assert r.status_code == 200, r.text
+        return r.json()["embeddings"][0]
+
+    shaped, bare = embed(name), embed("bare")
+    assert len(shaped) == len(bare) == 576 and shaped != bare

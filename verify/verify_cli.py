@@ -209,6 +209,11 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
             result.fail(err, code="incompatible_draft")
 
 
+# What the structure checks proved about each further entry (``_check_other_entries``), as `dx verify` says it.
+_ENTRY_CHECKED = {"draft": "shares the model's vocabulary", "projector": "a vision projector that fits the model",
+                  "adapter": "a LoRA adapter that fits the model"}
+
+
 def _check_entry_hashes(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
     """The SHA-256 of every entry after the model (the model's is the main hash check)."""
     from dxverify.hashing import sha256_file
@@ -473,7 +478,7 @@ def verify_cmd(
         for d in e.get("entries", [])[1:]:
             checked = ", SHA-256 matches its entry" if d.get("sha256_ok") else ""
             click.echo(f"{d['role'] + ':':<8} '{d.get('model')}' from {d.get('source')}, {d['length']} bytes at byte"
-                       f" {d['offset']}{checked}; shares the model's vocabulary")
+                       f" {d['offset']}{checked}; {_ENTRY_CHECKED.get(d['role'], 'checked')}")
         if result.file_sha256:
             click.echo(f"file:    sha256 {result.file_sha256} (matches {result.file_expected_from})")
     if signed_by:

@@ -59,7 +59,7 @@ def test_dx_verify_checks_and_hashes_the_adapter_entry(capsys, tmp_path: Path, s
     exe, _ = mint_with_adapter(tmp_path, smollm2_gguf)
     code, out, err = dx(capsys, "verify", exe)
     assert code == 0, err
-    assert "adapter: 'tiny-lora' from file:tiny-lora.gguf" in out, out
+    assert "adapter: 'tiny-lora' from file:tiny-lora.gguf" in out and "a LoRA adapter that fits the model" in out, out
     code, out, _ = dx(capsys, "verify", "--json", exe)
     entries = json.loads(out)["embedded"]["entries"]
     assert [e["role"] for e in entries] == ["model", "adapter"] and entries[1]["sha256_ok"] is True

@@ -40,7 +40,7 @@ ADAPTERS_KEY = "adapters"  # in a DX manifest's ``registry`` record: ["sha256:<h
 ADAPTER_LAYER = "application/vnd.ollama.image.adapter"
 MAX_ADAPTERS = 8
 _HEX = frozenset("0123456789abcdef")
-_HINT = "create the model again with an adapter made for its base model (`dx create`)"
+_HINT = "pull or create the model again, with an adapter made for its base model"
 
 
 def adapter_record(digests: Iterable[str]) -> list[str]:

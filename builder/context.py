@@ -64,6 +64,7 @@ class MintOptions:
     cuda_libs: str | None = None            # --cuda-libs thin|fat
     draft: str | None = None                # --draft: a draft model, embedded next to --model
     mmproj: str | None = None               # --mmproj: a multimodal projector for --model, embedded after it
+    adapter: str | None = None              # --adapter: a LoRA adapter for --model, embedded last
 
 
 @dataclass
@@ -78,6 +79,7 @@ class BuildContext:
     model: ResolvedModel | None = None      # resolve_model; verify_model and embed confirm its SHA-256
     draft: ResolvedModel | None = None      # resolve_model (--draft)
     projector: ResolvedModel | None = None  # resolve_model (--mmproj)
+    adapter: ResolvedModel | None = None    # resolve_model (--adapter)
     staged: Path | None = None              # embed's temporary file; write_output renames it (removed on failure)
     staged_sha256: str | None = None        # embed: the staged file's SHA-256, hashed while it was written
     cuda_libs: dict[str, Any] | None = None  # bundle: the thin/fat CUDA library plan (size_report reads it)

@@ -36,14 +36,17 @@ entry, little-endian::
                    one the previous entry's aligned end, the table right after the last)
     u64  length   (> 0)
     32B  SHA-256
-    16B  role, ASCII, NUL-padded ("model" exactly once, first; "draft"; "projector"; no role twice)
+    16B  role, ASCII, NUL-padded ("model" exactly once, first; "draft"; "projector"; "adapter";
+                   no role twice)
 
 A "projector" entry is a multimodal (CLIP) projector GGUF for the model (``dxbuild
---mmproj``); the engine's projector loader reads whole files only, so the runtime
-extracts it once to a verified cache file (``dx.models.embedded``).
+--mmproj``); an "adapter" entry a LoRA adapter GGUF for it (``dxbuild --adapter``,
+a Modelfile's ``ADAPTER``). The engine's projector and adapter loaders read whole
+files only, so the runtime extracts each once to a verified cache file
+(``dx.models.embedded``). Entries follow in the order model, draft, projector, adapter.
 
 The metadata records each other entry under its role (``metadata["draft"]``,
-``metadata["projector"]``: model, source, sha256, length), and the reader checks that record against the table. A
+``metadata["projector"]``, ``metadata["adapter"]``: model, source, sha256, length), and the reader checks that record against the table. A
 single model is still written as version 1, byte for byte as before, so existing
 executables, golden files and readers see no change.
 """
@@ -79,7 +82,8 @@ ENTRY_SIZE = _ENTRY.size
 MAX_ENTRIES = 16
 PRIMARY_ROLE = "model"
 # "projector": a multimodal (CLIP) projector the engine loads with --mmproj for the model.
-ROLES = (PRIMARY_ROLE, "draft", "projector")
+# "adapter": a LoRA adapter the engine applies to the model with --lora.
+ROLES = (PRIMARY_ROLE, "draft", "projector", "adapter")
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ class EmbeddedModel:
     @property
     def projector(self) -> Entry | None:
         return self.entry("projector")
+
+    @property
+    def adapter(self) -> Entry | None:
+        return self.entry("adapter")
 
     @property
     def payload_end(self) -> int:
@@ -397,16 +405,19 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
                      draft_metadata: dict[str, Any] | None = None,
                      draft_expected_sha256: str | None = None, projector: Path | str | None = None,
                      projector_metadata: dict[str, Any] | None = None,
-                     projector_expected_sha256: str | None = None) -> EmbeddedModel:
+                     projector_expected_sha256: str | None = None, adapter: Path | str | None = None,
+                     adapter_metadata: dict[str, Any] | None = None,
+                     adapter_expected_sha256: str | None = None) -> EmbeddedModel:
     """Write runtime + padding + model [+ padding + draft] + metadata + trailer to the open file ``dest``.
 
     Each GGUF is hashed while it is copied (one read), and a mismatch with its
     expected SHA-256 raises IntegrityError before the trailer is written, so a
     model that changed after verification never gets sealed. The caller owns
     ``dest`` (a temporary file it renames into place on success). Without a
-    draft or projector the file is format version 1, with one version 2
+    draft, projector or adapter the file is format version 1, with one version 2
     (``draft_metadata`` is recorded under ``metadata["draft"]``, ``projector_metadata``
-    under ``metadata["projector"]``; the projector follows the draft).
+    under ``metadata["projector"]``, ``adapter_metadata`` under ``metadata["adapter"]``;
+    the projector follows the draft, the adapter the projector).
 
     ``file_hasher`` (a hashlib object), when given, is fed every byte written, so
     the whole executable's SHA-256 comes out of the same single pass; it runs in
@@ -419,6 +430,8 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
         parts.append(("draft", draft, draft_expected_sha256))
     if projector is not None:
         parts.append(("projector", projector, projector_expected_sha256))
+    if adapter is not None:
+        parts.append(("adapter", adapter, adapter_expected_sha256))
     entries: list[Entry] = []
     with _Feeder(dest, file_hasher) as out:
         rh = hashlib.sha256()
@@ -435,7 +448,8 @@ def write_executable(runtime: Path | str, model: Path | str, dest: BinaryIO,
             entries.append(Entry(role, offset, length, h.hexdigest()))
             pos = offset + length
         metadata = {**metadata, "runtime_size": runtime_size, "runtime_sha256": rh.hexdigest()}
-        tail = seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {}})
+        tail = seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {},
+                                        "adapter": adapter_metadata or {}})
         out.write(tail)
     dest.flush()
     name = Path(dest.name) if isinstance(getattr(dest, "name", None), str) else Path()

@@ -11,7 +11,8 @@ entry by entry: every GGUF's structure and SHA-256 against its own table entry,
 the pair's vocabularies as llama.cpp's speculation would (``dxverify.spec_pair``),
 and a failure names the entry ("draft entry …") so the user knows which part broke.
 A "projector" entry (``dxbuild --mmproj``) is checked the same way, and must be a
-vision projector that fits the model (``dxverify.projector``).
+vision projector that fits the model (``dxverify.projector``); an "adapter" entry
+(``dxbuild --adapter``) a LoRA adapter that fits the model (``dxverify.adapter``).
 """
 
 from __future__ import annotations
@@ -114,8 +115,17 @@ def _check_gguf(result: VerifyResult) -> None:
     try:
         with read_gguf(result.path, result.offset, result.length) as gf:
             result.summary = gf.summary().to_dict()
+            is_adapter = gf.get("general.type") == "adapter"
     except GGUFError as e:
         result.fail(e)
+        return
+    if is_adapter and result.kind == "gguf":  # a LoRA adapter file (a Modelfile's ADAPTER): loadable as one?
+        from dxverify.adapter import check_adapter
+
+        try:
+            check_adapter(result.path)
+        except DXError as err:
+            result.fail(err, code="bad_adapter")
 
 
 def _check_executable(result: VerifyResult) -> None:
@@ -176,6 +186,17 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
         except DXError as err:
             result.fail(err, code="bad_projector")
             return
+    adapter = em.adapter
+    if adapter is not None:
+        from dxverify.adapter import check_adapter
+
+        try:
+            check_adapter(result.path, adapter.offset, adapter.length,
+                          label=f"adapter entry at byte {adapter.offset}", model=result.path,
+                          model_offset=em.offset, model_length=em.length)
+        except DXError as err:
+            result.fail(err, code="bad_adapter")
+            return
     draft = em.draft
     if draft is not None:
         from dxverify.errors import IncompatibleModelsError
@@ -186,6 +207,11 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
                        draft_offset=draft.offset, draft_length=draft.length)
         except IncompatibleModelsError as err:
             result.fail(err, code="incompatible_draft")
+
+
+# What the structure checks proved about each further entry (``_check_other_entries``), as `dx verify` says it.
+_ENTRY_CHECKED = {"draft": "shares the model's vocabulary", "projector": "a vision projector that fits the model",
+                  "adapter": "a LoRA adapter that fits the model"}
 
 
 def _check_entry_hashes(result: VerifyResult, progress: Callable[[int, int], None] | None) -> None:
@@ -452,7 +478,7 @@ def verify_cmd(
         for d in e.get("entries", [])[1:]:
             checked = ", SHA-256 matches its entry" if d.get("sha256_ok") else ""
             click.echo(f"{d['role'] + ':':<8} '{d.get('model')}' from {d.get('source')}, {d['length']} bytes at byte"
-                       f" {d['offset']}{checked}; shares the model's vocabulary")
+                       f" {d['offset']}{checked}; {_ENTRY_CHECKED.get(d['role'], 'checked')}")
         if result.file_sha256:
             click.echo(f"file:    sha256 {result.file_sha256} (matches {result.file_expected_from})")
     if signed_by:

@@ -38,6 +38,10 @@ def mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--mmproj", metavar="PROJECTOR", default=None,
                      help="A multimodal (vision) projector GGUF for --model, embedded after it (same forms as"
                           " --model); the served model then takes images (llama-server --mmproj).")(f)
+    f = click.option("--adapter", metavar="LORA", default=None,
+                     help="A LoRA adapter GGUF for --model, embedded after it (same forms as --model); the"
+                          " engine applies it to every answer (llama-server --lora). It must be made for the"
+                          " model (checked before anything is written).")(f)
     f = click.option("--arch", metavar="ARCH", default=None,
                      help="Target CPU architecture: x86_64 or arm64 (aarch64); default: this machine's.")(f)
     f = click.option("--gpu", "tier", metavar="TIER", default=None,

@@ -121,6 +121,7 @@ def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str
             "model": f.get("model"),
             **({"draft": f["draft"]} if f.get("draft") else {}),
             **({"projector": f["projector"]} if f.get("projector") else {}),
+            **({"adapter": f["adapter"]} if f.get("adapter") else {}),
             "requirements": f["requirements"],
             **_trust_files(directory, f["file"]),
         })

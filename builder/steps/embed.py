@@ -17,8 +17,9 @@ With a ``--draft`` the draft follows the model on the next 64 KiB boundary, copi
 and hashed the same way, and the trailer is format version 2 (an entry table:
 DESIGN.md §9); the metadata records the draft under ``"draft"`` (name, source,
 sha256, length). A ``--mmproj`` (a multimodal projector) follows the last GGUF the
-same way, recorded under ``"projector"``. One model alone is still version 1, byte
-for byte as before.
+same way, recorded under ``"projector"``, and an ``--adapter`` (a LoRA adapter) after
+that, recorded under ``"adapter"``. One model alone is still version 1, byte for byte
+as before.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def run(ctx: BuildContext) -> None:
         projector_meta = {"model": projected.name, "source": projected.source}
         if projected.license:
             projector_meta["license"] = projected.license
+    adapted = getattr(ctx, "adapter", None)
+    adapter_meta = None
+    if adapted is not None:
+        adapter_meta = {"model": adapted.name, "source": adapted.source}
+        if adapted.license:
+            adapter_meta["license"] = adapted.license
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.staged = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
@@ -94,7 +101,10 @@ def run(ctx: BuildContext) -> None:
                 draft_expected_sha256=drafted.sha256 if drafted is not None else None, draft_metadata=draft_meta,
                 projector=projected.path if projected is not None else None,
                 projector_expected_sha256=projected.sha256 if projected is not None else None,
-                projector_metadata=projector_meta)
+                projector_metadata=projector_meta,
+                adapter=adapted.path if adapted is not None else None,
+                adapter_expected_sha256=adapted.sha256 if adapted is not None else None,
+                adapter_metadata=adapter_meta)
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
@@ -110,6 +120,10 @@ def run(ctx: BuildContext) -> None:
         if projected.sha256 is None:
             ctx.projector = dataclasses.replace(projected, sha256=em.projector.sha256)
         _remember_verified(projected.path, em.projector.sha256)
+    if adapted is not None and em.adapter is not None:
+        if adapted.sha256 is None:
+            ctx.adapter = dataclasses.replace(adapted, sha256=em.adapter.sha256)
+        _remember_verified(adapted.path, em.adapter.sha256)
     for e in em.entries:
         _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
     _echo(f"    trailer sealed (format version {em.version})")
@@ -133,7 +147,9 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
                  kernel_copy: bool = True, draft: Path | None = None, draft_expected_sha256: str | None = None,
                  draft_metadata: dict[str, Any] | None = None, projector: Path | None = None,
                  projector_expected_sha256: str | None = None,
-                 projector_metadata: dict[str, Any] | None = None) -> tuple[Any, str]:
+                 projector_metadata: dict[str, Any] | None = None, adapter: Path | None = None,
+                 adapter_expected_sha256: str | None = None,
+                 adapter_metadata: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Write the executable into ``fd`` (open for reading and writing, empty): (EmbeddedModel, file SHA-256).
 
     ``dest`` is the file's path, for the EmbeddedModel. A model (or draft) that does
@@ -141,7 +157,7 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
     written (the caller removes the file). ``kernel_copy=False`` copies through
     memory (what it falls back to by itself where copy_file_range cannot serve the
     two files). With ``draft`` it follows the model on the next 64 KiB boundary and
-    the trailer is format version 2; a ``projector`` follows the last one the same way.
+    the trailer is format version 2; a ``projector``, then an ``adapter``, follow the last one the same way.
     """
     from dxverify import trailer
 
@@ -160,6 +176,8 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
         parts.append(("draft", Path(draft), draft_expected_sha256))
     if projector is not None:
         parts.append(("projector", Path(projector), projector_expected_sha256))
+    if adapter is not None:
+        parts.append(("adapter", Path(adapter), adapter_expected_sha256))
     entries = []
     for role, src_path, expected in parts:
         offset = trailer.aligned_offset(pos)
@@ -172,7 +190,8 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
         entries.append(trailer.Entry(role, offset, length, digest))
         pos = offset + length
     # Metadata [+ entry table] + trailer exactly as dxverify.trailer seals them.
-    tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {}})
+    tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {},
+                                            "adapter": adapter_metadata or {}})
     _write_all(fd, tail, pos)
     whole.update(tail)
     return trailer.sealed_model(Path(dest), entries, tail), whole.hexdigest()

@@ -52,6 +52,7 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
     model = _model_facts(ctx.model)
     draft = _model_facts(ctx.draft)
     projector = _model_facts(getattr(ctx, "projector", None))
+    adapter = _model_facts(getattr(ctx, "adapter", None))
     min_driver = engine.get("min_nvidia_driver", getattr(cell, "min_nvidia_driver", None))
     facts = {
         "dx_facts": FACTS_FORMAT,
@@ -80,6 +81,8 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
         facts["draft"] = draft
     if projector is not None:  # likewise only executables with a vision projector (--mmproj)
         facts["projector"] = projector
+    if adapter is not None:  # likewise only executables with a LoRA adapter (--adapter)
+        facts["adapter"] = adapter
     return facts
 
 

@@ -6,7 +6,8 @@ Without ``--model`` the build makes the bare runtime and this step is skipped.
 ``--draft`` (a draft model for speculative decoding, DESIGN.md §9) is resolved
 the same way into ``ctx.draft``; the verify step checks the pair. ``--mmproj``
 (a multimodal projector, for vision) is resolved the same way into ``ctx.projector``;
-the verify step checks that it is one.
+the verify step checks that it is one. ``--adapter`` (a LoRA adapter) likewise into
+``ctx.adapter``; the verify step checks that it is one made for the model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ name = "resolve model"
 def run(ctx: BuildContext) -> None:
     draft = ctx.options.draft
     mmproj = getattr(ctx.options, "mmproj", None)
+    adapter = getattr(ctx.options, "adapter", None)
     if not ctx.options.model:
         from dxverify.errors import ConfigurationError
 
@@ -35,6 +37,9 @@ def run(ctx: BuildContext) -> None:
         if mmproj:
             raise ConfigurationError("--mmproj needs --model: a projector gives a model its vision",
                                      hint="add --model MODEL, or leave out --mmproj")
+        if adapter:
+            raise ConfigurationError("--adapter needs --model: a LoRA adapter changes a base model",
+                                     hint="add --model MODEL (the adapter's base model), or leave out --adapter")
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
@@ -49,6 +54,10 @@ def run(ctx: BuildContext) -> None:
         projected = resolve(mmproj, hash_local=False)
         ctx.projector = projected
         _record(ctx, projected, "projector")
+    if adapter:
+        adapted = resolve(adapter, hash_local=False)
+        ctx.adapter = adapted
+        _record(ctx, adapted, "adapter")
 
 
 def _record(ctx: BuildContext, resolved, role: str) -> None:  # type: ignore[no-untyped-def]

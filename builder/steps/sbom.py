@@ -7,7 +7,8 @@ runtime, every Python distribution compiled into the runtime (with versions
 and licenses), and the embedded model (source, SHA-256, license) — and a
 ``--draft`` as a second model component (bom-ref ``draft-model``, property
 ``dx:model:role`` = ``draft``), a ``--mmproj`` likewise (bom-ref
-``projector-model``, ``dx:model:role`` = ``projector``).
+``projector-model``, ``dx:model:role`` = ``projector``) and an ``--adapter``
+(bom-ref ``adapter-model``, ``dx:model:role`` = ``adapter``).
 
 Which Python distributions are inside: the bundle step records them in
 ``ctx.python_distributions`` (``[{"name", "version"}]``);
@@ -155,13 +156,14 @@ def _patches(patches: list[dict[str, Any]]):
 
 DRAFT_REF = "draft-model"
 PROJECTOR_REF = "projector-model"
+ADAPTER_REF = "adapter-model"
 
 
 def _subject_description(model: dict[str, Any] | None, draft: dict[str, Any] | None = None,
-                         projector: dict[str, Any] | None = None) -> str:
+                         projector: dict[str, Any] | None = None, adapter: dict[str, Any] | None = None) -> str:
     return ("DX self-contained LLM executable (llama.cpp engine + dx runtime"
             + (" + embedded model" if model else "") + (" + draft model" if draft else "")
-            + (" + vision projector" if projector else "") + ")")
+            + (" + vision projector" if projector else "") + (" + LoRA adapter" if adapter else "") + ")")
 
 
 def _sha256(hexdigest: str):
@@ -184,6 +186,7 @@ def build_bom(
     serial: uuid.UUID | None = None,
     draft: dict[str, Any] | None = None,
     projector: dict[str, Any] | None = None,
+    adapter: dict[str, Any] | None = None,
 ):
     """The CycloneDX Bom for one executable (pure; the reference :func:`mint_document` is tested against)."""
     native_libs = native_libs or []
@@ -194,7 +197,8 @@ def build_bom(
 
     subject = Component(
         name=exe_name, version=dx_version, type=ComponentType.APPLICATION, bom_ref=SUBJECT_REF,
-        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE), description=_subject_description(model, draft, projector),
+        hashes=_sha256(exe_sha256), licenses=_license(DX_LICENSE),
+        description=_subject_description(model, draft, projector, adapter),
     )
     components: list[Component] = []
     commit = engine.get("llama_cpp_commit") or "unknown"
@@ -273,6 +277,15 @@ def build_bom(
             properties=[Property(name="dx:model:source", value=str(projector.get("source"))),
                         Property(name="dx:model:size", value=str(projector.get("size"))),
                         Property(name="dx:model:role", value="projector")],
+        ))
+    if model and adapter:
+        components.append(Component(
+            name=adapter["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=ADAPTER_REF,
+            version=adapter["sha256"][:12], hashes=_sha256(adapter["sha256"]),
+            licenses=_license(adapter.get("license")),
+            properties=[Property(name="dx:model:source", value=str(adapter.get("source"))),
+                        Property(name="dx:model:size", value=str(adapter.get("size"))),
+                        Property(name="dx:model:role", value="adapter")],
         ))
     bom = Bom(components=components)
     bom.serial_number = serial or uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
@@ -423,7 +436,8 @@ def sbom_timestamp() -> datetime:
 def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256: str, dx_version: str,
                   model: dict[str, Any] | None, timestamp: datetime,
                   draft: dict[str, Any] | None = None,
-                  projector: dict[str, Any] | None = None) -> dict[str, Any]:
+                  projector: dict[str, Any] | None = None,
+                  adapter: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole SBOM of one executable: the bundle's components plus this mint's subject and model.
 
     The same document build_bom + bom_to_json make (the model sorts last, as the
@@ -436,9 +450,11 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
     if model and projector:
         models.append(_model_component(projector, PROJECTOR_REF,
                                        [{"name": "dx:model:role", "value": "projector"}]))
+    if model and adapter:
+        models.append(_model_component(adapter, ADAPTER_REF, [{"name": "dx:model:role", "value": "adapter"}]))
     # The library orders components by type, then name, version and bom-ref: the models come last.
     comps += sorted(models, key=lambda c: (c["name"], c["version"], c["bom-ref"]))
-    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft, projector),
+    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft, projector, adapter),
                "hashes": [{"alg": "SHA-256", "content": exe_sha256}], "licenses": license_json(DX_LICENSE),
                "name": exe_name, "type": "application", "version": dx_version}
     refs = sorted(c["bom-ref"] for c in comps)
@@ -512,12 +528,13 @@ def run(ctx: BuildContext) -> None:
     components = bundle_part(ctx, _engine_json(ctx))
     model, draft = _model_record(ctx.model), _model_record(ctx.draft)
     projector = _model_record(getattr(ctx, "projector", None))
+    adapter = _model_record(getattr(ctx, "adapter", None))
     timestamp = sbom_timestamp()
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing
         doc = mint_document(components, exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version,
                             model=model, timestamp=timestamp, draft=draft,
-                            projector=projector)
+                            projector=projector, adapter=adapter)
         check_document(doc)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
         write_text_atomic(dest, document_text(doc))

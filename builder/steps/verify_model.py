@@ -16,6 +16,10 @@ A ``--mmproj`` gets the structure check and its SHA-256 the same way, and then
 ``dxverify.projector``: a GGUF that is not a vision projector, or one whose output
 width is not the model's ``n_embd``, is refused here (llama.cpp would refuse it
 only when the served model first loads).
+
+An ``--adapter`` gets the SHA-256 the same way, and then ``dxverify.adapter``: a GGUF
+that is not a LoRA adapter, or one made for another architecture or other tensor
+shapes, is refused here (llama.cpp would refuse it only when the engine starts).
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ def run(ctx: BuildContext) -> None:
         ctx.projector = _verify(projected, "projector ")
         _echo(f"    projector {projected.name}: a vision projector ({kind or 'unnamed type'}) that fits"
               f" {resolved.name}")
+    adapted = getattr(ctx, "adapter", None)
+    if adapted is not None:
+        from dxverify.adapter import check_adapter
+
+        info = check_adapter(adapted.path, label=f"--adapter {adapted.path}", model=resolved.path)
+        ctx.adapter = _verify_hash(adapted, "adapter ")
+        _echo(f"    adapter {adapted.name}: {info.describe()} that fits {resolved.name}")
     draft = ctx.draft
     if draft is None:
         return
@@ -68,11 +79,17 @@ def run(ctx: BuildContext) -> None:
 def _verify(resolved: ResolvedModel, label: str) -> ResolvedModel:
     """The model with its digest when the verified cache knows it; structure checked, a known digest compared."""
     from dx.models.check import read_facts
-    from dxverify import verified_cache
 
     facts = read_facts(resolved.path)
     _echo(f"    {label}GGUF structure OK ({facts.arch or '?'}, {facts.parameter_size or '?'} params,"
           f" {facts.quant or '?'})")
+    return _verify_hash(resolved, label)
+
+
+def _verify_hash(resolved: ResolvedModel, label: str) -> ResolvedModel:
+    """A known digest from the verified cache, compared with the pin; else hashed while embedded."""
+    from dxverify import verified_cache
+
     known = verified_cache.lookup(verified_cache_dir(), resolved.path)
     if known is not None and resolved.sha256 is None:
         _echo(f"    {label}SHA-256 {known[:16]}… (hashed before, file unchanged)")

@@ -42,6 +42,7 @@ from dx.engine.process import (
     GENERATE,
     Engine,
 )
+from dx.models.adapters import adapter_key
 from dx.models.defaults import for_source
 from dx.models.source import ModelSource
 
@@ -158,9 +159,11 @@ class EngineManager:
         source = self._resolve(model)
 
         defaults = for_source(source)
+        adapters = adapter_key(source)
         with self._lock:
             # Two names for one blob may carry different defaults (Ollama params): one engine each.
-            key = (*source.key, purpose, *defaults.engine_args())
+            # So may their LoRA adapters (a Modelfile's ADAPTER): the adapters' digests are part of the key.
+            key = (*source.key, purpose, *defaults.engine_args(), *adapters)
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._slots[key] = _Slot(source=source, purpose=purpose,

@@ -34,6 +34,7 @@ from dx.engine.launcher import (
     default_log_dir,
 )
 from dx.engine.locate import locate_engine
+from dx.models.adapters import adapters_for
 from dx.models.capabilities import projector_for
 from dx.models.defaults import ModelDefaults, for_source
 from dx.models.source import ModelSource, verify_source
@@ -116,6 +117,8 @@ class Engine:
 
         defaults = for_source(source)  # the model's own (Ollama params layer): stop strings, sampling, num_ctx
         ctx = ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
+        # The adapters shape every use of the model (embeddings too, as in Ollama, where one runner serves both).
+        extra_args = [*lora_args(source), *extra_args]
         if purpose == GENERATE:
             if verify:
                 _verify_created_parts(defaults)
@@ -297,6 +300,23 @@ def mmproj_args(source: ModelSource) -> list[str]:
     the engine then accepts images, and /api/show lists ``vision``."""
     projector = projector_for(source)
     return ["--mmproj", str(projector)] if projector is not None else []
+
+
+def lora_args(source: ModelSource) -> list[str]:
+    """``--lora FILE`` for each LoRA adapter the model has (``dx.models.adapters.adapters_for``, verified).
+
+    Raises the adapter's one-line DXError when one is named but missing, damaged or made for
+    another model: the model is not served without it. llama-server splits ``--lora``'s value
+    at commas (common/arg.cpp ``parse_csv_row``, which honours double quotes), so a path with a
+    comma or quote goes quoted.
+    """
+    args: list[str] = []
+    for path in adapters_for(source):
+        text = str(path)
+        if "," in text or text.startswith('"'):
+            text = '"' + text.replace('"', '""') + '"'
+        args += ["--lora", text]
+    return args
 
 
 class _PortTaken(Exception):

@@ -26,6 +26,14 @@ loader only — so ``embedded_projector()`` extracts the entry once to
 refused unless it matches the trailer, written atomically, and reused while the
 file still hashes to that digest (remembered per file state in
 ``dxverify.verified_cache``). Verifying the model verifies the projector too.
+
+An executable minted with ``dxbuild --adapter A`` (or a Modelfile's ``ADAPTER``)
+carries a LoRA adapter as an "adapter" entry. llama.cpp's adapter loader
+(src/llama-adapter.cpp ``llama_adapter_lora_init``) opens the file by name and
+reads tensors at offsets from the file's start, so it cannot read at an offset
+either: ``embedded_adapter()`` extracts it the same way, to
+``$DX_HOME/cache/adapters/sha256-<digest>.gguf``, and verifying the model verifies
+(extracts) the adapter too.
 """
 
 from __future__ import annotations
@@ -163,6 +171,8 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
         em = _trailer_of(source)
         if em is not None and em.projector is not None:
             embedded_projector(em)
+        if em is not None and em.adapter is not None:
+            embedded_adapter(em)
 
 
 def _draft_beside(source: ModelSource) -> ModelSource | None:
@@ -184,6 +194,7 @@ def _trailer_of(source: ModelSource) -> EmbeddedModel | None:
 
 
 PROJECTOR_DIR = "projectors"
+ADAPTER_DIR = "adapters"
 
 
 def projector_cache_dir() -> Path:
@@ -208,11 +219,41 @@ def embedded_projector(em: EmbeddedModel) -> Path | None:
     entry = em.projector
     if entry is None:
         return None
+    return _extracted(em, entry, projector_cache_dir())
+
+
+def adapter_cache_dir() -> Path:
+    """Where extracted LoRA adapters live (one file per digest, shared by every executable carrying it)."""
+    return config.dx_home() / "cache" / ADAPTER_DIR
+
+
+def adapter_for_embedded(source: ModelSource) -> Path | None:
+    """The ``--lora`` file for the primary model of an executable with an adapter entry, else None."""
+    em = _trailer_of(source)
+    if em is None or em.adapter is None:
+        return None
+    return embedded_adapter(em)
+
+
+def embedded_adapter(em: EmbeddedModel) -> Path | None:
+    """The executable's adapter entry as a verified file of its own (extracted once), or None without one.
+
+    Raises IntegrityError naming the executable when the entry's bytes do not hash
+    to the trailer's digest (nothing is left behind then).
+    """
+    entry = em.adapter
+    if entry is None:
+        return None
+    return _extracted(em, entry, adapter_cache_dir())
+
+
+def _extracted(em: EmbeddedModel, entry: Entry, folder: Path) -> Path:
+    """``entry`` as ``folder/sha256-<digest>.gguf``: reused while it hashes to the digest, else extracted."""
     from dxverify import verified_cache
     from dxverify.hashing import sha256_file
 
     cache = config.dx_home() / "cache"
-    dest = projector_cache_dir() / f"sha256-{entry.sha256}.gguf"
+    dest = folder / f"sha256-{entry.sha256}.gguf"
     try:
         if dest.is_file() and dest.stat().st_size == entry.length:
             if verified_cache.lookup(cache, dest) == entry.sha256:
@@ -222,7 +263,7 @@ def embedded_projector(em: EmbeddedModel) -> Path | None:
                 return dest
         _extract(entry, dest)
     except OSError as e:
-        raise MalformedInputError(f"{em.path}: cannot extract the embedded projector to {dest}: {e.strerror or e}",
+        raise MalformedInputError(f"{em.path}: cannot extract the embedded {entry.role} to {dest}: {e.strerror or e}",
                                   hint="check that $DX_HOME is writable") from e
     verified_cache.remember(cache, dest, entry.sha256)
     return dest
@@ -235,7 +276,7 @@ def _extract(entry: Entry, dest: Path) -> None:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=".projector-", suffix=".part", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{entry.role}-", suffix=".part", dir=dest.parent)
     try:
         with open(entry.path, "rb") as src, os.fdopen(fd, "wb") as out:
             src.seek(entry.offset)
@@ -243,7 +284,7 @@ def _extract(entry: Entry, dest: Path) -> None:
             while left:
                 block = src.read(min(left, 8 << 20))
                 if not block:
-                    raise MalformedInputError(f"{entry.path}: the projector entry ends early (byte"
+                    raise MalformedInputError(f"{entry.path}: the {entry.role} entry ends early (byte"
                                               f" {entry.offset + entry.length - left})")
                 h.update(block)
                 out.write(block)
@@ -253,7 +294,7 @@ def _extract(entry: Entry, dest: Path) -> None:
         got = h.hexdigest()
         if got != entry.sha256:
             raise IntegrityError(
-                f"{entry.path}: the embedded projector ({entry.length} bytes at offset {entry.offset}) has"
+                f"{entry.path}: the embedded {entry.role} ({entry.length} bytes at offset {entry.offset}) has"
                 f" SHA-256 {got}, the trailer says {entry.sha256}",
                 hint="the executable was altered or damaged; refusing to use it — download it again",
             )

@@ -20,7 +20,7 @@ import ollama
 import pytest
 from support.gguf_handcraft import STR, tiny_model
 from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
-from support.tiny_lora import smollm2_lora
+from support.tiny_lora import write_tiny_lora
 
 pytestmark = pytest.mark.integration
 
@@ -224,9 +224,9 @@ def test_adapter_and_draft_are_checked_and_recorded(http: httpx.Client, oll: oll
 
 def test_a_lora_adapter_changes_greedy_output(oll: ollama.Client, base: str, dx: DXServer,
                                              tmp_path: Path) -> None:
-    lora = smollm2_lora(tmp_path / "smollm2-lora.gguf")
+    lora = write_tiny_lora(tmp_path / "tiny-lora.gguf")
     digest = oll.create_blob(lora)
-    assert oll.create(model="tuned", from_=base, adapters={"smollm2-lora.gguf": digest}).status == "success"
+    assert oll.create(model="tuned", from_=base, adapters={"tiny-lora.gguf": digest}).status == "success"
     plain = _chat(oll, base, [{"role": "user", "content": PROMPT}])
     tuned = _chat(oll, "tuned", [{"role": "user", "content": PROMPT}])
     assert tuned and tuned != plain

@@ -348,7 +348,8 @@ def create_cmd(name: str, modelfile: str) -> None:
         except ConfigurationError:
             base = store.pull(from_, progress=lambda s, c, t: None if s == "downloading" else say(s))
     inherited, record, template = base_defaults(base, store)
-    adapters = [_blob_digest(store, a, folder, "ADAPTER", say) for a in mf.adapters]
+    adapters = [_blob_digest(store, a, folder, f"Modelfile line {n}: ADAPTER", say)
+                for a, n in zip(mf.adapters, mf.adapter_lines, strict=True)]
     draft = _blob_digest(store, mf.draft, folder, "DRAFT", say, names=True) if mf.draft else None
     spec = spec_from_modelfile(name, mf, from_, adapters, draft)
     entry = create(store, spec, as_base(base), inherited, say, base_record=record, base_template=template)

@@ -162,7 +162,8 @@ class EngineManager:
         adapters = adapter_key(source)
         with self._lock:
             # Two names for one blob may carry different defaults (Ollama params): one engine each.
-            # So may their LoRA adapters (a Modelfile's ADAPTER): the adapters' digests are part of the key.
+            # So may their LoRA adapters (a Modelfile's ADAPTER): the adapters' digests are part of the key,
+            # once (engine_args() carries no --lora; dx.models.adapters is the one path to the flags).
             key = (*source.key, purpose, *defaults.engine_args(), *adapters)
             slot = self._slots.get(key)
             if slot is None:

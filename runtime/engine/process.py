@@ -326,13 +326,13 @@ class _PortTaken(Exception):
 
 
 def _verify_created_parts(defaults: ModelDefaults) -> None:
-    """A created model's draft and LoRA adapters (``dx.models.create``) are checked like the model at every
-    start: structure each time, the SHA-256 their blob is named by once (cached)."""
+    """A created model's draft (``dx.models.create``) is checked like the model at every start: structure
+    each time, the SHA-256 its blob is named by once (cached). Its adapters are checked by ``lora_args``."""
     from dx.errors import ModelNotFoundError
     from dxverify.errors import IntegrityError
 
     parts = [("draft", defaults.draft)] if defaults.draft else []
-    for kind, part in [*parts, *(("adapter", a) for a in defaults.adapters)]:
+    for kind, part in parts:
         path = Path(part)
         digest = "sha256:" + path.name.removeprefix("sha256-")
         if not path.is_file():  # no store path in the words: they reach API clients

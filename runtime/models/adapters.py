@@ -1,24 +1,29 @@
-"""The LoRA adapters a model is served with (llama-server ``--lora FILE``, one per adapter).
+"""The LoRA adapters a model is served with (llama-server ``--lora FILE``, one per adapter): THE one path.
 
-Where a model's adapters come from, found from the ModelSource alone (as its defaults
-and projector are, ``dx.models.defaults`` / ``capabilities.projector_for``):
+Every way a model gets adapters ends here, found from the ModelSource alone (as its
+defaults and projector are, ``dx.models.defaults`` / ``capabilities.projector_for``),
+and ``dx.engine.process.lora_args`` turns :func:`adapters_for` into the flags:
 
-- a model of DX's store: the manifest's ``registry`` record may carry
-  ``"adapters": ["sha256:<hex>", ...]`` (:data:`ADAPTERS_KEY`), digests of adapter GGUFs
-  that are blobs of the same store (``models/blobs/sha256-<hex>``; Ollama's blobs are
-  looked in next). ``dx create`` / ``/api/create`` write it for a Modelfile's
-  ``ADAPTER`` (:func:`adapter_record` makes the value). Order is kept: the engine
-  applies them in that order, each at scale 1.
-- a model of Ollama's store (read-only): its manifest's ``application/vnd.ollama.image.adapter``
-  layers, whose blobs Ollama keeps beside the model's.
 - the model inside a minted executable: its "adapter" trailer entry (``dxbuild --adapter``),
   extracted once to a verified cache file (``dx.models.embedded.embedded_adapter``: the
-  engine's adapter loader opens whole files by name).
-- a GGUF served by path: none.
+  engine's adapter loader opens whole files by name). It belongs to those bytes, so a
+  model created from the executable's own model keeps it, before its own adapters.
+- a created model (``dx create`` / ``/api/create``, ``dx.models.create``): its manifest's
+  ``modelfile`` record lists ``"adapters": ["sha256:<hex>", ...]`` (a Modelfile's
+  ``ADAPTER``s, a created base's carried over), blobs of DX's store (Ollama's blobs are
+  looked in next). Order is kept: the engine applies them in that order, each at scale 1.
+- a model of Ollama's store (read-only): its manifest's ``application/vnd.ollama.image.adapter``
+  layers, whose blobs Ollama keeps beside the model's.
+- anything else (a GGUF served by path, a pulled DX model): none.
+
+``ModelDefaults.engine_args()`` carries no ``--lora``: the engine manager's slot key
+adds :func:`adapter_key` (the digests, cheap) once, and an engine of any purpose gets
+the flags, as in Ollama, where one runner serves chats and embeddings alike.
 
 Unlike a projector (which only adds vision), an adapter changes every answer, so an adapter
 that is named but missing, damaged or made for another model is never silently left out:
-:func:`adapters_for` raises one line and the engine does not start. Every start checks each
+:func:`adapters_for` raises one line (the model, the adapter's digest, never a store path:
+the words reach API clients) and the engine does not start. Every start checks each
 adapter's header against the model (``dxverify.adapter.check_adapter``: milliseconds) and
 its SHA-256 against its digest once (remembered in ``dxverify.verified_cache``).
 """
@@ -26,37 +31,19 @@ its SHA-256 against its digest once (remembered in ``dxverify.verified_cache``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dx import config
-from dxverify.errors import IntegrityError, MalformedInputError
+from dxverify.errors import DXError, IntegrityError, MalformedInputError
 
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
 
-ADAPTERS_KEY = "adapters"  # in a DX manifest's ``registry`` record: ["sha256:<hex>", ...]
 ADAPTER_LAYER = "application/vnd.ollama.image.adapter"
 MAX_ADAPTERS = 8
 _HEX = frozenset("0123456789abcdef")
-_HINT = "pull or create the model again, with an adapter made for its base model"
-
-
-def adapter_record(digests: Iterable[str]) -> list[str]:
-    """The value of ``registry["adapters"]`` for these adapter digests (``sha256:<hex>`` or bare hex).
-
-    Raises MalformedInputError naming the first one that is not a SHA-256 digest.
-    """
-    out = []
-    for d in digests:
-        hexd = _hex(d)
-        if hexd is None:
-            raise MalformedInputError(f"adapter digest {d!r} is not sha256:<64 hex digits>")
-        out.append(f"sha256:{hexd}")
-    if len(out) > MAX_ADAPTERS:
-        raise MalformedInputError(f"{len(out)} adapters: at most {MAX_ADAPTERS} are supported")
-    return out
+_HINT = "create the model again (dx create / POST /api/create) with an adapter made for its base model"
 
 
 def adapters_for(source: ModelSource) -> list[Path]:
@@ -66,28 +53,23 @@ def adapters_for(source: ModelSource) -> list[Path]:
     digest, what is wrong) when an adapter is named but missing, damaged or made for
     another model: the engine must not serve the model without it.
     """
-    path = Path(source.path)
+    out: list[Path] = []
     if source.offset:
         from dx.models.embedded import adapter_for_embedded
 
         found = adapter_for_embedded(source)  # hashed while extracted; raises on a damaged entry
-        if found is None:
-            return []
-        _check_fits(source, found, "the embedded adapter")
-        return [found]
-    if path.parent.name != "blobs":
-        return []
-    digests = _store_digests(path, source.name)
-    from_ollama = digests is None
-    if digests is None:
-        digests = _ollama_store_digests(path, source.name)
-    out = []
+        if found is not None:
+            _check_fits(source, found, "the embedded adapter")
+            out.append(found)
+    named = _named(source)
+    if named is None:
+        return out
+    digests, places = named
     for d in digests:
-        blob = _find_blob(path, d, ollama_only=from_ollama)
+        blob = next((p for p in (folder / f"sha256-{d}" for folder in places) if p.is_file()), None)
         if blob is None:
             raise MalformedInputError(
-                f"model {source.display_name!r}: its adapter sha256:{d} is not in the store",
-                hint=_HINT)
+                f"model {source.display_name!r}: its adapter blob sha256:{d} is gone from the store", hint=_HINT)
         _check_blob(blob, d, source)
         out.append(blob)
     return out
@@ -101,61 +83,67 @@ def adapter_key(source: ModelSource) -> tuple[str, ...]:
     then reports it (:func:`adapters_for`).
     """
     try:
-        path = Path(source.path)
+        digests: list[str] = []
         if source.offset:
             from dxverify.trailer import find_trailer
 
-            em = find_trailer(path)
-            entry = em.adapter if em is not None and em.offset == source.offset else None
-            digests = [entry.sha256] if entry is not None else []
-        elif path.parent.name != "blobs":
-            return ()
-        else:
-            digests = _store_digests(path, source.name)
-            if digests is None:
-                digests = _ollama_store_digests(path, source.name)
+            em = find_trailer(Path(source.path))
+            if em is not None and em.offset == source.offset and em.adapter is not None:
+                digests.append(em.adapter.sha256)
+        named = _named(source)
+        if named is not None:
+            digests += named[0]
     except Exception:  # the start says what is wrong with it
         return ("--lora", "unreadable")
     return ("--lora", *digests) if digests else ()
 
 
-def _hex(value: Any) -> str | None:
+def _hex(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     v = value.strip().lower().removeprefix("sha256:")
     return v if len(v) == 64 and set(v) <= _HEX else None
 
 
-def _store_digests(blob: Path, name: str) -> list[str] | None:
-    """The ``adapters`` of the DX manifest named ``name`` whose blob is ``blob``; None when no such manifest
-    (then it may be a model of Ollama's store)."""
-    from dx.errors import ModelNotFoundError
-    from dx.models.catalog import Store
+def _named(source: ModelSource) -> tuple[list[str], list[Path]] | None:
+    """(the adapter digests the model's manifest names, the blob folders to find them in), or None."""
+    from dx.models.defaults import created_record
+    from dx.models.ollama_dir import default_ollama_dir
 
-    if blob.parent.parent.name != "models" or not name:
+    found = created_record(source)
+    if found is not None:
+        record, blobs = found
+        return _record_digests(record.get("adapters"), source), [blobs, default_ollama_dir() / "blobs"]
+    path = Path(source.path)
+    if source.offset or path.parent.name != "blobs":
         return None
-    try:
-        entry = Store(blob.parent.parent.parent, ollama_dir=False).get(name)
-    except (ModelNotFoundError, MalformedInputError):
-        return None
-    if entry.path != blob or entry.read_only:
-        return None
-    if not entry.registry:
-        return []
-    listed = entry.registry.get(ADAPTERS_KEY)
+    if path.parent.parent.name == "models" and _is_dx_store_blob(path):
+        return None  # a DX store model that was not created: its manifest decides alone (no Ollama lookup)
+    digests = _ollama_store_digests(path, source.name)
+    return (digests, [path.parent]) if digests else None
+
+
+def _record_digests(listed: object, source: ModelSource) -> list[str]:
     if listed is None:
         return []
     if not isinstance(listed, list) or len(listed) > MAX_ADAPTERS:
-        raise MalformedInputError(f"model {name!r}: its manifest's adapters record is not a list of at most"
-                                  f" {MAX_ADAPTERS} digests", hint=_HINT)
+        raise MalformedInputError(f"model {source.display_name!r}: its manifest's adapters record is not a list of"
+                                  f" at most {MAX_ADAPTERS} digests", hint=_HINT)
     out = []
     for item in listed:
-        hexd = _hex(item.get("digest") if isinstance(item, dict) else item)
+        hexd = _hex(item)
         if hexd is None:
-            raise MalformedInputError(f"model {name!r}: its manifest names adapter {item!r}, not a sha256 digest",
-                                      hint=_HINT)
+            raise MalformedInputError(f"model {source.display_name!r}: its manifest names adapter {item!r},"
+                                      " not a sha256 digest", hint=_HINT)
         out.append(hexd)
     return out
+
+
+def _is_dx_store_blob(blob: Path) -> bool:
+    """Is ``blob`` in DX's own store (``$DX_HOME/models/blobs``), not Ollama's?"""
+    with contextlib.suppress(OSError):
+        return blob.parent.resolve() == (config.dx_home() / "models" / "blobs").resolve()
+    return False
 
 
 def _ollama_store_digests(blob: Path, name: str) -> list[str]:
@@ -169,35 +157,31 @@ def _ollama_store_digests(blob: Path, name: str) -> list[str]:
     return [ly.sha256 for ly in found[0].of_kind("adapter")]
 
 
-def _find_blob(model_blob: Path, hexd: str, *, ollama_only: bool) -> Path | None:
-    from dx.models.ollama_dir import default_ollama_dir
-
-    places = [model_blob.parent] if ollama_only else [model_blob.parent, default_ollama_dir() / "blobs"]
-    for blobs in places:
-        p = blobs / f"sha256-{hexd}"
-        if p.is_file():
-            return p
-    return None
-
-
 def _check_blob(blob: Path, hexd: str, source: ModelSource) -> None:
     """The adapter's header fits the model (every start) and its bytes hash to ``hexd`` (once, remembered)."""
     from dxverify import verified_cache
     from dxverify.hashing import sha256_file
 
-    _check_fits(source, blob, f"adapter sha256:{hexd}")
+    label = f"adapter blob sha256:{hexd}"
     cache = config.dx_home() / "cache"
-    if verified_cache.lookup(cache, blob) == hexd:
-        return
-    got = sha256_file(blob)
-    if got != hexd:
-        raise IntegrityError(f"model {source.display_name!r}: adapter blob sha256:{hexd} has SHA-256 {got}",
-                             hint="the store's blob is damaged; " + _HINT)
-    verified_cache.remember(cache, blob, hexd)
+    known = verified_cache.lookup(cache, blob) == hexd
+    if not known:
+        got = sha256_file(blob)
+        if got != hexd:
+            raise IntegrityError(f"model {source.display_name!r}: its {label} is damaged (SHA-256 {got})",
+                                 hint="the store's blob changed; " + _HINT)
+    _check_fits(source, blob, label)
+    if not known:
+        verified_cache.remember(cache, blob, hexd)
 
 
 def _check_fits(source: ModelSource, adapter: Path, label: str) -> None:
     from dxverify.adapter import check_adapter
 
-    check_adapter(adapter, label=f"model {source.display_name!r}: {label}", model=source.path,
-                  model_offset=source.offset, model_length=source.length)
+    try:
+        check_adapter(adapter, label=f"model {source.display_name!r}: {label}", model=source.path,
+                      model_offset=source.offset, model_length=source.length)
+    except DXError as e:  # no file path in the words: they reach API clients
+        if str(adapter) not in e.message:
+            raise
+        raise type(e)(e.message.replace(str(adapter), label), hint=e.hint) from None

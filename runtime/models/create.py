@@ -53,13 +53,18 @@ class CreateSpec:
     adapters: list[str] = field(default_factory=list)  # sha256:<hex> blobs of the store
     draft: str | None = None                           # sha256:<hex> blob of the store
     requires: str | None = None
+    # adapter digest -> where it was asked for ("Modelfile line 4: ADAPTER ./tuned.gguf"); its errors start so
+    adapter_labels: dict[str, str] = field(default_factory=dict)
 
 
 def spec_from_modelfile(name: str, mf: Modelfile, from_: str, adapters: list[str], draft: str | None) -> CreateSpec:
-    """``dx create``: the parsed Modelfile, with FROM/ADAPTER/DRAFT already turned into store digests."""
+    """``dx create``: the parsed Modelfile, with FROM/ADAPTER/DRAFT already turned into store digests
+    (``adapters`` in the order of ``mf.adapters``, whose lines name their errors)."""
+    lines = zip(adapters, mf.adapters, mf.adapter_lines, strict=False)  # a Modelfile made in code has no lines
+    labels = {d: f"Modelfile line {n}: ADAPTER {a}" for d, a, n in lines}
     return CreateSpec(name=name, from_=from_, system=mf.system, template=mf.template, license=list(mf.license),
                       messages=[dict(m) for m in mf.messages], params=dict(mf.parameters), adapters=adapters,
-                      draft=draft, requires=mf.requires)
+                      draft=draft, requires=mf.requires, adapter_labels=labels)
 
 
 def _text(doc: dict[str, Any], key: str) -> str | None:
@@ -172,7 +177,7 @@ def create(
     say(f"using existing layer sha256:{base.sha256}")
     adapters = list(rec.get("adapters") or [])
     for digest in spec.adapters:
-        _check_adapter(store, digest, base)
+        _check_adapter(store, digest, base, spec.adapter_labels.get(digest) or f"ADAPTER {digest}")
         say(f"using existing layer {digest}")
         if digest not in adapters:
             adapters.append(digest)
@@ -213,23 +218,22 @@ def render_record(record: dict[str, Any], from_: str | None = None) -> str:
     return mf.render()
 
 
-def _check_adapter(store: ModelStore, digest: str, base: ModelEntry) -> None:
-    from dxverify.gguf import read_gguf
+def _check_adapter(store: ModelStore, digest: str, base: ModelEntry, label: str) -> None:
+    """The blob is a LoRA adapter the engine can load for ``base`` (``dxverify.adapter``, llama-adapter.cpp's
+    checks, the same the runtime makes at every start); the error starts with ``label``, never a store path."""
+    from dxverify.adapter import check_adapter
 
     path = store.blob_path(digest)
     if path is None:
-        raise ModelfileError(f'ADAPTER: blob "{digest}" not found; upload it first (POST /api/blobs/{digest})')
+        raise ModelfileError(f'{label}: blob "{digest}" not found; upload it first (POST /api/blobs/{digest})')
     try:
-        with read_gguf(path) as g:
-            kind, arch = g.get("general.type"), g.get("general.architecture")
+        check_adapter(path, label=label, model=base.path, model_offset=base.offset, model_length=base.length)
     except DXError as e:
-        raise ModelfileError(f"ADAPTER {digest}: not a GGUF ({str(e)[:120]})") from None
-    if kind != "adapter":
-        raise ModelfileError(f"ADAPTER {digest}: not a LoRA adapter GGUF (general.type is {kind!r}); "
-                             "convert the adapter with llama.cpp's convert_lora_to_gguf.py")
-    if base.facts.arch and arch and arch != base.facts.arch:
-        raise ModelfileError(f"ADAPTER {digest}: an adapter for {arch}, the base model is {base.facts.arch}; "
-                             "use an adapter trained on the FROM model")
+        words = e.message.replace(str(path), digest).replace(str(base.path), "the FROM model")
+        hint = e.hint or ""
+        if "not an adapter" in words or "not a LoRA adapter" in words:
+            hint = "convert the adapter with llama.cpp's convert_lora_to_gguf.py"
+        raise ModelfileError(words[:300], hint=hint or None) from None
 
 
 def _check_draft(store: ModelStore, digest: str, base: ModelEntry) -> None:

@@ -15,8 +15,9 @@ A created model (``dx create``, ``/api/create``; ``dx.models.create``) carries i
 Modelfile's record in its manifest: its parameters are these defaults too (the
 load-time ones, ``num_thread``, ``num_batch``, ``num_gpu``, ``main_gpu``,
 ``use_mmap``/``use_mlock``, ``numa``, become the engine's flags), its ``SYSTEM``
-and ``MESSAGE``s go before every chat, each ``ADAPTER`` is a ``--lora`` and its
-``DRAFT`` the engine's draft model (``draft_num_predict`` its most drafted tokens).
+and ``MESSAGE``s go before every chat and its ``DRAFT`` is the engine's draft model
+(``draft_num_predict`` its most drafted tokens). Its ``ADAPTER``s are not read here:
+every model's LoRA adapters take one path, ``dx.models.adapters.adapters_for``.
 
 The defaults are found from the ModelSource alone (the server and the CLI make
 those in several places): a blob of DX's store is looked up by the manifest of
@@ -70,7 +71,6 @@ class ModelDefaults:
     params: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     messages: tuple[dict[str, str], ...] = ()   # a created model's MESSAGEs: before every chat's own
-    adapters: tuple[str, ...] = ()              # LoRA GGUF paths (--lora)
     draft: str | None = None                    # the draft GGUF's path (speculative decoding)
 
     @property
@@ -105,8 +105,6 @@ class ModelDefaults:
                 (mmap, mlock)]]
         if self.params.get("numa") is True:
             args += ["--numa", "distribute"]
-        for adapter in self.adapters:
-            args += ["--lora", adapter]
         n_max = self.params.get("draft_num_predict")
         if self.draft and n_max != 0:
             args += [*_DRAFT_ARGS, self.draft]
@@ -144,8 +142,8 @@ def from_registry(doc: dict[str, Any] | None) -> ModelDefaults:
 
 
 def from_modelfile(record: dict[str, Any] | None, blobs: Path) -> ModelDefaults:
-    """From a created model's ``modelfile`` record (``dx.models.create``); adapter and draft digests are
-    blobs of the store at ``blobs``."""
+    """From a created model's ``modelfile`` record (``dx.models.create``); the draft's digest is a blob of
+    the store at ``blobs``. Its ``adapters`` are not defaults: ``dx.models.adapters`` reads them."""
     if not record:
         return NONE
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
@@ -156,12 +154,12 @@ def from_modelfile(record: dict[str, Any] | None, blobs: Path) -> ModelDefaults:
     def blob(digest: object) -> str | None:
         return str(blobs / digest.replace("sha256:", "sha256-", 1)) if isinstance(digest, str) else None
 
-    adapters = tuple(p for p in (blob(d) for d in record.get("adapters") or []) if p)
-    return ModelDefaults(dict(params), system, messages, adapters, blob(record.get("draft")))
+    return ModelDefaults(dict(params), system, messages, blob(record.get("draft")))
 
 
-def _created(source: ModelSource) -> ModelDefaults | None:
-    """A created model of DX's store named ``source.name`` for these very bytes, or None."""
+def created_record(source: ModelSource) -> tuple[dict[str, Any], Path] | None:
+    """(the ``modelfile`` record, the store's blobs folder) of the created model of DX's store named
+    ``source.name`` for these very bytes, or None (``dx.models.adapters`` reads its adapters from it too)."""
     if not source.name:
         return None
     from dx.config import dx_home
@@ -174,7 +172,13 @@ def _created(source: ModelSource) -> ModelDefaults | None:
         return None
     if entry is None or entry.modelfile is None or (source.sha256 and entry.sha256 != source.sha256):
         return None
-    return from_modelfile(entry.modelfile, store.blobs)
+    return entry.modelfile, store.blobs
+
+
+def _created(source: ModelSource) -> ModelDefaults | None:
+    """A created model's defaults, or None (:func:`created_record`)."""
+    found = created_record(source)
+    return from_modelfile(*found) if found is not None else None
 
 
 def for_source(source: ModelSource) -> ModelDefaults:
@@ -230,8 +234,6 @@ def describe(defaults: ModelDefaults) -> str:
     doc: dict[str, Any] = {"params": defaults.params, "system": defaults.system}
     if defaults.messages:
         doc["messages"] = len(defaults.messages)
-    if defaults.adapters:
-        doc["adapters"] = len(defaults.adapters)
     if defaults.draft:
         doc["draft"] = True
     return json.dumps(doc, sort_keys=True)[:400]

@@ -92,6 +92,7 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     requires: str | None = None
     warnings: list[str] = field(default_factory=list)
+    adapter_lines: list[int] = field(default_factory=list)  # each ADAPTER's line: its check's errors name it
 
     def render(self) -> str:
         """Modelfile text that parses back to this (``dx show --modelfile``)."""
@@ -208,6 +209,7 @@ def parse(text: str) -> Modelfile:
             if not value:
                 raise _fail(number, label, "no adapter named; write ADAPTER <LoRA GGUF path or sha256:digest>")
             mf.adapters.append(value)
+            mf.adapter_lines.append(number)
         elif name == "draft":
             if mf.draft is not None:
                 raise _fail(number, label, "a second DRAFT; DX speculates with one draft model: keep one")

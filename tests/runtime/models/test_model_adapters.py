@@ -1,6 +1,8 @@
-"""dx.models.adapters.adapters_for: which LoRA adapters the engine gets (``--lora``) for a model — a DX store
-record's ``registry["adapters"]`` digests, or the executable's "adapter" entry extracted once to a verified cache
-file — and a named adapter that is missing, damaged or made for another model refuses the start."""
+"""dx.models.adapters.adapters_for, the one path to ``--lora``: which LoRA adapters the engine gets for a model —
+a created model's ``modelfile["adapters"]`` digests (``dx create`` / ``/api/create``), an Ollama model's adapter
+layers, or the executable's "adapter" entry extracted once to a verified cache file — and a named adapter that is
+missing, damaged or made for another model refuses the start. ``ModelDefaults.engine_args()`` has no ``--lora``
+(the manager's key adds ``adapter_key`` once)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from test_embedded_runtime import META
 
 from dx.engine.process import lora_args
 from dx.models import embedded
-from dx.models.adapters import ADAPTERS_KEY, adapter_key, adapter_record, adapters_for
+from dx.models.adapters import adapter_key, adapters_for
+from dx.models.create import CreateSpec, create
+from dx.models.defaults import ModelDefaults, for_source
+from dx.models.entry import ModelEntry
 from dx.models.source import ModelSource
 from dx.models.store import ModelStore
 from dxverify import trailer
@@ -42,53 +47,81 @@ def _source(store: ModelStore, name: str) -> ModelSource:
     return ModelSource(entry.path, name=entry.name, sha256=entry.sha256)
 
 
-def test_adapter_record_normalises_digests() -> None:
-    hexd = "ab" * 32
-    assert adapter_record([hexd, f"sha256:{hexd.upper()}"]) == [f"sha256:{hexd}"] * 2
-    with pytest.raises(MalformedInputError, match="adapter digest 'sha256:12' is not sha256:<64 hex digits>"):
-        adapter_record(["sha256:12"])
+def _named(store: ModelStore, smollm2_gguf: Path, adapters: list[object], name: str = "shaped") -> ModelEntry:
+    """A created model's manifest with this ``adapters`` record, written as is (no create-time check)."""
+    base = store.import_file(smollm2_gguf, "bare", link=True)
+    record = {"from": "bare", "base": f"sha256:{base.sha256}", "adapters": adapters}
+    return store.name_modelfile(name, base, "create:bare", record)
 
 
-def test_a_store_model_with_adapters_gets_them_in_order(store: ModelStore, smollm2_gguf: Path,
-                                                        tmp_path: Path) -> None:
+def test_a_created_model_gets_its_adapters_in_order(store: ModelStore, smollm2_gguf: Path,
+                                                    tmp_path: Path) -> None:
     one = _blob(store, write_tiny_lora(tmp_path / "one.gguf", seed=1))
     two = _blob(store, write_tiny_lora(tmp_path / "two.gguf", seed=2))
-    store.import_file(smollm2_gguf, "bare", link=True)
-    store.import_file(smollm2_gguf, "shaped", link=True,
-                      registry={"system": "terse", ADAPTERS_KEY: adapter_record([two, one])})
+    base = store.import_file(smollm2_gguf, "bare", link=True)
+    spec = CreateSpec(name="shaped", from_="bare", system="terse", adapters=[f"sha256:{two}", f"sha256:{one}"])
+    create(store, spec, base, ModelDefaults(), lambda _s: None)
     got = adapters_for(_source(store, "shaped:latest"))
     assert got == [store.blobs / f"sha256-{two}", store.blobs / f"sha256-{one}"]
     assert lora_args(_source(store, "shaped:latest")) == ["--lora", str(got[0]), "--lora", str(got[1])]
     assert adapters_for(_source(store, "bare:latest")) == []  # same blob, another name: no adapter
+    # one path: the defaults (and so the manager's key) carry no --lora of their own; adapter_key adds it once
+    shaped = for_source(_source(store, "shaped:latest"))
+    assert shaped.system == "terse" and "--lora" not in shaped.engine_args()
+    assert adapter_key(_source(store, "shaped:latest")) == ("--lora", two, one)
+    # a model created from it carries them over, and adds its own after them
+    three = _blob(store, write_tiny_lora(tmp_path / "three.gguf", seed=3))
+    create(store, CreateSpec(name="more", from_="shaped", adapters=[f"sha256:{three}"]), store.get("shaped"),
+           ModelDefaults(), lambda _s: None, base_record=store.get("shaped").modelfile)
+    assert [p.name for p in adapters_for(_source(store, "more"))] == [f"sha256-{d}" for d in (two, one, three)]
+
+
+def test_create_checks_an_adapter_with_dxverify_adapter(store: ModelStore, smollm2_gguf: Path,
+                                                        tmp_path: Path) -> None:
+    """The create-time check is the runtime's (llama-adapter.cpp's rules), named by the Modelfile line."""
+    from dx.models.modelfile import ModelfileError, parse
+
+    wide = _blob(store, write_tiny_lora(tmp_path / "wide.gguf", targets={"blk.0.attn_k.weight": (576, 576)}))
+    base = store.import_file(smollm2_gguf, "bare", link=True)
+    from dx.models.create import spec_from_modelfile
+
+    mf = parse("FROM bare\nSYSTEM hi\n\nADAPTER ./wide.gguf\n")
+    spec = spec_from_modelfile("shaped", mf, "bare", [f"sha256:{wide}"], None)
+    with pytest.raises(ModelfileError) as e:
+        create(store, spec, base, ModelDefaults(), lambda _s: None)
+    assert str(e.value).startswith("Modelfile line 4: ADAPTER ./wide.gguf: LoRA pair for 'blk.0.attn_k.weight'")
+    assert str(store.root) not in str(e.value) and "shaped" not in [m.name.split(":")[0] for m in store.list()]
 
 
 def test_a_missing_adapter_blob_refuses_the_start(store: ModelStore, smollm2_gguf: Path) -> None:
-    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [f"sha256:{'cd' * 32}"]})
+    _named(store, smollm2_gguf, [f"sha256:{'cd' * 32}"])
     with pytest.raises(MalformedInputError) as e:
         lora_args(_source(store, "shaped"))
-    assert str(e.value).startswith(f"model 'shaped:latest': its adapter sha256:{'cd' * 32} is not in the store")
+    assert str(e.value).startswith(f"model 'shaped:latest': its adapter blob sha256:{'cd' * 32} is gone from the"
+                                   " store")
     assert str(store.root) not in str(e.value)  # no server path: the line can reach a client
 
 
 def test_a_damaged_adapter_blob_refuses_the_start(store: ModelStore, smollm2_gguf: Path, tmp_path: Path) -> None:
     digest = _blob(store, write_tiny_lora(tmp_path / "one.gguf"))
-    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [f"sha256:{digest}"]})
+    _named(store, smollm2_gguf, [f"sha256:{digest}"])
     flip_byte(store.blobs / f"sha256-{digest}", (store.blobs / f"sha256-{digest}").stat().st_size - 5)
-    with pytest.raises(IntegrityError, match=f"adapter blob sha256:{digest} has SHA-256"):
+    with pytest.raises(IntegrityError, match=f"its adapter blob sha256:{digest} is damaged") as e:
         adapters_for(_source(store, "shaped"))
+    assert str(store.root) not in str(e.value)
 
 
 def test_an_adapter_for_another_model_refuses_the_start(store: ModelStore, smollm2_gguf: Path,
                                                          tmp_path: Path) -> None:
     digest = _blob(store, write_tiny_lora(tmp_path / "q.gguf", arch="qwen2"))
-    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [digest]})
+    _named(store, smollm2_gguf, [digest])
     with pytest.raises(IncompatibleModelsError,
-                       match=r"model 'shaped:latest': adapter sha256:\w+ is for architecture 'qwen2'"):
+                       match=r"model 'shaped:latest': adapter blob sha256:\w+ is for architecture 'qwen2'"):
         adapters_for(_source(store, "shaped"))
 
 
 def test_a_broken_adapters_record_is_one_line(store: ModelStore, smollm2_gguf: Path) -> None:
-    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: ["./lora.gguf"]})
+    _named(store, smollm2_gguf, ["./lora.gguf"])
     with pytest.raises(MalformedInputError, match=r"names adapter './lora.gguf', not a sha256 digest"):
         adapters_for(_source(store, "shaped"))
 
@@ -161,8 +194,7 @@ def test_adapter_key_tells_two_names_for_one_blob_apart(store: ModelStore, smoll
                                                          lora_file: Path) -> None:
     """The engine manager keys its engines by it: "bare" and "shaped" share a blob but not an engine."""
     digest = _blob(store, write_tiny_lora(tmp_path / "one.gguf"))
-    store.import_file(smollm2_gguf, "bare", link=True)
-    store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: [digest]})
+    _named(store, smollm2_gguf, [f"sha256:{digest}"])
     assert adapter_key(_source(store, "bare")) == ()
     assert adapter_key(_source(store, "shaped")) == ("--lora", digest)
     src = embedded.embedded_source()
@@ -201,5 +233,5 @@ def test_an_ollama_model_with_an_adapter_layer_gets_it(tmp_path: Path, smollm2_g
     assert adapters_for(ModelSource(plain_entry.path, name=plain_entry.name)) == []
     assert adapter_key(src) == ("--lora", digest)
     flip_byte(tree / "blobs" / f"sha256-{digest}", lora.stat().st_size - 5)
-    with pytest.raises(IntegrityError, match=f"adapter blob sha256:{digest} has SHA-256"):
+    with pytest.raises(IntegrityError, match=f"adapter blob sha256:{digest} is damaged"):
         adapters_for(src)

@@ -101,19 +101,20 @@ def test_name_modelfile_names_the_base_blob_without_copying(tmp_path: Path, smol
     assert not base.path.exists()
 
 
-def test_a_created_models_draft_and_adapters_are_checked_at_every_start(tmp_path: Path) -> None:
+def test_a_created_models_draft_is_checked_at_every_start(tmp_path: Path) -> None:
+    """(Its adapters too, by dx.models.adapters.adapters_for: tests/runtime/models/test_model_adapters.py.)"""
     from dx.engine.process import _verify_created_parts
     from dx.errors import ModelNotFoundError
     from dx.models.defaults import ModelDefaults
 
     store, data = _store(tmp_path), tiny_model().build().data
     blob = store.receive_blob(_chunks(data), hashlib.sha256(data).hexdigest(), len(data))
-    _verify_created_parts(ModelDefaults(draft=str(blob), adapters=(str(blob),)))  # fine
+    _verify_created_parts(ModelDefaults(draft=str(blob)))  # fine
     gone = str(store.blobs / ("sha256-" + "e" * 64))
     with pytest.raises(ModelNotFoundError, match=f"draft blob sha256:{'e' * 64} is gone") as e:
         _verify_created_parts(ModelDefaults(draft=gone))
     assert str(store.root) not in str(e.value)
     blob.write_bytes(data[:-8] + b"XXXXXXXX")  # the bytes changed after they entered the store
-    with pytest.raises(IntegrityError, match=r"adapter blob sha256:.* is damaged") as e2:
-        _verify_created_parts(ModelDefaults(adapters=(str(blob),)))
+    with pytest.raises(IntegrityError, match=r"draft blob sha256:.* is damaged") as e2:
+        _verify_created_parts(ModelDefaults(draft=str(blob)))
     assert str(store.root) not in str(e2.value)

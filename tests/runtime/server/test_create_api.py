@@ -200,18 +200,25 @@ def test_stream_false_is_one_object(http: httpx.Client, base: str) -> None:
 
 
 def test_adapter_and_draft_are_checked_and_recorded(http: httpx.Client, oll: ollama.Client, base: str,
-                                                    dx: DXServer, smollm2_gguf: Path) -> None:
+                                                    dx: DXServer, smollm2_gguf: Path, tmp_path: Path) -> None:
     model_blob = _digest(tiny_model(n_vocab=11).build().data)
     http.post(f"/api/blobs/{model_blob}", content=tiny_model(n_vocab=11).build().data)
     r = http.post("/api/create", json={"model": "lora", "from": base, "adapters": {"a.gguf": model_blob}})
-    assert r.status_code == 400 and "not a LoRA adapter" in r.json()["error"]
+    assert r.status_code == 400 and r.json()["error"].startswith(f"ADAPTER {model_blob} is not an adapter")
     r = http.post("/api/create", json={"model": "spec", "from": base, "draft_files": {"d.gguf": model_blob}})
     assert r.status_code == 400 and r.json()["error"].startswith(f"DRAFT {model_blob}: ")
     assert "not compatible" in r.json()["error"] and str(dx.home) not in r.json()["error"]
 
-    craft = tiny_model(n_vocab=12)
+    craft = tiny_model(n_vocab=12)  # says it is an adapter, has no LoRA tensors: the engine could not load it
     craft.kvs = [kv for kv in craft.kvs if not kv[0].startswith("tokenizer.")] + [("general.type", STR, "adapter")]
-    adapter = craft.build().data
+    for wrong, words in ((craft.build().data, "is not a LoRA adapter"),
+                         (write_tiny_lora(tmp_path / "qwen.gguf", arch="qwen2").read_bytes(),
+                          "is for architecture 'qwen2', the model is 'llama'")):
+        http.post(f"/api/blobs/{_digest(wrong)}", content=wrong)
+        r = http.post("/api/create", json={"model": "lora", "from": base, "adapters": {"a.gguf": _digest(wrong)}})
+        assert r.status_code == 400 and r.json()["error"].startswith(f"ADAPTER {_digest(wrong)} {words}"), r.text
+        assert str(dx.home) not in r.json()["error"]
+    adapter = write_tiny_lora(tmp_path / "tiny-lora.gguf").read_bytes()
     http.post(f"/api/blobs/{_digest(adapter)}", content=adapter)
     own = _digest(smollm2_gguf.read_bytes())  # SmolLM2 drafts for itself: the same vocabulary
     r = http.post("/api/create", json={"model": "shaped", "from": base, "adapters": {"a.gguf": _digest(adapter)},

@@ -3,8 +3,8 @@ answer differs from the bare model's on the same server (the tiny random LoRA ch
 test_lora_engine.py shows that at scale 0 it would not).
 
 Two ways an adapter comes with a model, one module-scoped server each, both also serving the bare model:
-- ``store``: a DX store manifest whose ``registry["adapters"]`` names the adapter's blob (what ``dx create`` /
-  ``/api/create`` write for a Modelfile's ``ADAPTER``);
+- ``store``: a created model (``dx.models.create``, what ``dx create`` / ``/api/create`` do for a Modelfile's
+  ``ADAPTER``) whose ``modelfile["adapters"]`` names the adapter's blob;
 - ``embedded``: a file laid out like a minted executable with the adapter as its "adapter" trailer entry (fake
   runtime bytes + the real SmolLM2 + the real trailer writer, served through ``DX_SELF_EXECUTABLE``; no mint).
   The engine gets the adapter extracted once to a verified cache file (its loader cannot read at an offset).
@@ -22,8 +22,9 @@ import pytest
 from support.serve_harness import DXServer, engine_binary, start_dx
 from support.tiny_lora import write_tiny_lora
 
-from dx.models.adapters import ADAPTERS_KEY, adapter_record
 from dx.models.catalog import Store
+from dx.models.create import CreateSpec, create
+from dx.models.defaults import ModelDefaults
 from dxverify import trailer
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,14 @@ def served(request: pytest.FixtureRequest, smollm2_gguf: Path,
     tmp = tmp_path_factory.mktemp(f"lora-{request.param}")
     engine = engine_binary(request)
     store = Store(root=tmp / "home", ollama_dir=False)
-    store.import_file(smollm2_gguf, "bare", link=True)
+    bare = store.import_file(smollm2_gguf, "bare", link=True)
     lora = write_tiny_lora(tmp / "tiny-lora.gguf")
     env = None
     if request.param == "store":
         digest = hashlib.sha256(lora.read_bytes()).hexdigest()
         shutil.copyfile(lora, store.blobs / f"sha256-{digest}")
-        store.import_file(smollm2_gguf, "shaped", link=True, registry={ADAPTERS_KEY: adapter_record([digest])})
+        create(store, CreateSpec(name="shaped", from_="bare", adapters=[f"sha256:{digest}"]), bare, ModelDefaults(),
+               lambda _s: None)
         name = "shaped:latest"
     else:
         rt = tmp / "runtime"
@@ -102,12 +104,14 @@ def test_a_missing_adapter_is_one_line_not_a_bare_answer(served: tuple[str, DXSe
     """A store model whose adapter blob is gone is not served without it: one line, no server path."""
     _, server, _ = served
     store = Store(root=server.home, ollama_dir=False)
-    store.import_file(store.get("bare").path, "lost", link=True, registry={ADAPTERS_KEY: [f"sha256:{'ef' * 32}"]})
+    bare = store.get("bare")
+    store.name_modelfile("lost", bare, "create:bare", {"from": "bare", "base": f"sha256:{bare.sha256}",
+                                                       "adapters": [f"sha256:{'ef' * 32}"]})
     r = httpx.post(f"{server.url}/api/chat", headers=server.headers, timeout=60, json={
         "model": "lost", "stream": False, "options": GREEDY, "messages": [{"role": "user", "content": QUESTION}]})
     assert r.status_code == 500, r.text  # the store is damaged: the server's trouble, not the client's
     error = r.json()["error"]
-    assert f"its adapter sha256:{'ef' * 32} is not in the store" in error and str(server.home) not in error, error
+    assert f"its adapter blob sha256:{'ef' * 32} is gone from the store" in error and str(server.home) not in error, error
 
 
 def test_embeddings_come_from_the_adapted_model(served: tuple[str, DXServer, str]) -> None:

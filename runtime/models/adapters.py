@@ -75,6 +75,15 @@ def adapters_for(source: ModelSource) -> list[Path]:
     return out
 
 
+def ollama_adapters(blob: Path, name: str) -> list[str]:
+    """``sha256:<hex>`` of the adapter layers of the Ollama store model ``name`` (its model blob ``blob``).
+
+    What a model created from it carries over into its record (as Ollama's create does); a
+    created base's record carries its own, and an executable's entry stays with its bytes.
+    """
+    return [f"sha256:{d}" for d in _ollama_store_digests(blob, name)]
+
+
 def adapter_key(source: ModelSource) -> tuple[str, ...]:
     """What tells apart two names for one blob with different adapters (the engine manager's slot key).
 

@@ -171,11 +171,15 @@ def create(
 
     ``inherited`` are the base's own defaults (an Ollama params/system layer, or
     a created base's record, ``base_record``, whose messages, adapters, draft and
-    licence carry over). ``say`` gets Ollama's status lines.
+    licence carry over; an Ollama base's adapter layers carry over too). ``say`` gets Ollama's status lines.
     """
     rec = base_record or {}
     say(f"using existing layer sha256:{base.sha256}")
     adapters = list(rec.get("adapters") or [])
+    if base_record is None and base.read_only:  # an Ollama model's adapter layers carry over, as in Ollama
+        from dx.models.adapters import ollama_adapters
+
+        adapters = ollama_adapters(Path(base.path), base.name)
     for digest in spec.adapters:
         _check_adapter(store, digest, base, spec.adapter_labels.get(digest) or f"ADAPTER {digest}")
         say(f"using existing layer {digest}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.gguf_handcraft import STR, tiny_model
 from support.serve_harness import dx_env
+from support.tiny_lora import write_tiny_lora
 
 
 def _dx(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,9 +30,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> dict:
     tmp = tmp_path_factory.mktemp("create-cli")
     home = tmp / "home"
     os.symlink(smollm2_gguf, tmp / "smol.gguf")
-    craft = tiny_model(n_vocab=12)
+    write_tiny_lora(tmp / "lora.gguf")
+    write_tiny_lora(tmp / "qwen-lora.gguf", arch="qwen2")  # an adapter for another architecture
+    craft = tiny_model(n_vocab=12)  # says it is an adapter, has no LoRA tensors
     craft.kvs = [kv for kv in craft.kvs if not kv[0].startswith("tokenizer.")] + [("general.type", STR, "adapter")]
-    (tmp / "lora.gguf").write_bytes(craft.build().data)
+    (tmp / "fake-lora.gguf").write_bytes(craft.build().data)
     (tmp / "Modelfile").write_text(
         "# a pirate, from a file next to this Modelfile\n"
         "FROM ./smol.gguf\n"
@@ -100,7 +103,11 @@ def test_deleting_the_base_keeps_blobs_a_created_model_names(world: dict) -> Non
     ("FROM pirate\nPARAMETER num_ctx lots\n", "Modelfile line 2: PARAMETER num_ctx: invalid int value 'lots'"),
     ("SYSTEM hi\n", "no FROM line"),
     ("FROM ./missing.gguf\n", "FROM ./missing.gguf: no such file"),
-    ("FROM pirate\nADAPTER ./smol.gguf\n", "not a LoRA adapter"),
+    ("FROM pirate\nADAPTER ./smol.gguf\n", "Modelfile line 2: ADAPTER ./smol.gguf is not an adapter"),
+    ("FROM pirate\n\nADAPTER ./fake-lora.gguf\n", "Modelfile line 3: ADAPTER ./fake-lora.gguf is not a LoRA adapter"),
+    ("FROM pirate\n# tuned\nADAPTER ./qwen-lora.gguf\n",
+     "Modelfile line 3: ADAPTER ./qwen-lora.gguf is for architecture 'qwen2', the model is 'llama'"),
+    ("FROM pirate\nADAPTER ./nope.gguf\n", "Modelfile line 2: ADAPTER ./nope.gguf: no such file"),
     ("FROM pirate\nDRAFT ./lora.gguf\n", "DRAFT sha256:"),
 ])
 def test_refusals_exit_2_with_one_line(world: dict, text: str, words: str) -> None:

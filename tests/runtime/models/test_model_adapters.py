@@ -18,7 +18,7 @@ from test_embedded_runtime import META
 from dx.engine.process import lora_args
 from dx.models import embedded
 from dx.models.adapters import adapter_key, adapters_for
-from dx.models.create import CreateSpec, create
+from dx.models.create import CreateSpec, as_base, create
 from dx.models.defaults import ModelDefaults, for_source
 from dx.models.entry import ModelEntry
 from dx.models.source import ModelSource
@@ -232,6 +232,13 @@ def test_an_ollama_model_with_an_adapter_layer_gets_it(tmp_path: Path, smollm2_g
     plain_entry = store.get("smollm2:135m")
     assert adapters_for(ModelSource(plain_entry.path, name=plain_entry.name)) == []
     assert adapter_key(src) == ("--lora", digest)
+    # a model created from it keeps the adapter (as Ollama's create does), and adds its own after it
+    own = _blob(store, write_tiny_lora(tmp_path / "own.gguf", seed=5))
+    create(store, CreateSpec(name="mine", from_="smollora", adapters=[f"sha256:{own}"]), as_base(entry),
+           ModelDefaults(), lambda _s: None)
+    mine = _source(store, "mine")
+    assert adapters_for(mine) == [tree / "blobs" / f"sha256-{digest}", store.blobs / f"sha256-{own}"]
+    assert adapter_key(mine) == ("--lora", digest, own)
     flip_byte(tree / "blobs" / f"sha256-{digest}", lora.stat().st_size - 5)
     with pytest.raises(IntegrityError, match=f"adapter blob sha256:{digest} is damaged"):
         adapters_for(src)

@@ -107,6 +107,13 @@ def adapter_key(source: ModelSource) -> tuple[str, ...]:
     return ("--lora", *digests) if digests else ()
 
 
+def adapter_digests(source: ModelSource) -> list[str]:
+    """``sha256:<hex>`` of every adapter ``source``'s model is served with, in order, unverified (what
+    ``dx show --modelfile`` / ``/api/show`` print as ADAPTER lines, whichever way the model got them:
+    an executable's entry, a created or pulled model's record, an Ollama model's adapter layers)."""
+    return [f"sha256:{d}" for d in adapter_key(source)[1:] if _hex(d)]
+
+
 def _hex(value: object) -> str | None:
     if not isinstance(value, str):
         return None

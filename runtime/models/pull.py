@@ -490,7 +490,6 @@ def _take_blob(store: Store, rname: reg.RegistryName, ly: reg.Layer, model: Path
     try:
         _check_fits(rname, ly, path, model)
         if path != have:
-            say(f"verifying sha256 digest of the {ly.kind} layer", None, None)
             with open(path, "rb") as f:
                 store.receive_blob(iter(lambda: f.read(1 << 20), b""), ly.sha256, ly.size)
     finally:

@@ -462,8 +462,9 @@ def _shaped_record(
     if len(adapters) > MAX_ADAPTERS or len(drafts) > 1:
         raise MalformedInputError(f"{rname.short}: {len(adapters)} adapter and {len(drafts)} draft layers; DX "
                                   f"serves at most {MAX_ADAPTERS} adapters and one draft")
+    model_sha = manifest.model_layer(rname.short).sha256
     for ly in [*adapters, *drafts]:
-        _take_blob(store, rname, ly, model, say, fetch, downloaded)
+        _take_blob(store, rname, ly, model, model_sha, fetch, downloaded)
     requires = None
     if manifest.config is not None:
         with contextlib.suppress(DXError, ValueError, AttributeError):
@@ -482,10 +483,13 @@ def _shaped_record(
     return record
 
 
-def _take_blob(store: Store, rname: reg.RegistryName, ly: reg.Layer, model: Path, say: ProgressCallback,
+def _take_blob(store: Store, rname: reg.RegistryName, ly: reg.Layer, model: Path, model_sha: str,
                fetch: Callable[[reg.Layer], Path], downloaded: bool) -> None:
     """An adapter or draft layer into the store's blobs, only once it is known to fit ``model``."""
     have = store.blobs / f"sha256-{ly.sha256}"
+    if ly.sha256 == model_sha:  # a model that is its own draft: the model layer's bytes, stored as the model
+        _check_fits(rname, ly, model, model)
+        return
     path = have if have.is_file() else fetch(ly)
     try:
         _check_fits(rname, ly, path, model)

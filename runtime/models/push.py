@@ -224,6 +224,9 @@ def _small_layers(doc: dict[str, Any], recorded: list[reg.Layer]) -> dict[str, l
             add("license", [text.encode()])
     for kind in ("params", "messages"):
         value = doc.get(kind)
+        if kind == "messages" and isinstance(value, list):  # api.Message's field order (the store sorts keys)
+            value = [{"role": m.get("role"), "content": m.get("content"), **m} if isinstance(m, dict) else m
+                     for m in value]
         if value:
             add(kind, _json_encodings(value))
     return out
@@ -234,8 +237,11 @@ def _json_encodings(value: Any) -> list[bytes]:
     then Python's default: whichever a recorded layer's digest matches is the one pushed."""
     compact = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     go = compact.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return [compact.encode(), (go + "\n").encode(), go.encode(), json.dumps(value).encode(),
-            json.dumps(value, sort_keys=True).encode()]
+    # Go keeps a struct's field order (Ollama's messages: role, then content) where it sorts a map's keys
+    in_order = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    go_struct = in_order.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return [compact.encode(), (go + "\n").encode(), go.encode(), (go_struct + "\n").encode(),
+            json.dumps(value).encode(), json.dumps(value, sort_keys=True).encode()]
 
 
 def _config(entry: ModelEntry, blobs: list[oci.Blob]) -> oci.Blob:

@@ -14,7 +14,10 @@ and ``dx.engine.process.lora_args`` turns :func:`adapters_for` into the flags:
   looked in next). Order is kept: the engine applies them in that order, each at scale 1.
 - a model of Ollama's store (read-only): its manifest's ``application/vnd.ollama.image.adapter``
   layers, whose blobs Ollama keeps beside the model's.
-- anything else (a GGUF served by path, a pulled DX model): none.
+- a model pulled from a registry with ``adapter`` layers (``dx.models.pull``: what ``dx push`` of a
+  created model or Ollama's push sends): its adapter blobs enter the store checked, and its manifest
+  gets a ``modelfile`` record naming them, read as a created model's.
+- anything else (a GGUF served by path, a pulled model without adapter layers): none.
 
 ``ModelDefaults.engine_args()`` carries no ``--lora``: the engine manager's slot key
 adds :func:`adapter_key` (the digests, cheap) once, and an engine of any purpose gets

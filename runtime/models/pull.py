@@ -388,7 +388,7 @@ def pull_registry(
         info = reg.read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
         layer = manifest.model_layer(rname.short)
         blob = models_dir / "blobs" / f"sha256-{layer.sha256}"
-        record = _shaped_record(store, rname, manifest, info, blob, say,
+        record = _shaped_record(store, rname, manifest, info, blob,
                                 fetch=lambda ly: models_dir / "blobs" / f"sha256-{ly.sha256}",
                                 read=lambda ly: read_layer(models_dir, rname, ly))
         # A hard link shares Ollama's inode without writing to it; the store sets mode 0644 on what it
@@ -427,7 +427,7 @@ def pull_registry(
             say(f"pulling {ly.sha256[:12]} ({ly.kind}, {ly.size} bytes)", 0, ly.size)
             return reg.download_blob(rname, ly, dest, progress=say)
 
-        record = _shaped_record(store, rname, manifest, info, path or in_store, say, fetch=fetch,
+        record = _shaped_record(store, rname, manifest, info, path or in_store, fetch=fetch,
                                 read=lambda ly: reg.fetch_small(rname, ly), downloaded=True)
         if path is None:
             entry = store.name_blob(target, layer.sha256, source, registry=doc, modelfile=record)
@@ -447,7 +447,7 @@ def pull_registry(
 
 def _shaped_record(
     store: Store, rname: reg.RegistryName, manifest: reg.Manifest, info: reg.ModelInfo, model: Path,
-    say: ProgressCallback, *, fetch: Callable[[reg.Layer], Path], read: Callable[[reg.Layer], bytes],
+    *, fetch: Callable[[reg.Layer], Path], read: Callable[[reg.Layer], bytes],
     downloaded: bool = False,
 ) -> dict[str, Any] | None:
     """The ``modelfile`` record of a shaped model (adapter, draft or messages layers), None for another.

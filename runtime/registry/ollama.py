@@ -5,7 +5,7 @@ The protocol is the Docker distribution API as Ollama uses it:
 * ``GET {base}/v2/<namespace>/<model>/manifests/<tag>`` with
   ``Accept: application/vnd.docker.distribution.manifest.v2+json`` gives a JSON
   manifest whose layers each carry a media type
-  (``application/vnd.ollama.image.model`` is the GGUF; ``.template``, ``.system``,
+  (``application/vnd.ollama.image.model`` is the GGUF; ``.template``, ``.system``, ``.messages``, ``.draft``,
   ``.params``, ``.license``, ``.projector``, ``.adapter`` the rest), a
   ``sha256:`` digest and a size. The manifest's own digest is the SHA-256 of its bytes.
 * ``GET {base}/v2/<namespace>/<model>/blobs/sha256:<hex>`` answers with a redirect
@@ -57,7 +57,7 @@ DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 LAYER_PREFIX = "application/vnd.ollama.image."
-KINDS = ("model", "template", "system", "params", "license", "projector", "adapter", "messages")
+KINDS = ("model", "template", "system", "params", "license", "projector", "adapter", "draft", "messages")
 SMALL_KINDS = ("template", "system", "params", "license", "messages")
 MAX_MANIFEST = 1 << 20
 MAX_SMALL_LAYER = 4 << 20

@@ -155,3 +155,28 @@ def test_a_model_of_ollamas_store_with_an_adapter_layer(tmp_path: Path, smollm2_
     assert pulled.modelfile is not None and pulled.modelfile["adapters"] == [f"sha256:{digest}"]
     assert (store.blobs / f"sha256-{digest}").read_bytes() == lora.read_bytes()
     assert adapters_for(_source(store, "mine")) == [store.blobs / f"sha256-{digest}"]
+
+
+def test_a_created_model_with_a_draft_and_requires_goes_up_and_comes_back(
+    store: Store, oci_registry: OCIRegistry, smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    """DRAFT is Ollama's ``draft`` layer (here the model is its own draft: one blob, listed twice), REQUIRES the
+    config's ``requires``; a fresh store gets both back."""
+    from dx.models.create import CreateSpec, create
+    from dx.models.defaults import ModelDefaults
+
+    base = store.import_file(smollm2_gguf, "bare")
+    create(store, CreateSpec(name="drafted", from_="bare", draft=f"sha256:{SMOL_SHA}", requires="0.12.0",
+                             params={"draft_num_predict": 4}), base, ModelDefaults(), lambda _s: None)
+    repo = f"dxtest/drafted{os.getpid()}"
+    pushed = push_model(store, "drafted", f"{oci_registry.host}/{repo}:v1", insecure=True)
+    assert [ly.kind for ly in pushed.layers] == ["model", "draft", "params"]
+    raw, _ = oci_registry.manifest(repo, "v1")
+    config = json.loads(oci_registry.blob(repo, json.loads(raw)["config"]["digest"]))
+    assert config["requires"] == "0.12.0"
+    fresh = Store(tmp_path / "fresh", ollama_dir=False)
+    back = pull_registry(fresh, f"{oci_registry.host}/{repo}:v1", insecure=True, progress=lambda *a: None)
+    rec = back.modelfile or {}
+    assert rec.get("draft") == f"sha256:{SMOL_SHA}" and rec.get("requires") == "0.12.0"
+    assert rec.get("params") == {"draft_num_predict": 4}
+    assert [p.name for p in fresh.blobs.iterdir()] == [f"sha256-{SMOL_SHA}"]

@@ -14,7 +14,10 @@ and ``dx.engine.process.lora_args`` turns :func:`adapters_for` into the flags:
   looked in next). Order is kept: the engine applies them in that order, each at scale 1.
 - a model of Ollama's store (read-only): its manifest's ``application/vnd.ollama.image.adapter``
   layers, whose blobs Ollama keeps beside the model's.
-- anything else (a GGUF served by path, a pulled DX model): none.
+- a model pulled from a registry with ``adapter`` layers (``dx.models.pull``: what ``dx push`` of a
+  created model or Ollama's push sends): its adapter blobs enter the store checked, and its manifest
+  gets a ``modelfile`` record naming them, read as a created model's.
+- anything else (a GGUF served by path, a pulled model without adapter layers): none.
 
 ``ModelDefaults.engine_args()`` carries no ``--lora``: the engine manager's slot key
 adds :func:`adapter_key` (the digests, cheap) once, and an engine of any purpose gets
@@ -105,6 +108,13 @@ def adapter_key(source: ModelSource) -> tuple[str, ...]:
     except Exception:  # the start says what is wrong with it
         return ("--lora", "unreadable")
     return ("--lora", *digests) if digests else ()
+
+
+def adapter_digests(source: ModelSource) -> list[str]:
+    """``sha256:<hex>`` of every adapter ``source``'s model is served with, in order, unverified (what
+    ``dx show --modelfile`` / ``/api/show`` print as ADAPTER lines, whichever way the model got them:
+    an executable's entry, a created or pulled model's record, an Ollama model's adapter layers)."""
+    return [f"sha256:{d}" for d in adapter_key(source)[1:] if _hex(d)]
 
 
 def _hex(value: object) -> str | None:

@@ -226,7 +226,7 @@ def _ollama_store(blob: Path, name: str) -> ModelDefaults:
         return NONE
     manifest, models_dir, rname = found
     info = read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
-    return ModelDefaults(dict(info.params), info.system)
+    return ModelDefaults(dict(info.params), info.system, info.messages)
 
 
 def describe(defaults: ModelDefaults) -> str:

@@ -17,14 +17,17 @@ used from the store, else one in the user's Hugging Face cache is imported.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dx.errors import DownloadError, InvalidModelNameError, ModelConflictError, ModelNotFoundError
 from dx.models.check import verify_model
+from dx.models.modelfile import Modelfile
 from dx.models.ollama_dir import find_manifest, read_layer
 from dx.models.store import _check_hex
 from dx.names import HFFile, is_hf, looks_like_path, parse_hf, parse_name
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 _SHA256 = re.compile(r"\b([0-9a-fA-F]{64})\b")
 _TRUE = {"1", "true", "yes", "on"}
+MAX_ADAPTERS = 8  # dx.models.adapters.MAX_ADAPTERS (which imports the store, which imports this)
 
 
 def offline() -> bool:
@@ -358,7 +362,14 @@ def pull_registry(
     Stored as Ollama names it (``llama3.2:3b``; another host or namespace keeps
     it), source ``registry:<host>/<ns>/<model>:<tag>``; the manifest's digest,
     its layers and what the small layers say (params, system, template,
-    licenses) go into DX's manifest under ``registry``. ``insecure``: plain HTTP to the name's host.
+    licenses, messages) go into DX's manifest under ``registry``. ``insecure``: plain HTTP to the name's host.
+
+    A manifest with ``adapter`` (LoRA), ``draft`` or ``messages`` layers is a shaped model
+    (what ``dx create`` or Ollama's create pushed): its adapter and draft blobs come too, each
+    verified by digest and checked against the model (``dxverify.adapter`` / ``dxverify.spec_pair``)
+    before it enters the store, and the model also gets a ``modelfile`` record as a created model
+    has (``dx.models.create``): served with ``--lora``, its MESSAGEs before every chat, its
+    Modelfile in ``dx show --modelfile`` / ``/api/show``. Nothing is named until every part is in.
     """
 
     rname = reg.parse_registry_name(spec).plain_http(insecure)
@@ -377,13 +388,17 @@ def pull_registry(
         info = reg.read_info(rname, manifest, lambda ly: read_layer(models_dir, rname, ly))
         layer = manifest.model_layer(rname.short)
         blob = models_dir / "blobs" / f"sha256-{layer.sha256}"
+        record = _shaped_record(store, rname, manifest, info, blob,
+                                fetch=lambda ly: models_dir / "blobs" / f"sha256-{ly.sha256}",
+                                read=lambda ly: read_layer(models_dir, rname, ly))
         # A hard link shares Ollama's inode without writing to it; the store sets mode 0644 on what it
         # adopts, so a blob with another mode is copied instead.
         link = (blob.stat().st_mode & 0o777) == 0o644
         say(f"verifying sha256 digest of the model layer ({'hard link' if link else 'copy'})", None, None)
         try:
             entry = store.import_file(blob, target, sha256=layer.sha256, source=source, link=link,
-                                      registry=_registry_doc(rname, manifest, info, "ollama-store"))
+                                      registry=_registry_doc(rname, manifest, info, "ollama-store"),
+                                      modelfile=record)
         except IntegrityError as e:
             raise IntegrityError(f"{rname.short} in Ollama's store: {e.message}",
                                  hint="`ollama pull` it again; DX never changes Ollama's files") from None
@@ -399,16 +414,28 @@ def pull_registry(
     layer = manifest.model_layer(rname.short)
     info = reg.read_info(rname, manifest, lambda ly: reg.fetch_small(rname, ly))
     doc = _registry_doc(rname, manifest, info, "registry")
-    if (store.blobs / f"sha256-{layer.sha256}").is_file():  # verified when it entered the store
-        entry = store.name_blob(target, layer.sha256, source, registry=doc)
-    else:
-        dest = store.downloads / "registry"
-        reg.sweep(dest)
-        say(f"pulling {layer.sha256[:12]} (model, {layer.size} bytes)", 0, layer.size)
-        path = reg.download_blob(rname, layer, dest, progress=say)
-        try:
-            entry = store.import_file(path, target, sha256=layer.sha256, source=source, link=True, registry=doc)
-        finally:
+    dest = store.downloads / "registry"
+    in_store = store.blobs / f"sha256-{layer.sha256}"
+    path: Path | None = None
+    try:
+        if not in_store.is_file():  # else: verified when it entered the store
+            reg.sweep(dest)
+            say(f"pulling {layer.sha256[:12]} (model, {layer.size} bytes)", 0, layer.size)
+            path = reg.download_blob(rname, layer, dest, progress=say)
+
+        def fetch(ly: reg.Layer) -> Path:
+            say(f"pulling {ly.sha256[:12]} ({ly.kind}, {ly.size} bytes)", 0, ly.size)
+            return reg.download_blob(rname, ly, dest, progress=say)
+
+        record = _shaped_record(store, rname, manifest, info, path or in_store, fetch=fetch,
+                                read=lambda ly: reg.fetch_small(rname, ly), downloaded=True)
+        if path is None:
+            entry = store.name_blob(target, layer.sha256, source, registry=doc, modelfile=record)
+        else:
+            entry = store.import_file(path, target, sha256=layer.sha256, source=source, link=True, registry=doc,
+                                      modelfile=record)
+    finally:
+        if path is not None:
             path.unlink(missing_ok=True)
     _notes(rname, manifest, info, entry, say)
     from dx.models.push import remember_pull
@@ -416,6 +443,83 @@ def pull_registry(
     remember_pull(store, rname, manifest)  # a push to this registry can mount these blobs
     say("success", entry.size, entry.size)
     return entry
+
+
+def _shaped_record(
+    store: Store, rname: reg.RegistryName, manifest: reg.Manifest, info: reg.ModelInfo, model: Path,
+    *, fetch: Callable[[reg.Layer], Path], read: Callable[[reg.Layer], bytes],
+    downloaded: bool = False,
+) -> dict[str, Any] | None:
+    """The ``modelfile`` record of a shaped model (adapter, draft or messages layers), None for another.
+
+    Each adapter and draft blob is taken into the store first: ``fetch`` gives a file of the
+    layer (downloaded and digest-checked, or Ollama's blob; ``downloaded``: ours to delete), which
+    is checked against the model ``model`` and then received by the store (hashed again on the way in).
+    """
+    adapters, drafts = manifest.of_kind("adapter"), manifest.of_kind("draft")
+    if not adapters and not drafts and not info.messages:
+        return None
+    if len(adapters) > MAX_ADAPTERS or len(drafts) > 1:
+        raise MalformedInputError(f"{rname.short}: {len(adapters)} adapter and {len(drafts)} draft layers; DX "
+                                  f"serves at most {MAX_ADAPTERS} adapters and one draft")
+    model_sha = manifest.model_layer(rname.short).sha256
+    for ly in [*adapters, *drafts]:
+        _take_blob(store, rname, ly, model, model_sha, fetch, downloaded)
+    requires = None
+    if manifest.config is not None:
+        with contextlib.suppress(DXError, ValueError, AttributeError):
+            requires = json.loads(read(manifest.config)).get("requires") or None
+    record: dict[str, Any] = {
+        "from": rname.short, "base": f"sha256:{manifest.model_layer(rname.short).sha256}",
+        "system": info.system, "template": info.template, "license": list(info.licenses),
+        "messages": [dict(m) for m in info.messages], "params": dict(info.params),
+        "adapters": [ly.digest for ly in adapters], "draft": drafts[0].digest if drafts else None,
+        "requires": requires if isinstance(requires, str) else None,
+    }
+    record["text"] = Modelfile(
+        from_=record["from"], template=record["template"], system=record["system"], parameters=record["params"],
+        adapters=list(record["adapters"]), draft=record["draft"], license=record["license"],
+        messages=record["messages"], requires=record["requires"]).render()  # as dx.models.create.render_record
+    return record
+
+
+def _take_blob(store: Store, rname: reg.RegistryName, ly: reg.Layer, model: Path, model_sha: str,
+               fetch: Callable[[reg.Layer], Path], downloaded: bool) -> None:
+    """An adapter or draft layer into the store's blobs, only once it is known to fit ``model``."""
+    have = store.blobs / f"sha256-{ly.sha256}"
+    if ly.sha256 == model_sha:  # a model that is its own draft: the model layer's bytes, stored as the model
+        _check_fits(rname, ly, model, model)
+        return
+    path = have if have.is_file() else fetch(ly)
+    try:
+        _check_fits(rname, ly, path, model)
+        if path != have:
+            with open(path, "rb") as f:
+                store.receive_blob(iter(lambda: f.read(1 << 20), b""), ly.sha256, ly.size)
+    finally:
+        if downloaded and path != have:
+            path.unlink(missing_ok=True)
+
+
+def _check_fits(rname: reg.RegistryName, ly: reg.Layer, path: Path, model: Path) -> None:
+    """``dxverify.adapter`` (a LoRA for this model) or ``dxverify.spec_pair`` (a draft that can speculate for it);
+    the registry's bytes, so a refusal is its failure (MalformedInputError: 502 on the API), in words without paths."""
+    label = f"{rname.short}: the {ly.kind} layer sha256:{ly.sha256[:12]}"
+    try:
+        if ly.kind == "adapter":
+            from dxverify.adapter import check_adapter
+
+            check_adapter(path, label=label, model=model)
+        else:
+            from dxverify.spec_pair import check_pair
+
+            check_pair(model, path)
+    except DXError as e:
+        words = e.message.replace(str(path), label).replace(str(model), "the model layer")
+        if not words.startswith(label):
+            words = f"{label}: {words}"
+        raise MalformedInputError(words[:400], hint="the model was pushed with a part made for another model; "
+                                  "nothing was stored") from None
 
 
 def pull_missing(store: Store, spec: str, missing: DXError, progress: ProgressCallback | None) -> ModelEntry:
@@ -456,7 +560,7 @@ def _notes(rname: Any, manifest: Any, info: Any, entry: ModelEntry, say: Progres
     if info.template and not entry.facts.has_chat_template:
         say(f"note: {rname.short} has only a Go chat template (Ollama's); DX uses the GGUF's Jinja template and "
             "this GGUF has none, so the engine falls back to its default template", None, None)
-    for kind in ("projector", "adapter", "messages"):
+    for kind in ("projector",):
         if manifest.of_kind(kind):
             say(f"note: {rname.short} has a {kind} layer; DX does not use it yet (the model layer runs alone)",
                 None, None)

@@ -2,8 +2,12 @@
 
 What is pushed is the store record, whatever made it (an imported GGUF, a pulled
 model, a model ``dx create`` made): its GGUF is the ``model`` layer, streamed from
-the blob (or from where an in-place record keeps it); what the record's
-``registry`` part says becomes the small layers in Ollama's media types
+the blob (or from where an in-place record keeps it). A created model's ``modelfile``
+record goes up as Ollama's create lays a model out: each ADAPTER blob an ``adapter``
+layer, the DRAFT a ``draft`` layer, then ``template``, ``system``, one ``license`` per
+LICENSE, ``params`` and ``messages`` as JSON, REQUIRES in the config (an adapter or
+draft blob that is gone is refused: the model would answer otherwise without it).
+For a pulled model, what the record's ``registry`` part says becomes the small layers in Ollama's media types
 (``template``, ``system``, ``license`` for each license, ``params`` as JSON,
 ``messages`` as JSON), in the order its recorded ``layers`` list gives when there
 is one, with the exact bytes of the recorded layer when DX can reproduce them (so
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dx.errors import DownloadError, InvalidModelNameError, ModelNotFoundError
+from dx.errors import DownloadError, InvalidModelNameError, ModelConflictError, ModelNotFoundError
 from dx.registry import oci_push as oci
 from dx.registry import ollama as reg
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
@@ -138,8 +142,10 @@ def _push_blob(name: reg.RegistryName, blob: oci.Blob, mount_from: str | None, s
 
 def _layers(store: Store, entry: ModelEntry) -> tuple[list[oci.Blob], list[str]]:
     """The layers of ``entry`` in push order, and a note for each recorded layer that cannot go up."""
-    doc = entry.registry or {}
     model = oci.Blob(reg.Layer(oci.media("model"), entry.sha256, entry.size), path=entry.path, offset=entry.offset)
+    if entry.modelfile is not None and not entry.registry:
+        return _created_layers(store, entry, model), []
+    doc = entry.registry or {}
     recorded: list[reg.Layer] = []
     for d in doc.get("layers") or []:
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -169,6 +175,36 @@ def _layers(store: Store, entry: ModelEntry) -> tuple[list[oci.Blob], list[str]]
     return out, notes
 
 
+def _created_layers(store: Store, entry: ModelEntry, model: oci.Blob) -> list[oci.Blob]:
+    """A created model's record as Ollama's create lays it out: the model, its adapters (and draft), then
+    template, system, each licence, params and messages. A named adapter or draft blob that is gone is
+    refused (the model would answer differently without it), never left out."""
+    rec = entry.modelfile or {}
+    out = [model]
+    named = [("adapter", d) for d in rec.get("adapters") or []]
+    if rec.get("draft"):
+        named.append(("draft", rec["draft"]))
+    for kind, digest in named:
+        path = _blob_of(store, str(digest))
+        if path is None:
+            raise ModelConflictError(f"model {entry.name!r}: its {kind} blob {digest} is gone from the store",
+                                     hint=f"create {entry.name} again with the {kind}, then push it")
+        out.append(oci.Blob(reg.Layer(oci.media(kind), path.name[7:], path.stat().st_size), path=path))
+    doc = {"template": rec.get("template"), "system": rec.get("system"), "licenses": rec.get("license") or [],
+           "params": rec.get("params") or {}, "messages": rec.get("messages") or []}
+    small = _small_layers(doc, [])
+    return out + [b for kind in _SMALL_ORDER for b in small.pop(kind, [])]
+
+
+def _blob_of(store: Store, digest: str) -> Path | None:
+    """The blob ``sha256:<hex>`` in DX's store, else in Ollama's (a created model may name either)."""
+    hexd = digest.lower().removeprefix("sha256:")
+    if len(hexd) != 64 or not set(hexd) <= set("0123456789abcdef"):
+        return None
+    folders = [store.blobs] + ([store.ollama_dir / "blobs"] if store.ollama_dir else [])
+    return next((p for p in (f / f"sha256-{hexd}" for f in folders) if p.is_file()), None)
+
+
 def _small_layers(doc: dict[str, Any], recorded: list[reg.Layer]) -> dict[str, list[oci.Blob]]:
     """The record's template, system, licenses, params and messages as layer bytes; for each, the encoding
     whose digest a recorded layer has (Ollama's Go JSON, Python's) so a pulled model keeps its digests."""
@@ -188,6 +224,9 @@ def _small_layers(doc: dict[str, Any], recorded: list[reg.Layer]) -> dict[str, l
             add("license", [text.encode()])
     for kind in ("params", "messages"):
         value = doc.get(kind)
+        if kind == "messages" and isinstance(value, list):  # api.Message's field order (the store sorts keys)
+            value = [{"role": m.get("role"), "content": m.get("content"), **m} if isinstance(m, dict) else m
+                     for m in value]
         if value:
             add(kind, _json_encodings(value))
     return out
@@ -198,8 +237,11 @@ def _json_encodings(value: Any) -> list[bytes]:
     then Python's default: whichever a recorded layer's digest matches is the one pushed."""
     compact = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     go = compact.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return [compact.encode(), (go + "\n").encode(), go.encode(), json.dumps(value).encode(),
-            json.dumps(value, sort_keys=True).encode()]
+    # Go keeps a struct's field order (Ollama's messages: role, then content) where it sorts a map's keys
+    in_order = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    go_struct = in_order.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return [compact.encode(), (go + "\n").encode(), go.encode(), (go_struct + "\n").encode(),
+            json.dumps(value).encode(), json.dumps(value, sort_keys=True).encode()]
 
 
 def _config(entry: ModelEntry, blobs: list[oci.Blob]) -> oci.Blob:
@@ -208,6 +250,9 @@ def _config(entry: ModelEntry, blobs: list[oci.Blob]) -> oci.Blob:
     doc = {"model_format": "gguf", "model_family": family, "model_families": [family] if family else None,
            "model_type": entry.facts.parameter_size or "", "file_type": entry.facts.quant or "",
            "rootfs": {"type": "layers", "diff_ids": [b.layer.digest for b in blobs]}}
+    requires = (entry.modelfile or {}).get("requires")
+    if isinstance(requires, str) and requires:
+        doc["requires"] = requires  # REQUIRES, where Ollama's create keeps it
     return oci.Blob.of_bytes(oci.CONFIG_TYPE, json.dumps(doc, separators=(",", ":")).encode())
 
 

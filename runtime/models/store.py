@@ -159,6 +159,7 @@ class ModelStore:
         source: str | None = None,
         link: bool = False,
         registry: dict[str, Any] | None = None,
+        modelfile: dict[str, Any] | None = None,
     ) -> ModelEntry:
         """Copy (or, with ``link``, hard-link: a download on the store's filesystem) a GGUF into the store.
 
@@ -208,7 +209,8 @@ class ModelStore:
             with self._lock():
                 blob = self._adopt_blob(tmp, digest)
                 entry = self._write_manifest(
-                    mn, digest, blob.stat().st_size, source or f"file:{src.resolve()}", facts, registry
+                    mn, digest, blob.stat().st_size, source or f"file:{src.resolve()}", facts, registry,
+                    modelfile=modelfile,
                 )
             self._remember_verified(blob, digest)
             return entry
@@ -277,8 +279,10 @@ class ModelStore:
             return self._write_manifest(mn, base.sha256, base.length or base.size, source, base.facts,
                                         in_file=in_file, modelfile=record)
 
-    def name_blob(self, name: str, sha256: str, source: str, registry: dict[str, Any] | None = None) -> ModelEntry:
-        """Give a blob already in the store (verified when it entered) a name from another source."""
+    def name_blob(self, name: str, sha256: str, source: str, registry: dict[str, Any] | None = None,
+                  modelfile: dict[str, Any] | None = None) -> ModelEntry:
+        """Give a blob already in the store (verified when it entered) a name from another source (a pull
+        whose adapter or messages layers make a ``modelfile`` record too: ``dx.models.pull``)."""
         mn = parse_name(name)
         sha256 = _check_hex(sha256)
         blob = self.blobs / f"sha256-{sha256}"
@@ -286,7 +290,8 @@ class ModelStore:
             raise ModelNotFoundError(f"no blob sha256:{sha256} in the store")
         facts = read_facts(blob)
         with self._lock():
-            return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts, registry)
+            return self._write_manifest(mn, sha256, blob.stat().st_size, source, facts, registry,
+                                        modelfile=modelfile)
 
     def delete(self, name: str) -> ModelEntry:
         """Remove ``name``'s manifest, and its blob when no other name uses it."""

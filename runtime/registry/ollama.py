@@ -5,7 +5,7 @@ The protocol is the Docker distribution API as Ollama uses it:
 * ``GET {base}/v2/<namespace>/<model>/manifests/<tag>`` with
   ``Accept: application/vnd.docker.distribution.manifest.v2+json`` gives a JSON
   manifest whose layers each carry a media type
-  (``application/vnd.ollama.image.model`` is the GGUF; ``.template``, ``.system``,
+  (``application/vnd.ollama.image.model`` is the GGUF; ``.template``, ``.system``, ``.messages``, ``.draft``,
   ``.params``, ``.license``, ``.projector``, ``.adapter`` the rest), a
   ``sha256:`` digest and a size. The manifest's own digest is the SHA-256 of its bytes.
 * ``GET {base}/v2/<namespace>/<model>/blobs/sha256:<hex>`` answers with a redirect
@@ -57,7 +57,7 @@ DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 LAYER_PREFIX = "application/vnd.ollama.image."
-KINDS = ("model", "template", "system", "params", "license", "projector", "adapter", "messages")
+KINDS = ("model", "template", "system", "params", "license", "projector", "adapter", "draft", "messages")
 SMALL_KINDS = ("template", "system", "params", "license", "messages")
 MAX_MANIFEST = 1 << 20
 MAX_SMALL_LAYER = 4 << 20
@@ -504,16 +504,20 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the small layers say about a model: Ollama's defaults, system prompt, template, licenses."""
+    """What the small layers say about a model: Ollama's defaults, system prompt, template, licenses, messages."""
 
     params: dict[str, object]
     system: str | None
     template: str | None        # a Go template (Ollama's); DX uses the GGUF's own Jinja template
     licenses: tuple[str, ...]
+    messages: tuple[dict[str, str], ...] = ()  # MESSAGEs (Ollama's messages layer), before every chat's own
 
     def to_json(self) -> dict[str, object]:
-        return {"params": self.params, "system": self.system, "template": self.template,
-                "licenses": list(self.licenses)}
+        doc: dict[str, object] = {"params": self.params, "system": self.system, "template": self.template,
+                                  "licenses": list(self.licenses)}
+        if self.messages:
+            doc["messages"] = [dict(m) for m in self.messages]
+        return doc
 
 
 def read_info(name: RegistryName, manifest: Manifest, read: Callable[[Layer], bytes]) -> ModelInfo:
@@ -533,7 +537,24 @@ def read_info(name: RegistryName, manifest: Manifest, read: Callable[[Layer], by
         return read(layers[-1]).decode("utf-8", errors="replace") if layers else None
 
     licenses = tuple(read(ly).decode("utf-8", errors="replace") for ly in manifest.of_kind("license"))
-    return ModelInfo(params, text("system"), text("template"), licenses)
+    messages: list[dict[str, str]] = []
+    for layer in manifest.of_kind("messages")[-1:]:  # Ollama's create keeps one (the last set)
+        messages = _messages(name, read(layer))
+    return ModelInfo(params, text("system"), text("template"), licenses, tuple(messages))
+
+
+def _messages(name: RegistryName, raw: bytes) -> list[dict[str, str]]:
+    """A messages layer: Ollama's ``[{"role", "content", …}]`` (JSON); only role and content are kept."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise MalformedInputError(f"{name.short}: the messages layer is not JSON: {e}") from None
+    if not isinstance(doc, list) or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content", ""), str) for m in doc):
+        raise MalformedInputError(f"{name.short}: the messages layer is not a list of "
+                                  '{"role": "system"|"user"|"assistant", "content"}')
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in doc]
 
 
 def sweep(dest: Path, keep_days: float = 7.0) -> None:

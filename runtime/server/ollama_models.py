@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dx import __version__
 from dx.config import dx_home
 from dx.errors import BadRequest, ModelConflictError, ModelNotFoundError, client_text
+from dx.models.adapters import adapter_digests
 from dx.models.capabilities import capabilities_for
 from dx.models.defaults import for_source
 from dx.models.details import details_for, details_or_empty
@@ -123,7 +124,7 @@ def show(req: Request) -> None:
     answer: dict[str, Any] = {
         "license": license_text,
         "modelfile": _created_modelfile(shown, record) if record is not None else
-        show_modelfile(shown, template, defaults.params, defaults.system),
+        show_modelfile(shown, template, defaults.params, defaults.system, adapter_digests(source), defaults.messages),
         "parameters": show_parameters(defaults.params),
         "template": template,
         "details": details_for(source.path, source.offset, source.length).ollama(),

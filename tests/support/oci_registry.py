@@ -178,22 +178,33 @@ http:
 """
 
 
-def start_registry(tmp: Path) -> OCIRegistry:
-    """``docker-registry serve`` on a free loopback port, storage and log under ``tmp``; ready when /v2/ answers."""
+_SILLY_AUTH = """auth:
+  silly:
+    realm: http://127.0.0.1:1/token
+    service: dx-test
+"""
+
+
+def start_registry(tmp: Path, *, auth: bool = False) -> OCIRegistry:
+    """``docker-registry serve`` on a free loopback port, storage and log under ``tmp``; ready when /v2/ answers.
+
+    ``auth``: the distribution registry's own "silly" access controller, which answers 401 with a
+    ``WWW-Authenticate: Bearer`` challenge to every request without an ``Authorization`` header
+    (a registry that refuses an anonymous client, as a private one does)."""
     exe = need("docker-registry", package="docker-registry")
     tmp.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):  # another process may take the free port before the registry binds it
         host = f"127.0.0.1:{_free_port()}"
         reg = OCIRegistry(host, tmp / "storage", tmp / "registry.log")
         config = tmp / "config.yml"
-        config.write_text(_CONFIG.format(root=reg.root, host=host))
+        config.write_text(_CONFIG.format(root=reg.root, host=host) + (_SILLY_AUTH if auth else ""))
         with open(reg.log_path, "ab") as log:
             reg.proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log,
                                         stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and reg.proc.poll() is None:
             try:
-                if reg.request("GET", "/v2/")[0] == 200:
+                if reg.request("GET", "/v2/")[0] == (401 if auth else 200):
                     return reg
             except OSError:
                 pass

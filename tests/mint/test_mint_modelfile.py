@@ -123,7 +123,7 @@ def test_serves_under_its_name_with_its_persona_and_stop(minted_dir: Path, tmp_p
         shown = _post(run.url, "/api/show", run.key, {"model": "barnacle"})
         assert shown["system"] == "Your name is Captain Barnacle. You are a pirate."
         assert shown["license"] == "SmolLM2: Apache-2.0"
-        assert 'SYSTEM "Your name is Captain Barnacle. You are a pirate."' in shown["modelfile"]
+        assert "SYSTEM Your name is Captain Barnacle. You are a pirate." in shown["modelfile"]
         assert "PARAMETER stop pirate" in shown["modelfile"] and "MESSAGE assistant" in shown["modelfile"]
         assert str(minted_dir) not in json.dumps(shown)  # no builder path reaches a client
 

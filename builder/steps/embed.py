@@ -132,6 +132,13 @@ def run(ctx: BuildContext) -> None:
         _remember_verified(adapted.path, em.adapter.sha256)
     for e in em.entries:
         _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
+    if mfile is not None:
+        rec = mfile.record
+        said = [w for w, v in (("SYSTEM", rec.get("system")), ("TEMPLATE", rec.get("template"))) if v is not None]
+        said += [f"{len(rec[k])} {w}" for k, w in (("messages", "MESSAGE"), ("params", "PARAMETER"),
+                                                   ("license", "LICENSE")) if rec.get(k)]
+        _echo(f"    Modelfile {mfile.path.name} (sha256 {mfile.sha256[:16]}…): served as"
+              f" '{metadata['model']}' with {', '.join(said) or 'no defaults'} in the metadata")
     _echo(f"    trailer sealed (format version {em.version})")
 
 

@@ -65,6 +65,19 @@ class MintOptions:
     draft: str | None = None                # --draft: a draft model, embedded next to --model
     mmproj: str | None = None               # --mmproj: a multimodal projector for --model, embedded after it
     adapter: str | None = None              # --adapter: a LoRA adapter for --model, embedded last
+    modelfile: Path | None = None           # --modelfile: FROM/ADAPTER/DRAFT become the three above (dxbuild.modelfile)
+    name: str | None = None                 # --name: the name a --modelfile executable serves its model under
+
+
+@dataclass(frozen=True)
+class MintModelfile:
+    """A parsed ``--modelfile`` (``dxbuild.modelfile.load``): its file's digest, the served name, the record."""
+
+    path: Path                 # the Modelfile (its path is never written into the executable)
+    sha256: str                # of its bytes: the manifest and the SBOM name it
+    size: int
+    name: str | None           # the served name; None: the FROM model's own name (known once it is resolved)
+    record: dict[str, Any] = field(default_factory=dict)   # dx.models.create's shape; embed fills the digests
 
 
 @dataclass
@@ -80,10 +93,17 @@ class BuildContext:
     draft: ResolvedModel | None = None      # resolve_model (--draft)
     projector: ResolvedModel | None = None  # resolve_model (--mmproj)
     adapter: ResolvedModel | None = None    # resolve_model (--adapter)
+    modelfile: MintModelfile | None = None  # mint (--modelfile): the parsed Modelfile; embed puts its record in
     staged: Path | None = None              # embed's temporary file; write_output renames it (removed on failure)
     staged_sha256: str | None = None        # embed: the staged file's SHA-256, hashed while it was written
     cuda_libs: dict[str, Any] | None = None  # bundle: the thin/fat CUDA library plan (size_report reads it)
     python_distributions: list[dict[str, Any]] | None = None  # bundle: the runtime's Python packages (sbom)
+
+    def served_name(self) -> str | None:
+        """The name the executable serves its model under: a Modelfile's name, else the model's own."""
+        if self.modelfile is not None and self.modelfile.name:
+            return self.modelfile.name
+        return self.model.name if self.model is not None else None
 
     def add(self, type: ArtifactType, path: Path, **extra: Any) -> Artifact:
         art = Artifact(type=type, path=Path(path), extra=dict(extra))

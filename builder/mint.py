@@ -111,8 +111,10 @@ def plan_cell(tier: str, cuda_archs: str | None = None, webui: bool = False, arc
 
 def mint(options: MintOptions, *, steps: list | None = None) -> MintResult:
     """Run the whole pipeline and return the executable that was written."""
+    from dxbuild.modelfile import load
     from dxbuild.pipeline import default_steps, run_steps
 
+    options, modelfile = load(options)  # --modelfile: parsed and checked first, then FROM/ADAPTER/DRAFT are flags
     tier = options.tier or DEFAULT_TIER
     if tier == "auto":
         choice = pick_tier()
@@ -126,7 +128,7 @@ def mint(options: MintOptions, *, steps: list | None = None) -> MintResult:
 
         preflight.preflight(preflight.plan(cell, options.model, out_dir, options.signing_key, cache_dir()),
                             echo=lambda s: click.echo(s, err=True))
-    ctx = BuildContext(cell=cell, out_dir=out_dir, options=options)
+    ctx = BuildContext(cell=cell, out_dir=out_dir, options=options, modelfile=modelfile)
     try:
         run_steps(ctx, steps if steps is not None else default_steps())
     finally:

@@ -42,6 +42,13 @@ def mint_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="A LoRA adapter GGUF for --model, embedded after it (same forms as --model); the"
                           " engine applies it to every answer (llama-server --lora). It must be made for the"
                           " model (checked before anything is written).")(f)
+    f = click.option("--modelfile", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", default=None,
+                     help="Mint an Ollama Modelfile: FROM is the model (as --model; paths relative to the file),"
+                          " ADAPTER the --adapter, DRAFT the --draft; SYSTEM, MESSAGE, PARAMETER, LICENSE and"
+                          " TEMPLATE travel in the trailer, and the executable serves the model with them.")(f)
+    f = click.option("--name", metavar="NAME", default=None,
+                     help="With --modelfile: the name the executable serves its model under (and its file name);"
+                          " default: the Modelfile's file name (NAME.Modelfile), else the FROM model's name.")(f)
     f = click.option("--arch", metavar="ARCH", default=None,
                      help="Target CPU architecture: x86_64 or arm64 (aarch64); default: this machine's.")(f)
     f = click.option("--gpu", "tier", metavar="TIER", default=None,

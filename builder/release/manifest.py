@@ -122,6 +122,7 @@ def build_manifest(directory: Path, facts: list[dict[str, Any]], dx_version: str
             **({"draft": f["draft"]} if f.get("draft") else {}),
             **({"projector": f["projector"]} if f.get("projector") else {}),
             **({"adapter": f["adapter"]} if f.get("adapter") else {}),
+            **({"modelfile": f["modelfile"]} if f.get("modelfile") else {}),
             "requirements": f["requirements"],
             **_trust_files(directory, f["file"]),
         })

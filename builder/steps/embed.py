@@ -19,7 +19,9 @@ DESIGN.md §9); the metadata records the draft under ``"draft"`` (name, source,
 sha256, length). A ``--mmproj`` (a multimodal projector) follows the last GGUF the
 same way, recorded under ``"projector"``, and an ``--adapter`` (a LoRA adapter) after
 that, recorded under ``"adapter"``. One model alone is still version 1, byte for byte
-as before.
+as before. A ``--modelfile``'s record (``dxbuild.modelfile``) goes into the metadata under
+``"modelfile"``, its digests taken from the entries as they are hashed, and the model
+is named by the Modelfile's name.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def run(ctx: BuildContext) -> None:
     bundle = ctx.one(ArtifactType.BUNDLE)
     engine = ctx.one(ArtifactType.ENGINE_DIR)
     metadata = {
-        "model": resolved.name,
+        "model": ctx.served_name() or resolved.name,  # a --modelfile's name, else the model's own
         "source": resolved.source,
         "sha256": resolved.sha256,
         "tier": ctx.cell.tier,
@@ -72,6 +74,10 @@ def run(ctx: BuildContext) -> None:
     registry = getattr(resolved, "registry", None)
     if registry:  # an Ollama registry model's params (stop strings, sampling, num_ctx) and system prompt
         metadata["defaults"] = {"params": registry.get("params") or {}, "system": registry.get("system")}
+    mfile = getattr(ctx, "modelfile", None)
+    if mfile is not None:  # --modelfile: its record (dx.models.create's shape); write_minted fills the digests
+        metadata["modelfile"] = dict(mfile.record)
+        metadata["modelfile_sha256"] = mfile.sha256
     drafted = ctx.draft
     draft_meta = None
     if drafted is not None:
@@ -126,6 +132,13 @@ def run(ctx: BuildContext) -> None:
         _remember_verified(adapted.path, em.adapter.sha256)
     for e in em.entries:
         _echo(f"    {e.role} at offset {e.offset} ({e.length / 1e6:.1f} MB)")
+    if mfile is not None:
+        rec = mfile.record
+        said = [w for w, v in (("SYSTEM", rec.get("system")), ("TEMPLATE", rec.get("template"))) if v is not None]
+        said += [f"{len(rec[k])} {w}" for k, w in (("messages", "MESSAGE"), ("params", "PARAMETER"),
+                                                   ("license", "LICENSE")) if rec.get(k)]
+        _echo(f"    Modelfile {mfile.path.name} (sha256 {mfile.sha256[:16]}…): served as"
+              f" '{metadata['model']}' with {', '.join(said) or 'no defaults'} in the metadata")
     _echo(f"    trailer sealed (format version {em.version})")
 
 
@@ -189,6 +202,12 @@ def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], 
         trailer.check_expected(role, src_path, digest, expected)
         entries.append(trailer.Entry(role, offset, length, digest))
         pos = offset + length
+    if isinstance(metadata.get("modelfile"), dict):  # a --modelfile's record names the entries just hashed
+        from dxbuild.modelfile import finish_record
+
+        digest = {e.role: e.sha256 for e in entries}
+        metadata["modelfile"] = finish_record(metadata["modelfile"], digest[trailer.PRIMARY_ROLE],
+                                              digest.get("adapter"), digest.get("draft"))
     # Metadata [+ entry table] + trailer exactly as dxverify.trailer seals them.
     tail = trailer.seal(entries, metadata, {"draft": draft_metadata or {}, "projector": projector_metadata or {},
                                             "adapter": adapter_metadata or {}})

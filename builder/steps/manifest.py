@@ -83,6 +83,11 @@ def artifact_facts(ctx: BuildContext, exe: Path, extra: dict[str, Any]) -> dict[
         facts["projector"] = projector
     if adapter is not None:  # likewise only executables with a LoRA adapter (--adapter)
         facts["adapter"] = adapter
+    from dxbuild.steps.sbom import modelfile_facts
+
+    modelfile = modelfile_facts(ctx)
+    if modelfile is not None:  # likewise only executables minted from a Modelfile (--modelfile)
+        facts["modelfile"] = modelfile
     return facts
 
 

@@ -437,8 +437,12 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
                   model: dict[str, Any] | None, timestamp: datetime,
                   draft: dict[str, Any] | None = None,
                   projector: dict[str, Any] | None = None,
-                  adapter: dict[str, Any] | None = None) -> dict[str, Any]:
+                  adapter: dict[str, Any] | None = None,
+                  modelfile: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole SBOM of one executable: the bundle's components plus this mint's subject and model.
+
+    A ``--modelfile`` executable lists the Modelfile too (bom-ref ``modelfile``, type ``data``, its SHA-256):
+    its SYSTEM, MESSAGEs and PARAMETERs travel in the trailer and shape every answer.
 
     The same document build_bom + bom_to_json make (the model sorts last, as the
     library orders components by type); the serial number is a UUID of the rest.
@@ -454,7 +458,12 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
         models.append(_model_component(adapter, ADAPTER_REF, [{"name": "dx:model:role", "value": "adapter"}]))
     # The library orders components by type, then name, version and bom-ref: the models come last.
     comps += sorted(models, key=lambda c: (c["name"], c["version"], c["bom-ref"]))
-    subject = {"bom-ref": SUBJECT_REF, "description": _subject_description(model, draft, projector, adapter),
+    if model and modelfile:
+        comps.append(_modelfile_component(modelfile))
+    description = _subject_description(model, draft, projector, adapter)
+    if model and modelfile:
+        description = description[:-1] + " + Modelfile)"
+    subject = {"bom-ref": SUBJECT_REF, "description": description,
                "hashes": [{"alg": "SHA-256", "content": exe_sha256}], "licenses": license_json(DX_LICENSE),
                "name": exe_name, "type": "application", "version": dx_version}
     refs = sorted(c["bom-ref"] for c in comps)
@@ -467,6 +476,19 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
     body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
     doc["serialNumber"] = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'dx-sbom:' + hashlib.sha256(body).hexdigest())}"
     return doc
+
+
+MODELFILE_REF = "modelfile"
+
+
+def _modelfile_component(modelfile: dict[str, Any]) -> dict[str, Any]:
+    """The Modelfile a ``--modelfile`` executable was minted from: its bytes' SHA-256 and size."""
+    return {
+        "bom-ref": MODELFILE_REF, "hashes": [{"alg": "SHA-256", "content": modelfile["sha256"]}],
+        "name": f"Modelfile of {modelfile['name']}", "type": "data", "version": str(modelfile["sha256"])[:12],
+        "description": "Ollama Modelfile: SYSTEM, MESSAGE, PARAMETER, LICENSE and TEMPLATE, in the trailer's metadata",
+        "properties": [{"name": "dx:modelfile:size", "value": str(modelfile["size"])}],
+    }
 
 
 def _model_component(model: dict[str, Any], ref: str, extra: list[dict[str, str]]) -> dict[str, Any]:
@@ -529,16 +551,25 @@ def run(ctx: BuildContext) -> None:
     model, draft = _model_record(ctx.model), _model_record(ctx.draft)
     projector = _model_record(getattr(ctx, "projector", None))
     adapter = _model_record(getattr(ctx, "adapter", None))
+    modelfile = modelfile_facts(ctx)
     timestamp = sbom_timestamp()
     for a in exes:
         sha = a.extra.get("sha256") or sha256_file(a.path)  # write_output hashed it while writing
         doc = mint_document(components, exe_name=a.path.name, exe_sha256=sha, dx_version=dx_version,
                             model=model, timestamp=timestamp, draft=draft,
-                            projector=projector, adapter=adapter)
+                            projector=projector, adapter=adapter, modelfile=modelfile)
         check_document(doc)
         dest = a.path.with_name(a.path.name + SBOM_SUFFIX)
         write_text_atomic(dest, document_text(doc))
         ctx.add(ArtifactType.SBOM, dest, describes=a.path.name)
+
+
+def modelfile_facts(ctx: BuildContext) -> dict[str, Any] | None:
+    """A ``--modelfile`` mint's Modelfile for the SBOM, the manifest and the size report: name, sha256, size."""
+    mf = getattr(ctx, "modelfile", None)
+    if mf is None:
+        return None
+    return {"name": ctx.served_name(), "sha256": mf.sha256, "size": mf.size}
 
 
 def _model_record(resolved: Any) -> dict[str, Any] | None:

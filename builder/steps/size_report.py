@@ -8,7 +8,9 @@ DX's padding + trailer. The engine, backend and Python parts are read from the
 Nuitka archive headers (dxbuild.bundle.payload): exact stored (compressed)
 bytes and unpacked bytes per file. With a draft embedded (trailer version 2) the
 "model" component is both GGUFs, and ``ggufs`` lists each entry's role and bytes,
-so the report shows the two sizes and the executable against their sum.
+so the report shows the two sizes and the executable against their sum. A
+``--modelfile`` executable's report names its Modelfile too (``modelfile``: the
+file's SHA-256 and the bytes its record takes in the metadata, inside "trailer").
 
 The budget is the tier recipe's ``size_budget_mb``: the unpacked engine
 directory (engine + backend libraries) must stay under it. Over budget fails
@@ -17,6 +19,7 @@ the build, naming what grew against ``--previous-size-report`` when given.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -82,8 +85,13 @@ def measure(exe: Path, runtime_size: int | None = None) -> dict[str, Any]:
     stored["trailer"] = total - runtime_size - model
     assert sum(stored.values()) == total
     files.sort(key=lambda f: -f["stored"])
-    return {"file": exe.name, "total": total, "components": stored, "unpacked": unpacked,
-            "largest_files": files[:12], "ggufs": ggufs}
+    out = {"file": exe.name, "total": total, "components": stored, "unpacked": unpacked,
+           "largest_files": files[:12], "ggufs": ggufs}
+    record = em.metadata.get("modelfile") if em is not None else None
+    if isinstance(record, dict):
+        out["modelfile"] = {"sha256": em.metadata.get("modelfile_sha256"),  # type: ignore[union-attr]
+                            "record_bytes": len(json.dumps(record, separators=(",", ":")).encode("utf-8"))}
+    return out
 
 
 def _strip_zero_padding(exe: Path, offset: int) -> int:

@@ -38,8 +38,7 @@ def safe_model_name(model: str) -> str:
 
 
 def run(ctx: BuildContext) -> None:
-    resolved = ctx.model
-    final = ctx.out_dir / output_name(ctx.cell, resolved.name if resolved else None)
+    final = ctx.out_dir / output_name(ctx.cell, ctx.served_name())  # a --modelfile's name, else the model's
     staged = ctx.staged
     if staged is None:
         from dxbuild.run_cmd import sigterm_as_exit
@@ -54,7 +53,7 @@ def run(ctx: BuildContext) -> None:
     ctx.staged = None
     size = final.stat().st_size
     ctx.add(ArtifactType.EXECUTABLE, final, sha256=digest, size=size, tier=ctx.cell.tier,
-            os=ctx.cell.os, arch=ctx.cell.arch, model=resolved.name if resolved else None)
+            os=ctx.cell.os, arch=ctx.cell.arch, model=ctx.served_name())
     _echo(f"    {final}")
     _echo(f"    size {size} bytes ({size / 1e6:.1f} MB)")
     _echo(f"    sha256 {digest}")

@@ -111,7 +111,7 @@ def _embedded_listing() -> list[tuple[Any, int, int | None]]:
     """The model inside this executable as (store-like entry, offset, length); none for a plain dx."""
     from dx.models.check import ModelFacts
     from dx.models.details import details_or_empty
-    from dx.models.embedded import find_embedded, model_name
+    from dx.models.embedded import embedded_modelfile, find_embedded, model_name
     from dx.models.entry import ModelEntry
 
     em = find_embedded()
@@ -121,7 +121,8 @@ def _embedded_listing() -> list[tuple[Any, int, int | None]]:
     facts = ModelFacts(arch=d.family, family=d.family, quant=d.quantization_level, parameter_size=d.parameter_size,
                        parameter_count=d.parameter_count)
     entry = ModelEntry(name=model_name(em), sha256=em.sha256, size=em.length, modified=em.path.stat().st_mtime,
-                       path=em.path, source=f"embedded:{em.path}", read_only=True, facts=facts)
+                       path=em.path, source=f"embedded:{em.path}", read_only=True, facts=facts,
+                       modelfile=embedded_modelfile(em))  # minted from a Modelfile: `show --modelfile` prints it
     return [(entry, em.offset, em.length)]
 
 

@@ -5,7 +5,7 @@ defaults and projector are, ``dx.models.defaults`` / ``capabilities.projector_fo
 and ``dx.engine.process.lora_args`` turns :func:`adapters_for` into the flags:
 
 - the model inside a minted executable: its "adapter" trailer entry (``dxbuild --adapter``),
-  extracted once to a verified cache file (``dx.models.embedded.embedded_adapter``: the
+  extracted once to a verified cache file (``dx.models.embedded.embedded_part``: the
   engine's adapter loader opens whole files by name). It belongs to those bytes, so a
   model created from the executable's own model keeps it, before its own adapters.
 - a created model (``dx create`` / ``/api/create``, ``dx.models.create``): its manifest's
@@ -58,9 +58,9 @@ def adapters_for(source: ModelSource) -> list[Path]:
     """
     out: list[Path] = []
     if source.offset:
-        from dx.models.embedded import adapter_for_embedded
+        from dx.models.embedded import part_for_embedded
 
-        found = adapter_for_embedded(source)  # hashed while extracted; raises on a damaged entry
+        found = part_for_embedded(source, "adapter")  # hashed while extracted; raises on a damaged entry
         if found is not None:
             _check_fits(source, found, "the embedded adapter")
             out.append(found)

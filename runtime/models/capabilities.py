@@ -214,15 +214,15 @@ def projector_for(source: ModelSource) -> Path | None:
     - a model of DX's store pulled from Ollama's registry: the projector layer its record names, found in
       DX's blobs or Ollama's;
     - the model inside a minted executable: its "projector" trailer entry (``dxbuild --mmproj``), extracted
-      once to a verified cache file (``dx.models.embedded.embedded_projector``: the engine's projector loader
+      once to a verified cache file (``dx.models.embedded.embedded_part``: the engine's projector loader
       reads whole files only).
     """
     path = Path(source.path)
     if source.offset:
-        from dx.models.embedded import projector_for_embedded
+        from dx.models.embedded import part_for_embedded
 
         with contextlib.suppress(Exception):  # a damaged entry refuses the start (verify_embedded_source)
-            return projector_for_embedded(source)
+            return part_for_embedded(source, "projector")
         return None
     if path.parent.name == "blobs":
         if path.parent.parent.name == "models":

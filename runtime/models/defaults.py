@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,10 +200,14 @@ def for_source(source: ModelSource) -> ModelDefaults:
 
 
 def _embedded(path: Path) -> ModelDefaults:
-    """A minted executable: the trailer's metadata may carry ``defaults`` (params, system)."""
+    """A minted executable: the trailer's metadata may carry a Modelfile's record (``dxbuild --modelfile``: the
+    created model's shape; its draft is the trailer's own entry, served as such) or ``defaults`` (params, system)."""
     from dxverify.trailer import find_trailer
 
     em = find_trailer(path)
+    record = em.metadata.get("modelfile") if em is not None else None
+    if isinstance(record, dict):
+        return replace(from_modelfile(record, path.parent), draft=None)
     doc = em.metadata.get("defaults") if em is not None else None
     return from_registry(doc if isinstance(doc, dict) else None)
 

@@ -21,7 +21,7 @@ verifying the model verifies the draft too, so a damaged draft stops the start.
 An executable minted with ``dxbuild --mmproj P`` carries a vision projector as a
 "projector" entry. The engine's projector loader (tools/mtmd/clip.cpp) opens a
 whole file by name — the engine's ``FILE#offset=N`` patch covers the model
-loader only — so ``embedded_projector()`` extracts the entry once to
+loader only — so ``embedded_part(em, "projector")`` extracts the entry once to
 ``$DX_HOME/cache/projectors/sha256-<digest>.gguf``: hashed while it is copied,
 refused unless it matches the trailer, written atomically, and reused while the
 file still hashes to that digest (remembered per file state in
@@ -31,9 +31,14 @@ An executable minted with ``dxbuild --adapter A`` (or a Modelfile's ``ADAPTER``)
 carries a LoRA adapter as an "adapter" entry. llama.cpp's adapter loader
 (src/llama-adapter.cpp ``llama_adapter_lora_init``) opens the file by name and
 reads tensors at offsets from the file's start, so it cannot read at an offset
-either: ``embedded_adapter()`` extracts it the same way, to
+either: ``embedded_part(em, "adapter")`` extracts it the same way, to
 ``$DX_HOME/cache/adapters/sha256-<digest>.gguf``, and verifying the model verifies
 (extracts) the adapter too.
+
+An executable minted with ``dxbuild --modelfile FILE`` carries the Modelfile's record
+(``dx.models.create``'s shape) in its metadata under ``"modelfile"`` and serves its model
+under the Modelfile's name: ``embedded_modelfile()`` hands the record to ``dx show
+--modelfile``, ``/api/show`` and ``dx.models.defaults`` (its SYSTEM, MESSAGEs, PARAMETERs).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dx import config
 from dx.models.catalog import Store
@@ -169,10 +174,9 @@ def verify_embedded_source(source: ModelSource, role: str = "model") -> None:
         if draft is not None:
             verify_embedded_source(draft, role="draft")
         em = _trailer_of(source)
-        if em is not None and em.projector is not None:
-            embedded_projector(em)
-        if em is not None and em.adapter is not None:
-            embedded_adapter(em)
+        if em is not None:
+            for role in EXTRACTED_PARTS:
+                embedded_part(em, role)
 
 
 def _draft_beside(source: ModelSource) -> ModelSource | None:
@@ -193,58 +197,47 @@ def _trailer_of(source: ModelSource) -> EmbeddedModel | None:
     return em
 
 
-PROJECTOR_DIR = "projectors"
-ADAPTER_DIR = "adapters"
+#: The entries extracted to a file of their own (the engine's loaders for them open whole files by name), and
+#: the folder under ``$DX_HOME/cache`` each role's files live in (one file per digest, shared by executables).
+EXTRACTED_PARTS = {"projector": "projectors", "adapter": "adapters"}
 
 
-def projector_cache_dir() -> Path:
-    """Where extracted projectors live (one file per digest, shared by every executable carrying it)."""
-    return config.dx_home() / "cache" / PROJECTOR_DIR
+def part_cache_dir(role: str) -> Path:
+    """Where extracted entries of ``role`` ("projector", "adapter") live."""
+    return config.dx_home() / "cache" / EXTRACTED_PARTS[role]
 
 
-def projector_for_embedded(source: ModelSource) -> Path | None:
-    """The ``--mmproj`` file for the primary model of an executable with a projector entry, else None."""
+def part_for_embedded(source: ModelSource, role: str) -> Path | None:
+    """The ``--mmproj`` / ``--lora`` file (``role`` "projector" / "adapter") for the primary model of an
+    executable with such an entry, else None."""
     em = _trailer_of(source)
-    if em is None or em.projector is None:
-        return None
-    return embedded_projector(em)
+    return embedded_part(em, role) if em is not None else None
 
 
-def embedded_projector(em: EmbeddedModel) -> Path | None:
-    """The executable's projector entry as a verified file of its own (extracted once), or None without one.
+def embedded_part(em: EmbeddedModel, role: str) -> Path | None:
+    """The executable's ``role`` entry ("projector", "adapter") as a verified file of its own (extracted once),
+    or None without one.
 
     Raises IntegrityError naming the executable when the entry's bytes do not hash
     to the trailer's digest (nothing is left behind then).
     """
-    entry = em.projector
+    entry = next((e for e in em.entries if e.role == role), None)
     if entry is None:
         return None
-    return _extracted(em, entry, projector_cache_dir())
+    return _extracted(em, entry, part_cache_dir(role))
 
 
-def adapter_cache_dir() -> Path:
-    """Where extracted LoRA adapters live (one file per digest, shared by every executable carrying it)."""
-    return config.dx_home() / "cache" / ADAPTER_DIR
+def embedded_modelfile(em: EmbeddedModel) -> dict[str, Any] | None:
+    """The Modelfile record of an executable minted with ``dxbuild --modelfile`` (``dx.models.create``'s shape:
+    system, messages, params, license, template, text…), else None. The trailer's CRC covers it."""
+    record = em.metadata.get("modelfile")
+    return record if isinstance(record, dict) else None
 
 
-def adapter_for_embedded(source: ModelSource) -> Path | None:
-    """The ``--lora`` file for the primary model of an executable with an adapter entry, else None."""
+def modelfile_for_embedded(source: ModelSource) -> dict[str, Any] | None:
+    """The Modelfile record of the executable whose primary model ``source`` is, else None."""
     em = _trailer_of(source)
-    if em is None or em.adapter is None:
-        return None
-    return embedded_adapter(em)
-
-
-def embedded_adapter(em: EmbeddedModel) -> Path | None:
-    """The executable's adapter entry as a verified file of its own (extracted once), or None without one.
-
-    Raises IntegrityError naming the executable when the entry's bytes do not hash
-    to the trailer's digest (nothing is left behind then).
-    """
-    entry = em.adapter
-    if entry is None:
-        return None
-    return _extracted(em, entry, adapter_cache_dir())
+    return embedded_modelfile(em) if em is not None else None
 
 
 def _extracted(em: EmbeddedModel, entry: Entry, folder: Path) -> Path:

@@ -140,14 +140,20 @@ def show(req: Request) -> None:
 
 
 def _created_record(req: Request, name: str, source: ModelSource) -> dict[str, Any] | None:
-    """The ``modelfile`` record of a model made by ``dx create`` / ``/api/create`` (``dx.models.create``)."""
+    """The ``modelfile`` record of a model made by ``dx create`` / ``/api/create`` (``dx.models.create``), or
+    of the model inside an executable minted with ``dxbuild --modelfile`` (the same shape)."""
+    from dx.models.embedded import modelfile_for_embedded
+
     try:
         entry = req.app.resolver.store.own(name)
     except (DXError, OSError):
-        return None
-    if entry is None or entry.modelfile is None or (source.sha256 and entry.sha256 != source.sha256):
-        return None
-    return entry.modelfile
+        entry = None
+    if entry is not None and entry.modelfile is not None and (not source.sha256 or entry.sha256 == source.sha256):
+        return entry.modelfile
+    if source.offset:  # the model inside a minted executable: a `dxbuild --modelfile` record in its trailer
+        with contextlib.suppress(DXError, OSError):
+            return modelfile_for_embedded(source)
+    return None
 
 
 def _created_modelfile(name: str, record: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""dx.models.embedded.embedded_projector: the projector entry of an executable, extracted once to a verified
+"""dx.models.embedded.embedded_part(em, "projector"): the projector entry of an executable, extracted once to a verified
 cache file for the engine's ``--mmproj`` (its loader, tools/mtmd/clip.cpp, opens whole files only)."""
 
 from __future__ import annotations
@@ -35,23 +35,23 @@ def vision_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPa
 
 def test_projector_is_extracted_once_and_verified(vision_file: Path, tmp_path: Path) -> None:
     em = trailer.read_trailer(vision_file)
-    got = embedded.embedded_projector(em)
+    got = embedded.embedded_part(em, "projector")
     assert em.projector is not None and got is not None
     assert got == tmp_path / "dxhome" / "cache" / "projectors" / f"sha256-{em.projector.sha256}.gguf"
     assert got.read_bytes() == (tmp_path / "mmproj-tiny.gguf").read_bytes()
     assert [p.name for p in got.parent.iterdir()] == [got.name]  # no temporary file left behind
     before = got.stat()
-    again = embedded.embedded_projector(em)
+    again = embedded.embedded_part(em, "projector")
     assert again == got and (got.stat().st_ino, got.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_a_damaged_cache_file_is_replaced(vision_file: Path) -> None:
     em = trailer.read_trailer(vision_file)
-    got = embedded.embedded_projector(em)
+    got = embedded.embedded_part(em, "projector")
     assert got is not None and em.projector is not None
     flip_byte(got, 100)
     assert hashlib.sha256(got.read_bytes()).hexdigest() != em.projector.sha256
-    assert embedded.embedded_projector(em) == got
+    assert embedded.embedded_part(em, "projector") == got
     assert hashlib.sha256(got.read_bytes()).hexdigest() == em.projector.sha256
 
 
@@ -86,5 +86,5 @@ def test_no_projector_without_the_entry(tmp_path: Path, smollm2_gguf: Path, monk
     src = embedded.embedded_source(exe)
     assert src is not None and projector_for(src) is None
     assert "vision" not in capabilities_for(src).names()
-    assert embedded.embedded_projector(trailer.read_trailer(exe)) is None
+    assert embedded.embedded_part(trailer.read_trailer(exe), "projector") is None
     assert not os.path.exists(tmp_path / "dxhome" / "cache" / "projectors")

@@ -156,7 +156,7 @@ def lora_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_the_embedded_adapter_is_extracted_once_and_verified(lora_file: Path, tmp_path: Path) -> None:
     em = trailer.read_trailer(lora_file)
-    got = embedded.embedded_adapter(em)
+    got = embedded.embedded_part(em, "adapter")
     assert em.adapter is not None and got is not None
     assert got == tmp_path / "dxhome" / "cache" / "adapters" / f"sha256-{em.adapter.sha256}.gguf"
     assert got.read_bytes() == (tmp_path / "tiny-lora.gguf").read_bytes()

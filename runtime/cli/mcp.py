@@ -13,6 +13,7 @@ one server process, one auth, rather than a second HTTP stack for MCP alone.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
@@ -109,6 +110,10 @@ def serve_stdio(model: str | None, keep_alive: str, ctx: int | None, parallel: i
                 print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr, flush=True)
 
         threading.Thread(target=preload, name="dx-preload", daemon=True).start()
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)  # a client's SIGTERM: the finally below stops the engine
     try:
         serve_stdio_forever(MCPServer(ModelTools(manager, resolver)), sys.stdin.buffer, out)  # type: ignore[arg-type]
     finally:

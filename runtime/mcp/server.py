@@ -240,7 +240,9 @@ class MCPServer:
                 with contextlib.suppress(OSError, ValueError):  # the client went away: nothing to tell it
                     out.send(doc)
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dx-mcp") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dx-mcp")
+        ended = False
+        try:
             while True:
                 try:
                     msg = rpc.read_message(stdin)
@@ -248,9 +250,12 @@ class MCPServer:
                     out.send(rpc.error_for(exc))
                     continue
                 if msg is None:
+                    ended = True
                     break
                 if isinstance(msg, Request):
                     pool.submit(answer, msg)
+        finally:  # EOF: the calls under way still get their answers; a signal: they are dropped
+            pool.shutdown(wait=ended, cancel_futures=not ended)
 
 
 # ----------------------------------------------------------------- the tools, on DX's engines

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "swarm": "dx.cli.swarm:swarm_group",
     "worker": "dx.cli.swarm:worker_cmd",
     "top": "dx.cli.top:top_cmd",
+    "mcp": "dx.cli.mcp:mcp_cmd",
     "verify": "dxverify.verify_cli:verify_cmd",
     "inspect": "dxverify.verify_cli:inspect_cmd",
 }

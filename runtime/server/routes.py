@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
-from dx.server import ollama, ollama_blobs, ollama_create, ollama_models, ollama_push, openai, rerank
+from dx.server import (
+    mcp_http,
+    ollama,
+    ollama_blobs,
+    ollama_create,
+    ollama_models,
+    ollama_push,
+    openai,
+    rerank,
+)
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
@@ -59,6 +68,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET",         "/v1/models",           openai.models),
     Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
     Route("GET",         "/metrics",             metrics.serve),  # Prometheus: dx's and the engines' numbers
+    Route("POST",        "/mcp",                 mcp_http.post),  # the model as an MCP server (streamable HTTP)
+    Route("GET DELETE",  "/mcp",                 mcp_http.other),  # 405: no server stream, no sessions
 )
 # Not in the table: any other /api/ path is 404 (405 for other methods); every other path goes
 # to the default model's engine (openai.passthrough) — public for GET/HEAD outside /api/ and /v1/

@@ -196,3 +196,40 @@ def test_a_server_that_cannot_start_is_one_line(tmp_path: Path, server: dict, wo
 
 def test_client_error_type_is_mcp_error() -> None:
     assert issubclass(McpError, Exception)
+
+
+def test_serve_decisions_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer_env: dict[str, str]) -> None:
+    """dx.server.tool_loop.handle_calls with real servers: allowed calls run, a denied one is refused (and
+    told to the model), and one call DX may not run sends the whole turn back unrun."""
+    from dx.server.tool_loop import handle_calls
+
+    monkeypatch.setenv("DX_HOME", str(tmp_path / "home"))
+    cfg = load(tmp_path, {"peer": stdio_peer(peer_env)},
+               {"tools": {"peer.echo": "allow", "peer.write_marker": "deny", "peer.big": "ask"}})
+    box = Toolbox(cfg, call_timeout=5).open()
+
+    def call(name: str, args: str) -> dict:
+        return {"id": f"call_{name}", "type": "function", "function": {"name": name, "arguments": args}}
+
+    try:
+        out = handle_calls(box, [call("peer__echo", '{"text": "a"}'), call("peer__write_marker", '{"name": "m"}')],
+                           set(), key="k", model="m")
+        assert out is not None
+        assert out[0] == {"role": "tool", "tool_call_id": "call_peer__echo", "content": "echo: a"}
+        assert out[1]["tool_call_id"] == "call_peer__write_marker"
+        assert out[1]["content"].startswith("error: refused: the operator's policy does not allow peer.write_marker")
+        # an ask tool, or the client's own, in the turn: nothing runs, the client gets the calls
+        assert handle_calls(box, [call("peer__echo", '{"text": "b"}'), call("peer__big", "{}")], set(),
+                            key="k", model="m") is None
+        assert handle_calls(box, [call("peer__echo", '{"text": "c"}'), call("mine", "{}")], {"mine"},
+                            key="k", model="m") is None
+        # the client's tool of the same name as an MCP one is the client's: never run by DX
+        assert handle_calls(box, [call("peer__echo", '{"text": "d"}')], {"peer__echo"}, key="k", model="m") is None
+    finally:
+        box.close()
+    assert calls(peer_env) == ["echo"]
+    assert not list(Path(peer_env["PEER_DIR"]).iterdir())
+    log = [json.loads(x) for x in (tmp_path / "home" / "logs" / "tools.jsonl").read_text().splitlines()]
+    assert [(e["tool"], e["decision"]) for e in log] == [
+        ("echo", "executed"), ("write_marker", "denied"), ("echo", "returned"), ("big", "returned"),
+        ("echo", "returned")]

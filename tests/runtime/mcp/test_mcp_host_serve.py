@@ -33,7 +33,7 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 ASK = [{"role": "user", "content": "Say hello with the echo tool."}]
-GREEDY = {"temperature": 0, "seed": 7, "max_tokens": 40}
+GREEDY = {"temperature": 0, "seed": 7, "max_tokens": 100}
 
 
 def named(tool: str) -> dict:
@@ -164,7 +164,7 @@ def test_a_hung_tool_is_a_timeout_and_the_answer_still_comes(dx: DXServer, oai: 
 def test_ollama_client_sees_only_calls_dx_may_not_run(dx: DXServer, peer: dict[str, Path]) -> None:
     client = ollama.Client(host=dx.url, headers=dx.headers, timeout=300)
     r = client.chat(model=MODEL, messages=[{"role": "user", "content": "What time is it in UTC?"}],
-                    options={"temperature": 0, "seed": 7, "num_predict": 40})
+                    options={"temperature": 0, "seed": 7, "num_predict": 100})
     for call in r.message.tool_calls or []:
         assert call.function.name not in ("peer__echo", "peer__hang", "time__get_current_time")
     assert list(peer["markers"].iterdir()) == []

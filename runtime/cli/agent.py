@@ -111,7 +111,7 @@ def converse(complete: Callable[[dict[str, Any]], dict[str, Any]], box: Toolbox,
         answer = complete(body)
         message = ((answer.get("choices") or [{}])[0]).get("message") or {}
         calls = message.get("tool_calls") or []
-        if not calls:
+        if not calls or round_no == rounds:
             text = message.get("content") or ""
             messages.append({"role": "assistant", "content": text})
             return text

@@ -75,7 +75,7 @@ def run(req: Request, model: str, body: dict[str, Any], generic: GenericAsk, kee
         load_total += load_s
         message = ((answer.get("choices") or [{}])[0]).get("message") or {}
         calls = message.get("tool_calls") or []
-        if not calls:
+        if not calls or round_no == rounds:  # the last round's answer goes as it is: nothing more runs
             return answer, load_total
         results = handle_calls(box, calls, client_names, key=key, model=model)
         if results is None:

@@ -34,6 +34,11 @@ def dx_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".dx"
 
 
+def tools_log_path() -> Path:
+    """The audit log of MCP tool calls (``dx serve --mcp``, ``dx run --mcp``): ``$DX_HOME/logs/tools.jsonl``."""
+    return dx_home() / "logs" / "tools.jsonl"
+
+
 def api_key_env() -> str | None:
     """The API key a client command sends (``$DX_API_KEY``), None when unset or empty."""
     return os.environ.get(API_KEY_ENV) or None

@@ -191,6 +191,11 @@ VERIFICATIONS = Counter("dx_model_verifications_total", "Models checked before l
 SCRAPE_FAILURES = Counter("dx_engine_scrape_failures_total", "Scrapes of /metrics that left an engine out "
                           "because it did not answer in time", ("model",))
 
+TOOL_CALLS = Counter("dx_tool_calls_total", "MCP tool calls the model made, by server, tool and decision "
+                     "(executed, returned to the client, denied, refused, invalid, error, timeout)",
+                     ("server", "tool", "decision"))
+TOOL_SECONDS = Histogram("dx_tool_call_duration_seconds", "Time an MCP server took for each call DX ran",
+                         _SECONDS, ("server",))
 _STARTED = time.time()
 
 

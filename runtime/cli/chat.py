@@ -75,6 +75,17 @@ class SpecOptions:
         return any(v is not None for v in (self.mode, self.draft, self.n_max, self.n_min))
 
 
+@dataclass(frozen=True)
+class AgentOptions:
+    """``dx run --mcp``: the MCP servers' file, the calls allowed without asking, the loop's bounds."""
+
+    config: str
+    allow_tools: tuple[str, ...] = ()
+    rounds: int = 4
+    timeout: float = 30.0
+    tool_choice: str | None = None  # the first round's (e.g. "required"); later rounds are "auto"
+
+
 class ChatBackend(Protocol):
     name: str
 
@@ -179,6 +190,30 @@ class LocalEngine:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
                     yield piece
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion with ``tools``, not streamed: the engine's own tool-call parsing when the
+        template has it, else DX's generic format (``dx.server.tool_calls``), read back as OpenAI's shape."""
+        from dx.engine.props import renders_tools
+        from dx.engine.relay import engine_json
+        from dx.server import tool_calls
+
+        body = {"model": self.name, **body, "stream": False}
+        tools = tool_calls.check_tools(body.get("tools"))
+        choice = tool_calls.check_tool_choice(body.get("tool_choice"), tools)
+        if not tools or renders_tools(self.engine):
+            payload = (tool_calls.native_body(body, tools, choice) if tools else None) or body
+            status, answer = engine_json(self.engine, "/v1/chat/completions", payload)
+        else:
+            status, answer = engine_json(self.engine, "/v1/chat/completions", tool_calls.rewrite(body, tools, choice))
+            if status == 400 and choice.mode != tool_calls.NONE:
+                status, answer = engine_json(self.engine, "/v1/chat/completions",
+                                             tool_calls.rewrite(body, tools, choice, free_arguments=True))
+            if status == 200:
+                answer = tool_calls.openai_answer(answer, tool_calls.read_answer(answer, choice))
+        if status != 200:
+            raise ServerError(f"engine: {_error_text(json.dumps(answer).encode())}")
+        return answer
 
     def close(self) -> None:
         if self.engine is not None:
@@ -299,6 +334,7 @@ def run(
     stdin: IO[str],
     stdout: IO[str],
     speculation: SpecOptions | None = None,
+    agent: AgentOptions | None = None,
 ) -> None:
     """What ``dx run`` does; piped stdin is the prompt (after PROMPT, if both are given).
 
@@ -317,6 +353,12 @@ def run(
     if host and speculation.given:
         raise ConfigurationError("--draft and --spec set up the engine dx run starts; with --host the server's apply",
                                  hint="start the server with them: dx serve MODEL --draft DRAFT")
+    if agent is not None:
+        if host:
+            raise ConfigurationError("--mcp runs the tools here, with the engine dx run starts; not with --host",
+                                     hint="leave out --host, or start the server with dx serve MODEL --mcp FILE")
+        _agent(model, prompt, system, sampling, ctx, speculation, agent, stdin, stdout)
+        return
     backend: ChatBackend = (RemoteServer(host, model or "") if host
                             else LocalEngine(model, ctx=ctx, speculation=speculation))
     if system is None and isinstance(backend, LocalEngine):
@@ -330,3 +372,52 @@ def run(
             interactive(backend, system, sampling)
     finally:
         backend.close()
+
+
+def _agent(model: str | None, prompt: str | None, system: str | None, sampling: Sampling, ctx: int | None,
+           speculation: SpecOptions, opts: AgentOptions, stdin: IO[str], stdout: IO[str]) -> None:
+    """``dx run --mcp``: one answer or a chat, the model calling MCP tools with the person's consent."""
+    from dx.cli.agent import Consent, converse, tty_asker
+    from dx.mcp import config as mcp_config
+    from dx.mcp.toolbox import Toolbox
+
+    cfg = mcp_config.with_allowed(mcp_config.load(opts.config), list(opts.allow_tools))  # bad file: before the engine
+    box = Toolbox(cfg, call_timeout=opts.timeout).open()
+    backend: LocalEngine | None = None
+    try:
+        backend = LocalEngine(model, ctx=ctx, speculation=speculation)
+        if system is None:
+            from dx.models.defaults import for_source
+
+            system = for_source(backend.engine.source).system
+        names = ", ".join(f"{b.key}" for b in box.offered()) or "none"
+        print(f"dx: {backend.name} with MCP tools: {names}", file=sys.stderr)
+        consent = Consent(tty_asker(stdin, sys.stderr), sys.stderr)
+        history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        lead = backend
+
+        def turn(text: str) -> str:
+            history.append({"role": "user", "content": text})
+            reply = converse(lead.complete, box, consent, history, sampling.openai(), rounds=opts.rounds,
+                             first_choice=opts.tool_choice, model=lead.name)
+            stdout.write(reply + ("" if reply.endswith("\n") else "\n"))
+            stdout.flush()
+            return reply
+
+        if prompt is not None:
+            turn(prompt)
+            return
+        print(f"{backend.name} — /bye to leave", file=sys.stderr)
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                return
+            if line.strip() in BYE:
+                return
+            if line.strip():
+                turn(line)
+    finally:
+        if backend is not None:
+            backend.close()
+        box.close()

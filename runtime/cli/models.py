@@ -60,18 +60,30 @@ host_option = click.option(
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=None, help="Stop after this many tokens.")
 @click.option("--seed", type=int, default=None, help="Sampling seed, for repeatable answers.")
 @click.option("--ctx", type=click.IntRange(256, 1 << 20), default=None, help="Context size (engine default 4096).")
+@click.option("--mcp", "mcp", default=None, metavar="FILE",
+              help="An mcp.json (mcpServers): the model may call its tools; each call is shown and asked first.")
+@click.option("--allow-tools", "allow_tools", multiple=True, metavar="SERVER.TOOL,...",
+              help="With --mcp: calls that run without asking (server.* for all of a server's tools).")
+@click.option("--tool-rounds", default=4, show_default=True, type=click.IntRange(1, 32),
+              help="With --mcp: tool rounds per answer.")
+@click.option("--tool-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="With --mcp: seconds one tool call may take.")
+@click.option("--tool-choice", default=None, type=click.Choice(["auto", "required"]),
+              help="With --mcp: the first round's tool_choice (required: the model must call a tool).")
 @speculative.options
 def run_cmd(
     model: str | None, prompt: tuple[str, ...], host: str | None, system: str | None,
     temperature: float | None, max_tokens: int | None, seed: int | None, ctx: int | None,
     draft: str | None = None, spec: str | None = None, draft_max: int | None = None, draft_min: int | None = None,
+    mcp: str | None = None, allow_tools: tuple[str, ...] = (), tool_rounds: int = 4, tool_timeout: float = 30.0,
+    tool_choice: str | None = None,
 ) -> None:
     """Answer PROMPT with MODEL, or chat when no PROMPT is given (piped stdin is read as the prompt).
 
     MODEL is a store name, a path to a GGUF, or hf:OWNER/REPO/FILE.gguf (pulled on first use).
     In an executable with a model inside, MODEL may be left out: `run "PROMPT"`, or `run` to chat.
     """
-    from dx.cli.chat import Sampling, SpecOptions, run
+    from dx.cli.chat import AgentOptions, Sampling, SpecOptions, run
     from dx.models.embedded import find_embedded, run_arguments
 
     if model is None:
@@ -86,6 +98,8 @@ def run_cmd(
         model, " ".join(prompt) if prompt else None, host=host, system=system,
         sampling=Sampling(temperature, max_tokens, seed), ctx=ctx, stdin=sys.stdin, stdout=sys.stdout,
         speculation=SpecOptions(spec, draft, draft_max, draft_min),
+        agent=AgentOptions(mcp, tuple(item for v in allow_tools for item in v.replace(",", " ").split()),
+                           tool_rounds, tool_timeout, tool_choice) if mcp else None,
     )
 
 

@@ -88,6 +88,17 @@ def _env(*names: str) -> str:
               help="With --workers: the share of the layers each worker gets (default: by free memory).")
 @click.option("--secret", "swarm_secret", default=None, metavar="FILE",
               help="With --workers: the swarm secret file (default: $DX_SWARM_SECRET, else $DX_HOME/swarm/secret.pem).")
+@click.option("--mcp", "mcp", default=None, metavar="FILE",
+              help="An mcp.json (mcpServers, as Cursor and Claude Desktop write it, plus a policy block): its "
+                   "tools join every chat; DX runs only the calls the operator allows, others go back to the client.")
+@click.option("--allow-tools", "allow_tools", multiple=True, metavar="SERVER.TOOL,...",
+              help="With --mcp: tool calls DX runs itself (server.* for all of a server's tools).")
+@click.option("--allow-tools-without-auth", "tools_without_auth", is_flag=True,
+              help="Let --mcp run with --no-auth (anyone who reaches the port may then run the allowed tools).")
+@click.option("--tool-rounds", default=4, show_default=True, type=click.IntRange(1, 32),
+              help="With --mcp: tool rounds per chat before the model must answer.")
+@click.option("--tool-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="With --mcp: seconds one tool call may take.")
 @speculative.options
 def serve_cmd(
     model: str | None, host: str | None, port: int | None, no_auth: bool, keep_alive: str | None, ctx: int | None,
@@ -96,6 +107,8 @@ def serve_cmd(
     max_body: int, request_timeout: float, no_preload: bool, access_log: bool,
     workers: tuple[str, ...] = (), tensor_split: str | None = None, swarm_secret: str | None = None,
     draft: str | None = None, spec: str | None = None, draft_max: int | None = None, draft_min: int | None = None,
+    mcp: str | None = None, allow_tools: tuple[str, ...] = (), tools_without_auth: bool = False,
+    tool_rounds: int = 4, tool_timeout: float = 30.0,
 ) -> None:
     """Serve MODEL (a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf) over the Ollama and OpenAI APIs.
 
@@ -126,6 +139,8 @@ def serve_cmd(
         allowed_hosts=_split_list(allowed_hosts), allow_origins=origins,
         preload=not no_preload, access_log=access_log, workers=_split_list(workers), tensor_split=tensor_split,
         swarm_secret=swarm_secret, draft=draft, spec=spec, draft_max=draft_max, draft_min=draft_min,
+        mcp=mcp, allow_tools=_split_list(allow_tools), tools_without_auth=tools_without_auth,
+        tool_rounds=tool_rounds, tool_timeout=tool_timeout,
     ))
 
 

@@ -35,6 +35,7 @@ from dx.server.transport import make_server as _bind
 from dxverify.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dx.mcp.toolbox import Toolbox
     from dx.swarm.head import Head
 
 
@@ -69,6 +70,34 @@ class ServeOptions:
     spec: str | None = None
     draft_max: int | None = None
     draft_min: int | None = None
+    mcp: str | None = None  # an mcp.json: its servers' tools join every chat (dx.server.tool_loop)
+    allow_tools: Sequence[str] = ()  # server.tool or server.*: DX runs these calls (on top of the policy)
+    tools_without_auth: bool = False  # --mcp with --no-auth, said explicitly
+    tool_rounds: int = 4
+    tool_timeout: float = 30.0
+
+
+def open_toolbox(opts: ServeOptions) -> Toolbox | None:
+    """The MCP servers of ``--mcp``, started and listed; None without it. Refused with auth off unless said."""
+    if opts.mcp is None:
+        if opts.allow_tools:
+            raise ConfigurationError("--allow-tools needs --mcp FILE (the MCP servers the tools come from)")
+        return None
+    if not opts.auth and not opts.tools_without_auth:
+        raise ConfigurationError("--mcp with --no-auth would let anyone who reaches the port run tools: "
+                                 "drop --no-auth, or add --allow-tools-without-auth to accept that")
+    from dx.mcp import config as mcp_config
+    from dx.mcp.toolbox import Toolbox
+
+    cfg = mcp_config.with_allowed(mcp_config.load(opts.mcp), list(opts.allow_tools))
+    return Toolbox(cfg, call_timeout=opts.tool_timeout).open()
+
+
+def describe_tools(box: Toolbox) -> str:
+    """The banner's line: each tool and who decides it."""
+    by = {"allow": "dx runs", "ask": "returned to the client", "deny": "denied"}
+    parts = [f"{b.key} ({by[b.decision]})" for b in box.tools.values()]
+    return f"dx: MCP tools from {box.cfg.path}: " + (", ".join(parts) if parts else "none")
 
 
 def engine_flags(opts: ServeOptions) -> list[str]:
@@ -117,6 +146,7 @@ def serve(opts: ServeOptions) -> None:
         from dx.swarm.head import head_from_options
 
         head = head_from_options(list(opts.workers), opts.tensor_split, opts.swarm_secret)  # checks every worker
+    toolbox = open_toolbox(opts)  # before anything listens: a server that cannot start stops here
     api_key = load_or_create_api_key() if opts.auth else None
     resolver = ModelResolver(source)
     flags = engine_flags(opts)
@@ -126,7 +156,13 @@ def serve(opts: ServeOptions) -> None:
                             model_args=speculative.engine_args_for(source, speculation))
     app = App(manager, resolver, api_key, opts.limits, access_log=opts.access_log,
               allowed_hosts=opts.allowed_hosts, allow_origins=opts.allow_origins)
-    server = make_server(opts.host, opts.port, app)
+    app.mcp, app.tool_rounds = toolbox, opts.tool_rounds
+    try:
+        server = make_server(opts.host, opts.port, app)
+    except BaseException:
+        if toolbox is not None:
+            toolbox.close()
+        raise
     bound_host, bound_port = server.server_address[:2]
     shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     what = source.display_name if source is not None else "the models in the store"
@@ -136,6 +172,8 @@ def serve(opts: ServeOptions) -> None:
         print(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
     if speculation.mode != "none":
         print(f"dx: {speculation.describe()}")
+    if toolbox is not None:
+        print(describe_tools(toolbox))
     if head is not None:
         print(f"dx: split across workers {', '.join(opts.workers)} (mutual TLS, {head.secret.path})")
     if api_key:
@@ -163,5 +201,7 @@ def serve(opts: ServeOptions) -> None:
     finally:
         server.server_close()
         manager.close()
+        if toolbox is not None:
+            toolbox.close()
         if head is not None:
             head.close()

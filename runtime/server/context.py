@@ -19,6 +19,7 @@ MiB = 1 << 20
 
 if TYPE_CHECKING:
     from dx.engine.manager import EngineManager
+    from dx.mcp.toolbox import Toolbox
     from dx.models.catalog import ModelResolver, Store
     from dx.server.login import Sessions
 
@@ -61,6 +62,8 @@ class App:
         self.origins = OriginPolicy(allow_origins)
         self.sessions: Sessions | None = None  # made when the port is known (auth on)
         self.started = time.time()
+        self.mcp: Toolbox | None = None  # dx serve --mcp: the operator's MCP servers (dx.server.tool_loop)
+        self.tool_rounds = 4  # tool rounds per chat before the model must answer
 
     @property
     def engines(self) -> EngineManager:

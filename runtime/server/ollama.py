@@ -21,6 +21,7 @@ from dx.engine.relay import engine_json, hang_up, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.capabilities import ModelCapabilities, capabilities_for
 from dx.models.defaults import for_source
+from dx.server import tool_loop
 from dx.server.ollama_wire import (
     chat_request,
     check_shift,
@@ -118,6 +119,9 @@ def chat(req: Request) -> None:
     caps = _capabilities(req, name, doc, images=message_images(doc))
     body.update(_field_engine_args(doc, caps, name, "/v1/chat/completions"))
     _default_system(req, name, body)
+    if tool_loop.engaged(req, body):
+        _with_mcp(req, name, doc, body, num_ctx)
+        return
     if body.get("tools") and _generic_tools(req, name, doc, body, num_ctx):
         return
     _complete(req, name, doc, "/v1/chat/completions", body, num_ctx, "message")
@@ -171,6 +175,23 @@ def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str,
     emit({**final, "message": {"role": "assistant", "content": ""}})
     req.wfile.write(b"0\r\n\r\n")
     return True
+
+
+def _with_mcp(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: EngineLoad | None) -> None:
+    """``dx serve --mcp``: the allowed MCP calls run in DX (``dx.server.tool_loop``), the final message is
+    answered in Ollama's shape (a stream carries it in one chunk before the final one)."""
+    started = time.monotonic()
+    answer, load = tool_loop.run(req, name, body, generic_tool_answer, doc.get("keep_alive"), num_ctx)
+    final = _final(name, answer, started, load, "message", now_iso())
+    if not body["stream"]:
+        req.send_json(200, final)
+        return
+    emit = start_ndjson(req)
+    message = final["message"]
+    if message["content"] or message.get("tool_calls"):
+        emit({"model": name, "created_at": final["created_at"], "message": message, "done": False})
+    emit({**final, "message": {"role": "assistant", "content": ""}})
+    req.wfile.write(b"0\r\n\r\n")
 
 
 def _default_system(req: Request, name: str, body: dict[str, Any]) -> None:

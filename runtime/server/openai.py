@@ -22,7 +22,7 @@ from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
 from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
-from dx.server import anthropic_tools, tool_calls
+from dx.server import anthropic_tools, tool_calls, tool_loop
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
 from dxverify.errors import DXError
@@ -97,6 +97,9 @@ def relay(req: Request) -> None:
                         "messages: Input should be a valid list")  # Anthropic's words
     if path == "/v1/chat/completions" and isinstance(doc.get("messages"), list):
         body = _with_model_prefix(req, model, doc, body)
+    if path == "/v1/chat/completions" and tool_loop.engaged(req, doc):
+        _with_mcp(req, doc, model)
+        return
     if path == "/v1/chat/completions" and doc.get("tools"):
         body = _with_tools(req, doc, model, body)
         if body is None:
@@ -122,6 +125,17 @@ def _with_model_prefix(req: Request, model: str, doc: dict[str, Any], body: byte
     except DXError:
         return body  # the engine lease answers the unknown model in its own words
     return json.dumps(doc).encode() if for_source(source).prepend_to(doc["messages"]) else body
+
+
+def _with_mcp(req: Request, doc: dict[str, Any], model: str) -> None:
+    """``dx serve --mcp``: the operator's MCP tools join the request's; DX runs the allowed calls
+    (``dx.server.tool_loop``) and answers the final message, as one SSE stream when asked to stream."""
+    answer, _load = tool_loop.run(req, model, doc, generic_tool_answer)
+    if doc.get("stream") is True:
+        sse = tool_calls.openai_stream(answer, tool_loop.parsed_of(answer), include_usage=tool_calls.include_usage(doc))
+        req.send_text(200, sse.decode(), "text/event-stream")
+    else:
+        req.send_json(200, answer)
 
 
 def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> bytes | None:

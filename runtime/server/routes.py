@@ -76,6 +76,11 @@ ROUTES: tuple[Route, ...] = (
 # (llama.cpp's web UI and its assets; the engine still asks its own key for its API), keyed otherwise.
 
 
+# llama-server's own tool routes (its built-in tools and MCP client, the web UI's MCP proxy) run calls
+# with no consent asked: never reachable through DX, whatever the engine was started with.
+_ENGINE_ONLY = ("/tools", "/cors-proxy")
+
+
 def _no_route(req: Any) -> None:
     method, path = req.command, req.path.split("?", 1)[0]
     raise HTTPError(404 if method in ("GET", "POST", "DELETE") else 405, f"no route {method} {path}")
@@ -105,7 +110,7 @@ def resolve(method: str, path: str) -> tuple[Handler, bool]:
         route = next((r for (m, prefix), r in _PREFIXES.items() if m == method and path.startswith(prefix)), None)
     if route is not None:
         return route.handler, route.public
-    if path.startswith("/api/"):
+    if path.startswith("/api/") or path in _ENGINE_ONLY or path.startswith(tuple(p + "/" for p in _ENGINE_ONLY)):
         return _no_route, False
     return openai.passthrough, method in ("GET", "HEAD") and not path.startswith("/v1/")
 

@@ -1,10 +1,11 @@
-"""The JSON-Schema subset MCP tools declare, checked before any call runs.
+"""The JSON-Schema subset MCP tools declare, checked before any call runs — for both ends.
 
 A tool's ``inputSchema`` is JSON Schema; what tools actually use is small: ``type`` (one or a
 list), ``properties``, ``required``, ``enum``, ``const``, ``items``, ``additionalProperties``,
-``minimum``/``maximum``, ``minLength``/``maxLength``, ``anyOf``/``oneOf``. Those are checked here;
-any other keyword is ignored (a call it would refuse reaches the server, which checks again).
-The first problem found is returned as one line the model can read and fix.
+``minimum``/``maximum``, ``minLength``/``maxLength``, ``minItems``/``maxItems``, ``anyOf``/``oneOf``.
+Those are checked here; any other keyword is ignored (a call it would refuse reaches the server,
+which checks again). The first problem found is returned as one line the model (as a host, ``toolbox``)
+or the client (as a server, ``dx.mcp.server`` answers it as -32602) can read and fix.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ _TYPES = {
 _MAX_DEPTH = 32
 
 
-def validate(value: Any, schema: Any) -> str | None:
-    """None when ``value`` fits ``schema``, else the first problem (``arguments.x: ...``)."""
-    return _check(value, schema, "arguments", 0)
+def validate(value: Any, schema: Any, where: str = "arguments") -> str | None:
+    """None when ``value`` fits ``schema``, else the first problem (``arguments.x must be a string, not null``)."""
+    return _check(value, schema, where, 0)
 
 
 def _check(value: Any, schema: Any, at: str, depth: int) -> str | None:
@@ -43,23 +44,28 @@ def _check(value: Any, schema: Any, at: str, depth: int) -> str | None:
         kinds = kind if isinstance(kind, list) else [kind]
         known = [k for k in kinds if k in _TYPES]
         if known and not any(_TYPES[k](value) for k in known):
-            return f"{at}: must be {' or '.join(known)}, not {_name(value)}"
+            return f"{at} must be {' or '.join(_a(k) for k in known)}, not {_a(_name(value))}"
     if "enum" in schema and isinstance(schema["enum"], list) and value not in schema["enum"]:
-        return f"{at}: must be one of {', '.join(repr(e) for e in schema['enum'][:10])}"
+        return f"{at} must be one of {', '.join(repr(e) for e in schema['enum'][:10])}"
     if "const" in schema and value != schema["const"]:
-        return f"{at}: must be {schema['const']!r}"
+        return f"{at} must be {schema['const']!r}"
     if isinstance(value, str):
         if isinstance(schema.get("minLength"), int) and len(value) < schema["minLength"]:
-            return f"{at}: must have at least {schema['minLength']} characters"
+            return f"{at} must have at least {schema['minLength']} character(s)"
         if isinstance(schema.get("maxLength"), int) and len(value) > schema["maxLength"]:
-            return f"{at}: must have at most {schema['maxLength']} characters"
+            return f"{at} must have at most {schema['maxLength']} characters"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(schema.get("minimum"), (int, float)) and value < schema["minimum"]:
-            return f"{at}: must be at least {schema['minimum']}"
+            return f"{at} must be at least {schema['minimum']}"
         if isinstance(schema.get("maximum"), (int, float)) and value > schema["maximum"]:
-            return f"{at}: must be at most {schema['maximum']}"
+            return f"{at} must be at most {schema['maximum']}"
     if isinstance(value, dict):
         return _object(value, schema, at, depth)
+    if isinstance(value, list):
+        if isinstance(schema.get("minItems"), int) and len(value) < schema["minItems"]:
+            return f"{at} must have at least {schema['minItems']} item(s)"
+        if isinstance(schema.get("maxItems"), int) and len(value) > schema["maxItems"]:
+            return f"{at} must have at most {schema['maxItems']} items"
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             problem = _check(item, schema["items"], f"{at}[{i}]", depth + 1)
@@ -73,13 +79,13 @@ def _object(value: dict[str, Any], schema: dict[str, Any], at: str, depth: int) 
     required = schema.get("required") if isinstance(schema.get("required"), list) else []
     for name in required:
         if isinstance(name, str) and name not in value:
-            return f"{at}.{name}: is required"
+            return f"{at}.{name} is required"
     extra = schema.get("additionalProperties", True)
     for name, item in value.items():
         if name in props:
             problem = _check(item, props[name], f"{at}.{name}", depth + 1)
         elif extra is False:
-            problem = f"{at}.{name}: is not a parameter of this tool (it takes: {', '.join(props) or 'none'})"
+            problem = f"{at}.{name} is not a known argument (known: {', '.join(props) or 'none'})"
         else:
             problem = _check(item, extra, f"{at}.{name}", depth + 1)
         if problem:
@@ -92,3 +98,8 @@ def _name(value: Any) -> str:
         if _TYPES[kind](value):
             return kind
     return type(value).__name__
+
+
+def _a(kind: str) -> str:
+    """``string`` -> ``a string``; ``null`` stays ``null``."""
+    return kind if kind == "null" else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"

@@ -34,7 +34,7 @@ from dx import __version__
 from dx.engine.lease import engine_for
 from dx.engine.relay import engine_json
 from dx.errors import BadRequest, EngineError, EngineUnavailable
-from dx.mcp import rpc
+from dx.mcp import rpc, schema
 from dx.mcp.rpc import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
@@ -79,66 +79,12 @@ class Tool:
 
 
 # ----------------------------------------------------------------- arguments against a tool's schema
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-    "array": (list,), "object": (dict,),
-}
-
-
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind in ("integer", "number") and isinstance(value, bool):
-        return False
-    if kind == "integer" and isinstance(value, float) and value.is_integer():
-        return True
-    return isinstance(value, _TYPES[kind])
-
-
-def check_arguments(schema: dict[str, Any], value: Any, where: str = "arguments") -> None:
-    """Check ``value`` against the subset of JSON Schema DX's own tools use; RPCError(-32602) names the field.
-
-    Types, ``required``, ``additionalProperties: false``, ``items``, ``enum``, ``minimum``/``maximum``,
-    ``minItems``/``maxItems``: enough to refuse every argument the engine would misread.
-    """
-    kind = schema.get("type")
-    if kind is not None and not _type_ok(value, kind):
-        raise RPCError(INVALID_PARAMS, f"{where} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
-                                       f"not {_json_type(value)}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise RPCError(INVALID_PARAMS, f"{where} must be one of {', '.join(map(str, schema['enum']))}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise RPCError(INVALID_PARAMS, f"{where} must be at least {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise RPCError(INVALID_PARAMS, f"{where} must be at most {schema['maximum']}")
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for name in schema.get("required", ()):
-            if name not in value:
-                raise RPCError(INVALID_PARAMS, f"{where}.{name} is required")
-        for name, item in value.items():
-            if name in props:
-                check_arguments(props[name], item, f"{where}.{name}")
-            elif schema.get("additionalProperties") is False:
-                raise RPCError(INVALID_PARAMS, f"{where}.{name} is not a known argument "
-                                               f"(known: {', '.join(props) or 'none'})")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            raise RPCError(INVALID_PARAMS, f"{where} must have at least {schema['minItems']} item(s)")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise RPCError(INVALID_PARAMS, f"{where} must have at most {schema['maxItems']} items")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                check_arguments(schema["items"], item, f"{where}[{i}]")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+def check_arguments(schema_: dict[str, Any], value: Any, where: str = "arguments") -> None:
+    """Refuse arguments that do not fit the tool's schema (``dx.mcp.schema``, the host's checker too):
+    RPCError(-32602) naming the field, so the client can fix the call."""
+    problem = schema.validate(value, schema_, where)
+    if problem is not None:
+        raise RPCError(INVALID_PARAMS, problem)
 
 
 # ----------------------------------------------------------------- the protocol

@@ -117,7 +117,7 @@ def test_toolbox_policy_schema_and_audit(tmp_path: Path, monkeypatch: pytest.Mon
         out = box.run(box.tools["peer__get_current_time"], '{"timezone": "UTC"}', key="k", model="m")
         assert (out.decision, out.text) == ("executed", "peer time in UTC")
         bad = box.run(box.tools["peer__echo"], '{"text": 5}', key="k", model="m")
-        assert bad.decision == "invalid" and "arguments.text: must be string" in bad.text
+        assert bad.decision == "invalid" and "arguments.text must be a string" in bad.text
         junk = box.run(box.tools["peer__echo"], "not json", key="k", model="m")
         assert junk.decision == "invalid"
         assert calls(peer_env) == ["get_current_time"]  # the invalid calls never reached the server

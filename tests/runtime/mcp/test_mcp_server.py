@@ -141,7 +141,7 @@ def test_stdio_bad_calls_are_errors_not_crashes(home: Path, engine: Path) -> Non
 
     r = over_stdio(stdio_params(home, engine), drive)
     for label, words in [("unknown", "Unknown tool: 'nope'"), ("missing", "generate.prompt is required"),
-                         ("type", "generate.prompt must be a string, not a number"),
+                         ("type", "generate.prompt must be a string, not an integer"),
                          ("extra", "generate.colour is not a known argument"),
                          ("range", "generate.temperature must be at least 0"),
                          ("empty", "embed.texts must have at least 1 item"),

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dx import __version__
+from dx.mcp import rpc
 from dx.mcp.config import ServerConfig
 
 PROTOCOL_VERSION = "2025-06-18"
@@ -92,7 +93,7 @@ class Client:
                 version = result.get("protocolVersion")
                 if isinstance(version, str) and isinstance(self._transport, _Http):
                     self._transport.protocol_version = version
-            self._transport.send({"jsonrpc": "2.0", "method": "notifications/initialized"}, self.timeout)
+            self._transport.send(rpc.notification("notifications/initialized"), self.timeout)
         except BaseException:
             self.close()
             raise
@@ -101,9 +102,7 @@ class Client:
     def request(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """One JSON-RPC request -> its ``result`` (an ``error`` answer is an ``McpError``)."""
         msg_id = next(self._ids)
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "method": method}
-        if params is not None:
-            msg["params"] = params
+        msg = rpc.request(msg_id, method, params)
         with self._call_lock:
             answer = self._transport.call(msg, timeout or self.timeout)
         if "error" in answer:
@@ -215,11 +214,8 @@ class _Stdio:
                 continue
             if "method" in msg:
                 if "id" in msg:  # a request from the server (ping, roots/list...): answer it
-                    reply: dict[str, Any] = {"jsonrpc": "2.0", "id": msg["id"]}
-                    if msg["method"] == "ping":
-                        reply["result"] = {}
-                    else:
-                        reply["error"] = {"code": -32601, "message": "not supported by dx"}
+                    reply = rpc.result(msg["id"], {}) if msg["method"] == "ping" else \
+                        rpc.error(msg["id"], rpc.RPCError(rpc.METHOD_NOT_FOUND, "not supported by dx"))
                     with contextlib.suppress(McpError):
                         self.send(reply, 5.0)
                 continue
@@ -242,7 +238,7 @@ class _Stdio:
     def send(self, msg: dict[str, Any], timeout: float) -> None:
         if self.proc is None or self.proc.stdin is None:
             raise McpError(f"{self.cfg.name}: not started")
-        data = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        data = rpc.encode(msg)
         try:
             with self._write_lock:
                 self.proc.stdin.write(data)
@@ -316,7 +312,7 @@ class _Http:
             headers["Mcp-Session-Id"] = self.session
         if self.protocol_version:
             headers["MCP-Protocol-Version"] = self.protocol_version
-        request = urllib.request.Request(self.cfg.url or "", json.dumps(msg).encode(), headers, method="POST")
+        request = urllib.request.Request(self.cfg.url or "", rpc.encode(msg), headers, method="POST")
         try:
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as exc:

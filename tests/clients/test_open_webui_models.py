@@ -15,7 +15,8 @@ The workspace model editor (src/lib/components/workspace/Models/ModelEditor.svel
 .system`` saved by ``/api/v1/models/create``) does not call ``/api/create``: it keeps a preset over a
 base model in Open WebUI's own database and sends its system prompt as the chat's first message.
 
-The tests run in file order, one flow: upload, create, chat, preset, delete. They share the session's
+The tests run in file order, one flow: upload (twice: the second time DX has the blob), create, chat,
+preset, delete. They share the session's
 Open WebUI and DX (tests/clients/conftest.py).
 """
 
@@ -34,6 +35,7 @@ from support.open_webui import WebUI, latest_chat, new_page, open_page, send, wa
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 UPLOADED = "smollm2-upload"  # Open WebUI names the model after the file, less its extension
+AGAIN = "smollm2-again"  # the same file under another name
 CREATED = "pirate"
 # A system prompt SmolLM2-135M at temperature 0 measurably follows: asked for three colours it talks of
 # pirates (without it, it lists red, blue, green and never says "pirate").
@@ -64,7 +66,7 @@ def dx_store(dx: MintedServer) -> Path:
 def dx_answer(dx: MintedServer, model: str, messages: list[dict[str, str]]) -> str:
     r = httpx.post(f"{dx.url}/api/chat", headers=dx.headers, timeout=300, json={
         "model": model, "messages": messages, "stream": False,
-        "options": {"temperature": 0, "seed": 7, "num_predict": 48}})
+        "options": {"temperature": 0, "seed": 7, "num_predict": 16}})
     assert r.status_code == 200, r.text
     return str(r.json()["message"]["content"])
 
@@ -79,28 +81,48 @@ def manage_models(browser, webui: WebUI):  # type: ignore[no-untyped-def]
     return page, dialog
 
 
-def test_upload_a_gguf_through_manage_models(webui: WebUI, browser, dx: MintedServer,  # type: ignore[no-untyped-def]
-                                             smollm2_gguf: Path, tmp_path: Path) -> None:
-    gguf = tmp_path / f"{UPLOADED}.gguf"
-    shutil.copyfile(smollm2_gguf, gguf)
-    digest = sha256(gguf)
-    assert not (dx_store(dx) / "blobs" / f"sha256-{digest}").exists()
+def upload(browser, webui: WebUI, gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    """"Upload a GGUF model" (under "Experimental"): pick the file, upload, wait for Open WebUI's success toast."""
     page, dialog = manage_models(browser, webui)
     dialog.get_by_role("button", name="Show", exact=True).click()  # "Experimental"
     with page.expect_file_chooser() as chooser:
         dialog.get_by_role("button", name="Click here to select").click()
     chooser.value.set_files(str(gguf))
     form = dialog.locator("form").filter(has_text="Upload a GGUF model")
-    with page.expect_response(lambda r: "/ollama/models/upload" in r.url, timeout=120_000) as upload:
+    with page.expect_response(lambda r: "/ollama/models/upload" in r.url, timeout=120_000) as sent:
         form.locator("button[type=submit]").click()
-    assert upload.value.status == 200, upload.value.text()
-    page.get_by_text("Model created successfully!").wait_for(timeout=120_000)  # the stream's "done" event
+    assert sent.value.status == 200, sent.value.text()
+    events = [json.loads(line.removeprefix("data: ")) for line in sent.value.text().splitlines() if line.strip()]
+    assert events[-1].get("done") and events[-1]["model_created"] == gguf.stem, events[-1]  # no "error" event
+    page.get_by_text("Model created successfully!").wait_for(timeout=60_000)
     page.context.close()
-    assert f"{UPLOADED}:latest" in dx_names(dx)
+
+
+def test_upload_a_gguf_through_manage_models(webui: WebUI, browser, dx: MintedServer,  # type: ignore[no-untyped-def]
+                                             smollm2_gguf: Path, tmp_path: Path) -> None:
+    """Open WebUI's upload: ``POST /api/blobs`` (201) then ``/api/create`` with ``files``."""
+    gguf = tmp_path / f"{UPLOADED}.gguf"
+    shutil.copyfile(smollm2_gguf, gguf)
+    digest = sha256(gguf)
     blob = dx_store(dx) / "blobs" / f"sha256-{digest}"
+    assert not blob.exists()
+    upload(browser, webui, gguf)
+    assert f"{UPLOADED}:latest" in dx_names(dx)
     assert blob.stat().st_size == gguf.stat().st_size and sha256(blob) == digest  # byte-identical
     r = httpx.head(f"{dx.url}/api/blobs/sha256:{digest}", headers=dx.headers, timeout=60)
     assert r.status_code == 200
+
+
+def test_upload_the_same_gguf_under_another_name(webui: WebUI, browser, dx: MintedServer,  # type: ignore[no-untyped-def]
+                                                 smollm2_gguf: Path, tmp_path: Path) -> None:
+    """DX has the blob: its ``POST /api/blobs`` is a 200 that Open WebUI (aiohttp, the whole body written
+    first) must see, and the second name points at the same blob (no copy)."""
+    gguf = tmp_path / f"{AGAIN}.gguf"
+    shutil.copyfile(smollm2_gguf, gguf)
+    blobs = sorted(p.name for p in (dx_store(dx) / "blobs").iterdir())
+    upload(browser, webui, gguf)
+    assert f"{AGAIN}:latest" in dx_names(dx)
+    assert sorted(p.name for p in (dx_store(dx) / "blobs").iterdir()) == blobs
 
 
 def test_create_a_model_with_a_system_prompt_through_manage_models(webui: WebUI, browser,  # type: ignore[no-untyped-def]
@@ -150,7 +172,7 @@ def test_a_workspace_model_sends_its_system_prompt(webui: WebUI, browser, dx: Mi
     r = httpx.post(f"{webui.url}/api/v1/models/create", headers=webui.headers, timeout=60, json={
         "id": PRESET, "base_model_id": f"{UPLOADED}:latest", "name": "Pirate preset",
         "meta": {"description": "SmolLM2 as a pirate", "capabilities": {"builtin_tools": False}},
-        "params": {"system": SYSTEM, "temperature": 0, "seed": 7, "max_tokens": 48}})
+        "params": {"system": SYSTEM, "temperature": 0, "seed": 7, "max_tokens": 24}})
     assert r.status_code == 200, r.text
     page = open_page(browser, webui, f"/?model={PRESET}")
     assert "Pirate preset" in page.locator("#model-selector-model-button").inner_text(timeout=30_000)
@@ -177,7 +199,6 @@ def test_delete_the_created_model_through_manage_models(webui: WebUI, browser, d
     page.get_by_text(f"Deleted {CREATED}:latest").wait_for(timeout=60_000)
     page.context.close()
     names = dx_names(dx)
-    assert f"{CREATED}:latest" not in names and f"{UPLOADED}:latest" in names, names
+    assert f"{CREATED}:latest" not in names and f"{UPLOADED}:latest" in names and f"{AGAIN}:latest" in names, names
     assert not manifest.exists()
     assert (dx_store(dx) / "blobs" / f"sha256-{sha256(smollm2_gguf)}").is_file()
-    assert "pirate" not in dx_answer(dx, UPLOADED, [{"role": "user", "content": QUESTION}]).lower()

@@ -41,7 +41,7 @@ CREATED = "pirate"
 # pirates (without it, it lists red, blue, green and never says "pirate").
 SYSTEM = "You are a pirate. Always answer like a pirate and say Arrr."
 QUESTION = "Name three colours."
-PRESET = "pirate-preset"
+PRESET = "Pirate preset"
 
 
 def sha256(path: Path) -> str:
@@ -165,17 +165,28 @@ def test_chat_with_the_created_model_follows_its_system_prompt(webui: WebUI, bro
 
 
 def test_a_workspace_model_sends_its_system_prompt(webui: WebUI, browser, dx: MintedServer) -> None:  # type: ignore[no-untyped-def]
-    """A workspace model (a preset in Open WebUI's database, saved as its editor saves it) over the
-    uploaded model: DX gets no new model; Open WebUI sends the system prompt with the chat and the
-    answer follows it."""
+    """Workspace > Models > New: a name, the uploaded model as its base, a system prompt, built-in tools
+    off, Save & Create. Open WebUI keeps it in its own database (``/api/v1/models/create``; DX gets no new
+    model) and sends the system prompt with each chat: the answer follows it."""
     before = dx_names(dx)
-    r = httpx.post(f"{webui.url}/api/v1/models/create", headers=webui.headers, timeout=60, json={
-        "id": PRESET, "base_model_id": f"{UPLOADED}:latest", "name": "Pirate preset",
-        "meta": {"description": "SmolLM2 as a pirate", "capabilities": {"builtin_tools": False}},
-        "params": {"system": SYSTEM, "temperature": 0, "seed": 7, "max_tokens": 24}})
-    assert r.status_code == 200, r.text
-    page = open_page(browser, webui, f"/?model={PRESET}")
-    assert "Pirate preset" in page.locator("#model-selector-model-button").inner_text(timeout=30_000)
+    page = new_page(browser, webui, "/workspace/models/create")
+    page.get_by_placeholder("Model Name").fill(PRESET)
+    page.get_by_role("button", name="Select a base model").click()
+    page.get_by_role("option").filter(has_text=f"{UPLOADED}:latest").first.click()
+    page.get_by_role("textbox", name="System Prompt").fill(SYSTEM)
+    page.get_by_text("Capabilities", exact=True).click()
+    builtin = page.get_by_role("switch", name="Builtin Tools")
+    if builtin.get_attribute("aria-checked") == "true":
+        builtin.click()
+    with page.expect_request(lambda r: "/api/v1/models/create" in r.url) as saved:
+        page.get_by_role("button", name="Save & Create").click()
+    assert saved.value.response().status == 200  # type: ignore[union-attr]
+    sent = saved.value.post_data_json
+    assert (sent["base_model_id"], sent["params"]["system"]) == (f"{UPLOADED}:latest", SYSTEM), sent
+    assert sent["meta"]["capabilities"]["builtin_tools"] is False, sent
+    page.context.close()
+    page = open_page(browser, webui, f"/?model={sent['id']}")
+    assert PRESET in page.locator("#model-selector-model-button").inner_text(timeout=30_000)
     send(page, QUESTION)
     shown = wait_answered(page)
     assert "pirate" in shown[-1].lower(), shown[-1]

@@ -3,7 +3,8 @@
 HEAD: 200 when the blob is in DX's store or in Ollama's (read-only), 404 when it is in neither, 400 for a
 digest that is not ``sha256:<64 hex>`` — Ollama's answers and words (server/routes.go HeadBlobHandler).
 
-POST (Ollama's CreateBlobHandler, with DX's checks): 200 at once when the blob is already in DX's store;
+POST (Ollama's CreateBlobHandler, with DX's checks): 200 when the blob is already in DX's store (the
+body read and dropped, so a client that writes it all before it reads the answer sees the 200);
 otherwise the body streams to a temporary file in the store while it is hashed (never held in memory),
 and only a body of the announced length whose SHA-256 is the digest and whose bytes pass the strict GGUF
 reader is renamed into ``blobs/`` — 201 Created. A wrong digest is 400 ``digest mismatch, expected …,
@@ -55,9 +56,9 @@ def post(req: Request) -> None:
     """Upload a GGUF blob: 201 when stored, 200 when it was there already."""
     _, hexdigest = _digest(req)
     store = req.app.store
-    if (store.blobs / f"sha256-{hexdigest}").is_file():
-        if req.body_length:
-            req.close_connection = True  # the body stays unread: the connection cannot carry another request
+    have = store.blobs / f"sha256-{hexdigest}"
+    if have.is_file():
+        _drop_body(req, have)
         _empty(req, 200)
         return
     length = req.body_length
@@ -81,6 +82,30 @@ def post(req: Request) -> None:
         if req.body_length:
             req.close_connection = True  # refused before (or while) the body was read: do not reuse it
     _empty(req, 201)
+
+
+def _drop_body(req: Request, have: Path) -> None:
+    """Read and drop the body of an upload DX already has, when it can be that blob (same length).
+
+    Most clients write the whole body before they read the answer (aiohttp: Open WebUI's "Upload a GGUF
+    model", even for a GGUF it uploaded before under another file name); an answer with the body unread
+    and the connection closed under them is a failed write ("Ollama: Could not create blob"), so the body
+    is read at the speed it comes and never stored. A client that asked ``Expect: 100-continue`` never
+    sends it, and a body of another length cannot be the blob: neither is read, the connection closes.
+    """
+    length = req.body_length
+    if not length:
+        return
+    expect = req.headers.get("Expect", "").lower() == "100-continue"
+    try:
+        same = length == have.stat().st_size
+    except OSError:
+        same = False
+    if expect or not same:
+        req.close_connection = True  # the body stays unread: the connection cannot carry another request
+        return
+    for _ in req.iter_body():
+        pass
 
 
 def _empty(req: Request, status: int) -> None:

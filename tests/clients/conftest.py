@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from support.minted_server import MODEL, MintedServer, start_minted
+from support.open_webui import CHROMIUM_FLAGS, WebUI, start_open_webui
+from support.tools import need
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +43,24 @@ def api(dx: MintedServer) -> Iterator[httpx.Client]:
     """Raw HTTP with the key (Bearer)."""
     with httpx.Client(base_url=dx.url, headers=dx.headers, timeout=300) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def webui(dx: MintedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
+    """One Open WebUI for the session (~20 s to start), its Ollama connection ``dx``."""
+    with start_open_webui(dx, tmp_path_factory.mktemp("open-webui")) as ui:
+        yield ui
+
+
+@pytest.fixture(scope="session")
+def browser(webui: WebUI) -> Iterator[object]:
+    """Debian's Chromium driven by Playwright."""
+    chromium = need("chromium", "chromium-browser")
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -133,3 +133,19 @@ def test_entry_flag_needs_a_model(tmp_path: Path, role: str) -> None:
     ctx = BuildContext(cell=None, out_dir=tmp_path, options=MintOptions(**{ROLES[role].option: "x.gguf"}))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=f"{flag} needs --model"):
         resolve_model.run(ctx)
+
+
+def test_every_entry_is_resolved_with_its_role_in_order(tmp_path: Path) -> None:
+    """--draft, --mmproj and --adapter beside --model: each resolved into its BuildContext field and recorded
+    as a model artifact with its role, after the model, in that order."""
+    model, draft = tmp_path / "m.gguf", tmp_path / "d.gguf"
+    model.write_bytes(_inputs(tmp_path)[1].read_bytes())
+    draft.write_bytes(model.read_bytes())
+    paths = {"draft": draft, **{r: ROLES[r].write(tmp_path / f"{ROLES[r].name}.gguf") for r in ROLES}}
+    ctx = BuildContext(cell=None, out_dir=tmp_path,  # type: ignore[arg-type]
+                       options=MintOptions(model=str(model), draft=str(draft), mmproj=str(paths["projector"]),
+                                           adapter=str(paths["adapter"])))
+    resolve_model.run(ctx)
+    assert ctx.model is not None and ctx.model.path == model
+    assert {r: getattr(ctx, r).path for r in ORDER} == paths  # type: ignore[union-attr]
+    assert [a.extra["role"] for a in ctx.artifacts] == ["model", *ORDER]

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from dxverify.errors import DXError, IntegrityError, MalformedInputError
+from dxverify.errors import DXError, IncompatibleModelsError, IntegrityError, MalformedInputError
 
 
 @dataclass
@@ -164,7 +164,7 @@ def _entry_record(em: Any, e: Any) -> dict[str, Any]:
 
 
 def _check_other_entries(result: VerifyResult, em: Any) -> None:
-    """Each further entry's GGUF structure, then the draft/target pair's vocabularies."""
+    """Each further entry's GGUF structure, then what its role must be (``_ENTRY_CHECKS``, in that order)."""
     from dxverify.gguf import GGUFError, read_gguf
 
     for e in em.entries[1:]:
@@ -175,39 +175,45 @@ def _check_other_entries(result: VerifyResult, em: Any) -> None:
             result.fail(GGUFError(err.code, f"{e.role} entry at byte {e.offset}: {err.detail}", field=err.field,
                                   offset=err.offset, path=result.path))
             return
-    projector = em.projector
-    if projector is not None:
-        from dxverify.projector import check_projector
-
+    for role, check, code, catches in _ENTRY_CHECKS:
+        entry = getattr(em, role)
+        if entry is None:
+            continue
         try:
-            check_projector(result.path, projector.offset, projector.length,
-                            label=f"projector entry at byte {projector.offset}", model=result.path,
-                            model_offset=em.offset, model_length=em.length)
-        except DXError as err:
-            result.fail(err, code="bad_projector")
+            check(result.path, em, entry)
+        except catches as err:
+            result.fail(err, code=code)
             return
-    adapter = em.adapter
-    if adapter is not None:
-        from dxverify.adapter import check_adapter
 
-        try:
-            check_adapter(result.path, adapter.offset, adapter.length,
-                          label=f"adapter entry at byte {adapter.offset}", model=result.path,
-                          model_offset=em.offset, model_length=em.length)
-        except DXError as err:
-            result.fail(err, code="bad_adapter")
-            return
-    draft = em.draft
-    if draft is not None:
-        from dxverify.errors import IncompatibleModelsError
-        from dxverify.spec_pair import check_pair
 
-        try:
-            check_pair(result.path, result.path, target_offset=em.offset, target_length=em.length,
-                       draft_offset=draft.offset, draft_length=draft.length)
-        except IncompatibleModelsError as err:
-            result.fail(err, code="incompatible_draft")
+def _check_projector_entry(path: str, em: Any, e: Any) -> None:
+    from dxverify.projector import check_projector
 
+    check_projector(path, e.offset, e.length, label=f"projector entry at byte {e.offset}", model=path,
+                    model_offset=em.offset, model_length=em.length)
+
+
+def _check_adapter_entry(path: str, em: Any, e: Any) -> None:
+    from dxverify.adapter import check_adapter
+
+    check_adapter(path, e.offset, e.length, label=f"adapter entry at byte {e.offset}", model=path,
+                  model_offset=em.offset, model_length=em.length)
+
+
+def _check_draft_entry(path: str, em: Any, e: Any) -> None:
+    from dxverify.spec_pair import check_pair
+
+    check_pair(path, path, target_offset=em.offset, target_length=em.length, draft_offset=e.offset,
+               draft_length=e.length)
+
+
+# Each further entry's role check, in the order they run (the first failure is the command's): role, check,
+# the code a failure is recorded under, and which errors are recorded (any other propagates).
+_ENTRY_CHECKS: tuple[tuple[str, Callable[[str, Any, Any], None], str, type[DXError]], ...] = (
+    ("projector", _check_projector_entry, "bad_projector", DXError),
+    ("adapter", _check_adapter_entry, "bad_adapter", DXError),
+    ("draft", _check_draft_entry, "incompatible_draft", IncompatibleModelsError),
+)
 
 # What the structure checks proved about each further entry (``_check_other_entries``), as `dx verify` says it.
 _ENTRY_CHECKED = {"draft": "shares the model's vocabulary", "projector": "a vision projector that fits the model",

@@ -24,40 +24,36 @@ def _echo(line: str) -> None:
 name = "resolve model"
 
 
+# The models beside ``--model``: (the option holding it, the BuildContext field it goes to, its flag, why it needs
+# --model, the hint), in the order they are resolved.
+_FURTHER = (
+    ("draft", "draft", "--draft", "a draft speculates for a target model", "add --model TARGET, or leave out --draft"),
+    ("mmproj", "projector", "--mmproj", "a projector gives a model its vision",
+     "add --model MODEL, or leave out --mmproj"),
+    ("adapter", "adapter", "--adapter", "a LoRA adapter changes a base model",
+     "add --model MODEL (the adapter's base model), or leave out --adapter"),
+)
+
+
 def run(ctx: BuildContext) -> None:
-    draft = ctx.options.draft
-    mmproj = getattr(ctx.options, "mmproj", None)
-    adapter = getattr(ctx.options, "adapter", None)
+    asked = [(getattr(ctx.options, option, None), *rest) for option, *rest in _FURTHER]
     if not ctx.options.model:
         from dxverify.errors import ConfigurationError
 
-        if draft:
-            raise ConfigurationError("--draft needs --model: a draft speculates for a target model",
-                                     hint="add --model TARGET, or leave out --draft")
-        if mmproj:
-            raise ConfigurationError("--mmproj needs --model: a projector gives a model its vision",
-                                     hint="add --model MODEL, or leave out --mmproj")
-        if adapter:
-            raise ConfigurationError("--adapter needs --model: a LoRA adapter changes a base model",
-                                     hint="add --model MODEL (the adapter's base model), or leave out --adapter")
+        for given, _role, flag, why, hint in asked:
+            if given:
+                raise ConfigurationError(f"{flag} needs --model: {why}", hint=hint)
         raise Skip("no --model: minting the bare runtime")
     from dxbuild.models import resolve
 
     resolved = resolve(ctx.options.model, sha256=ctx.options.sha256, hash_local=False)
     ctx.model = resolved
     _record(ctx, resolved, "model")
-    if draft:
-        drafted = resolve(draft, hash_local=False)
-        ctx.draft = drafted
-        _record(ctx, drafted, "draft")
-    if mmproj:
-        projected = resolve(mmproj, hash_local=False)
-        ctx.projector = projected
-        _record(ctx, projected, "projector")
-    if adapter:
-        adapted = resolve(adapter, hash_local=False)
-        ctx.adapter = adapted
-        _record(ctx, adapted, "adapter")
+    for given, role, *_ in asked:
+        if given:
+            further = resolve(given, hash_local=False)
+            setattr(ctx, role, further)
+            _record(ctx, further, role)
 
 
 def _record(ctx: BuildContext, resolved, role: str) -> None:  # type: ignore[no-untyped-def]

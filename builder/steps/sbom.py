@@ -159,6 +159,13 @@ PROJECTOR_REF = "projector-model"
 ADAPTER_REF = "adapter-model"
 
 
+def _further_models(draft: dict[str, Any] | None, projector: dict[str, Any] | None,
+                    adapter: dict[str, Any] | None) -> list[tuple[str, dict[str, Any], str]]:
+    """(role, record, bom-ref) of each model beside the main one, in the order both writers list them."""
+    return [(role, doc, ref) for role, doc, ref in (("draft", draft, DRAFT_REF), ("projector", projector, PROJECTOR_REF),
+                                                     ("adapter", adapter, ADAPTER_REF)) if doc]
+
+
 def _subject_description(model: dict[str, Any] | None, draft: dict[str, Any] | None = None,
                          projector: dict[str, Any] | None = None, adapter: dict[str, Any] | None = None) -> str:
     return ("DX self-contained LLM executable (llama.cpp engine + dx runtime"
@@ -254,38 +261,15 @@ def build_bom(
             bom_ref=f"native:{lib['name']}", description=lib.get("description"),
             properties=[Property(name="dx:bundled-file", value=lib["file"])],
         ))
-    if model:
+    models: list[tuple[str | None, dict[str, Any], str]] = (
+        [(None, model, "model"), *_further_models(draft, projector, adapter)] if model else [])
+    for role, doc, ref in models:
         components.append(Component(
-            name=model["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref="model",
-            version=model["sha256"][:12], hashes=_sha256(model["sha256"]), licenses=_license(model.get("license")),
-            properties=[Property(name="dx:model:source", value=str(model.get("source"))),
-                        Property(name="dx:model:size", value=str(model.get("size")))],
-        ))
-    if model and draft:
-        components.append(Component(
-            name=draft["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=DRAFT_REF,
-            version=draft["sha256"][:12], hashes=_sha256(draft["sha256"]), licenses=_license(draft.get("license")),
-            properties=[Property(name="dx:model:source", value=str(draft.get("source"))),
-                        Property(name="dx:model:size", value=str(draft.get("size"))),
-                        Property(name="dx:model:role", value="draft")],
-        ))
-    if model and projector:
-        components.append(Component(
-            name=projector["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=PROJECTOR_REF,
-            version=projector["sha256"][:12], hashes=_sha256(projector["sha256"]),
-            licenses=_license(projector.get("license")),
-            properties=[Property(name="dx:model:source", value=str(projector.get("source"))),
-                        Property(name="dx:model:size", value=str(projector.get("size"))),
-                        Property(name="dx:model:role", value="projector")],
-        ))
-    if model and adapter:
-        components.append(Component(
-            name=adapter["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=ADAPTER_REF,
-            version=adapter["sha256"][:12], hashes=_sha256(adapter["sha256"]),
-            licenses=_license(adapter.get("license")),
-            properties=[Property(name="dx:model:source", value=str(adapter.get("source"))),
-                        Property(name="dx:model:size", value=str(adapter.get("size"))),
-                        Property(name="dx:model:role", value="adapter")],
+            name=doc["name"], type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=ref,
+            version=doc["sha256"][:12], hashes=_sha256(doc["sha256"]), licenses=_license(doc.get("license")),
+            properties=[Property(name="dx:model:source", value=str(doc.get("source"))),
+                        Property(name="dx:model:size", value=str(doc.get("size"))),
+                        *([Property(name="dx:model:role", value=role)] if role else [])],
         ))
     bom = Bom(components=components)
     bom.serial_number = serial or uuid.uuid5(uuid.NAMESPACE_URL, f"dx-sbom:{exe_name}:{exe_sha256}")
@@ -449,13 +433,8 @@ def mint_document(components: list[dict[str, Any]], *, exe_name: str, exe_sha256
     """
     comps = list(components)
     models = [_model_component(model, "model", [])] if model else []
-    if model and draft:
-        models.append(_model_component(draft, DRAFT_REF, [{"name": "dx:model:role", "value": "draft"}]))
-    if model and projector:
-        models.append(_model_component(projector, PROJECTOR_REF,
-                                       [{"name": "dx:model:role", "value": "projector"}]))
-    if model and adapter:
-        models.append(_model_component(adapter, ADAPTER_REF, [{"name": "dx:model:role", "value": "adapter"}]))
+    models += [_model_component(doc, ref, [{"name": "dx:model:role", "value": role}])
+               for role, doc, ref in (_further_models(draft, projector, adapter) if model else [])]
     # The library orders components by type, then name, version and bom-ref: the models come last.
     comps += sorted(models, key=lambda c: (c["name"], c["version"], c["bom-ref"]))
     if model and modelfile:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,8 +182,35 @@ def _created(source: ModelSource) -> ModelDefaults | None:
     return from_modelfile(*found) if found is not None else None
 
 
+# Inside ``once_per_request``: the defaults found so far, by source. One request asks in several places (its
+# handler for the SYSTEM/MESSAGEs, the engine lease for the slot key, the engine start for its flags).
+_this_request: ContextVar[dict[tuple[Any, ...], ModelDefaults] | None] = ContextVar("dx_defaults", default=None)
+
+
+@contextlib.contextmanager
+def once_per_request() -> Iterator[None]:
+    """Within it (one request's handling, on its thread) :func:`for_source` reads each model's manifests or
+    trailer once; a later request reads them again, so a create, delete or pull in between is always seen."""
+    token = _this_request.set({})
+    try:
+        yield
+    finally:
+        _this_request.reset(token)
+
+
 def for_source(source: ModelSource) -> ModelDefaults:
     """The defaults of the model ``source`` points at; NONE when it has none (or cannot be told)."""
+    seen = _this_request.get()
+    if seen is None:
+        return _read(source)
+    key = (*source.key, source.length, source.name, source.sha256)
+    if key not in seen:
+        seen[key] = _read(source)
+    return seen[key]
+
+
+def _read(source: ModelSource) -> ModelDefaults:
+    """:func:`for_source`, read from the store's manifests or the executable's trailer."""
     with contextlib.suppress(Exception):  # defaults are a nicety: never a reason not to start
         created = _created(source)  # first: a created model may name bytes in place (another file)
         if created is not None:

@@ -20,7 +20,7 @@ from dx.engine.lease import EngineLoad, engine_for, open_engine
 from dx.engine.relay import engine_json, hang_up, iter_chunks
 from dx.errors import BadRequest, EngineError, EngineUnavailable
 from dx.models.capabilities import ModelCapabilities, capabilities_for
-from dx.models.defaults import for_source
+from dx.models.defaults import for_source, once_per_request
 from dx.server import tool_loop
 from dx.server.ollama_wire import (
     chat_request,
@@ -87,6 +87,7 @@ def _load_only(req: Request, doc: dict[str, Any], name: str) -> bool:
     return True
 
 
+@once_per_request()  # the model's defaults: read once, for its SYSTEM/MESSAGEs and its engine lease alike
 def generate(req: Request) -> None:
     doc = require_object(read_json(req))
     name = model_name(doc)
@@ -109,6 +110,7 @@ def generate(req: Request) -> None:
     _complete(req, name, doc, path, body, num_ctx, "response")
 
 
+@once_per_request()
 def chat(req: Request) -> None:
     doc = require_object(read_json(req))
     name = model_name(doc)

@@ -22,6 +22,7 @@ from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
 from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
+from dx.models.defaults import for_source, once_per_request
 from dx.server import anthropic_tools, tool_calls, tool_loop
 from dx.server.request_json import parse_strict
 from dx.server.wire import HTTPError
@@ -81,6 +82,7 @@ def _see_home(req: Request, headers: dict[str, str] | None = None) -> None:
     req.end_headers()
 
 
+@once_per_request()  # the model's defaults: read once, for its SYSTEM/MESSAGEs and its engine lease alike
 def relay(req: Request) -> None:
     """/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages(/count_tokens): the body goes
     as is to the engine of the body's ``model`` (llama-server speaks OpenAI's and Anthropic's APIs)."""
@@ -118,8 +120,6 @@ def relay(req: Request) -> None:
 def _with_model_prefix(req: Request, model: str, doc: dict[str, Any], body: bytes) -> bytes:
     """A model with its own SYSTEM or MESSAGEs (a Modelfile's, an Ollama system layer): they go before the
     chat's messages, as Ollama's /v1 does; any other chat stays byte for byte."""
-    from dx.models.defaults import for_source
-
     try:
         source = req.app.resolver(model)
     except DXError:

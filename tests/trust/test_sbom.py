@@ -109,13 +109,19 @@ _NATIVE = [{"name": "libffi", "file": "libffi.so.8", "version": None, "descripti
     dict(_MODEL, license=None)], ids=["bare", "spdx", "spdx-case", "expression", "name", "no-license"])
 def test_mint_document_is_what_the_library_writes(model: dict | None) -> None:
     """The per-mint JSON (no cyclonedx on the mint path) equals cyclonedx-python-lib's document, and is valid."""
+    mint_document_as_library(model)
+
+
+def mint_document_as_library(model: dict | None, **entries: dict) -> dict:
+    """The per-mint JSON of ``model`` (with ``entries``: draft, projector, adapter), after checking that it equals
+    cyclonedx-python-lib's document and is valid; returned without its serial number."""
     ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ref = json.loads(sbom.bom_to_json(sbom.build_bom(
         exe_name="dx-smollm2-cpu-linux-x86_64", exe_sha256="c" * 64, dx_version="0.1.0", engine=_ENGINE,
-        python_dists=_DISTS, model=model, nuitka_version="4.3.3", timestamp=ts, native_libs=_NATIVE)))
+        python_dists=_DISTS, model=model, nuitka_version="4.3.3", timestamp=ts, native_libs=_NATIVE, **entries)))
     part = sbom.bundle_components(engine=_ENGINE, python_dists=_DISTS, nuitka_version="4.3.3", native_libs=_NATIVE)
     doc = sbom.mint_document(part, exe_name="dx-smollm2-cpu-linux-x86_64", exe_sha256="c" * 64,
-                             dx_version="0.1.0", model=model, timestamp=ts)
+                             dx_version="0.1.0", model=model, timestamp=ts, **entries)
     sbom.check_document(doc)
     text = sbom.document_text(doc)
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
@@ -123,6 +129,7 @@ def test_mint_document_is_what_the_library_writes(model: dict | None) -> None:
     got = json.loads(text)
     got.pop("serialNumber")
     assert got == ref
+    return got
 
 
 def test_same_inputs_same_bytes_without_source_date_epoch(tmp_path: Path, minted_ctx,

@@ -497,7 +497,8 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
     import fcntl
 
     dest.mkdir(parents=True, exist_ok=True)
-    with open(dest / f"sha256-{layer.sha256}.lock", "a") as lock:
+    lock_path = dest / f"sha256-{layer.sha256}.lock"
+    with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -505,7 +506,9 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
                                 hint="wait for it to finish, then run the pull again") from None
         try:
             job = _Download(name, layer, dest, parts or default_parts(), progress, attempts)
-            return job.run()
+            got = job.run()
+            lock_path.unlink(missing_ok=True)  # done (while still held): no empty lock file per pulled blob
+            return got
         except OSError as exc:
             if exc.errno not in _DISK_FULL:
                 raise

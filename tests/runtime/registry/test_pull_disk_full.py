@@ -2,7 +2,7 @@
 
 Found by the soak run (tests/bench/soak.py): ENOSPC from the blob's pwrite reached the
 server as a bare OSError, so /api/pull's NDJSON stream was cut without an error line, and
-the state file's ``.tmp`` stayed behind. The disk is filled here with RLIMIT_FSIZE (EFBIG,
+the state file's ``.tmp`` stayed behind; and every finished pull left an empty ``.lock`` file. The disk is filled here with RLIMIT_FSIZE (EFBIG,
 the same path as ENOSPC; CPython ignores SIGXFSZ), lowered for this process and restored.
 """
 
@@ -56,3 +56,4 @@ def test_a_full_disk_mid_pull_is_a_disk_full_error_and_the_pull_then_resumes(
     got = reg.download_blob(name, layer, tmp_path, parts=1)  # space again: the same pull completes
     assert hashlib.sha256(got.read_bytes()).hexdigest() == hexd
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.state.json"))
+    assert not list(tmp_path.glob("*.lock")), "a finished pull left its lock file"

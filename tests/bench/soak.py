@@ -545,8 +545,7 @@ def store_check(exe: list[str], home: Path, engine: Path) -> dict[str, Any]:
         if r.returncode != 0:
             bad_verify.append(f"{name}: rc {r.returncode} {r.stdout[-100:]}{r.stderr[-100:]}")
     files = [p for d in ("tmp", "downloads") if (models / d).is_dir() for p in (models / d).rglob("*") if p.is_file()]
-    leftovers = [str(p.relative_to(models)) for p in files if p.suffix != ".lock"]
-    locks = [p for p in files if p.suffix == ".lock"]  # a pull's flock file, empty: kept by design (see report)
+    leftovers = [str(p.relative_to(models)) for p in files]  # partials, state and lock files of pulls
     referenced: set[str] = set()
     broken = []
     for m in (models / "manifests").glob("*.json") if (models / "manifests").is_dir() else []:
@@ -564,7 +563,7 @@ def store_check(exe: list[str], home: Path, engine: Path) -> dict[str, Any]:
         if not any(f"sha256-{h}" in blobs for h in names):
             broken.append(f"{m.name}: names no blob present")
     orphans = sorted(set(blobs) - referenced)
-    return {"lock_files": len(locks), "blobs": len(blobs), "manifests": len(list((models / "manifests").glob("*.json"))),
+    return {"blobs": len(blobs), "manifests": len(list((models / "manifests").glob("*.json"))),
             "verify_failed": bad_verify, "leftovers": leftovers, "orphans": orphans, "broken_manifests": broken}
 
 
@@ -645,9 +644,9 @@ def run_soak(minutes: float, engine: Path, gguf: Path, exe: list[str] | None = N
             time.sleep(1)
         soak.samples.append((time.monotonic() - soak.t0, proc_numbers(dx.proc.pid)))
         for m in MODELS:  # both loaded again (a fault may have unloaded one), then engines vs /api/ps
-            call(dx, "POST", "/api/embed" if m == "soak-a" else "/api/generate",
+            result.setdefault("reload_end", []).append(call(dx, "POST", "/api/embed" if m == "soak-a" else "/api/generate",
                  {"model": m, "input": "hi"} if m == "soak-a" else {"model": m, "prompt": "hi", "stream": False,
-                                                                  "options": {"num_predict": 1}})
+                                                                  "options": {"num_predict": 1}})[::2])
         st, _h, body = call(dx, "GET", "/api/ps")
         loaded = json.loads(body).get("models", []) if st == 200 else []
         children = [p for p, pp, c in _procs() if pp == dx.proc.pid and c == "llama-server"]
@@ -705,8 +704,10 @@ def summarize(soak: Soak) -> dict[str, Any]:
         else:
             key = f"{r.status} (5xx)"
         during = sorted({f["fault"] for f in soak.faults if f["t0"] <= r.t + 0.5 and f["t"] >= r.t - r.seconds - 0.5})
-        if key != "2xx":  # which faults were injected while it ran
-            key += f" [during: {', '.join(during) or 'no fault'}]"
+        if key != "2xx":  # the engine fault injected while it ran, if any
+            key += (" [an engine SIGKILLed while it ran]" if "engine SIGKILL" in during
+                    else " [a keep_alive=0 unload while it ran]" if "keep_alive=0 unload" in during
+                    else " [a delete + create while it ran]" if "delete + create" in during else " [no engine fault]")
         outcomes[key] += 1
         if key == "2xx" and r.kind.split("_stream")[0] in ("api_chat", "api_generate", "v1_chat"):
             lat.append(r.seconds)
@@ -728,6 +729,7 @@ def summarize(soak: Soak) -> dict[str, Any]:
         "slow_frees": [(x.kind, None if x.freed_s is None else round(x.freed_s, 2)) for x in d
                        if x.freed_s is None or x.freed_s > 1.0],
         "faults": soak.faults,
+        "rss_series": [(round(t), round(x["rss_mib"], 1), x["threads"], x["fds"]) for t, x in samples],
     }
 
 
@@ -744,7 +746,7 @@ def failures(r: dict[str, Any]) -> list[str]:
     if r["rss_slope_mib_per_min"] == r["rss_slope_mib_per_min"] and r["rss_slope_mib_per_min"] > 2.0:
         out.append(f"RSS slope {r['rss_slope_mib_per_min']:.2f} MiB/min")
     aliases = [e.split("+")[0] for e in r["engines_end"]]
-    if sorted(set(aliases)) != [n.split(":")[0] for n in r["loaded_end"]] or len(set(r["engines_end"])) != len(aliases):
+    if sorted(set(aliases)) != r["loaded_end"] or len(set(r["engines_end"])) != len(aliases) or not aliases:
         out.append(f"engines {r['engines_end']} for loaded {r['loaded_end']}")
     if r["disconnects"] != r["freed_within_1s"]:
         out.append(f"slots not freed within 1 s: {r['slow_frees']}")
@@ -786,7 +788,6 @@ def table(r: dict[str, Any]) -> str:
     rows.append(("store: dx verify failed / partial files / orphan blobs / bad manifests",
                  f"{len(s.get('verify_failed', []))} / {len(s.get('leftovers', []))} / {len(s.get('orphans', []))}"
                  f" / {len(s.get('broken_manifests', []))}"))
-    rows.append(("store: pull lock files (empty)", str(s.get("lock_files"))))
     rows.append(("engines left after dx SIGTERM", str(len(r.get("orphans_after_stop", [])))))
     rows.append((f"engines left after dx SIGKILL (had {r.get('engines_before_dx_kill')})",
                  str(len(r.get("orphans_after_dx_kill", [])))))

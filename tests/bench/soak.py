@@ -2,7 +2,7 @@
 """Soak and chaos: `dx serve` under mixed load with faults on a schedule, then the invariants.
 
 Two models on one server: SmolLM2-135M imported as ``soak-a`` and, as the second model,
-the same bytes created as ``soak-b`` with ``num_ctx 1024`` (another engine: a different slot
+the same bytes created as ``soak-b`` with ``num_ctx 1024, temperature 0.6`` (another engine: a different slot
 key; gemma3-270m is not cached here, its PyPI package only downloads on first use). Each
 engine has 2 slots (``--parallel 2``) and ``--concurrency`` clients (default 6) share them.
 
@@ -64,6 +64,9 @@ from support.ollama_registry_server import FakeRegistry  # noqa: E402
 from support.serve_harness import dx_env  # noqa: E402
 
 PARALLEL = 2
+# soak-b: a second engine. num_ctx alone does not make one (the engine key has no ctx: the first name's
+# ctx wins), a sampling default does (--temp is part of the key).
+SECOND = {"num_ctx": 1024, "temperature": 0.6}
 MODELS = ("soak-a", "soak-b")
 _URL = re.compile(r"on (http://\S+)")
 _KEY = re.compile(r"API key (\S+)")
@@ -105,18 +108,20 @@ def describe_engine(pid: int) -> str:
 
 
 def proc_numbers(pid: int) -> dict[str, float]:
-    rss = threads = -1.0
+    rss = anon = threads = -1.0
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) / 1024
+            elif line.startswith("RssAnon:"):  # the heap: what a leak grows (RSS also counts mapped blob pages)
+                anon = int(line.split()[1]) / 1024
             elif line.startswith("Threads:"):
                 threads = float(line.split()[1])
     try:
         fds = float(len(os.listdir(f"/proc/{pid}/fd")))
     except OSError:
         fds = -1.0
-    return {"rss_mib": rss, "threads": threads, "fds": fds}
+    return {"rss_mib": rss, "anon_mib": anon, "threads": threads, "fds": fds}
 
 
 def engine_slots(pid: int) -> list[dict[str, Any]] | None:
@@ -152,7 +157,7 @@ class DX:
 
 def start_dx(exe: list[str], home: Path, engine: Path, extra_env: dict[str, str], log: Path) -> DX:
     env = {**dx_env(home, engine), **extra_env}
-    cmd = [*exe, "serve", "soak-a", "--port", "0", "--parallel", str(PARALLEL), "--max-loaded", "3",
+    cmd = [*exe, "serve", "soak-a", "--port", "0", "--parallel", str(PARALLEL), "--max-loaded", "4",
            "--max-requests", "64"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "ab"), env=env, text=True)  # noqa: SIM115
     url = key = None
@@ -456,7 +461,7 @@ class Faults:
         dx = self.soak.dx
         st1, _h, b1 = call(dx, "DELETE", "/api/delete", {"model": "soak-b"})
         st2, _h, b2 = call(dx, "POST", "/api/create", {"model": "soak-b", "from": "soak-a",
-                                                        "parameters": {"num_ctx": 1024}, "stream": False})
+                                                        "parameters": SECOND, "stream": False})
         self.record("delete + create", st1 == 200 and st2 == 200, f"delete {st1} {b1[:60]!r}; create {st2} {b2[:60]!r}")
 
     def upload_cut(self) -> None:
@@ -612,7 +617,7 @@ def run_soak(minutes: float, engine: Path, gguf: Path, exe: list[str] | None = N
         Store(root=home, ollama_dir=False).import_file(gguf, "soak-a")
         dx = start_dx(exe, home, engine, {"DX_OLLAMA_REGISTRY": registry.url}, log)
         st, _h, b = call(dx, "POST", "/api/create", {"model": "soak-b", "from": "soak-a",
-                                                     "parameters": {"num_ctx": 1024}, "stream": False})
+                                                     "parameters": SECOND, "stream": False})
         if st != 200:
             raise RuntimeError(f"create soak-b: {st} {b[:200]!r}")
         for m in MODELS:  # both engines loaded before the clock starts
@@ -646,7 +651,7 @@ def run_soak(minutes: float, engine: Path, gguf: Path, exe: list[str] | None = N
         for m in MODELS:  # both loaded again (a fault may have unloaded one), then engines vs /api/ps
             result.setdefault("reload_end", []).append(call(dx, "POST", "/api/embed" if m == "soak-a" else "/api/generate",
                  {"model": m, "input": "hi"} if m == "soak-a" else {"model": m, "prompt": "hi", "stream": False,
-                                                                  "options": {"num_predict": 1}})[::2])
+                                                                  "options": {"num_predict": 1}})[0])
         st, _h, body = call(dx, "GET", "/api/ps")
         loaded = json.loads(body).get("models", []) if st == 200 else []
         children = [p for p, pp, c in _procs() if pp == dx.proc.pid and c == "llama-server"]
@@ -723,13 +728,16 @@ def summarize(soak: Soak) -> dict[str, Any]:
         "latency_s": {"p50": pct(lat, .5), "p95": pct(lat, .95), "p99": pct(lat, .99), "n": len(lat)},
         "rss_mib": [samples[0][1]["rss_mib"], mid.get("rss_mib"), samples[-1][1]["rss_mib"]],
         "rss_slope_mib_per_min": slope(samples, "rss_mib"),
+        "anon_mib": [samples[0][1]["anon_mib"], mid.get("anon_mib"), samples[-1][1]["anon_mib"]],
+        "anon_slope_mib_per_min": slope(samples, "anon_mib"),
         "fds": [samples[0][1]["fds"], samples[-1][1]["fds"]],
         "threads": [samples[0][1]["threads"], samples[-1][1]["threads"]],
         "disconnects": len(d), "freed_within_1s": sum(1 for x in d if x.freed_s is not None and x.freed_s <= 1.0),
         "slow_frees": [(x.kind, None if x.freed_s is None else round(x.freed_s, 2)) for x in d
                        if x.freed_s is None or x.freed_s > 1.0],
         "faults": soak.faults,
-        "rss_series": [(round(t), round(x["rss_mib"], 1), x["threads"], x["fds"]) for t, x in samples],
+        "rss_series": [(round(t), round(x["rss_mib"], 1), round(x["anon_mib"], 1), x["threads"], x["fds"])
+                       for t, x in samples],
     }
 
 
@@ -743,8 +751,8 @@ def failures(r: dict[str, Any]) -> list[str]:
         out.append(f"fds grew {r['fds']}")
     if r["threads"][1] > r["threads"][0] + 4:
         out.append(f"threads grew {r['threads']}")
-    if r["rss_slope_mib_per_min"] == r["rss_slope_mib_per_min"] and r["rss_slope_mib_per_min"] > 2.0:
-        out.append(f"RSS slope {r['rss_slope_mib_per_min']:.2f} MiB/min")
+    if r["anon_slope_mib_per_min"] == r["anon_slope_mib_per_min"] and r["anon_slope_mib_per_min"] > 1.0:
+        out.append(f"heap (RssAnon) slope {r['anon_slope_mib_per_min']:.2f} MiB/min")
     aliases = [e.split("+")[0] for e in r["engines_end"]]
     if sorted(set(aliases)) != r["loaded_end"] or len(set(r["engines_end"])) != len(aliases) or not aliases:
         out.append(f"engines {r['engines_end']} for loaded {r['loaded_end']}")
@@ -774,6 +782,9 @@ def table(r: dict[str, Any]) -> str:
     rss = r.get("rss_mib", [0, 0, 0])
     rows.append(("dx RSS start/middle/end (MiB)", " / ".join(f"{x:.1f}" for x in rss)))
     rows.append(("dx RSS slope, 2nd half (MiB/min)", f"{r.get('rss_slope_mib_per_min', 0):+.3f}"))
+    anon = r.get("anon_mib", [0, 0, 0])
+    rows.append(("dx heap (RssAnon) start/middle/end (MiB)", " / ".join(f"{x:.1f}" for x in anon)))
+    rows.append(("dx heap slope, 2nd half (MiB/min)", f"{r.get('anon_slope_mib_per_min', 0):+.3f}"))
     rows.append(("open fds start/end", "{} / {}".format(*map(int, r.get("fds", [0, 0])))))
     rows.append(("threads start/end", "{} / {}".format(*map(int, r.get("threads", [0, 0])))))
     rows.append(("engines at end / models loaded (/api/ps)", f"{r.get('engines_end')} / {r.get('loaded_end')}"))

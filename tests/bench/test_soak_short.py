@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import soak  # noqa: E402
+import soak
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dxverify.errors import ConfigurationError, DXError
 
 __all__ = [
-    "BadRequest", "DXError", "DownloadError", "EngineError", "EngineUnavailable", "EngineUnreachable",
+    "BadRequest", "DXError", "DiskFullError", "DownloadError", "EngineError", "EngineUnavailable", "EngineUnreachable",
     "InvalidJSON", "InvalidModelNameError", "ModelConflictError", "ModelNotFoundError", "ReadOnlyModelError",
     "client_text", "http_answer",
 ]
@@ -68,6 +68,17 @@ class DownloadError(DXError):
 
     exit_code = 7
     http_status = 502
+    error_type = "server_error"
+
+
+class DiskFullError(DXError):
+    """The store's disk filled up (or a file-size limit was hit) while DX wrote to it: 507, as a blob upload's.
+
+    What a pull had downloaded is kept, so the same pull resumes once space is freed.
+    """
+
+    exit_code = 7
+    http_status = 507
     error_type = "server_error"
 
 

@@ -32,6 +32,7 @@ mismatch deletes the partial and names the layer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dx import __version__, config
-from dx.errors import DownloadError, ModelNotFoundError
+from dx.errors import DiskFullError, DownloadError, ModelNotFoundError
 from dxverify.errors import ConfigurationError, IntegrityError, MalformedInputError
 from dxverify.hashing import sha256_file
 
@@ -366,8 +367,12 @@ class _Download:
 
     def _save(self, ranges: list[list[int]]) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"size": self.layer.size, "digest": self.layer.digest, "parts": ranges}))
-        os.replace(tmp, self.state_path)
+        try:
+            tmp.write_text(json.dumps({"size": self.layer.size, "digest": self.layer.digest, "parts": ranges}))
+            os.replace(tmp, self.state_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: the last state saved stays (it never claims more bytes)
+            raise
 
     def done_bytes(self) -> int:
         with self.lock:
@@ -401,7 +406,7 @@ class _Download:
                 t.join(5)
             raise
         finally:
-            with self.lock:
+            with self.lock, contextlib.suppress(OSError):  # a full disk must not hide why the pull stopped
                 self._save(self.ranges)
             os.close(fd)
         if self.errors:
@@ -478,6 +483,9 @@ class _Download:
                     self.ranges[i][2] += len(block)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit (RLIMIT_FSIZE)
+
+
 def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Progress | None = None,
                   parts: int | None = None, attempts: int = 5) -> Path:
     """``layer`` of ``name`` as a verified file in ``dest`` (resumed if an earlier pull left a partial).
@@ -489,7 +497,8 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
     import fcntl
 
     dest.mkdir(parents=True, exist_ok=True)
-    with open(dest / f"sha256-{layer.sha256}.lock", "a") as lock:
+    lock_path = dest / f"sha256-{layer.sha256}.lock"
+    with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -497,7 +506,14 @@ def download_blob(name: RegistryName, layer: Layer, dest: Path, *, progress: Pro
                                 hint="wait for it to finish, then run the pull again") from None
         try:
             job = _Download(name, layer, dest, parts or default_parts(), progress, attempts)
-            return job.run()
+            got = job.run()
+            lock_path.unlink(missing_ok=True)  # done (while still held): no empty lock file per pulled blob
+            return got
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise DiskFullError(f"the disk filled up while the {layer.kind} layer of {name.short} was downloaded",
+                                hint="free disk space, then run the pull again: it resumes where it stopped") from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -122,9 +122,33 @@ def _with_head(flags: list[str], head: Head) -> Callable[[str], list[str]]:
     return lambda purpose: [*flags, *head.engine_args(purpose)]
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def cap_malloc_arenas(n: int = 2) -> bool:
+    """Let glibc's malloc keep at most ``n`` arenas in this process (not the engines: mallopt is per process).
+
+    By default glibc gives threads up to 8 arenas per core and never gives an arena back, so
+    a server whose requests and pulls run on short-lived threads grows its heap for a while
+    and keeps it (the soak run: 21 -> 40 MiB in 10 minutes, +2 MiB per in-server pull, flat with
+    two arenas). False where there is no glibc (musl, macOS): nothing to cap there.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
+
+
 def serve(opts: ServeOptions) -> None:
     """Check, build, announce and run the server until SIGTERM/SIGINT; everything is closed on the way out."""
     check_bind_policy(opts.host, auth_enabled=opts.auth)
+    cap_malloc_arenas()
     try:
         default_keep = parse_keep_alive(opts.keep_alive)
     except ValueError as exc:

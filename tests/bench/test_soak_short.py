@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import soak
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.soak]
 
 
 def test_soak_short(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path: Path) -> None:

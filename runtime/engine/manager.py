@@ -43,7 +43,7 @@ from dx.engine.process import (
     Engine,
 )
 from dx.models.adapters import adapter_key
-from dx.models.defaults import for_source
+from dx.models.defaults import ModelDefaults, for_source
 from dx.models.source import ModelSource
 
 
@@ -83,6 +83,29 @@ class _Slot:
 
 
 UNLOAD_GRACE = 900.0  # seconds an asked-for unload waits for answers in flight (the engine's own request timeout)
+
+
+def _slot_ctx(defaults: ModelDefaults, server_ctx: int | None) -> int:
+    """The context per slot an engine of this model starts with: the server's ``--ctx``, else the model's own
+    ``num_ctx``, else DX's default."""
+    return server_ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT
+
+
+def slot_key(
+    source: ModelSource, purpose: str, defaults: ModelDefaults, adapters: tuple[str, ...], server_ctx: int | None,
+) -> tuple[str | int, ...]:
+    """Which engine serves a model: names that share a key share one ``llama-server``.
+
+    Two names for one blob may carry different defaults (Ollama params, a created model's ``PARAMETER``s),
+    and every default DX has is a flag the engine is started with: its context per slot (``num_ctx``, the
+    load option Ollama reloads its runner for), the load-time flags (``num_batch``, ``num_thread``, ...)
+    and the sampling defaults (``--temp``, ``-r STOP``: the engine's defaults for requests that set none).
+    So each of them is part of the key, as are the LoRA adapters' digests (a Modelfile's ``ADAPTER``; once:
+    engine_args() carries no ``--lora``, dx.models.adapters is the one path to the flags). A request's own
+    options (its ``temperature``, its ``num_ctx``) are not: they go to or reload the model's engine.
+    The key starts with ``ModelSource.key`` (the bytes), then the purpose: the manager matches on that.
+    """
+    return (*source.key, purpose, _slot_ctx(defaults, server_ctx), *defaults.engine_args(), *adapters)
 
 
 class EngineCrashLoop(ToolError):
@@ -161,14 +184,10 @@ class EngineManager:
         defaults = for_source(source)
         adapters = adapter_key(source)
         with self._lock:
-            # Two names for one blob may carry different defaults (Ollama params): one engine each.
-            # So may their LoRA adapters (a Modelfile's ADAPTER): the adapters' digests are part of the key,
-            # once (engine_args() carries no --lora; dx.models.adapters is the one path to the flags).
-            key = (*source.key, purpose, *defaults.engine_args(), *adapters)
+            key = slot_key(source, purpose, defaults, adapters, self._ctx)
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = _Slot(source=source, purpose=purpose,
-                                                ctx=self._ctx or defaults.ctx or DEFAULT_CTX_PER_SLOT)
+                slot = self._slots[key] = _Slot(source=source, purpose=purpose, ctx=_slot_ctx(defaults, self._ctx))
             slot.in_use += 1
             now = time.monotonic()
             # one model, one keep-alive: Ollama has one runner per model, DX an engine per purpose

@@ -64,8 +64,7 @@ from support.ollama_registry_server import FakeRegistry  # noqa: E402
 from support.serve_harness import dx_env  # noqa: E402
 
 PARALLEL = 2
-# soak-b: a second engine. num_ctx alone does not make one (the engine key has no ctx: the first name's
-# ctx wins), a sampling default does (--temp is part of the key).
+# soak-b: a second engine with its own context (num_ctx is part of the engine key) and sampling default.
 SECOND = {"num_ctx": 1024, "temperature": 0.6}
 MODELS = ("soak-a", "soak-b")
 _URL = re.compile(r"on (http://\S+)")

@@ -17,8 +17,10 @@ request (a non-streaming answer, or a stream's prefill) ``engine_request``
 waits on the engine's socket and the client's at once and, when the client
 hangs up, closes the engine connection and raises ``ClientGone``; llama-server
 notices the closed connection (its ``is_connection_closed`` poll, every second)
-and cancels the task, freeing its slot. Once a stream flows, a failed write to
-the client ends the relay and ``hang_up`` closes the engine connection at once.
+and cancels the task, freeing its slot. Once a stream flows, the relay waits for
+the engine's next bytes and the client's hang-up at once (one poll per read), so
+a client gone between two tokens ends the relay then, not at the next write
+seconds later; ``hang_up`` closes the engine connection at once.
 """
 
 from __future__ import annotations
@@ -242,20 +244,30 @@ class ChunkedBody:
         return i
 
 
-def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
+def _raw_blocks(resp: http.client.HTTPResponse, client: socket.socket | None = None):  # type: ignore[no-untyped-def]
     """The engine's body bytes exactly as they arrive, one socket read each.
 
     Reads the socket directly (after what http.client had already buffered),
     in blocking mode with a kernel timeout: one system call per read.
+
+    With ``client`` (the socket the stream goes to), each read is preceded by one poll on the
+    engine's socket and the client's: a client that hangs up between two tokens raises
+    ``ClientGone`` at once, instead of at the next write, which may be seconds away (a slow
+    engine, a stop string holding text back). Two system calls per read, no more.
     """
     fp = resp.fp
     sock = fp.raw._sock  # the response owns the socket (Connection: close)
+    wait = _hang_up_watch(sock, client)
     with kernel_timeouts(sock):
         block, recv = _buffered(fp, sock), sock.recv
         while True:
             try:
+                if not block and wait is not None:
+                    wait()
                 block = block or recv(_READ)
             except OSError as exc:
+                if isinstance(exc, ClientGone):
+                    raise
                 raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
             if not block:
                 raise EngineUnavailable("the engine stopped mid-response (connection closed)")
@@ -263,12 +275,49 @@ def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
             block = b""
 
 
+def _hang_up_watch(engine: socket.socket, client: socket.socket | None):  # type: ignore[no-untyped-def]
+    """A function that waits until the engine has bytes, raising ClientGone if the client hangs up first.
+
+    None where it cannot be done cheaply (no client, no poll, no POLLRDHUP: not Linux): the
+    relay then notices a departed client at its next write, as before. Only a hang-up counts
+    (POLLRDHUP, POLLHUP, POLLERR): a client's next request (HTTP pipelining) is not one.
+    """
+    if client is None or not _POLLRDHUP or not hasattr(select, "poll"):
+        return None
+    try:
+        cfd = client.fileno()
+    except OSError:
+        return None
+    if cfd < 0:
+        return None
+    timeout = engine.gettimeout()
+    ms = None if timeout is None else timeout * 1000
+    poller = select.poll()
+    poller.register(engine, select.POLLIN)
+    poller.register(cfd, _HUNG_UP)
+    poll = poller.poll
+
+    def wait() -> None:
+        events = poll(ms)
+        for fd, _mask in events:
+            if fd == cfd:
+                raise ClientGone("the client closed its connection mid-stream")
+        if not events:
+            raise TimeoutError("timed out")  # as the read would have, after as long
+
+    return wait
+
+
 def _has_body(resp: http.client.HTTPResponse) -> bool:
     return resp._method != "HEAD" and resp.status not in (204, 304) and resp.status >= 200  # type: ignore[attr-defined]
 
 
-def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
-    """Yield the engine's body as it arrives; EngineUnavailable if it breaks off."""
+def iter_chunks(resp: http.client.HTTPResponse, client: socket.socket | None = None):  # type: ignore[no-untyped-def]
+    """Yield the engine's body as it arrives; EngineUnavailable if it breaks off.
+
+    ``client``: the socket of the client the stream is for; when it hangs up between two
+    chunks, ``ClientGone`` is raised at once (see ``_raw_blocks``).
+    """
     if not resp.chunked or not _has_body(resp):
         try:
             while data := resp.read1(_READ):
@@ -277,7 +326,7 @@ def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
             raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
         return
     body = ChunkedBody()
-    with contextlib.closing(_raw_blocks(resp)) as blocks:
+    with contextlib.closing(_raw_blocks(resp, client)) as blocks:
         for block in blocks:
             parts: list[bytes] = []
             body.feed(block, parts)
@@ -356,7 +405,7 @@ def client_fault(status: int, body: bytes) -> tuple[int, bytes]:
 def _relay_chunked(writer: ResponseWriter, resp: http.client.HTTPResponse, sse: bool) -> None:
     """Forward a chunked body as it is, read by read: the engine's framing is valid for the client too."""
     body, client = ChunkedBody(), writer.connection
-    with kernel_timeouts(client), contextlib.closing(_raw_blocks(resp)) as blocks:
+    with kernel_timeouts(client), contextlib.closing(_raw_blocks(resp, client)) as blocks:
         send = client.sendall
         try:
             for block in blocks:

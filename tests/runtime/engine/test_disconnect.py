@@ -174,6 +174,46 @@ def test_passthrough_completion_no_stream(dx: DXServer) -> None:
                       {"prompt": COUNT, "n_predict": 2000, "temperature": 1.0, "ignore_eos": True}, stream=False)
 
 
+# ------------------------------------------------------- a stream whose next bytes are far away
+# The engine decodes on, but sends nothing: its output is forced ("Hi" then a's, by a grammar) and
+# a stop string of a's held back in full (llama-server withholds a possible stop string). So after
+# "Hi" no token reaches dx for as long as the answer runs: a relay that noticed a departed client
+# only at its next write to it kept the slot busy to the end; it must notice between two chunks.
+_HELD = ["a" * 3000 + "b"]
+_FORCED = {"type": "string", "pattern": "^Hia{1000,}$"}
+
+
+def test_chat_stream_with_nothing_to_send(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "chat stream, held back", "/api/chat", {
+        "model": MODEL, "messages": ASK, "format": _FORCED,
+        "options": {**LONG, "stop": _HELD}}, stream=True)
+
+
+def test_openai_chat_stream_with_nothing_to_send(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "v1 chat stream, held back", "/v1/chat/completions", {
+        **_OAI, "stream": True, "grammar": 'root ::= "Hi" [a]*', "stop": _HELD}, stream=True)
+
+
+def test_pipelined_request_during_a_stream_is_not_a_hang_up(dx: DXServer) -> None:
+    """A client that sends its next request while its stream runs is still there: the stream ends, then
+    the next answer comes (the relay watches the client for a hang-up, not for bytes)."""
+    def request(body: dict, close: bool = False) -> bytes:
+        data = json.dumps(body).encode()
+        last = "Connection: close\r\n" if close else ""  # the server closes after the last answer
+        return (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1:{dx.port}\r\nAuthorization: Bearer {dx.api_key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{last}\r\n").encode() + data
+    with socket.create_connection(("127.0.0.1", dx.port), timeout=120) as sock:
+        sock.sendall(request({"model": MODEL, "prompt": COUNT, "raw": True,
+                              "options": {"num_predict": 64, "temperature": 0}}))
+        got = _first_bytes(sock)  # the stream flows: the next request arrives while it runs
+        sock.sendall(request({"model": MODEL, "prompt": "Hi", "stream": False,
+                              "options": {"num_predict": 8, "temperature": 0}}, close=True))
+        while block := sock.recv(65536):
+            got += block
+    assert got.count(b"HTTP/1.1 200") == 2, got[-500:]
+    assert got.count(b'"done":true') == 2, got[-500:]
+
+
 def test_pipelined_request_is_not_a_hang_up(dx: DXServer) -> None:
     """A client that already sent its next request is still there: its first answer comes, then the next."""
     one = json.dumps({"model": MODEL, "prompt": "Hi", "stream": False,

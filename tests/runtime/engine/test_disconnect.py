@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -244,6 +245,31 @@ def test_a_client_that_stays_gets_its_answer(dx: DXServer) -> None:
         "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
         "options": {"num_predict": 8}})
     assert r.status_code == 200 and r.json()["done"] is True
+
+
+def test_an_error_answer_to_a_client_gone_is_dropped_quietly(dx: DXServer) -> None:
+    """A client that left before its error answer: nothing to tell it, nothing for the log (the soak run
+    found 'dx: internal error serving …: BrokenPipeError' lines). The answer here is a pull's failure
+    (a registry on loopback that accepts, waits for the client to leave, then hangs up); the client
+    leaves with a reset (SO_LINGER 0), so dx's write of the error fails at once."""
+    with socket.create_server(("127.0.0.1", 0)) as registry:
+        registry.settimeout(30)
+        sock = _send(dx, "/api/pull", {"model": f"127.0.0.1:{registry.getsockname()[1]}/library/gone:latest",
+                                        "insecure": True, "stream": False})
+        dx_side, _ = registry.accept()  # dx works on the pull now
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset: the client is gone
+        time.sleep(0.3)
+        dx_side.close()  # the registry hangs up: dx answers the pull's failure to nobody
+    with httpx.Client() as client:  # dx serves on
+        assert client.get(f"{dx.url}/api/version", headers=dx.headers, timeout=30).status_code == 200
+    time.sleep(0.5)
+    assert "internal error" not in dx.stderr(), dx.stderr()[-2000:]
+
+
+def test_no_internal_error_after_clients_left(dx: DXServer) -> None:
+    """Every client above left mid-answer: none of that is a dx bug in its log."""
+    assert "internal error" not in dx.stderr(), dx.stderr()[-2000:]
 
 
 # ---------------------------------------------------------------- while another client streams

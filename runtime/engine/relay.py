@@ -257,13 +257,14 @@ def _raw_blocks(resp: http.client.HTTPResponse, client: socket.socket | None = N
     """
     fp = resp.fp
     sock = fp.raw._sock  # the response owns the socket (Connection: close)
-    wait = _hang_up_watch(sock, client)
+    watch = _hang_up_watch(sock, client)
+    poll, ms, ready = watch if watch is not None else (None, None, None)
     with kernel_timeouts(sock):
         block, recv = _buffered(fp, sock), sock.recv
         while True:
             try:
-                if not block and wait is not None:
-                    wait()
+                if not block and poll is not None and (events := poll(ms)) != ready:
+                    _not_ready(events, ready)  # the client left (ClientGone), a timeout, or the engine closed
                 block = block or recv(_READ)
             except OSError as exc:
                 if isinstance(exc, ClientGone):
@@ -276,11 +277,12 @@ def _raw_blocks(resp: http.client.HTTPResponse, client: socket.socket | None = N
 
 
 def _hang_up_watch(engine: socket.socket, client: socket.socket | None):  # type: ignore[no-untyped-def]
-    """A function that waits until the engine has bytes, raising ClientGone if the client hangs up first.
+    """(poll, its timeout in ms, what it answers when only the engine has bytes) for the engine's socket
+    and the client's; None where that cannot be done cheaply.
 
-    None where it cannot be done cheaply (no client, no poll, no POLLRDHUP: not Linux): the
-    relay then notices a departed client at its next write, as before. Only a hang-up counts
-    (POLLRDHUP, POLLHUP, POLLERR): a client's next request (HTTP pipelining) is not one.
+    None without a client, poll or POLLRDHUP (not Linux): the relay then notices a departed
+    client at its next write, as before. Only a hang-up of the client counts (POLLRDHUP, POLLHUP,
+    POLLERR): a client's next request (HTTP pipelining) is not one.
     """
     if client is None or not _POLLRDHUP or not hasattr(select, "poll"):
         return None
@@ -291,21 +293,20 @@ def _hang_up_watch(engine: socket.socket, client: socket.socket | None):  # type
     if cfd < 0:
         return None
     timeout = engine.gettimeout()
-    ms = None if timeout is None else timeout * 1000
     poller = select.poll()
     poller.register(engine, select.POLLIN)
     poller.register(cfd, _HUNG_UP)
-    poll = poller.poll
+    return poller.poll, None if timeout is None else timeout * 1000, [(engine.fileno(), select.POLLIN)]
 
-    def wait() -> None:
-        events = poll(ms)
-        for fd, _mask in events:
-            if fd == cfd:
-                raise ClientGone("the client closed its connection mid-stream")
-        if not events:
-            raise TimeoutError("timed out")  # as the read would have, after as long
 
-    return wait
+def _not_ready(events: list[tuple[int, int]], ready: list[tuple[int, int]]) -> None:
+    """Poll said more (or less) than "the engine has bytes": raise if the client left or time ran out."""
+    if not events:
+        raise TimeoutError("timed out")  # as the read would have, after as long
+    efd = ready[0][0]
+    if any(fd != efd for fd, _mask in events):
+        raise ClientGone("the client closed its connection mid-stream")
+    # the engine's socket alone, closed or in error: the read that follows tells which
 
 
 def _has_body(resp: http.client.HTTPResponse) -> bool:

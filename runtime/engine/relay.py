@@ -17,8 +17,10 @@ request (a non-streaming answer, or a stream's prefill) ``engine_request``
 waits on the engine's socket and the client's at once and, when the client
 hangs up, closes the engine connection and raises ``ClientGone``; llama-server
 notices the closed connection (its ``is_connection_closed`` poll, every second)
-and cancels the task, freeing its slot. Once a stream flows, a failed write to
-the client ends the relay and ``hang_up`` closes the engine connection at once.
+and cancels the task, freeing its slot. Once a stream flows, the relay waits for
+the engine's next bytes and the client's hang-up at once (one poll per read), so
+a client gone between two tokens ends the relay then, not at the next write
+seconds later; ``hang_up`` closes the engine connection at once.
 """
 
 from __future__ import annotations
@@ -242,20 +244,31 @@ class ChunkedBody:
         return i
 
 
-def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
+def _raw_blocks(resp: http.client.HTTPResponse, client: socket.socket | None = None):  # type: ignore[no-untyped-def]
     """The engine's body bytes exactly as they arrive, one socket read each.
 
     Reads the socket directly (after what http.client had already buffered),
     in blocking mode with a kernel timeout: one system call per read.
+
+    With ``client`` (the socket the stream goes to), each read is preceded by one poll on the
+    engine's socket and the client's: a client that hangs up between two tokens raises
+    ``ClientGone`` at once, instead of at the next write, which may be seconds away (a slow
+    engine, a stop string holding text back). Two system calls per read, no more.
     """
     fp = resp.fp
     sock = fp.raw._sock  # the response owns the socket (Connection: close)
+    watch = _hang_up_watch(sock, client)
+    poll, ms, ready = watch if watch is not None else (None, None, None)
     with kernel_timeouts(sock):
         block, recv = _buffered(fp, sock), sock.recv
         while True:
             try:
+                if not block and poll is not None and (events := poll(ms)) != ready:
+                    _not_ready(events, ready)  # the client left (ClientGone), a timeout, or the engine closed
                 block = block or recv(_READ)
             except OSError as exc:
+                if isinstance(exc, ClientGone):
+                    raise
                 raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
             if not block:
                 raise EngineUnavailable("the engine stopped mid-response (connection closed)")
@@ -263,12 +276,49 @@ def _raw_blocks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
             block = b""
 
 
+def _hang_up_watch(engine: socket.socket, client: socket.socket | None):  # type: ignore[no-untyped-def]
+    """(poll, its timeout in ms, what it answers when only the engine has bytes) for the engine's socket
+    and the client's; None where that cannot be done cheaply.
+
+    None without a client, poll or POLLRDHUP (not Linux): the relay then notices a departed
+    client at its next write, as before. Only a hang-up of the client counts (POLLRDHUP, POLLHUP,
+    POLLERR): a client's next request (HTTP pipelining) is not one.
+    """
+    if client is None or not _POLLRDHUP or not hasattr(select, "poll"):
+        return None
+    try:
+        cfd = client.fileno()
+    except OSError:
+        return None
+    if cfd < 0:
+        return None
+    timeout = engine.gettimeout()
+    poller = select.poll()
+    poller.register(engine, select.POLLIN)
+    poller.register(cfd, _HUNG_UP)
+    return poller.poll, None if timeout is None else timeout * 1000, [(engine.fileno(), select.POLLIN)]
+
+
+def _not_ready(events: list[tuple[int, int]], ready: list[tuple[int, int]]) -> None:
+    """Poll said more (or less) than "the engine has bytes": raise if the client left or time ran out."""
+    if not events:
+        raise TimeoutError("timed out")  # as the read would have, after as long
+    efd = ready[0][0]
+    if any(fd != efd for fd, _mask in events):
+        raise ClientGone("the client closed its connection mid-stream")
+    # the engine's socket alone, closed or in error: the read that follows tells which
+
+
 def _has_body(resp: http.client.HTTPResponse) -> bool:
     return resp._method != "HEAD" and resp.status not in (204, 304) and resp.status >= 200  # type: ignore[attr-defined]
 
 
-def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
-    """Yield the engine's body as it arrives; EngineUnavailable if it breaks off."""
+def iter_chunks(resp: http.client.HTTPResponse, client: socket.socket | None = None):  # type: ignore[no-untyped-def]
+    """Yield the engine's body as it arrives; EngineUnavailable if it breaks off.
+
+    ``client``: the socket of the client the stream is for; when it hangs up between two
+    chunks, ``ClientGone`` is raised at once (see ``_raw_blocks``).
+    """
     if not resp.chunked or not _has_body(resp):
         try:
             while data := resp.read1(_READ):
@@ -277,7 +327,7 @@ def iter_chunks(resp: http.client.HTTPResponse):  # type: ignore[no-untyped-def]
             raise EngineUnavailable(f"the engine stopped mid-response ({exc.__class__.__name__})") from exc
         return
     body = ChunkedBody()
-    with contextlib.closing(_raw_blocks(resp)) as blocks:
+    with contextlib.closing(_raw_blocks(resp, client)) as blocks:
         for block in blocks:
             parts: list[bytes] = []
             body.feed(block, parts)
@@ -356,7 +406,7 @@ def client_fault(status: int, body: bytes) -> tuple[int, bytes]:
 def _relay_chunked(writer: ResponseWriter, resp: http.client.HTTPResponse, sse: bool) -> None:
     """Forward a chunked body as it is, read by read: the engine's framing is valid for the client too."""
     body, client = ChunkedBody(), writer.connection
-    with kernel_timeouts(client), contextlib.closing(_raw_blocks(resp)) as blocks:
+    with kernel_timeouts(client), contextlib.closing(_raw_blocks(resp, client)) as blocks:
         send = client.sendall
         try:
             for block in blocks:

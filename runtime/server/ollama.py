@@ -307,7 +307,7 @@ def _stream(
     finish, timings, usage = None, None, None
     tool_calls: dict[int, dict[str, Any]] = {}
     try:
-        for event in sse_events(iter_chunks(resp)):
+        for event in sse_events(iter_chunks(resp, req.connection)):
             if infill and "error" not in event:
                 event = _infill_as_oai(event)
             if "error" in event:

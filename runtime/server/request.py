@@ -13,7 +13,6 @@ Handlers use only the documented surface: ``app``, ``command``, ``path``,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import sys
@@ -305,19 +304,25 @@ class Request:
                                     kind="authentication_error")
                 handler(self)
         except HTTPError as exc:
-            self.send_error_json(exc.status, exc.message, exc.kind)
+            self._answer_error(exc.status, exc.message, exc.kind)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as exc:
             answer = http_answer(exc)  # each failure carries its status and error type (dx.errors)
             if answer is not None:
-                self.send_error_json(answer[0], str(exc), answer[1])
+                self._answer_error(answer[0], str(exc), answer[1])
             else:  # a bug in dx: still an answer in the API's shape
                 self.close_connection = True
                 print(f"dx: internal error on {method} {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                with contextlib.suppress(OSError):
-                    self.send_error_json(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+                self._answer_error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
         self._log_access(method)
+
+    def _answer_error(self, status: int, message: str, kind: str) -> None:
+        """The error answer, unless the client already left: nobody to tell, nothing to log."""
+        try:
+            self.send_error_json(status, message, kind)
+        except OSError:  # BrokenPipeError, ConnectionResetError, a send timeout
+            self.close_connection = True
 
     def _log_access(self, method: str) -> None:
         if self.app.access_log:

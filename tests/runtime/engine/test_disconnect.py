@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -174,6 +175,46 @@ def test_passthrough_completion_no_stream(dx: DXServer) -> None:
                       {"prompt": COUNT, "n_predict": 2000, "temperature": 1.0, "ignore_eos": True}, stream=False)
 
 
+# ------------------------------------------------------- a stream whose next bytes are far away
+# The engine decodes on, but sends nothing: its output is forced ("Hi" then a's, by a grammar) and
+# a stop string of a's held back in full (llama-server withholds a possible stop string). So after
+# "Hi" no token reaches dx for as long as the answer runs: a relay that noticed a departed client
+# only at its next write to it kept the slot busy to the end; it must notice between two chunks.
+_HELD = ["a" * 3000 + "b"]
+_FORCED = {"type": "string", "pattern": "^Hia{1000,}$"}
+
+
+def test_chat_stream_with_nothing_to_send(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "chat stream, held back", "/api/chat", {
+        "model": MODEL, "messages": ASK, "format": _FORCED,
+        "options": {**LONG, "stop": _HELD}}, stream=True)
+
+
+def test_openai_chat_stream_with_nothing_to_send(dx: DXServer) -> None:
+    _hang_up_and_time(dx, "v1 chat stream, held back", "/v1/chat/completions", {
+        **_OAI, "stream": True, "grammar": 'root ::= "Hi" [a]*', "stop": _HELD}, stream=True)
+
+
+def test_pipelined_request_during_a_stream_is_not_a_hang_up(dx: DXServer) -> None:
+    """A client that sends its next request while its stream runs is still there: the stream ends, then
+    the next answer comes (the relay watches the client for a hang-up, not for bytes)."""
+    def request(body: dict, close: bool = False) -> bytes:
+        data = json.dumps(body).encode()
+        last = "Connection: close\r\n" if close else ""  # the server closes after the last answer
+        return (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1:{dx.port}\r\nAuthorization: Bearer {dx.api_key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{last}\r\n").encode() + data
+    with socket.create_connection(("127.0.0.1", dx.port), timeout=120) as sock:
+        sock.sendall(request({"model": MODEL, "prompt": COUNT, "raw": True,
+                              "options": {"num_predict": 64, "temperature": 0}}))
+        got = _first_bytes(sock)  # the stream flows: the next request arrives while it runs
+        sock.sendall(request({"model": MODEL, "prompt": "Hi", "stream": False,
+                              "options": {"num_predict": 8, "temperature": 0}}, close=True))
+        while block := sock.recv(65536):
+            got += block
+    assert got.count(b"HTTP/1.1 200") == 2, got[-500:]
+    assert got.count(b'"done":true') == 2, got[-500:]
+
+
 def test_pipelined_request_is_not_a_hang_up(dx: DXServer) -> None:
     """A client that already sent its next request is still there: its first answer comes, then the next."""
     one = json.dumps({"model": MODEL, "prompt": "Hi", "stream": False,
@@ -204,6 +245,31 @@ def test_a_client_that_stays_gets_its_answer(dx: DXServer) -> None:
         "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
         "options": {"num_predict": 8}})
     assert r.status_code == 200 and r.json()["done"] is True
+
+
+def test_an_error_answer_to_a_client_gone_is_dropped_quietly(dx: DXServer) -> None:
+    """A client that left before its error answer: nothing to tell it, nothing for the log (the soak run
+    found 'dx: internal error serving …: BrokenPipeError' lines). The answer here is a pull's failure
+    (a registry on loopback that accepts, waits for the client to leave, then hangs up); the client
+    leaves with a reset (SO_LINGER 0), so dx's write of the error fails at once."""
+    with socket.create_server(("127.0.0.1", 0)) as registry:
+        registry.settimeout(30)
+        sock = _send(dx, "/api/pull", {"model": f"127.0.0.1:{registry.getsockname()[1]}/library/gone:latest",
+                                        "insecure": True, "stream": False})
+        dx_side, _ = registry.accept()  # dx works on the pull now
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset: the client is gone
+        time.sleep(0.3)
+        dx_side.close()  # the registry hangs up: dx answers the pull's failure to nobody
+    with httpx.Client() as client:  # dx serves on
+        assert client.get(f"{dx.url}/api/version", headers=dx.headers, timeout=30).status_code == 200
+    time.sleep(0.5)
+    assert "internal error" not in dx.stderr(), dx.stderr()[-2000:]
+
+
+def test_no_internal_error_after_clients_left(dx: DXServer) -> None:
+    """Every client above left mid-answer: none of that is a dx bug in its log."""
+    assert "internal error" not in dx.stderr(), dx.stderr()[-2000:]
 
 
 # ---------------------------------------------------------------- while another client streams

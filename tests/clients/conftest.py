@@ -52,9 +52,11 @@ def webui(dx: MintedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield ui
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(webui: WebUI) -> Iterator[object]:
-    """Debian's Chromium driven by Playwright."""
+    """Debian's Chromium driven by Playwright, one per test file: Playwright's sync API runs an asyncio
+    loop in this thread while it is open, so a session-long one breaks every later ``asyncio.run``
+    (the mcp SDK's tests) and every later sync Playwright (tests/runtime/server/test_webui.py)."""
     chromium = need("chromium", "chromium-browser")
     from playwright import sync_api
 

@@ -367,6 +367,7 @@ class _Client:
     def __init__(self) -> None:
         self.wfile = io.BytesIO()
         self.status = 0
+        self.connection = None  # no socket: the relay's hang-up watch is off
 
     def send_response(self, code: int) -> None:
         self.status = code

@@ -160,7 +160,11 @@ def test_counters_move_with_real_requests(dx: DXServer) -> None:
     assert done.usage is not None and done.usage.completion_tokens == 6
     answer = oll.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 5})
     streamed = list(oll.generate(model=MODEL, prompt="The sky is", stream=True, options={"num_predict": 5}))
-    after = scrape(dx)[2]
+    # A request is counted when its handler ends, just after the last bytes leave: a client that stops
+    # reading at the final NDJSON line can scrape before that. Read once only the scrape itself is in flight.
+    box: list[str] = []
+    assert wait_for(lambda: box.append(scrape(dx)[2]) or value(box[-1], "dx_requests_in_flight") == 1, 10)
+    after = box[-1]
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

@@ -66,7 +66,10 @@ class ToolFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Tool:
+class OwnTool:
+    """A tool DX itself offers over MCP (the model's generate/chat/embed), with the function that runs it
+    (``dx.mcp.client.Tool`` is the other side: a tool another server offers DX's host)."""
+
     name: str
     title: str
     description: str
@@ -261,13 +264,13 @@ class ModelTools:
         self.manager = manager
         self.resolver = resolver
 
-    def tools(self) -> list[Tool]:
+    def tools(self) -> list[OwnTool]:
         return [
-            Tool("generate", "Generate text", "Answer a prompt with the local model; returns the text.",
+            OwnTool("generate", "Generate text", "Answer a prompt with the local model; returns the text.",
                  _GENERATE_SCHEMA, self.generate),
-            Tool("chat", "Chat", "Continue a conversation with the local model; returns the assistant's message.",
+            OwnTool("chat", "Chat", "Continue a conversation with the local model; returns the assistant's message.",
                  _CHAT_SCHEMA, self.chat),
-            Tool("embed", "Embed texts", "Embed texts with the local model; returns one vector per text.",
+            OwnTool("embed", "Embed texts", "Embed texts with the local model; returns one vector per text.",
                  _EMBED_SCHEMA, self.embed),
         ]
 

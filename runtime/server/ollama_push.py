@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dx.config import dx_home
-from dx.errors import BadRequest, client_text
+from dx.errors import client_text
 from dx.server.ollama import read_json, start_ndjson
-from dx.server.ollama_wire import model_name, require_object
+from dx.server.ollama_wire import flag, model_name, require_object
 from dxverify.errors import DXError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _BEFORE_REGISTRY = ("retrieving manifest", "note:")  # lines held back until the
 def push(req: Request) -> None:
     doc = require_object(read_json(req))
     name = model_name(doc)
-    stream, insecure = _flag(doc, "stream", True), _flag(doc, "insecure", False)
+    stream, insecure = flag(doc, "stream", True), flag(doc, "insecure", False)
     from dx.models.push import destination, push_model  # lazy: http.client loads on the first push
 
     destination(name, insecure=insecure)  # 400 before anything else for what is not a registry name
@@ -65,12 +65,3 @@ def push(req: Request) -> None:
         req.send_json(200, last)
         return
     req.wfile.write(b"0\r\n\r\n")
-
-
-def _flag(doc: dict[str, Any], key: str, default: bool) -> bool:
-    value = doc.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise BadRequest(f"{key} must be true or false")
-    return value

@@ -162,7 +162,8 @@ def model_name(doc: dict[str, Any], *, required: bool = True) -> str:
     return name
 
 
-def _bool(doc: dict[str, Any], key: str, default: bool) -> bool:
+def flag(doc: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean field: absent or null means ``default``; anything but true/false is the client's mistake."""
     value = doc.get(key, default)
     if value is None:
         return default
@@ -172,7 +173,7 @@ def _bool(doc: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def is_stream(doc: dict[str, Any]) -> bool:
-    return _bool(doc, "stream", True)
+    return flag(doc, "stream", True)
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
@@ -254,7 +255,7 @@ def generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any], EngineLo
     fields, num_ctx = map_options(doc.get("options"))
     fields.update(map_format(doc.get("format")))
     stream = is_stream(doc)
-    if _bool(doc, "raw", False):
+    if flag(doc, "raw", False):
         if system:
             raise BadRequest("raw mode does not support template, system, or context")  # Ollama's words
         if images:
@@ -424,7 +425,7 @@ def think_fields(think: bool | str | None, thinks: bool, model: str) -> dict[str
 
 def logprob_request(doc: dict[str, Any]) -> tuple[bool, int]:
     """(``logprobs``, ``top_logprobs``) checked as Ollama checks them."""
-    want = _bool(doc, "logprobs", False)
+    want = flag(doc, "logprobs", False)
     top = doc.get("top_logprobs", 0)
     if top is None:
         top = 0
@@ -494,7 +495,7 @@ def check_shift(doc: dict[str, Any]) -> None:
 
 def check_truncate(doc: dict[str, Any]) -> bool:
     """``truncate`` (default true); a non-boolean is a 400."""
-    return _bool(doc, "truncate", True)
+    return flag(doc, "truncate", True)
 
 
 def message_images(doc: dict[str, Any]) -> bool:

@@ -16,21 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 from test_cli import SMOL_SHA, one_line_error
 
 from dx.models import embedded
-from dxverify import trailer
-
-META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}
 
 
 @pytest.fixture
 def exe_env(tmp_path: Path, smollm2_gguf: Path) -> dict[str, str]:
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
-    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
+    exe = fake_minted(tmp_path / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf)
     e = {**os.environ, "DX_HOME": str(tmp_path / "dxhome"), "OLLAMA_MODELS": str(tmp_path / "no-ollama"),
          "DX_HOST": "", embedded.SELF_ENV: str(exe)}
     for k in ("DX_DEBUG", "DX_API_KEY"):

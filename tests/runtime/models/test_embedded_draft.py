@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 from support.files import flip_byte
-from test_embedded_runtime import META
 
 from dx.models import embedded
 from dxverify import trailer
@@ -17,14 +17,9 @@ from dxverify.errors import IntegrityError, MalformedInputError
 @pytest.fixture
 def two_model_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fake runtime + the real SmolLM2 as the model + a copy of it as the draft (same vocabulary)."""
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
     draft = tmp_path / "draft-copy.gguf"
     shutil.copyfile(smollm2_gguf, draft)
-    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META), draft=draft,
-                                 draft_metadata={"model": "smollm2-draft", "source": f"file:{draft}"})
+    exe = fake_minted(tmp_path / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf, draft=(draft, "smollm2-draft"))
     monkeypatch.setenv(embedded.SELF_ENV, str(exe))
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     return exe
@@ -44,11 +39,7 @@ def test_draft_source_points_into_the_file(two_model_file: Path, smollm2_gguf: P
 
 
 def test_no_draft_in_a_version_1_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF")
-    exe = tmp_path / "one"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
+    exe = fake_minted(tmp_path / "one", smollm2_gguf)
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     assert embedded.embedded_draft(exe) is None
     assert embedded.embedded_source(exe) is not None

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 from support.files import flip_byte
 from support.tiny_projector import write_tiny_projector
-from test_embedded_runtime import META
 
 from dx.models import embedded
 from dx.models.capabilities import capabilities_for, projector_for
@@ -21,13 +21,8 @@ from dxverify.errors import IntegrityError
 @pytest.fixture
 def vision_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fake runtime + the real SmolLM2 + a tiny random-weight projector as the "projector" entry."""
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
     proj = write_tiny_projector(tmp_path / "mmproj-tiny.gguf")
-    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META), projector=proj,
-                                 projector_metadata={"model": "mmproj-tiny", "source": f"file:{proj}"})
+    exe = fake_minted(tmp_path / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf, projector=(proj, "mmproj-tiny"))
     monkeypatch.setenv(embedded.SELF_ENV, str(exe))
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     return exe
@@ -77,11 +72,7 @@ def test_a_tampered_projector_entry_refuses_the_start(vision_file: Path, tmp_pat
 
 def test_no_projector_without_the_entry(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An executable minted before projectors (version 1): no vision, no --mmproj, served as before."""
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF")
-    exe = tmp_path / "one"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
+    exe = fake_minted(tmp_path / "one", smollm2_gguf)
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     src = embedded.embedded_source(exe)
     assert src is not None and projector_for(src) is None

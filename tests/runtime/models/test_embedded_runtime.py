@@ -5,22 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 
 from dx.models import embedded
 from dxverify import trailer
 from dxverify.errors import IntegrityError, MalformedInputError
 
-META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}
-
 
 @pytest.fixture
 def minted_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A file laid out like a minted executable (fake runtime bytes + the real SmolLM2)."""
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
-    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
+    exe = fake_minted(tmp_path / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf)
     monkeypatch.setenv(embedded.SELF_ENV, str(exe))
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     return exe

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 from support.files import flip_byte
 from support.tiny_lora import write_tiny_lora
-from test_embedded_runtime import META
 
 from dx.engine.process import lora_args
 from dx.models import embedded
@@ -142,13 +142,8 @@ def test_lora_args_quote_a_path_with_a_comma(store: ModelStore, smollm2_gguf: Pa
 @pytest.fixture
 def lora_file(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fake runtime + the real SmolLM2 + the tiny random LoRA as the "adapter" entry."""
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
     lora = write_tiny_lora(tmp_path / "tiny-lora.gguf")
-    exe = tmp_path / "dx-smollm2-cpu-linux-x86_64"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META), adapter=lora,
-                                 adapter_metadata={"model": "tiny-lora", "source": f"file:{lora}"})
+    exe = fake_minted(tmp_path / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf, adapter=(lora, "tiny-lora"))
     monkeypatch.setenv(embedded.SELF_ENV, str(exe))
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     return exe
@@ -179,11 +174,7 @@ def test_a_tampered_adapter_entry_refuses_the_start(lora_file: Path, tmp_path: P
 
 
 def test_no_adapter_without_the_entry(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF")
-    exe = tmp_path / "one"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
+    exe = fake_minted(tmp_path / "one", smollm2_gguf)
     monkeypatch.setenv("DX_HOME", str(tmp_path / "dxhome"))
     src = embedded.embedded_source(exe)
     assert src is not None and adapters_for(src) == [] and lora_args(src) == []

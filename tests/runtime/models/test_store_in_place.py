@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_minted import fake_minted
 
 from dx.errors import ModelConflictError, ModelNotFoundError
 from dx.models.catalog import ModelResolver, Store
@@ -14,17 +15,10 @@ from dx.models.embedded import model_source
 from dxverify import trailer
 from dxverify.errors import IntegrityError, MalformedInputError
 
-META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}
-
 
 @pytest.fixture
 def minted(tmp_path: Path, smollm2_gguf: Path) -> Path:
-    rt = tmp_path / "runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
-    exe = tmp_path / "dx-smollm2"
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, smollm2_gguf, f, dict(META))
-    return exe
+    return fake_minted(tmp_path / "dx-smollm2", smollm2_gguf)
 
 
 @pytest.fixture

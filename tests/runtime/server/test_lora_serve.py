@@ -19,13 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.fake_minted import fake_minted
 from support.serve_harness import DXServer, engine_binary, start_dx
 from support.tiny_lora import write_tiny_lora
 
 from dx.models.catalog import Store
 from dx.models.create import CreateSpec, create
 from dx.models.defaults import ModelDefaults
-from dxverify import trailer
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +52,8 @@ def served(request: pytest.FixtureRequest, smollm2_gguf: Path,
                lambda _s: None)
         name = "shaped:latest"
     else:
-        rt = tmp / "runtime"
-        rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
-        exe = tmp / "dx-smollm2-lora-cpu-linux-x86_64"
-        with open(exe, "wb") as fh:
-            trailer.write_executable(rt, smollm2_gguf, fh, dict(META), adapter=lora,
-                                     adapter_metadata={"model": "tiny-lora", "source": "test"})
+        exe = fake_minted(tmp / "dx-smollm2-lora-cpu-linux-x86_64", smollm2_gguf, META,
+                          adapter=(lora, "tiny-lora"))
         env = {"DX_SELF_EXECUTABLE": str(exe)}
         name = ""
     lora.unlink()  # only the copy in the store (or inside the executable) is left

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
+from support.fake_minted import fake_minted
 from support.gguf_handcraft import tiny_model
 from support.ollama_registry_server import FakeRegistry
 from support.ollama_tree import make_ollama_tree
@@ -30,19 +31,12 @@ from dxverify import trailer
 pytestmark = pytest.mark.integration
 
 SECRET = "DXSECRETDIR"  # the distinctive folder name that must never reach a client
-META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}
 FAST = {"num_predict": 4, "temperature": 0, "seed": 7}
 
 
 def mint_like(tmp: Path, gguf: Path, name: str) -> Path:
     """A file laid out like a minted executable (fake runtime bytes + the real GGUF + the real trailer)."""
-    rt = tmp / f"{name}.runtime"
-    rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
-    exe = tmp / name
-    with open(exe, "wb") as f:
-        trailer.write_executable(rt, gguf, f, dict(META))
-    exe.chmod(0o755)
-    return exe
+    return fake_minted(tmp / name, gguf)
 
 
 def closed_port() -> int:

@@ -24,14 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.fake_minted import fake_minted
 from support.serve_harness import DXServer, engine_binary, start_dx
 from support.tiny_projector import IMAGE_SIZE, PATCH_SIZE, tiny_png, write_tiny_projector
 
-from dxverify import trailer
-
 pytestmark = pytest.mark.integration
 
-META = {"model": "smollm2", "source": "test", "tier": "cpu", "dx_version": "0.1.0", "llama_cpp_commit": "0" * 40}
 FAST = {"num_predict": 6, "temperature": 0, "seed": 7}
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 PNG = base64.b64encode(tiny_png()).decode()
@@ -54,13 +52,8 @@ def vision(request: pytest.FixtureRequest, smollm2_gguf: Path,
         write_tiny_projector(folder / "mmproj-smollm2-135m.gguf")
         server = start_dx(tmp, "--ctx", "2048", "--parallel", "1", engine=engine, model=str(model), timeout=120)
     else:
-        rt = tmp / "runtime"
-        rt.write_bytes(b"\x7fELF" + b"\0" * 5000)
         proj = write_tiny_projector(tmp / "mmproj-tiny.gguf")
-        exe = tmp / "dx-smollm2-cpu-linux-x86_64"
-        with open(exe, "wb") as fh:
-            trailer.write_executable(rt, smollm2_gguf, fh, dict(META), projector=proj,
-                                     projector_metadata={"model": "mmproj-tiny", "source": "test"})
+        exe = fake_minted(tmp / "dx-smollm2-cpu-linux-x86_64", smollm2_gguf, projector=(proj, "mmproj-tiny"))
         proj.unlink()  # only the copy inside the executable is left
         server = start_dx(tmp, "--ctx", "2048", "--parallel", "1", engine=engine,
                           env={"DX_SELF_EXECUTABLE": str(exe)}, timeout=120)

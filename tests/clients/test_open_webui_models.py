@@ -22,7 +22,6 @@ Open WebUI and DX (tests/clients/conftest.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +30,8 @@ import httpx
 import pytest
 from support.minted_server import MintedServer
 from support.open_webui import WebUI, latest_chat, new_page, open_page, send, wait_answered
+
+from dxverify.hashing import sha256_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
@@ -42,14 +43,6 @@ CREATED = "pirate"
 SYSTEM = "You are a pirate. Always answer like a pirate and say Arrr."
 QUESTION = "Name three colours."
 PRESET = "Pirate preset"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dx_names(dx: MintedServer) -> list[str]:
@@ -103,12 +96,12 @@ def test_upload_a_gguf_through_manage_models(webui: WebUI, browser, dx: MintedSe
     """Open WebUI's upload: ``POST /api/blobs`` (201) then ``/api/create`` with ``files``."""
     gguf = tmp_path / f"{UPLOADED}.gguf"
     shutil.copyfile(smollm2_gguf, gguf)
-    digest = sha256(gguf)
+    digest = sha256_file(gguf)
     blob = dx_store(dx) / "blobs" / f"sha256-{digest}"
     assert not blob.exists()
     upload(browser, webui, gguf)
     assert f"{UPLOADED}:latest" in dx_names(dx)
-    assert blob.stat().st_size == gguf.stat().st_size and sha256(blob) == digest  # byte-identical
+    assert blob.stat().st_size == gguf.stat().st_size and sha256_file(blob) == digest  # byte-identical
     r = httpx.head(f"{dx.url}/api/blobs/sha256:{digest}", headers=dx.headers, timeout=60)
     assert r.status_code == 200
 
@@ -214,4 +207,4 @@ def test_delete_the_created_model_through_manage_models(webui: WebUI, browser, d
     names = dx_names(dx)
     assert f"{CREATED}:latest" not in names and f"{UPLOADED}:latest" in names and f"{AGAIN}:latest" in names, names
     assert not manifest.exists()
-    assert (dx_store(dx) / "blobs" / f"sha256-{sha256(smollm2_gguf)}").is_file()
+    assert (dx_store(dx) / "blobs" / f"sha256-{sha256_file(smollm2_gguf)}").is_file()

@@ -24,6 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dxverify.hashing import sha256_file
 from support.tools import need
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -77,11 +78,7 @@ class OCIRegistry:
     def put_blob(self, repository: str, data: bytes | Path) -> dict[str, object]:
         """Monolithic upload (POST, then PUT ?digest= with the bytes); the descriptor of the blob."""
         if isinstance(data, Path):
-            h = hashlib.sha256()
-            with open(data, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            hexd, size = h.hexdigest(), data.stat().st_size
+            hexd, size = sha256_file(data), data.stat().st_size
         else:
             hexd, size = hashlib.sha256(data).hexdigest(), len(data)
         status, headers, _ = self.request("POST", f"/v2/{repository}/blobs/uploads/")

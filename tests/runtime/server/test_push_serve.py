@@ -22,6 +22,7 @@ from support.oci_registry import OCIRegistry
 from support.serve_harness import dx_env, engine_binary, start_dx
 
 from dx.models.catalog import Store
+from dxverify.hashing import sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,7 @@ def test_push_then_a_fresh_home_pulls_it_back_byte_identical_and_it_serves(
     pulled = _dx(there / "home", "pull", name, "--insecure")
     assert pulled.returncode == 0, pulled.stderr
     entry = Store(there / "home", ollama_dir=False).get(name)
-    h = hashlib.sha256()
-    with open(entry.path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    assert h.hexdigest() == SMOL_SHA == entry.sha256
+    assert sha256_file(entry.path) == SMOL_SHA == entry.sha256
     assert entry.path.stat().st_size == smollm2_gguf.stat().st_size
     assert (entry.registry or {})["manifest_digest"] == digest
 

@@ -29,6 +29,7 @@ from support.serve_harness import DXServer, dx_env, engine_binary, start_dx
 from support.tiny_lora import write_tiny_lora
 
 from dx.models.catalog import Store
+from dxverify.hashing import sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +51,6 @@ def _dx(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Completed
     env.pop("DX_OLLAMA_REGISTRY", None)
     return subprocess.run([sys.executable, "-m", "dx", *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=300)
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _body(modelfile: str) -> list[str]:
@@ -82,7 +75,7 @@ def trip(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, oci_regis
     pulled = _dx(b, "pull", name, "--insecure")
     assert pulled.returncode == 0, pulled.stderr
     return {"tmp": tmp, "a": a, "b": b, "repo": repo, "name": name, "pushed": pushed, "pulled": pulled,
-            "lora_sha": _sha(lora), "digest": pushed.stdout.split()[0].split("@")[1]}
+            "lora_sha": sha256_file(lora), "digest": pushed.stdout.split()[0].split("@")[1]}
 
 
 def test_the_registry_holds_ollamas_layers_for_every_modelfile_part(trip: dict, oci_registry: OCIRegistry) -> None:
@@ -109,8 +102,8 @@ def test_the_pulled_model_shows_the_same_modelfile_and_has_byte_identical_blobs(
     assert f"ADAPTER sha256:{trip['lora_sha']}" in pulled.stdout and "MESSAGE assistant Madrid." in pulled.stdout
     assert _body(pulled.stdout) == _body(original.stdout), (original.stdout, pulled.stdout)
     assert f"FROM {trip['name']}" in pulled.stdout
-    blobs_a = {p.name: _sha(p) for p in (trip["a"] / "models" / "blobs").iterdir()}
-    blobs_b = {p.name: _sha(p) for p in (trip["b"] / "models" / "blobs").iterdir()}
+    blobs_a = {p.name: sha256_file(p) for p in (trip["a"] / "models" / "blobs").iterdir()}
+    blobs_b = {p.name: sha256_file(p) for p in (trip["b"] / "models" / "blobs").iterdir()}
     assert blobs_b == blobs_a == {f"sha256-{SMOL_SHA}": SMOL_SHA, f"sha256-{trip['lora_sha']}": trip["lora_sha"]}
     assert "does not use it" not in trip["pulled"].stderr, trip["pulled"].stderr  # the old note is gone
 

@@ -78,24 +78,7 @@ def run(ctx: BuildContext) -> None:
     if mfile is not None:  # --modelfile: its record (dx.models.create's shape); write_minted fills the digests
         metadata["modelfile"] = dict(mfile.record)
         metadata["modelfile_sha256"] = mfile.sha256
-    drafted = ctx.draft
-    draft_meta = None
-    if drafted is not None:
-        draft_meta = {"model": drafted.name, "source": drafted.source}
-        if drafted.license:
-            draft_meta["license"] = drafted.license
-    projected = ctx.projector
-    projector_meta = None
-    if projected is not None:
-        projector_meta = {"model": projected.name, "source": projected.source}
-        if projected.license:
-            projector_meta["license"] = projected.license
-    adapted = getattr(ctx, "adapter", None)
-    adapter_meta = None
-    if adapted is not None:
-        adapter_meta = {"model": adapted.name, "source": adapted.source}
-        if adapted.license:
-            adapter_meta["license"] = adapted.license
+    drafted, projected, adapted = ctx.draft, ctx.projector, getattr(ctx, "adapter", None)
     fd, tmp = tempfile.mkstemp(prefix=".dx-mint-", suffix=".part", dir=ctx.out_dir)
     ctx.staged = Path(tmp)  # write_output renames it; the runner removes it on failure
     # SIGTERM unwinds like Ctrl-C, so the mint's cleanup removes the partly written file.
@@ -103,14 +86,7 @@ def run(ctx: BuildContext) -> None:
         with sigterm_as_exit():
             em, file_sha256 = write_minted(
                 bundle.path, resolved.path, fd, metadata, expected_sha256=resolved.sha256, dest=Path(tmp),
-                draft=drafted.path if drafted is not None else None,
-                draft_expected_sha256=drafted.sha256 if drafted is not None else None, draft_metadata=draft_meta,
-                projector=projected.path if projected is not None else None,
-                projector_expected_sha256=projected.sha256 if projected is not None else None,
-                projector_metadata=projector_meta,
-                adapter=adapted.path if adapted is not None else None,
-                adapter_expected_sha256=adapted.sha256 if adapted is not None else None,
-                adapter_metadata=adapter_meta)
+                **_part("draft", drafted), **_part("projector", projected), **_part("adapter", adapted))
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
@@ -153,6 +129,18 @@ def _remember_verified(model: Path, digest: str) -> None:
 CHUNK = 64 << 20
 # copy_file_range cannot serve this pair of files (another filesystem, an old kernel): copy through memory.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+
+def _part(role: str, part: Any) -> dict[str, Any]:
+    """``write_minted``'s three arguments for one extra entry (draft, projector, adapter): its file, the
+    digest it must have, and the record the trailer keeps (name, source, license); none when absent."""
+    if part is None:
+        return {}
+    meta = {"model": part.name, "source": part.source}
+    if part.license:
+        meta["license"] = part.license
+    return {role: part.path, f"{role}_expected_sha256": part.sha256, f"{role}_metadata": meta}
 
 
 def write_minted(runtime: Path, model: Path, fd: int, metadata: dict[str, Any], *,

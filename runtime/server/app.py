@@ -134,12 +134,13 @@ def cap_malloc_arenas(n: int = 2) -> bool:
     two arenas). False where there is no glibc (musl, macOS): nothing to cap there.
     """
     import ctypes
-    import ctypes.util
 
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The program's own symbols, libc's among them (as dx.engine.launcher's prctl): ctypes.util's
+        # find_library would run `ldconfig -p` at every start to find the file already loaded.
+        libc = ctypes.CDLL(None)
         return bool(libc.mallopt(M_ARENA_MAX, n))
     except (OSError, AttributeError):
         return False

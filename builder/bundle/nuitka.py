@@ -62,6 +62,9 @@ NOFOLLOW = (
 )
 # A Nuitka user plugin: drops the CJK codecs, which UTF-8 mode never needs (see the file).
 TRIM_PLUGIN = Path(__file__).with_name("nuitka_trim.py")
+# A Nuitka user plugin: the onefile bootstrap execs the cached program instead of forking and
+# waiting for it, so a running executable is one process (see the file).
+EXEC_PLUGIN = Path(__file__).with_name("nuitka_exec.py")
 # From the engine directory only what serving needs travels in the bundle.
 # ggml-rpc-server: `dx worker` (DX Swarm) from the same build as llama-server.
 ENGINE_FILES = ("bin/llama-server", "bin/ggml-rpc-server", "engine.json")
@@ -187,6 +190,7 @@ def nuitka_options(*, stage: Path, out_dir: Path, output_name: str, engine: list
         "--python-flag=no_site",
         "--python-flag=isolated",
         f"--user-plugin={TRIM_PLUGIN}",
+        f"--user-plugin={EXEC_PLUGIN}",
         "--include-package=dx",  # every dx command; dxverify modules come in as dx imports them
         # json's C accelerator: Nuitka's anti-bloat leaves it out ("may slow down by using fallback
         # implementation"), and dx parses every request body (dx.server.request_json) and engine answer with it.
@@ -248,6 +252,7 @@ def bundle_key(engine_key: str, tier: str, sources: dict[str, bytes], engine: li
     part("entry", ENTRY.encode())
     part("builder", Path(__file__).read_bytes())  # this file decides the Nuitka options
     part("trim-plugin", TRIM_PLUGIN.read_bytes())
+    part("exec-plugin", EXEC_PLUGIN.read_bytes())
     part("options", json.dumps([NOFOLLOW, ENGINE_FILES, ENGINE_DATA_DIR, "include-package=dx"]).encode())
     if extra_options:
         part("extra-options", json.dumps(list(extra_options)).encode())

@@ -26,7 +26,6 @@ seconds later; ``hang_up`` closes the engine connection at once.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import select
 import socket
@@ -37,7 +36,12 @@ from typing import TYPE_CHECKING, Protocol
 from dx.errors import EngineUnavailable, EngineUnreachable
 
 if TYPE_CHECKING:
+    import http.client
+
     from dx.engine.process import Engine
+
+# http.client is imported by the functions that talk to the engine, not at start: it pulls in
+# ssl (libcrypto) and the email package, ~8 MB that an idle `dx serve` never touches.
 
 ENGINE_TIMEOUT = 900.0  # a long prefill on a slow CPU still answers well inside this
 _HOP_BY_HOP = frozenset(
@@ -86,6 +90,8 @@ def engine_request(
     starts answering, the engine connection is closed (the engine cancels the work) and
     ``ClientGone`` is raised.
     """
+    import http.client
+
     conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     headers = {**(forward or {}), "Connection": "close"}
     if with_key:
@@ -167,6 +173,8 @@ def hang_up(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse | N
 def engine_json(engine: Engine, path: str, payload: dict | None = None,
                 timeout: float = ENGINE_TIMEOUT) -> tuple[int, dict]:
     """POST JSON to the engine (GET without ``payload``) and read a JSON answer (non-streaming helpers)."""
+    import http.client
+
     body = json.dumps(payload).encode() if payload is not None else None
     conn, resp = engine_request(engine, "POST" if body is not None else "GET", path, body, timeout=timeout)
     try:
@@ -319,6 +327,8 @@ def iter_chunks(resp: http.client.HTTPResponse, client: socket.socket | None = N
     ``client``: the socket of the client the stream is for; when it hangs up between two
     chunks, ``ClientGone`` is raised at once (see ``_raw_blocks``).
     """
+    import http.client
+
     if not resp.chunked or not _has_body(resp):
         try:
             while data := resp.read1(_READ):
@@ -338,6 +348,8 @@ def iter_chunks(resp: http.client.HTTPResponse, client: socket.socket | None = N
 
 def relay(writer: ResponseWriter, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
     """Copy the engine's response to the client: status, headers, body bytes."""
+    import http.client
+
     try:
         length = resp.getheader("Content-Length")
         if length is not None:

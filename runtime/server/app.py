@@ -134,12 +134,13 @@ def cap_malloc_arenas(n: int = 2) -> bool:
     two arenas). False where there is no glibc (musl, macOS): nothing to cap there.
     """
     import ctypes
-    import ctypes.util
 
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The program's own symbols, libc's among them (as dx.engine.launcher's prctl): ctypes.util's
+        # find_library would run `ldconfig -p` at every start to find the file already loaded.
+        libc = ctypes.CDLL(None)
         return bool(libc.mallopt(M_ARENA_MAX, n))
     except (OSError, AttributeError):
         return False
@@ -187,38 +188,41 @@ def serve(opts: ServeOptions) -> None:
         if toolbox is not None:
             toolbox.close()
         raise
-    bound_host, bound_port = server.server_address[:2]
-    shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-    what = source.display_name if source is not None else "the models in the store"
-    print(f"dx: serving {what} on http://{shown_host}:{bound_port}")
-    if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
-        browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
-        print(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
-    if speculation.mode != "none":
-        print(f"dx: {speculation.describe()}")
-    if toolbox is not None:
-        print(describe_tools(toolbox))
-    if head is not None:
-        print(f"dx: split across workers {', '.join(opts.workers)} (mutual TLS, {head.secret.path})")
-    if api_key:
-        print(f"dx: API key {api_key} (in {api_key_path()}; send it as {KEY_FORMS})")
-    else:
-        print("dx: no API key required (--no-auth, loopback only)")
-    sys.stdout.flush()
 
     def _stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    # Before the "serving" line, and everything after it inside the try: whoever waits for that line
+    # (a supervisor, a test) may send SIGTERM or SIGINT at once, and dx must still close what it opened
+    # and exit with its own status (143 / 0), not die by the default action.
     signal.signal(signal.SIGTERM, _stop)
-    if source is not None and opts.preload:
-        def preload() -> None:
-            try:
-                manager.get(source.display_name)
-            except Exception as exc:  # the first request will report it in the API's shape
-                print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
-
-        threading.Thread(target=preload, name="dx-preload", daemon=True).start()
     try:
+        bound_host, bound_port = server.server_address[:2]
+        shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        what = source.display_name if source is not None else "the models in the store"
+        print(f"dx: serving {what} on http://{shown_host}:{bound_port}")
+        if app.sessions is not None:  # a browser cannot send the key: this URL logs it in (a one-time token)
+            browser_host = "localhost" if bound_host in ("0.0.0.0", "::") else shown_host
+            print(f"dx: in a browser open {app.sessions.login_url(f'http://{browser_host}:{bound_port}')}")
+        if speculation.mode != "none":
+            print(f"dx: {speculation.describe()}")
+        if toolbox is not None:
+            print(describe_tools(toolbox))
+        if head is not None:
+            print(f"dx: split across workers {', '.join(opts.workers)} (mutual TLS, {head.secret.path})")
+        if api_key:
+            print(f"dx: API key {api_key} (in {api_key_path()}; send it as {KEY_FORMS})")
+        else:
+            print("dx: no API key required (--no-auth, loopback only)")
+        sys.stdout.flush()
+        if source is not None and opts.preload:
+            def preload() -> None:
+                try:
+                    manager.get(source.display_name)
+                except Exception as exc:  # the first request will report it in the API's shape
+                    print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
+
+            threading.Thread(target=preload, name="dx-preload", daemon=True).start()
         server.serve_forever(poll_interval=3600)  # SIGTERM/SIGINT interrupt it; no idle wake-ups
     except KeyboardInterrupt:
         pass

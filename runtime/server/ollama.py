@@ -8,7 +8,6 @@ answers it; validation and the mapping of fields live in ``dx.server.ollama_wire
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from collections.abc import Callable
@@ -227,6 +226,8 @@ def _complete(
         if body["stream"]:
             _stream(req, name, resp, started, load, key, top_logprobs, infill=path == "/infill")
         else:
+            import http.client  # loaded by the engine request above (dx.engine.relay), not at start
+
             try:
                 answer = json.loads(resp.read())
             except (OSError, ValueError, http.client.HTTPException) as exc:

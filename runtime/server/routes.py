@@ -8,16 +8,15 @@ here (limits, Host/Origin checks, auth) is ``dx.server.transport``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dx import metrics
 from dx.server import (
-    mcp_http,
     ollama,
     ollama_blobs,
-    ollama_create,
     ollama_models,
     ollama_push,
     openai,
@@ -26,6 +25,19 @@ from dx.server import (
 from dx.server.wire import HTTPError
 
 Handler = Callable[[Any], None]
+
+
+def _on_first_use(module: str, attr: str) -> Handler:
+    """A handler whose module loads when its route is first asked for, not at start.
+
+    For the routes a plain server may never see (``POST /mcp``: the MCP server and its schema
+    checker; ``/api/create``: the Modelfile parser): an idle ``dx serve`` stays lighter.
+    """
+    def handler(req: Any) -> None:
+        return getattr(importlib.import_module(module), attr)(req)
+
+    handler.__qualname__ = handler.__name__ = f"{module.rsplit('.', 1)[-1]}.{attr}"
+    return handler
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",        "/api/push",            ollama_push.push),  # a store model to an OCI registry
     Route("POST DELETE", "/api/delete",          ollama_models.delete),
     Route("POST",        "/api/copy",            ollama_models.copy),
-    Route("POST",        "/api/create",          ollama_create.create),  # from + system/parameters/…, or files
+    Route("POST",        "/api/create",          _on_first_use("dx.server.ollama_create", "create")),  # from + system/parameters/…, or files
     Route("POST",        "/api/rerank",          rerank.api_rerank),  # query + documents -> scores (reranker models)
     Route("POST",        "/v1/chat/completions", openai.relay),  # byte for byte to the engine
     Route("POST",        "/v1/completions",      openai.relay),
@@ -68,8 +80,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET",         "/v1/models",           openai.models),
     Route("GET",         "/v1/models/*",         openai.model),  # * = the rest of the path (ids hold '/')
     Route("GET",         "/metrics",             metrics.serve),  # Prometheus: dx's and the engines' numbers
-    Route("POST",        "/mcp",                 mcp_http.post),  # the model as an MCP server (streamable HTTP)
-    Route("GET DELETE",  "/mcp",                 mcp_http.other),  # 405: no server stream, no sessions
+    Route("POST",        "/mcp",                 _on_first_use("dx.server.mcp_http", "post")),  # the model as an MCP server (streamable HTTP)
+    Route("GET DELETE",  "/mcp",                 _on_first_use("dx.server.mcp_http", "other")),  # 405: no server stream, no sessions
 )
 # Not in the table: any other /api/ path is 404 (405 for other methods); every other path goes
 # to the default model's engine (openai.passthrough) — public for GET/HEAD outside /api/ and /v1/

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 from dx.engine.lease import EngineLoad, engine_for
 from dx.engine.relay import engine_json
 from dx.errors import EngineError, EngineUnavailable
-from dx.mcp import audit, policy
-from dx.mcp.toolbox import Toolbox
 from dx.server import tool_calls
 from dx.server.auth import key_matches
 from dx.server.wire import HTTPError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # dx.mcp (and its urllib.request, concurrent.futures) loads only with --mcp
+    from dx.mcp.toolbox import Toolbox
     from dx.server.request import Handler as Request
 
 DEFAULT_ROUNDS = 4
@@ -46,6 +45,8 @@ def engaged(req: Request, body: dict[str, Any]) -> bool:
 
 def who(req: Request) -> str:
     """The audit log's key id: the API key's short hash, ``session`` for a browser, ``none`` without auth."""
+    from dx.mcp import audit  # lazy: only a server started with --mcp gets here
+
     key = req.app.api_key
     if key is None:
         return "none"
@@ -94,6 +95,8 @@ def handle_calls(box: Toolbox, calls: list[dict[str, Any]], client_names: set[st
     All or nothing: when one call is not DX's to run, none is run, so the client sees the model's
     whole turn and decides every call of it.
     """
+    from dx.mcp import audit, policy  # lazy: only a server started with --mcp gets here
+
     bound = []
     for call in calls:
         fn = call.get("function") or {}

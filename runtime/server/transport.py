@@ -386,7 +386,10 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
 
 def _listen(address: tuple[str, int]) -> socket.socket:
     host, port = address
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    # An ASCII name goes as bytes: a str is IDNA-encoded first, which loads the idna codec, stringprep
+    # and unicodedata (~0.5 MB) for a "127.0.0.1" that needs none of them.
+    name: str | bytes | None = (host.encode("ascii") if host.isascii() else host) if host else None
+    infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     infos.sort(key=lambda i: i[0] != socket.AF_INET)  # like the stdlib server: IPv4 first for "localhost"
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -10,7 +10,6 @@ Errors go out in each API's own shape: Ollama ``{"error": "..."}``, OpenAI
 
 from __future__ import annotations
 
-import email.utils
 import http
 import json
 import re
@@ -181,10 +180,22 @@ _SERVER = f"dx/{__version__}"
 _date_cache: list[Any] = [0, ""]
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(when: float) -> str:
+    """RFC 9110's IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), as email.utils.formatdate(usegmt=True)
+    writes it, without loading the email package at start (names fixed in English, whatever the locale)."""
+    t = time.gmtime(when)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 def _date() -> str:
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[:] = [now, email.utils.formatdate(now, usegmt=True)]
+        _date_cache[:] = [now, http_date(now)]
     return _date_cache[1]
 
 

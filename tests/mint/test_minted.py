@@ -387,3 +387,64 @@ def test_pull_in_the_executable_resumes_after_a_kill(minted_smollm2: Path, smoll
     sha = hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
     assert [p.name for p in (home / ".dx").rglob(f"sha256-{sha}") if p.parent.name == "blobs"] == [f"sha256-{sha}"]
     assert not list((home / ".dx").rglob("*.partial"))
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _serving(exe: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``exe serve`` (the embedded model, loaded at start) with SIGINT as a terminal would deliver it."""
+    import signal
+
+    proc = subprocess.Popen([str(exe), "serve", "--no-auth", "--port", "0"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith("dx: no API key"):
+            return proc
+    proc.kill()
+    raise AssertionError(f"the executable did not start serving (exit {proc.wait()})")
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 0), ("SIGKILL", -9)])
+def test_one_process_that_takes_signals_itself_and_leaves_no_engine(minted_smollm2: Path, tmp_path: Path,
+                                                                     sig: str, code: int) -> None:
+    """Issue #24: the onefile bootstrap execs the unpacked program (no idle parent), so the PID a shell,
+    systemd or this test started is dx itself: it gets the signal, exits with its own status, and its
+    engine goes with it (SIGKILL included: the parent-death signal)."""
+    import signal
+    import time
+
+    exe, home = copy_fresh(minted_smollm2, tmp_path)
+    proc = _serving(exe, fresh_env(home))
+    try:
+        assert Path(f"/proc/{proc.pid}/exe").resolve().name == "dx.bin", "the started PID is not dx itself"
+        deadline = time.monotonic() + 120
+        while not engine_pids(exe) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        engines = engine_pids(exe)
+        assert len(engines) == 1
+        kids = _children(proc.pid)
+        assert engines[0] in kids or any(engines[0] in _children(k) for k in kids)
+
+        def dx_children() -> list[int]:  # a fork on its way to exec (the engine's watchdog) is dx.bin for a moment
+            return [k for k in _children(proc.pid) if Path(f"/proc/{k}/exe").resolve().name == "dx.bin"]
+
+        deadline = time.monotonic() + 10
+        while dx_children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dx_children() == [], "a second dx process"
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=30) == code
+        deadline = time.monotonic() + 10
+        while engine_pids(exe) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine_pids(exe) == [], f"the engine outlived dx after {sig}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

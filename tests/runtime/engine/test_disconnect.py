@@ -181,6 +181,18 @@ def test_passthrough_completion_no_stream(dx: DXServer) -> None:
                       {"prompt": COUNT, "n_predict": 2000, "temperature": 1.0, "ignore_eos": True}, stream=False)
 
 
+def test_non_streamed_answers_are_cancelled_well_within_a_second(dx: DXServer) -> None:
+    """A non-streaming request waits in the engine for its whole answer and looked at its connection only once
+    a second (HTTP_POLLING_SECONDS): a client gone mid-answer kept its slot decoding for up to a second plus a
+    decode step after dx closed the engine connection (the soak run's slow slot frees, over its 1 s). The
+    engine's waiter looks every 100 ms now (patch 0004). Four hang-ups, at random points of that old second:
+    each is released within 0.4 s (+ three decode steps); with the 1 s poll all four would be ~1 in 40."""
+    cases = [("/api/generate", {"model": MODEL, "prompt": COUNT, "raw": True, "stream": False, "options": LONG}),
+             ("/v1/chat/completions", {**_OAI, "stream": False})] * 2
+    for i, (path, body) in enumerate(cases):
+        _hang_up_and_time(dx, f"no stream #{i} {path}", path, body, stream=False, allowed=0.4)
+
+
 def test_a_request_whose_client_left_while_its_engine_loaded_is_not_sent(dx: DXServer) -> None:
     """A request waits in dx while its model's engine loads (or restarts after a crash: the soak run's SIGKILLs);
     a client that leaves meanwhile must not cost a slot once the engine is up. Sent anyway, the engine would

@@ -8,6 +8,7 @@ errors here are answered by the transport in each API's own shape.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 
     from dx.engine.manager import EngineManager
     from dx.engine.process import Engine
+
+
+# dx.engine.process's words for an engine that died while loading, here by a signal (a negative status)
+_KILLED_LOADING = re.compile(r"^engine exited with status -\d+ while loading ")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,11 @@ def engine_for(  # type: ignore[no-untyped-def]
         # client gets the reason with the model's name where the file was, and no server path.
         shown = repr(model) if model else "(the served model)"
         print(f"dx: cannot load model {shown}: {exc}", file=sys.stderr, flush=True)
+        if _KILLED_LOADING.search(exc.message):
+            # killed from outside while it loaded (an operator, the OOM killer, the soak's SIGKILL): not the
+            # model's fault, and the next request starts it again, so a 503 + Retry-After as for a restart
+            raise EngineError(503, f"the engine for {shown} was stopped while loading; retry the request") \
+                from None
         raise EngineError(500, f"cannot load model {shown}: {_client_text(manager, model, exc.message)}") \
             from None
     try:

@@ -92,6 +92,10 @@ def engine_request(
     """
     import http.client
 
+    if client is not None and client_left(client):
+        # it waited for the engine (a load, a restart after a crash) and left meanwhile: sent now, the
+        # engine would take a slot for nobody until it next looks at the connection
+        raise ClientGone("the client closed its connection before the engine got the request")
     conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     headers = {**(forward or {}), "Connection": "close"}
     if with_key:
@@ -148,6 +152,22 @@ def _await_engine(conn: http.client.HTTPConnection, client: socket.socket, timeo
             poller.modify(cfd, _HUNG_UP)
         if len(events) > (1 if mask else 0):
             return  # the engine is answering (or closed: getresponse says which)
+
+
+def client_left(client: socket.socket) -> bool:
+    """Has the client hung up already? One poll, no wait (a pipelined next request is not a hang-up)."""
+    if not hasattr(select, "poll"):
+        return False
+    try:
+        cfd = client.fileno()
+    except OSError:
+        return True
+    if cfd < 0:
+        return True
+    poller = select.poll()
+    poller.register(cfd, _HUNG_UP if _POLLRDHUP else _HUNG_UP | select.POLLIN)
+    mask = dict(poller.poll(0)).get(cfd, 0)
+    return bool(mask & _HUNG_UP or (mask and _peer_closed(client)))
 
 
 def _peer_closed(sock: socket.socket) -> bool:

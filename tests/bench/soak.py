@@ -61,14 +61,12 @@ if str(TESTS) not in sys.path:
 
 from support.gguf_handcraft import Tensor, tiny_model  # noqa: E402
 from support.ollama_registry_server import FakeRegistry  # noqa: E402
-from support.serve_harness import dx_env  # noqa: E402
+from support.serve_harness import DXServer, dx_env, start_dx  # noqa: E402
 
 PARALLEL = 2
 # soak-b: a second engine with its own context (num_ctx is part of the engine key) and sampling default.
 SECOND = {"num_ctx": 1024, "temperature": 0.6}
 MODELS = ("soak-a", "soak-b")
-_URL = re.compile(r"on (http://\S+)")
-_KEY = re.compile(r"API key (\S+)")
 TMPFS_MB = 180  # SmolLM2 (94 MiB) + a pulled and an uploaded blob (8 MiB each) + headroom
 
 
@@ -142,46 +140,19 @@ def engine_slots(pid: int) -> list[dict[str, Any]] | None:
 
 
 # ----------------------------------------------------------------------------- dx
-@dataclass
-class DX:
-    proc: subprocess.Popen  # type: ignore[type-arg]
-    url: str
-    key: str
-    home: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
+def serve(exe: list[str], work: Path, engine: Path, extra_env: dict[str, str]) -> DXServer:
+    """``dx serve soak-a`` on DX_HOME ``work/home`` (the harness's one way to start a server), stdout drained."""
+    dx = start_dx(work, "--parallel", str(PARALLEL), "--max-loaded", "4", "--max-requests", "64",
+                  engine=engine, model="soak-a", timeout=120, env=extra_env, exe=exe)
+    threading.Thread(target=lambda: [None for _ in dx.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return dx
 
 
-def start_dx(exe: list[str], home: Path, engine: Path, extra_env: dict[str, str], log: Path) -> DX:
-    env = {**dx_env(home, engine), **extra_env}
-    cmd = [*exe, "serve", "soak-a", "--port", "0", "--parallel", str(PARALLEL), "--max-loaded", "4",
-           "--max-requests", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "ab"), env=env, text=True)  # noqa: SIM115
-    url = key = None
-    deadline = time.monotonic() + 120
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if (m := _URL.search(line)) and url is None:
-            url = m.group(1)
-        if m := _KEY.search(line):
-            key = m.group(1)
-        if url and key:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return DX(proc, url, key, home)
-    proc.kill()
-    raise RuntimeError(f"dx serve did not start: {log.read_text(errors='replace')[-2000:]}")
-
-
-def call(dx: DX, method: str, path: str, body: Any = None, timeout: float = 120) -> tuple[int, dict[str, str], bytes]:
+def call(dx: DXServer, method: str, path: str, body: Any = None, timeout: float = 120) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", dx.port, timeout=timeout)
     try:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {dx.key}"}
+        headers = {"Authorization": f"Bearer {dx.api_key}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         conn.request(method, path, data, headers)
@@ -206,15 +177,29 @@ class Record:
 
 @dataclass
 class Disconnect:
+    """One client that hung up mid-answer, and how long its engine slot stayed busy after."""
+
     kind: str
     marker: int
     t: float
+    path: str = ""
+    stream: bool = False
+    model: str = ""
+    phase: str = ""  # at the hang-up: streaming (a chunk read), decoding, prefill, waiting (in no slot yet)
     freed_s: float | None = None  # seconds until no engine slot held the request; None: never (within 10 s)
+    seen_held: bool = False  # a /slots poll after the hang-up still showed it processing
+    slowest_poll_s: float = 0.0  # the longest /slots round trip of the check (what the measure may be off by)
+
+    def row(self, faults: list[dict[str, Any]]) -> dict[str, Any]:
+        during = sorted({f["fault"] for f in faults if f["t0"] - 1 <= self.t + (self.freed_s or 10) and f["t"] >= self.t - 2})
+        return {"route": self.path, "stream": self.stream, "model": self.model, "phase": self.phase,
+                "freed_s": None if self.freed_s is None else round(self.freed_s, 2), "t": round(self.t, 1),
+                "seen_held": self.seen_held, "slowest_poll_s": round(self.slowest_poll_s, 2), "faults": during}
 
 
 @dataclass
 class Soak:
-    dx: DX
+    dx: DXServer
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     records: list[Record] = field(default_factory=list)
@@ -265,7 +250,7 @@ def one_request(soak: Soak, kind: str, model: str, stream: bool, abandon: bool) 
     started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", dx.port, timeout=180)
     try:
-        headers = {"Authorization": f"Bearer {dx.key}"}
+        headers = {"Authorization": f"Bearer {dx.api_key}"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -273,9 +258,10 @@ def one_request(soak: Soak, kind: str, model: str, stream: bool, abandon: bool) 
         conn.request(method, path, data, headers)
         if abandon and not stream:
             time.sleep(0.5)
+            phase = slot_phase(soak, n)
             _abort(conn)
             soak.add(Record(label, model, "abandoned", time.monotonic() - started, abandoned=True))
-            check_freed(soak, Disconnect(label, n, time.monotonic() - soak.t0))
+            check_freed(soak, Disconnect(label, n, time.monotonic() - soak.t0, path, stream, model, phase))
             return
         resp = conn.getresponse()
         status = resp.status
@@ -284,7 +270,7 @@ def one_request(soak: Soak, kind: str, model: str, stream: bool, abandon: bool) 
             resp.read1(64) if hasattr(resp, "read1") else resp.read(64)
             _abort(conn)
             soak.add(Record(label, model, "abandoned", time.monotonic() - started, abandoned=True))
-            check_freed(soak, Disconnect(label, n, time.monotonic() - soak.t0))
+            check_freed(soak, Disconnect(label, n, time.monotonic() - soak.t0, path, stream, model, "streaming"))
             return
         raw = resp.read()
         err = ""
@@ -322,19 +308,44 @@ def _stream_error(kind: str, raw: bytes) -> str:
     return ""
 
 
+def _slot_of(soak: Soak, marker: int) -> dict[str, Any] | None:
+    """The engine slot processing the request whose n_predict is ``marker``, if any (every engine's /slots)."""
+    for pid in engines_of(soak.dx.home):
+        for slot in engine_slots(pid) or []:
+            params = slot.get("params") or {}
+            if slot.get("is_processing") and params.get("n_predict") == marker:
+                return slot
+    return None
+
+
+def slot_phase(soak: Soak, marker: int) -> str:
+    """Where a request is now: decoding, prefill (in a slot, no token yet) or waiting (in no slot)."""
+    slot = _slot_of(soak, marker)
+    if slot is None:
+        return "waiting"
+    return "decoding" if (slot.get("next_token") or [{}])[0].get("n_decoded", 0) > 0 else "prefill"
+
+
+WATCH_S = 2.0  # a request still queued at the hang-up may take a slot a moment later: watched this long at least
+
+
 def check_freed(soak: Soak, d: Disconnect) -> None:
-    """Poll every engine's /slots until none is processing the request whose n_predict is d.marker."""
+    """Poll every engine's /slots until none is processing the request whose n_predict is d.marker, and
+    none has for WATCH_S since the hang-up (one that was waiting for a slot must not start decoding)."""
     start = time.monotonic()
+    free_since: float | None = None
     while time.monotonic() - start < 10:
-        held = False
-        for pid in engines_of(soak.dx.home):
-            for slot in engine_slots(pid) or []:
-                params = slot.get("params") or {}
-                if slot.get("is_processing") and params.get("n_predict") == d.marker:
-                    held = True
-        if not held:
-            d.freed_s = time.monotonic() - start
-            break
+        sent = time.monotonic()
+        held = _slot_of(soak, d.marker) is not None
+        now = time.monotonic()
+        d.slowest_poll_s = max(d.slowest_poll_s, now - sent)
+        if held:
+            d.seen_held, free_since = True, None
+        else:
+            free_since = now if free_since is None else free_since
+            if now - start >= WATCH_S:
+                d.freed_s = free_since - start
+                break
         time.sleep(0.05)
     with soak.lock:
         soak.disconnects.append(d)
@@ -399,11 +410,11 @@ def crafted_gguf(name: str, mib: int = 8) -> bytes:
     return g.build().data
 
 
-def upload(dx: DX, data: bytes, send: int | None = None, on_half: Any = None) -> int | str:
+def upload(dx: DXServer, data: bytes, send: int | None = None, on_half: Any = None) -> int | str:
     """POST /api/blobs/sha256:…; ``send``: bytes sent before the connection is cut."""
     hexd = hashlib.sha256(data).hexdigest()
     sock = socket.create_connection(("127.0.0.1", dx.port), timeout=60)
-    head = (f"POST /api/blobs/sha256:{hexd} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {dx.key}\r\n"
+    head = (f"POST /api/blobs/sha256:{hexd} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {dx.api_key}\r\n"
             f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     try:
         sock.sendall(head)
@@ -614,7 +625,7 @@ def run_soak(minutes: float, engine: Path, gguf: Path, exe: list[str] | None = N
     result: dict[str, Any] = {"disk": f"tmpfs {TMPFS_MB} MiB" if tmpfs else "RLIMIT_FSIZE on dx", "work": str(work)}
     try:
         Store(root=home, ollama_dir=False).import_file(gguf, "soak-a")
-        dx = start_dx(exe, home, engine, {"DX_OLLAMA_REGISTRY": registry.url}, log)
+        dx = serve(exe, work, engine, {"DX_OLLAMA_REGISTRY": registry.url})
         st, _h, b = call(dx, "POST", "/api/create", {"model": "soak-b", "from": "soak-a",
                                                      "parameters": SECOND, "stream": False})
         if st != 200:
@@ -662,7 +673,8 @@ def run_soak(minutes: float, engine: Path, gguf: Path, exe: list[str] | None = N
         result["orphans_after_stop"] = engines_of(home)
         result["store"] = store_check(exe, home, engine)
         # dx SIGKILLed with an engine loaded: the engine must go with it
-        dx2 = start_dx(exe, home, engine, {}, log)
+        log.replace(work / "dx-serve-1.stderr")  # the run's log, kept: the next server writes its own
+        dx2 = serve(exe, work, engine, {})
         call(dx2, "POST", "/api/generate", {"model": "soak-a", "prompt": "hi", "stream": False,
                                             "options": {"num_predict": 1}})
         before = engines_of(home)
@@ -732,12 +744,23 @@ def summarize(soak: Soak) -> dict[str, Any]:
         "fds": [samples[0][1]["fds"], samples[-1][1]["fds"]],
         "threads": [samples[0][1]["threads"], samples[-1][1]["threads"]],
         "disconnects": len(d), "freed_within_1s": sum(1 for x in d if x.freed_s is not None and x.freed_s <= 1.0),
-        "slow_frees": [(x.kind, None if x.freed_s is None else round(x.freed_s, 2)) for x in d
-                       if x.freed_s is None or x.freed_s > 1.0],
+        "slow_frees": [x.row(soak.faults) for x in d if x.freed_s is None or x.freed_s > 1.0],
+        "disconnect_cases": _disconnect_cases(d),
         "faults": soak.faults,
         "rss_series": [(round(t), round(x["rss_mib"], 1), round(x["anon_mib"], 1), x["threads"], x["fds"])
                        for t, x in samples],
     }
+
+
+def _disconnect_cases(d: list[Disconnect]) -> dict[str, list[float]]:
+    """route, stream or not, phase at the hang-up -> [count, slowest free (s; -1: never)]."""
+    out: dict[str, list[float]] = {}
+    for x in d:
+        key = f"{x.path} {'stream' if x.stream else 'no stream'}, {x.phase}"
+        n, worst = out.get(key, [0, 0.0])
+        took = -1.0 if x.freed_s is None else round(x.freed_s, 2)
+        out[key] = [n + 1, -1.0 if worst < 0 or took < 0 else max(worst, took)]
+    return dict(sorted(out.items()))
 
 
 def failures(r: dict[str, Any]) -> list[str]:
@@ -788,6 +811,8 @@ def table(r: dict[str, Any]) -> str:
     rows.append(("threads start/end", "{} / {}".format(*map(int, r.get("threads", [0, 0])))))
     rows.append(("engines at end / models loaded (/api/ps)", f"{r.get('engines_end')} / {r.get('loaded_end')}"))
     rows.append(("disconnects / slot freed within 1 s", f"{r.get('disconnects')} / {r.get('freed_within_1s')}"))
+    for k, (n, worst) in r.get("disconnect_cases", {}).items():
+        rows.append((f"  {k}", f"{int(n)}, slowest {'never' if worst < 0 else f'{worst:.2f} s'}"))
     per: dict[str, list[bool]] = {}
     for f in r.get("faults", []):
         per.setdefault(f["fault"], []).append(f["ok"])

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,13 +118,14 @@ def dx_env(home: Path, engine: Path | None) -> dict[str, str]:
 
 def start_dx(
     tmp: Path, *args: str, engine: Path | None = None, model: str | None = None, timeout: float = 60.0,
-    env: dict[str, str] | None = None, python: str = sys.executable,
+    env: dict[str, str] | None = None, python: str = sys.executable, exe: Sequence[str] | None = None,
 ) -> DXServer:
-    """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL (``python``: another venv's)."""
+    """Run ``dx serve [model] --port 0 *args`` and wait until it prints its URL (``python``: another venv's;
+    ``exe``: another dx altogether, a minted executable, instead of ``python -m dx``)."""
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     stderr_path = tmp / "dx-serve.stderr"
-    cmd = [python, "-m", "dx", "serve", *([model] if model else []), "--port", "0", *args]
+    cmd = [*(exe or (python, "-m", "dx")), "serve", *([model] if model else []), "--port", "0", *args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), env={**dx_env(home, engine), **(env or {})}, text=True,  # noqa: SIM115
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.serve_harness import DXServer, engine_binary, serve_model, start_dx
+from support.serve_harness import DXServer, engine_binary, serve_model, start_dx, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,12 @@ def _releases(dx: DXServer) -> int:
     return log.read_text(errors="replace").count("stop processing")
 
 
-def _hang_up_and_time(dx: DXServer, name: str, path: str, body: dict, stream: bool) -> None:
+def _hang_up_and_time(dx: DXServer, name: str, path: str, body: dict, stream: bool,
+                      allowed: float | None = None) -> float:
+    """Start the answer, walk away from it, and time the engine's release of its slot; returns that time.
+
+    ``allowed``: seconds (plus three decode steps) the release may take; by default IDLE_DEADLINE.
+    """
     with httpx.Client() as client:
         assert not any(s.get("is_processing") for s in _slots(dx, client)), "an earlier answer still runs"
         released = _releases(dx)
@@ -115,7 +120,7 @@ def _hang_up_and_time(dx: DXServer, name: str, path: str, body: dict, stream: bo
             time.sleep(0.5)
             assert _decoding(_slots(dx, client)), "the answer ended before the test could walk away from it"
         # a second for the engine to look at its connection, and a few decode steps: it cancels between two
-        allowed = IDLE_DEADLINE + 3 * step
+        allowed = (IDLE_DEADLINE if allowed is None else allowed) + 3 * step
         sock.close()
         closed = time.monotonic()
         while _releases(dx) == released:
@@ -130,6 +135,7 @@ def _hang_up_and_time(dx: DXServer, name: str, path: str, body: dict, stream: bo
         metrics = client.get(f"{dx.url}/metrics", headers=dx.headers, timeout=30).text
         busy = [line for line in metrics.splitlines() if "requests_processing" in line and not line.startswith("#")]
         assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in busy), busy
+    return took
 
 
 def test_generate_stream(dx: DXServer) -> None:
@@ -173,6 +179,42 @@ def test_passthrough_completion_no_stream(dx: DXServer) -> None:
     """llama.cpp's own /completion, through dx's passthrough to the default model's engine."""
     _hang_up_and_time(dx, "passthrough /completion", "/completion",
                       {"prompt": COUNT, "n_predict": 2000, "temperature": 1.0, "ignore_eos": True}, stream=False)
+
+
+def test_non_streamed_answers_are_cancelled_well_within_a_second(dx: DXServer) -> None:
+    """A non-streaming request waits in the engine for its whole answer and looked at its connection only once
+    a second (HTTP_POLLING_SECONDS): a client gone mid-answer kept its slot decoding for up to a second plus a
+    decode step after dx closed the engine connection (the soak run's slow slot frees, over its 1 s). The
+    engine's waiter looks every 100 ms now (patch 0004). Four hang-ups, at random points of that old second:
+    each is released within 0.4 s (+ three decode steps); with the 1 s poll all four would be ~1 in 40."""
+    cases = [("/api/generate", {"model": MODEL, "prompt": COUNT, "raw": True, "stream": False, "options": LONG}),
+             ("/v1/chat/completions", {**_OAI, "stream": False})] * 2
+    for i, (path, body) in enumerate(cases):
+        _hang_up_and_time(dx, f"no stream #{i} {path}", path, body, stream=False, allowed=0.4)
+
+
+def test_a_request_whose_client_left_while_its_engine_loaded_is_not_sent(dx: DXServer) -> None:
+    """A request waits in dx while its model's engine loads (or restarts after a crash: the soak run's SIGKILLs);
+    a client that leaves meanwhile must not cost a slot once the engine is up. Sent anyway, the engine would
+    decode for nobody until it next looked at the connection (up to a second: over the soak's 1 s)."""
+    with httpx.Client() as client:
+        r = client.post(f"{dx.url}/api/generate", headers=dx.headers, timeout=60, json={"model": MODEL, "keep_alive": 0})
+        assert r.status_code == 200, r.text
+        assert wait_for(lambda: not client.get(f"{dx.url}/api/ps", headers=dx.headers, timeout=30).json()["models"], 30)
+        sock = _send(dx, "/api/generate", {"model": MODEL, "prompt": COUNT, "raw": True, "stream": False,
+                                           "options": LONG})
+        time.sleep(0.2)  # dx has the request and is starting the engine for it
+        sock.close()
+        assert wait_for(lambda: _slots_answer(dx, client), 120), "the engine never came up"
+        time.sleep(1.5)  # dx has had the engine for a while: the request would be in a slot by now
+        [log] = [p for p in (dx.home / "logs").glob("engine-*.log") if "-embed" not in p.name]
+        assert "processing task" not in log.read_text(errors="replace"), "the engine got a request nobody waits for"
+        assert not any(s.get("is_processing") for s in _slots(dx, client))
+
+
+def _slots_answer(dx: DXServer, client: httpx.Client) -> bool:
+    """The engine is up (dx's /slots passthrough answers 200) and dx is not starting it any more."""
+    return client.get(f"{dx.url}/slots", headers=dx.headers, timeout=60).status_code == 200
 
 
 # ------------------------------------------------------- a stream whose next bytes are far away

@@ -120,6 +120,28 @@ def test_engine_killed_under_a_non_streaming_request_gives_503(dx: DXServer) -> 
     _chat_works(dx)
 
 
+def test_engine_killed_while_loading_gives_503_with_retry_after(dx: DXServer) -> None:
+    """An engine SIGKILLed while it loads (the soak run's fault landing on an engine dx had just started
+    again) was answered 500 "cannot load model": not the model's fault, and the next request loads it."""
+    import threading
+
+    r = httpx.post(f"{dx.url}/api/generate", json={"model": MODEL, "keep_alive": 0}, headers=dx.headers, timeout=60)
+    assert r.status_code == 200
+    assert wait_for(lambda: not dx.children(), timeout=30)
+    answer: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: answer.append(httpx.post(
+        f"{dx.url}/api/generate", headers=dx.headers, timeout=120,
+        json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 4}})))
+    worker.start()
+    assert wait_for(lambda: bool(dx.children()), timeout=30, interval=0.005), "no engine started"
+    os.kill(dx.children()[0], signal.SIGKILL)  # before it is healthy: SmolLM2 takes a second or more to load
+    worker.join(120)
+    assert answer and answer[0].status_code == 503, (answer, answer and answer[0].text)
+    assert answer[0].headers.get("Retry-After") == "1"
+    assert "retry" in answer[0].json()["error"] and "/" not in answer[0].json()["error"]
+    _chat_works(dx)
+
+
 def test_engine_dead_between_requests_is_restarted(dx: DXServer) -> None:
     pid = _engine_pid(dx)
     os.kill(pid, signal.SIGKILL)

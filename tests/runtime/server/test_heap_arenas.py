@@ -51,3 +51,33 @@ def _arenas(mode: str) -> int:
 def test_dx_serve_keeps_at_most_two_malloc_arenas() -> None:
     assert _arenas("cap") <= 2
     assert _arenas("none") > 2  # the probe does make arenas: without the cap the assertion above could fail
+
+
+MMAP_PROBE = r"""
+import ctypes, ctypes.util, sys
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "fix":
+    from dx.server.app import fix_mmap_threshold
+    assert fix_mmap_threshold()
+big = bytearray(4 << 20)
+del big  # glibc raises its mmap threshold to 4 MiB here, unless it is fixed
+held = bytearray(1 << 20)
+print(libc.mallinfo2().hblkhd >= 1 << 20)  # the megabyte is mapped (given back when freed), not heap
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
+def test_dx_serve_maps_megabyte_buffers_after_a_bigger_one_was_freed() -> None:
+    """The short soak run's heap slope: after the first big buffer freed (a pull, an upload), glibc served the next
+    megabyte buffers from the heap, which kept its high-water mark; dx serve fixes the mmap threshold."""
+    def mapped(mode: str) -> bool:
+        res = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip() == "True"
+
+    assert mapped("fix")
+    assert not mapped("none")  # glibc's dynamic threshold is what the fix turns off

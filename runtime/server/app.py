@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from dx.engine import speculative
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.manager import EngineManager
+from dx.engine.spec_auto import AutoSpec
 from dx.models.catalog import ModelResolver, Store
 from dx.models.embedded import find_embedded, model_source, verify_embedded_source
 from dx.models.source import ModelSource, verify_source
@@ -177,7 +178,8 @@ def serve(opts: ServeOptions) -> None:
     manager = EngineManager(resolver, parallel=opts.parallel, ctx=opts.ctx, default_keep_alive=default_keep,
                             max_loaded=opts.max_loaded,
                             extra_args=_with_head(flags, head) if head is not None else flags,
-                            model_args=speculative.engine_args_for(source, speculation))
+                            model_args=speculative.engine_args_for(source, speculation),
+                            spec_auto=AutoSpec() if speculation.auto else None)
     app = App(manager, resolver, api_key, opts.limits, access_log=opts.access_log,
               allowed_hosts=opts.allowed_hosts, allow_origins=opts.allow_origins)
     app.mcp, app.tool_rounds = toolbox, opts.tool_rounds

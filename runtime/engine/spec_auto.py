@@ -11,7 +11,7 @@ The pinned llama-server cannot switch speculation per request: its per-request
 and a slot drafts whenever the server has a speculative context. So the comparison
 is a short calibration when the engine loads: the same greedy prompt decoded by an
 engine started with the draft and by one started without, the engine's own
-``timings.predicted_per_second`` compared (median of ``runs``), and the engine that
+``timings.predicted_per_second`` compared (median of ``runs`` different prompts), and the engine that
 won is the one that serves. The decision is re-checked when it is older than
 ``recheck`` seconds: at the next load, or by the reaper while the model is idle, so
 the cost (two engine starts and a few short answers) is bounded to once per
@@ -36,7 +36,11 @@ from dxverify.errors import DXError
 MARGIN = 0.05
 RECHECK = 3600.0  # seconds a decision stands before it is measured again
 IDLE_BEFORE_RECHECK = 30.0  # the reaper re-measures only a model idle this long
-CALIBRATION_PROMPT = "Write a short story about a robot who learns to paint."
+#: one prompt per run, each different: n-gram speculation remembers earlier answers, and a repeated prompt
+#: would be drafted from the last run's answer (acceptance 1.00 on the second run, a win no user would see)
+CALIBRATION_PROMPTS = ("Write a short story about a robot who learns to paint.",
+                       "Explain how a bicycle works, step by step.",
+                       "List ten fruits and one fact about each.")
 CALIBRATION_TOKENS = 64
 CALIBRATION_RUNS = 2
 
@@ -127,11 +131,11 @@ def _chat(engine: Any, prompt: str, tokens: int, timeout: float) -> dict[str, An
         conn.close()
 
 
-def measure(engine: Any, *, prompt: str = CALIBRATION_PROMPT, tokens: int = CALIBRATION_TOKENS,
+def measure(engine: Any, *, prompts: Sequence[str] = CALIBRATION_PROMPTS, tokens: int = CALIBRATION_TOKENS,
             runs: int = CALIBRATION_RUNS, timeout: float = 300.0) -> Rates:
-    """Decode the calibration prompt ``runs`` times after a short warm-up: median tokens/s, drafts summed."""
+    """Decode ``runs`` of the calibration prompts after a short warm-up: median tokens/s, drafts summed."""
     _chat(engine, "Hi", 4, timeout)  # first-request costs (graph build, caches) out of the figures
-    rows = [_chat(engine, prompt, tokens, timeout) for _ in range(max(1, runs))]
+    rows = [_chat(engine, prompts[i % len(prompts)], tokens, timeout) for i in range(max(1, runs))]
     return Rates(
         decode_tps=statistics.median(float(r.get("predicted_per_second") or 0.0) for r in rows),
         tokens=int(statistics.median(int(r.get("predicted_n") or 0) for r in rows)),
@@ -146,7 +150,7 @@ class AutoSpec:
 
     recheck: float = RECHECK
     margin: float = MARGIN
-    prompt: str = CALIBRATION_PROMPT
+    prompts: tuple[str, ...] = CALIBRATION_PROMPTS
     tokens: int = CALIBRATION_TOKENS
     runs: int = CALIBRATION_RUNS
 
@@ -162,7 +166,7 @@ class AutoSpec:
         except DXError as e:  # a draft the engine cannot run: serve without it, and say why
             return start(()), failed(f"the speculating engine did not start: {e.message}")
         try:
-            on = measure(engine, prompt=self.prompt, tokens=self.tokens, runs=self.runs)
+            on = measure(engine, prompts=self.prompts, tokens=self.tokens, runs=self.runs)
         except (OSError, ValueError, http.client.HTTPException) as e:
             on = None
             why = f"the speculating engine could not be measured: {e}"
@@ -172,7 +176,7 @@ class AutoSpec:
         if on is None:
             return plain, failed(why)
         try:
-            off = measure(plain, prompt=self.prompt, tokens=self.tokens, runs=self.runs)
+            off = measure(plain, prompts=self.prompts, tokens=self.tokens, runs=self.runs)
         except (OSError, ValueError, http.client.HTTPException) as e:
             return plain, failed(f"plain decoding could not be measured: {e}")
         decision = decide(on, off, margin=self.margin)

@@ -215,7 +215,12 @@ def serve(opts: ServeOptions) -> None:
     if source is not None and opts.preload:
         def preload() -> None:
             try:
-                manager.get(source.display_name)
+                engine = manager.get(source.display_name)
+                spec = next((lm.speculation for lm in manager.loaded() if lm.engine is engine), None)
+                if spec and spec.get("mode") == "auto":  # --spec auto decided at this load: say what and why
+                    print(f"dx: --spec auto: speculation {'on' if spec['speculating'] else 'off'}, {spec['reason']} "
+                          f"({spec['decode_tps_on']} vs {spec['decode_tps_off']} tok/s; re-checked hourly)",
+                          flush=True)
             except Exception as exc:  # the first request will report it in the API's shape
                 print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
 

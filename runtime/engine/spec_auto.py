@@ -43,6 +43,10 @@ CALIBRATION_PROMPTS = ("Write a short story about a robot who learns to paint.",
                        "List ten fruits and one fact about each.")
 CALIBRATION_TOKENS = 64
 CALIBRATION_RUNS = 2
+#: seconds one calibration answer may take; past it the side is "not measured" and plain decoding serves
+#: (a loaded machine must not hold a model's load for minutes: on a 2-core box at load 20 a speculating
+#: SmolLM2 decoded 0.2 tok/s)
+CALIBRATION_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class AutoSpec:
     prompts: tuple[str, ...] = CALIBRATION_PROMPTS
     tokens: int = CALIBRATION_TOKENS
     runs: int = CALIBRATION_RUNS
+    timeout: float = CALIBRATION_TIMEOUT
 
     def calibrate(self, start: Callable[[Sequence[str]], Any], spec_args: Sequence[str]) -> tuple[Any, Decision]:
         """Start an engine with ``spec_args`` and one without, time both, keep the winner running.
@@ -166,7 +171,7 @@ class AutoSpec:
         except DXError as e:  # a draft the engine cannot run: serve without it, and say why
             return start(()), failed(f"the speculating engine did not start: {e.message}")
         try:
-            on = measure(engine, prompts=self.prompts, tokens=self.tokens, runs=self.runs)
+            on = measure(engine, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
         except (OSError, ValueError, http.client.HTTPException) as e:
             on = None
             why = f"the speculating engine could not be measured: {e}"
@@ -176,7 +181,7 @@ class AutoSpec:
         if on is None:
             return plain, failed(why)
         try:
-            off = measure(plain, prompts=self.prompts, tokens=self.tokens, runs=self.runs)
+            off = measure(plain, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
         except (OSError, ValueError, http.client.HTTPException) as e:
             return plain, failed(f"plain decoding could not be measured: {e}")
         decision = decide(on, off, margin=self.margin)

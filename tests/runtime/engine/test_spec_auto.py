@@ -102,6 +102,23 @@ def test_calibration_keeps_the_engine_that_won(monkeypatch: pytest.MonkeyPatch, 
     assert log == (expected if kept == "plain" else [*expected, "stop plain", "start --spec"])
 
 
+def test_a_side_that_cannot_be_measured_leaves_plain_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A speculating engine that times out (a loaded machine) costs its start, and plain decoding serves."""
+    import dx.engine.spec_auto as spec_auto
+
+    def slow(engine: _Engine, **_: object) -> Rates:
+        if engine.args:
+            raise TimeoutError("timed out")
+        return Rates(90.0)
+
+    log: list[str] = []
+    monkeypatch.setattr(spec_auto, "measure", slow)
+    engine, decision = AutoSpec().calibrate(lambda args: _Engine(tuple(args), log), ["--spec"])
+    assert engine.args == () and not decision.speculate and decision.on_tps == 0.0
+    assert decision.reason == "the speculating engine could not be measured: timed out"
+    assert log == ["start --spec", "stop --spec", "start plain"]
+
+
 # ------------------------------------------------------------------ the real engine, a real pair
 def _value(metrics: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())

@@ -147,7 +147,9 @@ def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRe
         spec: dict[str, Any] = ps["models"][0]["dx_speculation"]
         assert spec["mode"] == "auto" and spec["speculating"] is False, spec
         # it measured both sides, and turned speculation off because the draft was not faster by the margin
-        assert spec["decode_tps_on"] > 0 and spec["decode_tps_off"] > 0, spec
+        # (on a machine so loaded that a calibration answer takes over AutoSpec.timeout, the reason says
+        # "could not be measured: timed out" and plain decoding serves: safe, but not what this test checks)
+        assert spec["decode_tps_on"] > 0 and spec["decode_tps_off"] > 0, spec["reason"]
         assert spec["ratio"] == pytest.approx(spec["decode_tps_on"] / spec["decode_tps_off"], abs=0.002)
         assert spec["ratio"] < 1.05 and spec["acceptance"] is not None and spec["acceptance"] > 0.5, spec
         assert f"{spec['ratio']:.2f}x of plain decoding" in spec["reason"], spec

@@ -36,6 +36,12 @@ rewrite. Why the pair loses here: the draft is the target's own size in Q4_1 (13
 CPU thread is compute-bound, so a 4-token verification is far from one decode's cost
 (a 15-30 token prompt ran at 2.7x decode's tok/s, at load 8 at 1x). Speculation pays
 with a much smaller draft and a bandwidth-bound target (a larger model, a GPU).
+
+With auto (2026-12-07, same machine at load 17-20 from other jobs, -t 1, --runs 2 --tokens 96):
+pair off 13.6 / forced on 6.3 (0.46x, acceptance 0.89) / auto 13.6 decode tok/s (1.00x; wall 0.99x):
+auto measured 0.47x at load and serves without the draft; ngram off 11.9 / on 12.1 (1.02x) / auto
+11.0 (0.93x): that run's calibration repeated one prompt, which n-grams draft from the last answer
+(1.12x, acceptance 1.00), so auto kept them; calibration now uses a different prompt per run.
 """
 
 from __future__ import annotations

@@ -128,6 +128,38 @@ def _value(metrics: str, name: str, **labels: str) -> float:
 
 
 @pytest.mark.integration
+def test_manager_calibrates_a_losing_pair_off(request: pytest.FixtureRequest, smollm2_gguf: Path,
+                                              tmp_path: Path) -> None:
+    """DX's EngineManager with AutoSpec, the real engine and SmolLM2 drafting for itself: measured, turned off.
+
+    One engine thread and 32-token answers keep the calibration inside its timeout on a shared machine."""
+    from dx.engine.manager import EngineManager
+    from dx.engine.speculative import Speculation
+
+    source = ModelSource(smollm2_gguf)
+    spec_args = Speculation("draft", ModelSource(smollm2_gguf)).engine_args()
+    manager = EngineManager(lambda _name: source, binary=engine_binary(request), log_dir=tmp_path, parallel=1,
+                            ctx=1024, extra_args=["-t", "1"], model_args=lambda _s, _p: spec_args,
+                            spec_auto=AutoSpec(tokens=32, timeout=300.0))
+    try:
+        engine = manager.get(MODEL)
+        (loaded,) = [lm for lm in manager.loaded() if lm.engine is engine]
+        spec = loaded.speculation
+        assert spec is not None and spec["mode"] == "auto", spec
+        # both sides measured, and speculation off because the draft was not faster by the margin
+        assert spec["decode_tps_on"] > 0 and spec["decode_tps_off"] > 0, spec["reason"]
+        assert spec["ratio"] == pytest.approx(spec["decode_tps_on"] / spec["decode_tps_off"], abs=0.002)
+        assert spec["speculating"] is (spec["ratio"] >= 1.05), spec
+        assert spec["speculating"] is False, spec  # a draft as big as its target never wins on a CPU
+        assert spec["acceptance"] is not None and spec["acceptance"] > 0.5, spec  # it did draft, and well
+        assert f"{spec['ratio']:.2f}x of plain decoding" in spec["reason"], spec
+        argv = Path(f"/proc/{engine.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--spec-type" not in argv, argv  # the engine kept is the plain one
+    finally:
+        manager.close()
+
+
+@pytest.mark.integration
 def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRequest, smollm2_gguf: Path,
                                                         tmp_path: Path) -> None:
     from dx.models.catalog import Store
@@ -145,14 +177,10 @@ def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRe
 
         ps = httpx.get(f"{server.url}/api/ps", headers=server.headers, timeout=30).json()
         spec: dict[str, Any] = ps["models"][0]["dx_speculation"]
+        # off, measured (test_manager_calibrates_a_losing_pair_off checks the rates themselves), or, on a
+        # machine so loaded that a calibration answer takes over AutoSpec.timeout, not measured: off too
         assert spec["mode"] == "auto" and spec["speculating"] is False, spec
-        # it measured both sides, and turned speculation off because the draft was not faster by the margin
-        # (on a machine so loaded that a calibration answer takes over AutoSpec.timeout, the reason says
-        # "could not be measured: timed out" and plain decoding serves: safe, but not what this test checks)
-        assert spec["decode_tps_on"] > 0 and spec["decode_tps_off"] > 0, spec["reason"]
-        assert spec["ratio"] == pytest.approx(spec["decode_tps_on"] / spec["decode_tps_off"], abs=0.002)
-        assert spec["ratio"] < 1.05 and spec["acceptance"] is not None and spec["acceptance"] > 0.5, spec
-        assert f"{spec['ratio']:.2f}x of plain decoding" in spec["reason"], spec
+        assert ("of plain decoding" in spec["reason"]) or ("could not be measured" in spec["reason"]), spec
 
         (pid,) = server.children()  # the engine serving is the plain one: the calibration's others are gone
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -187,9 +187,10 @@ def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRe
         assert b"--spec-type" not in argv and b"--spec-draft-model" not in argv, argv
 
         metrics = httpx.get(f"{server.url}/metrics", headers=server.headers, timeout=30).text
-        assert _value(metrics, "dx_speculation_active", model=MODEL) == 0
-        assert _value(metrics, "dx_speculation_speedup", model=MODEL) == pytest.approx(spec["ratio"])
-        assert _value(metrics, "dx_speculation_decode_tokens_per_second", model=MODEL, speculation="off") == \
+        name = ps["models"][0]["name"]  # smollm2:latest
+        assert _value(metrics, "dx_speculation_active", model=name) == 0
+        assert _value(metrics, "dx_speculation_speedup", model=name) == pytest.approx(spec["ratio"])
+        assert _value(metrics, "dx_speculation_decode_tokens_per_second", model=name, speculation="off") == \
             pytest.approx(spec["decode_tps_off"])
 
         env = {**{k: v for k, v in os.environ.items() if k != "DX_HOST"}, "DX_HOME": str(server.home),

@@ -440,6 +440,24 @@ def exposition(families: Iterable[_Family]) -> list[str]:
     return out
 
 
+def _speculation_lines(loaded: Sequence[Any]) -> list[str]:
+    """Whether each model's engine speculates now, and (``--spec auto``) what it measured to decide so."""
+    rows = [(lm.name, lm.speculation) for lm in loaded
+            if lm.purpose == "generate" and getattr(lm, "speculation", None)]
+    lines = _gauge_lines("dx_speculation_active", "The model's engine decodes speculatively now (1) or not (0): "
+                         "forced by --spec, or chosen by --spec auto from its measurement",
+                         [(m, 1.0 if s.get("speculating") else 0.0) for m, s in rows])
+    measured = [(m, s) for m, s in rows if s.get("mode") == "auto"]
+    lines += _gauge_lines("dx_speculation_speedup", "--spec auto's last measurement: decode tokens/s with "
+                          "speculation over without (kept only where it wins)",
+                          [(m, float(s.get("ratio") or 0.0)) for m, s in measured])
+    lines += _gauge_lines("dx_speculation_decode_tokens_per_second", "--spec auto's last measurement: decode "
+                          "tokens/s of each side", [], "")
+    lines += [f'dx_speculation_decode_tokens_per_second{{model="{_escape_label(m)}",speculation="{side}"}} '
+              f'{fmt(float(s.get(f"decode_tps_{side}") or 0.0))}' for m, s in measured for side in ("on", "off")]
+    return lines
+
+
 def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     """The whole exposition: dx's families, the loaded engines' gauges, then their ``llamacpp:*`` samples."""
 
@@ -475,6 +493,7 @@ def render(app: Any, timeout: float = ENGINE_TIMEOUT) -> str:
     lines += ["# HELP dx_engine_leases Requests holding the model's engine now", "# TYPE dx_engine_leases gauge"]
     lines += [f'dx_engine_leases{{model="{_escape_label(lm.name)}",purpose="{_escape_label(lm.purpose)}"}} '
               f"{lm.in_use}" for lm in loaded]
+    lines += _speculation_lines(loaded)
     lines += exposition(REGISTRY)
     for name, key, help_text in _SLOT_GAUGES:
         lines += _gauge_lines(name, help_text, [(m, nums[key]) for m, nums in slot_rows])

@@ -420,6 +420,18 @@ def _blob_digest(store: Any, value: str, folder: Any, what: str, say: Any, names
     raise ConfigurationError(f"{what} {value}: no such file", hint="give the LoRA GGUF's path or sha256:DIGEST")
 
 
+def speculation_summary(spec: dict[str, Any]) -> str:
+    """One line for /api/ps's ``dx_speculation``: on or off, and the measurement behind ``--spec auto``."""
+    state = "on" if spec.get("speculating") else "off"
+    if spec.get("mode") != "auto":
+        return f"{state} (forced)"
+    acc = spec.get("acceptance")
+    acc_text = f", acceptance {float(acc):.2f}" if isinstance(acc, (int, float)) else ""
+    return (f"{state} (auto: {float(spec.get('ratio') or 0):.2f}x of plain decoding, "
+            f"{float(spec.get('decode_tps_on') or 0):.1f} vs {float(spec.get('decode_tps_off') or 0):.1f} tok/s"
+            f"{acc_text}, measured {spec.get('measured_at', '?')})")
+
+
 @click.command("ps")
 @host_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -451,6 +463,9 @@ def ps_cmd(host: str | None, as_json: bool) -> None:
         rows.append([str(m.get("name", "")), str(m.get("digest", ""))[:12], human_size(int(m.get("size") or 0)),
                      "100% GPU" if vram and vram >= (m.get("size") or 0) else "100% CPU",
                      str(m.get("expires_at") or "-")])
+        spec = m.get("dx_speculation")
+        if isinstance(spec, dict):  # dx serve with a draft: what speculates, and (--spec auto) why
+            rows.append(["  speculation", speculation_summary(spec), "", "", ""])
         for w in m.get("dx_workers") or []:  # dx serve --workers: the layers each machine holds
             rows.append([f"  {w.get('worker')}", "", f"{float(w.get('model_mib') or 0):.0f} MiB",
                          f"{w.get('layers')} layers", ""])

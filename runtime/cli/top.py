@@ -96,6 +96,8 @@ class ModelRow:
     tokens_per_s: float
     drafted: float  # speculative draft tokens so far (llamacpp:spec_decode_num_draft_tokens_total)
     accepted: float
+    spec_active: float | None = None  # dx_speculation_active: None when the model has no speculation
+    spec_speedup: float | None = None  # dx_speculation_speedup: --spec auto's measured on/off ratio
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def _model_rows(new: Metrics, prev: Metrics | None, dt: float) -> Iterable[Model
             tokens_per_s=rate,
             drafted=one("llamacpp:spec_decode_num_draft_tokens_total") or 0.0,
             accepted=one("llamacpp:spec_decode_num_accepted_tokens_total") or 0.0,
+            spec_active=one("dx_speculation_active"), spec_speedup=one("dx_speculation_speedup"),
         )
 
 
@@ -260,9 +263,13 @@ def _kv(row: ModelRow) -> str:
 
 
 def _accept(row: ModelRow) -> str:
+    """Speculation: on/off, --spec auto's measured ratio, then the acceptance of the drafts so far."""
+    state = "" if row.spec_active is None else ("on" if row.spec_active else "off")
+    if state and row.spec_speedup is not None:
+        state += f" (auto {row.spec_speedup:.2f}x)"
     if row.drafted <= 0:  # no draft tokens yet: speculation off, or no answer finished since the engine started
-        return "-"
-    return f"{100 * row.accepted / row.drafted:.0f}% of {int(row.drafted)}"
+        return state or "-"
+    return f"{state + ' ' if state else ''}{100 * row.accepted / row.drafted:.0f}% of {int(row.drafted)}"
 
 
 def render(view: View, width: int = 100, spark_chars: str = SPARK_UNICODE, clock: str = "") -> list[str]:
@@ -294,7 +301,7 @@ def render(view: View, width: int = 100, spark_chars: str = SPARK_UNICODE, clock
     lines.append(f"errors  4xx {int(view.errors_4xx)}   5xx {int(view.errors_5xx)}   refused busy {int(view.rejected)}"
                  f"   auth failures {int(view.auth_failures)}   engine scrape misses {int(view.scrape_failures)}")
     lines.append("")
-    rows = [("MODEL", "SLOTS", "KV CACHE", "TOK/S", "SPEC ACCEPT")]
+    rows = [("MODEL", "SLOTS", "KV CACHE", "TOK/S", "SPECULATION")]
     rows += [(r.name, _slots(r), _kv(r), f"{r.tokens_per_s:.1f}", _accept(r)) for r in view.models]
     if len(rows) == 1:
         rows.append(("(no model loaded)", "", "", "", ""))

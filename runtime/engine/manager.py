@@ -42,6 +42,7 @@ from dx.engine.process import (
     GENERATE,
     Engine,
 )
+from dx.engine.spec_auto import IDLE_BEFORE_RECHECK, AutoSpec, Decision, stale
 from dx.models.adapters import adapter_key
 from dx.models.defaults import ModelDefaults, for_source
 from dx.models.source import ModelSource
@@ -61,6 +62,7 @@ class LoadedModel:
     restarts: int
     purpose: str = GENERATE
     engine: Engine | None = field(default=None, repr=False, compare=False)
+    speculation: dict | None = None  # --spec auto's decision and its numbers, or {"mode": "forced"}; None: none
 
 
 @dataclass
@@ -80,6 +82,8 @@ class _Slot:
     failure_log: Path | None = None
     unload_reason: str = ""  # an unload asked while answers were in flight: done when the last ends
     unload_since: float = 0.0
+    spec_decision: Decision | None = None  # --spec auto: measured at load, re-checked after AutoSpec.recheck
+    speculating: bool = False  # the running engine was started with speculation
 
 
 UNLOAD_GRACE = 900.0  # seconds an asked-for unload waits for answers in flight (the engine's own request timeout)
@@ -132,6 +136,7 @@ class EngineManager:
         reap_interval: float = 1.0,
         extra_args: Sequence[str] | Callable[[str], Sequence[str]] = (),
         model_args: Callable[[ModelSource, str], Sequence[str]] | None = None,
+        spec_auto: AutoSpec | None = None,
     ) -> None:
         self._resolve = resolve
         self._binary = binary
@@ -144,6 +149,8 @@ class EngineManager:
         self._extra_args = extra_args if callable(extra_args) else tuple(extra_args)
         # asked at every (re)start with the model and purpose (dx.engine.speculative: the draft for its target only)
         self._model_args = model_args
+        # --spec auto: model_args' speculation is used only where it measured faster (dx.engine.spec_auto)
+        self._spec_auto = spec_auto
         self._slots: dict[tuple[str | int, ...], _Slot] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -229,18 +236,32 @@ class EngineManager:
                 slot.restarts += 1
                 metrics.ENGINE_RESTARTS.inc(slot.source.display_name, slot.purpose)
             self._check_backoff(slot)
-            slot.engine = Engine.start(
-                slot.source,
-                ctx=want_ctx,
-                parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,  # embed, rerank
-                binary=self._binary,
-                log_dir=self._log_dir,
-                extra_args=[*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args),
-                            *(self._model_args(slot.source, slot.purpose) if self._model_args else ())],
-                purpose=slot.purpose,
-                load_args=want_args,
-            )
-            metrics.ENGINE_STARTS.inc(slot.source.display_name, slot.purpose)
+            base = [*(self._extra_args(slot.purpose) if callable(self._extra_args) else self._extra_args)]
+            spec_args = list(self._model_args(slot.source, slot.purpose) if self._model_args else ())
+
+            def start(spec: Sequence[str]) -> Engine:
+                engine = Engine.start(
+                    slot.source,
+                    ctx=want_ctx,
+                    parallel=self._parallel if slot.purpose == GENERATE else EMBED_PARALLEL,  # embed, rerank
+                    binary=self._binary,
+                    log_dir=self._log_dir,
+                    extra_args=[*base, *spec],
+                    purpose=slot.purpose,
+                    load_args=want_args,
+                )
+                metrics.ENGINE_STARTS.inc(slot.source.display_name, slot.purpose)
+                return engine
+
+            auto = self._spec_auto
+            if auto is None or not spec_args:
+                slot.engine, slot.speculating = start(spec_args), bool(spec_args)
+            elif stale(slot.spec_decision, time.time(), auto.recheck):
+                slot.engine, slot.spec_decision = auto.calibrate(start, spec_args)
+                slot.speculating = slot.spec_decision.speculate
+            else:
+                slot.speculating = slot.spec_decision is not None and slot.spec_decision.speculate
+                slot.engine = start(spec_args if slot.speculating else ())
             return slot.engine
 
     def _note_crash(self, slot: _Slot, engine: Engine) -> None:
@@ -332,7 +353,7 @@ class EngineManager:
                 LoadedModel(
                     name=slot.source.display_name, source=slot.source, pid=engine.pid, url=engine.url,
                     ctx=engine.ctx, expires_at=expires, in_use=slot.in_use, restarts=slot.restarts,
-                    purpose=slot.purpose, engine=engine,
+                    purpose=slot.purpose, engine=engine, speculation=_speculation(slot),
                 )
             )
         return out
@@ -360,10 +381,31 @@ class EngineManager:
                     continue
                 if slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive:
                     self._reap_slot(slot)
+                elif self._recheck_due(slot, now):
+                    with contextlib.suppress(DXError):
+                        self._recheck(slot)
                 elif not engine.alive() and not engine.stopping and slot.failed_until <= now:
                     # died while idle: bring it back so the next request does not wait
                     with contextlib.suppress(DXError):
                         self._ensure_running(slot, None)
+
+    def _recheck_due(self, slot: _Slot, now: float) -> bool:
+        """--spec auto's decision is old and the model has been idle a while: measure again now."""
+        auto = self._spec_auto
+        return (auto is not None and slot.spec_decision is not None and slot.engine is not None
+                and now - slot.last_used >= IDLE_BEFORE_RECHECK
+                and stale(slot.spec_decision, time.time(), auto.recheck))
+
+    def _recheck(self, slot: _Slot) -> None:
+        """Restart the idle engine through a fresh calibration; a request arriving meanwhile waits for it."""
+        with slot.lock:
+            with self._lock:
+                if slot.in_use or slot.engine is None:
+                    return
+            engine, slot.engine = slot.engine, None
+            engine.stop()
+        # outside the lock (not reentrant); a request that came first has calibrated already
+        self._ensure_running(slot, engine.ctx, engine.load_args)
 
     def close(self) -> None:
         """Stop every engine (on shutdown)."""
@@ -373,6 +415,15 @@ class EngineManager:
             slots = list(self._slots.values())
         for slot in slots:
             self._unload_slot(slot, "shutdown")
+
+
+def _speculation(slot: _Slot) -> dict | None:
+    """What /api/ps and /metrics show about a slot's speculation."""
+    if slot.spec_decision is not None:
+        return {**slot.spec_decision.as_json(), "speculating": slot.speculating}
+    if slot.speculating:
+        return {"mode": "forced", "speculating": True}
+    return None
 
 
 def _for_purpose(args: tuple[str, ...], purpose: str) -> tuple[str, ...]:

@@ -33,7 +33,9 @@ from dxverify.errors import ConfigurationError
 if TYPE_CHECKING:
     from dx.models.source import ModelSource
 
-MODES = ("none", "draft", "ngram")
+#: ``auto`` (the default with a draft): speculate only where it measures faster (dx.engine.spec_auto);
+#: ``on`` forces the draft (or n-grams without one), ``off``/``none`` turn it off, ``draft``/``ngram`` force that kind
+MODES = ("auto", "on", "off", "none", "draft", "ngram")
 #: DX's mode -> (the engine's --spec-type, its n-max flag, its n-min flag), from the pinned common/arg.cpp
 ENGINE_FLAGS = {
     "draft": ("draft-simple", "--spec-draft-n-max", "--spec-draft-n-min"),
@@ -49,6 +51,7 @@ class Speculation:
     draft: ModelSource | None = None
     n_max: int | None = None
     n_min: int | None = None
+    auto: bool = False  # measured at load (and re-checked) against no speculation; kept only where it wins
 
     def engine_args(self) -> list[str]:
         """The llama-server arguments for this plan (none for ``none``)."""
@@ -67,6 +70,9 @@ class Speculation:
     def describe(self) -> str:
         """One line for the console: what speculates."""
         if self.mode == "draft" and self.draft is not None:
+            if self.auto:
+                return (f"speculative decoding with draft {self.draft.display_name} where it measures faster "
+                        "(--spec auto: timed with and without it at load; --spec on forces it)")
             return f"speculative decoding with draft {self.draft.display_name}"
         if self.mode == "ngram":
             return "speculative decoding from n-grams of the text (no draft model)"
@@ -79,16 +85,23 @@ def plan(
 ) -> Speculation:
     """Decide the speculation from the options: pure, so every combination is unit-tested.
 
-    ``mode`` None means the default: ``draft`` when a draft is given or the target is
-    a minted executable's model that carries one (``embedded_draft``), else ``none``.
+    ``mode`` None means the default, ``auto``: the draft given or the one a minted executable's
+    model carries (``embedded_draft``), used only where it measures faster; without a draft,
+    no speculation (n-grams only when forced with ``ngram``). ``on`` forces the draft, or
+    n-grams when there is none; ``off`` is ``none``.
     """
     if mode is not None and mode not in MODES:
         raise ConfigurationError(f"--spec {mode!r} is not one of {', '.join(MODES)}")
     if n_max is not None and n_min is not None and n_min > n_max:
         raise ConfigurationError(f"--draft-min {n_min} is larger than --draft-max {n_max}",
                                  hint="the engine drafts between --draft-min and --draft-max tokens")
-    if mode is None:
+    auto = mode in (None, "auto")
+    if auto:
         mode = "draft" if draft is not None or embedded_draft is not None else "none"
+    elif mode == "on":
+        mode = "draft" if draft is not None or embedded_draft is not None else "ngram"
+    elif mode == "off":
+        mode = "none"
     if mode == "none":
         if draft is not None:
             raise ConfigurationError("--spec none and --draft contradict each other", hint="drop one of them")
@@ -102,7 +115,7 @@ def plan(
     if chosen is None:
         raise ConfigurationError("--spec draft needs a draft model",
                                  hint="give --draft DRAFT: a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf")
-    return Speculation("draft", chosen, n_max, n_min)
+    return Speculation("draft", chosen, n_max, n_min, auto=auto)
 
 
 def embedded_draft_for(target: ModelSource | None) -> ModelSource | None:
@@ -187,8 +200,10 @@ def options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Draft model for speculative decoding (a store name, a GGUF path or "
                           "hf:OWNER/REPO/FILE.gguf); it must share the model's vocabulary."),
         click.option("--spec", "spec", default=None, type=click.Choice(MODES),
-                     help="Speculative decoding: draft (a draft model), ngram (n-grams of the text, no "
-                          "second model) or none  [default: draft with --draft or an embedded draft, else none]."),
+                     help="Speculative decoding: auto (the draft only where it measures faster: timed with "
+                          "and without it at load, re-checked hourly), on (forced: the draft, else n-grams), "
+                          "draft, ngram (n-grams of the text, no second model), off or none  [default: auto "
+                          "with --draft or an embedded draft, else off]."),
         click.option("--draft-max", "draft_max", default=None, type=click.IntRange(0, 1024),
                      help="Most tokens drafted per step (engine default: 3 with a draft, 64 ngram)."),
         click.option("--draft-min", "draft_min", default=None, type=click.IntRange(0, 1024),

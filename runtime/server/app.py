@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from dx.engine import speculative
 from dx.engine.keep_alive import parse_keep_alive
 from dx.engine.manager import EngineManager
+from dx.engine.spec_auto import AutoSpec
 from dx.models.catalog import ModelResolver, Store
 from dx.models.embedded import find_embedded, model_source, verify_embedded_source
 from dx.models.source import ModelSource, verify_source
@@ -202,7 +203,8 @@ def serve(opts: ServeOptions) -> None:
     manager = EngineManager(resolver, parallel=opts.parallel, ctx=opts.ctx, default_keep_alive=default_keep,
                             max_loaded=opts.max_loaded,
                             extra_args=_with_head(flags, head) if head is not None else flags,
-                            model_args=speculative.engine_args_for(source, speculation))
+                            model_args=speculative.engine_args_for(source, speculation),
+                            spec_auto=AutoSpec() if speculation.auto else None)
     app = App(manager, resolver, api_key, opts.limits, access_log=opts.access_log,
               allowed_hosts=opts.allowed_hosts, allow_origins=opts.allow_origins)
     app.mcp, app.tool_rounds = toolbox, opts.tool_rounds
@@ -242,7 +244,12 @@ def serve(opts: ServeOptions) -> None:
         if source is not None and opts.preload:
             def preload() -> None:
                 try:
-                    manager.get(source.display_name)
+                    engine = manager.get(source.display_name)
+                    spec = next((lm.speculation for lm in manager.loaded() if lm.engine is engine), None)
+                    if spec and spec.get("mode") == "auto":  # --spec auto decided at this load: say what and why
+                        print(f"dx: --spec auto: speculation {'on' if spec['speculating'] else 'off'}, "
+                              f"{spec['reason']} ({spec['decode_tps_on']} vs {spec['decode_tps_off']} tok/s; "
+                              "re-checked hourly)", flush=True)
                 except Exception as exc:  # the first request will report it in the API's shape
                     print(f"dx: preloading {source.display_name} failed: {exc}", file=sys.stderr)
 

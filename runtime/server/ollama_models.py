@@ -94,6 +94,8 @@ def ps(req: Request) -> None:
             "size_vram": 0, "context_length": lm.ctx,
             "capabilities": capabilities_for(lm.source).names(),
         })
+        if lm.speculation is not None and lm.purpose == "generate":
+            models[-1]["dx_speculation"] = lm.speculation  # --spec auto's decision and its numbers, or forced
         if lm.engine is not None and lm.purpose == "generate":
             from dx.swarm.head import engine_placement
 

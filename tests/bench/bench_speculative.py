@@ -14,8 +14,16 @@ a shared machine hit both alike:
 (b) ngram: the Q4_1 model with ``--spec ngram`` (no draft) asked to rewrite a
     60-line code snippet with one name changed, a task that echoes its input.
 
+A third side, ``auto``, is what ``dx serve --spec auto`` (the default with a draft)
+serves: DX's own EngineManager with ``dx.engine.spec_auto.AutoSpec`` calibrates at
+load (the same draft flags timed against none on its calibration prompt) and keeps
+the engine that won; the bench then asks it the same requests, interleaved with the
+other two (off, on, auto, off, ...), and prints its decision and the numbers it
+measured. For ngram DX's default never speculates (n-grams only when forced); the
+auto column there shows what the same calibration would decide if asked.
+
 Prints decode tokens/s (the engine's ``timings.predicted_per_second``) and wall
-tokens/s per side, the on/off ratio, and the acceptance rate
+tokens/s per side, the on/off and auto/off ratios, and the acceptance rate
 ``draft_n_accepted / draft_n``. Asserts greedy identity (same text on and off),
 the property speculation must keep; the speed is what it measures, never asserted.
 Exits 1 (after the table) when the texts differ, and prints where.
@@ -28,11 +36,18 @@ rewrite. Why the pair loses here: the draft is the target's own size in Q4_1 (13
 CPU thread is compute-bound, so a 4-token verification is far from one decode's cost
 (a 15-30 token prompt ran at 2.7x decode's tok/s, at load 8 at 1x). Speculation pays
 with a much smaller draft and a bandwidth-bound target (a larger model, a GPU).
+
+With auto (2026-12-07, same machine at load 17-20 from other jobs, -t 1, --runs 2 --tokens 96):
+pair off 13.6 / forced on 6.3 (0.46x, acceptance 0.89) / auto 13.6 decode tok/s (1.00x; wall 0.99x):
+auto measured 0.47x at load and serves without the draft; ngram off 11.9 / on 12.1 (1.02x) / auto
+11.0 (0.93x): that run's calibration repeated one prompt, which n-grams draft from the last answer
+(1.12x, acceptance 1.00), so auto kept them; calibration now uses a different prompt per run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
@@ -40,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -142,34 +158,59 @@ def requantized(engine_dir: Path, model: Path, qtype: str) -> Path:
     return out
 
 
-def ask(url: str, prompt: str, tokens: int) -> dict:
+def ask(url: str, prompt: str, tokens: int, headers: dict[str, str] | None = None) -> dict:
     """One greedy chat: the text, the engine's timings and the wall time."""
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0,
             "top_k": 1, "seed": 1}
     t0 = time.perf_counter()
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=1200)
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=1200, headers=headers)
     wall = time.perf_counter() - t0
     r.raise_for_status()
     doc = r.json()
     return {"text": doc["choices"][0]["message"]["content"], "timings": doc["timings"], "wall": wall}
 
 
+@contextlib.contextmanager
+def auto_engine(engine_dir: Path, target: Path, spec_args: list[str], threads: int,
+                logs: Path) -> Iterator[tuple[str, dict[str, str], dict | None, float]]:
+    """DX's EngineManager with --spec auto's calibration: yields (url, headers, /api/ps's decision, load seconds)."""
+    from dx.engine.manager import EngineManager
+    from dx.engine.spec_auto import AutoSpec
+    from dx.models.source import ModelSource
+
+    source = ModelSource(target)
+    manager = EngineManager(lambda _name: source, binary=engine_dir / "bin" / "llama-server", log_dir=logs,
+                            parallel=1, ctx=4096, extra_args=["-t", str(threads)],
+                            model_args=lambda _s, _p: spec_args, spec_auto=AutoSpec())
+    try:
+        t0 = time.perf_counter()
+        engine = manager.get("target")
+        load_s = time.perf_counter() - t0
+        (loaded,) = [lm for lm in manager.loaded() if lm.engine is engine]
+        yield engine.url, {"Authorization": f"Bearer {engine.api_key}"}, loaded.speculation, load_s
+    finally:
+        manager.close()
+
+
 def case(name: str, engine_dir: Path, target: Path, spec_args: list[str], prompts: list[str], tokens: int,
          runs: int, threads: int, logs: Path) -> dict:
-    """Off and on side by side, interleaved request by request; greedy identity asserted."""
+    """Off, on and auto side by side, interleaved request by request; greedy identity asserted."""
     base = [str(engine_dir / "bin" / "llama-server"), "-m", str(target), "-c", "4096", "--parallel", "1",
             "-t", str(threads), "--jinja"]
-    on_off: dict[str, list[dict]] = {"off": [], "on": []}
+    on_off: dict[str, list[dict]] = {"off": [], "on": [], "auto": []}
     with serve(base, logs / f"{name}-off.log") as (_, off_url), \
-            serve([*base, *spec_args], logs / f"{name}-on.log") as (_, on_url):
-        for url in (off_url, on_url):  # warm-up: first-request costs out of the figures
-            ask(url, "Hi", 4)
+            serve([*base, *spec_args], logs / f"{name}-on.log") as (_, on_url), \
+            auto_engine(engine_dir, target, spec_args, threads, logs) as (auto_url, auto_headers, decision, load_s):
+        sides = (("off", off_url, None), ("on", on_url, None), ("auto", auto_url, auto_headers))
+        for _, url, headers in sides:  # warm-up: first-request costs out of the figures
+            ask(url, "Hi", 4, headers)
         for _ in range(runs):
             for prompt in prompts:
-                for side, url in (("off", off_url), ("on", on_url)):
-                    on_off[side].append({"prompt": prompt, **ask(url, prompt, tokens)})
-    out: dict = {"case": name, "spec_args": spec_args, "differences": []}
-    for off, on in zip(on_off["off"], on_off["on"], strict=True):
+                for side, url, headers in sides:
+                    on_off[side].append({"prompt": prompt, **ask(url, prompt, tokens, headers)})
+    out: dict = {"case": name, "spec_args": spec_args, "differences": [], "auto_decision": decision,
+                 "auto_load_s": load_s}
+    for off, on in [*zip(on_off["off"], on_off["on"], strict=True), *zip(on_off["off"], on_off["auto"], strict=True)]:
         if on["text"] != off["text"]:
             a, b = off["text"], on["text"]
             at = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
@@ -187,6 +228,8 @@ def case(name: str, engine_dir: Path, target: Path, spec_args: list[str], prompt
     out["acceptance"] = accepted / drafted if drafted else None
     out["ratio_decode"] = out["on"]["decode_tps"] / out["off"]["decode_tps"]
     out["ratio_wall"] = out["on"]["wall_tps"] / out["off"]["wall_tps"]
+    out["auto_ratio_decode"] = out["auto"]["decode_tps"] / out["off"]["decode_tps"]
+    out["auto_ratio_wall"] = out["auto"]["wall_tps"] / out["off"]["wall_tps"]
     return out
 
 
@@ -218,16 +261,24 @@ def main() -> int:
         results.append(case("ngram (60-line rename)", engine_dir, q4, Speculation("ngram").engine_args(),
                             [ECHO_PROMPT], max(args.tokens, 512), args.runs, args.threads, logs))
 
-    print(f"speculative decoding, llama-server direct with dx's flags, -t {args.threads}, {args.runs} runs, "
-          f"interleaved")
-    print("| case | decode tok/s off | on | on/off | wall tok/s off | on | on/off | acceptance | tokens | greedy same |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"speculative decoding: llama-server direct with dx's flags (off, forced on) and dx's EngineManager with "
+          f"--spec auto, -t {args.threads}, {args.runs} runs, interleaved")
+    print("| case | decode tok/s off | on | auto | on/off | auto/off | wall tok/s off | on | auto | on/off | auto/off "
+          "| acceptance (on) | tokens | greedy same |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         acc = f"{r['acceptance']:.2f} ({r['draft_n_accepted']}/{r['draft_n']})" if r["acceptance"] is not None \
             else "no drafts"
-        print(f"| {r['case']} | {r['off']['decode_tps']:.1f} | {r['on']['decode_tps']:.1f} | {r['ratio_decode']:.2f}× "
-              f"| {r['off']['wall_tps']:.1f} | {r['on']['wall_tps']:.1f} | {r['ratio_wall']:.2f}× | {acc} "
+        print(f"| {r['case']} | {r['off']['decode_tps']:.1f} | {r['on']['decode_tps']:.1f} "
+              f"| {r['auto']['decode_tps']:.1f} | {r['ratio_decode']:.2f}× | {r['auto_ratio_decode']:.2f}× "
+              f"| {r['off']['wall_tps']:.1f} | {r['on']['wall_tps']:.1f} | {r['auto']['wall_tps']:.1f} "
+              f"| {r['ratio_wall']:.2f}× | {r['auto_ratio_wall']:.2f}× | {acc} "
               f"| {r['on']['tokens']:.0f} | {'yes' if not r['differences'] else 'NO'} |")
+    for r in results:
+        d = r["auto_decision"] or {}
+        print(f"auto, {r['case']}: speculating={d.get('speculating')} ({d.get('reason', 'no decision')}; "
+              f"calibration {d.get('decode_tps_on')} vs {d.get('decode_tps_off')} tok/s), load with calibration "
+              f"{r['auto_load_s']:.1f} s")
     print(f"engine logs: {logs}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -237,11 +237,13 @@ def test_top_wrong_key_or_no_server_is_one_line(dx: DXServer, tmp_path: Path) ->
 @pytest.mark.integration
 def test_top_shows_speculative_acceptance(request: pytest.FixtureRequest, smollm2_gguf: Path,
                                           tmp_path: Path) -> None:
-    """SmolLM2 as its own draft (`dx serve --draft`): the engine's draft counters reach the SPEC ACCEPT column."""
+    """SmolLM2 as its own draft (`dx serve --draft --spec on`): the engine's draft counters reach the SPECULATION
+    column, after its state."""
     from dx.models.catalog import Store
 
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, MODEL)
-    server = start_dx(tmp_path, "--ctx", "1024", "--parallel", "1", "--draft", MODEL, engine=engine_binary(request),
+    server = start_dx(tmp_path, "--ctx", "1024", "--parallel", "1", "--draft", MODEL, "--spec", "on",
+                      engine=engine_binary(request),
                       model=MODEL, timeout=120)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=300)
@@ -251,7 +253,7 @@ def test_top_shows_speculative_acceptance(request: pytest.FixtureRequest, smollm
                              capture_output=True, text=True, timeout=60, env=top_env(server))
         assert res.returncode == 0, res.stderr
         row = next(line for line in res.stdout.splitlines() if line.startswith(MODEL))
-        accept = re.search(r"(\d+)% of (\d+)$", row)
+        accept = re.search(r" on (\d+)% of (\d+)$", row)
         assert accept is not None and int(accept.group(2)) > 0, res.stdout
         assert int(accept.group(1)) >= 50  # its own draft: greedy drafts are the target's own tokens
     finally:

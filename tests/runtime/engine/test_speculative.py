@@ -141,7 +141,9 @@ def servers(request: pytest.FixtureRequest, smollm2_gguf: Path,
     engine = engine_binary(request)
     started: dict[str, DXServer] = {}
     try:
-        for name, args in {"plain": (), "draft": ("--draft", "smollm2"), "ngram": ("--spec", "ngram")}.items():
+        # --spec draft: forced (the default, --spec auto, would measure this pair slower here and turn it off)
+        for name, args in {"plain": (), "draft": ("--draft", "smollm2", "--spec", "draft"),
+                           "ngram": ("--spec", "ngram")}.items():
             tmp = tmp_path_factory.mktemp(f"spec-{name}")
             Store(root=tmp / "home", ollama_dir=False).import_file(smollm2_gguf, "smollm2")
             started[name] = start_dx(tmp, "--ctx", "2048", "--parallel", "1", *args, engine=engine,
@@ -250,20 +252,21 @@ def two_model_file(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("spec", [None, "none"], ids=["embedded-draft-on", "spec-none"])
+@pytest.mark.parametrize("spec", ["on", "none"], ids=["embedded-draft-on", "spec-none"])
 def test_embedded_draft_is_used_by_default(request: pytest.FixtureRequest, two_model_file: tuple[Path, object],
-                                           tmp_path: Path, spec: str | None) -> None:
-    """`dx serve` of a two-model executable speculates with its draft, both mapped from the file; --spec none: off."""
+                                           tmp_path: Path, spec: str) -> None:
+    """`dx serve --spec on` of a two-model executable speculates with its draft, both mapped from the file;
+    --spec none: off. (Without --spec, auto: test_spec_auto.py.)"""
     exe, em = two_model_file
     draft_at = em.draft.offset  # type: ignore[attr-defined]
-    server = start_dx(tmp_path, "--ctx", "2048", "--parallel", "1", *(["--spec", spec] if spec else []),
+    server = start_dx(tmp_path, "--ctx", "2048", "--parallel", "1", "--spec", spec,
                       engine=engine_binary(request), env={"DX_SELF_EXECUTABLE": str(exe)}, timeout=120)
     try:
         answer = chat(server, PROMPTS[0])  # waits for the engine
         argv = engine_argv(server.home)
         (pid,) = server.children()
         maps = [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if line.endswith(str(exe))]
-        if spec is None:
+        if spec == "on":
             assert f"--spec-type draft-simple --spec-draft-model {exe}#offset={draft_at}" in argv, argv
             assert answer["timings"]["draft_n"] > 0, answer["timings"]
             # two mappings of the executable: the model's tensors and the draft's (file offsets in column 3)

@@ -144,8 +144,9 @@ def _with_mcp(req: Request, doc: dict[str, Any], model: str) -> None:
     except (HTTPError, EngineError, BadRequest) as exc:
         if not out.started:
             raise  # nothing sent yet: the error in its own status and shape
-        out.write(b"data: " + json.dumps({"error": {"message": getattr(exc, "message", None) or str(exc),
-                                                    "type": "server_error"}}).encode() + b"\n\n")
+        error = {"message": getattr(exc, "message", None) or str(exc), "type": "server_error",
+                 "code": getattr(exc, "status", 400)}  # as dx.engine.relay ends a stream the engine broke off
+        out.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
         out.end()
         return
     usage = tool_calls.include_usage(doc)

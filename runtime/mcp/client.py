@@ -10,7 +10,9 @@ Two transports, as the MCP spec has them:
 
 Calls on one client are serialised (one in flight), each under a deadline; a message larger than
 ``max_bytes`` fails the call without being held in memory. Every failure is an ``McpError``
-carrying one line.
+carrying one line. A stdio server found dead (it crashed or exited) at the next ``tools/call`` is
+started again once for that call, its tool list read anew; a restart that fails is the call's
+``McpError`` (the host feeds it to the model as a tool error).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -76,10 +79,14 @@ class Client:
         self.cfg = cfg
         self.name = cfg.name
         self.timeout = timeout
+        self.start_timeout = timeout  # a restart waits as long as the first start did
         self.max_bytes = max_bytes
         self._ids = itertools.count(1)
         self._call_lock = threading.Lock()
+        self._life_lock = threading.Lock()
         self.server_info: dict[str, Any] = {}
+        self.tools: list[Tool] = []
+        self.restarts = 0
         self._transport: _Stdio | _Http = _Stdio(cfg, max_bytes) if cfg.transport == "stdio" else _Http(cfg, max_bytes)
 
     def open(self) -> Client:
@@ -122,14 +129,44 @@ class Client:
             cursor = result.get("nextCursor")
             if not isinstance(cursor, str) or not cursor:
                 break
+        self.tools = tools
         return tools
 
     def call_tool(self, name: str, arguments: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """``tools/call`` -> the result (``content``, ``isError``...)."""
+        """``tools/call`` -> the result (``content``, ``isError``...); a dead stdio server is restarted first."""
+        self._revive_if_dead(name)
         result = self.request("tools/call", {"name": name, "arguments": arguments}, timeout)
         if not isinstance(result, dict):
             raise McpError(f"{self.name}: tools/call {name} answered no object")
         return result
+
+    def _revive_if_dead(self, tool: str) -> None:
+        """A stdio server that crashed or exited since the last call: start it once more, re-read its tools.
+
+        One try per call, under the lock, so two calls at once start it only once. The restart runs
+        with the first start's deadline; if it fails, the call fails with one line saying why.
+        """
+        with self._life_lock:
+            old = self._transport
+            if not isinstance(old, _Stdio) or not old.exited():
+                return
+            why = old.exit_reason()
+            old.close()
+            print(f"dx: MCP server {self.name!r} is gone ({why}); restarting it", file=sys.stderr, flush=True)
+            self._transport = _Stdio(self.cfg, self.max_bytes)
+            call_timeout, self.timeout = self.timeout, self.start_timeout
+            try:
+                self.open()
+                listed = self.list_tools()
+            except McpError as exc:
+                print(f"dx: MCP server {self.name!r} did not restart: {exc}", file=sys.stderr, flush=True)
+                raise McpError(f"{self.name}: the server is gone ({why}) and did not restart: {exc}") from None
+            finally:
+                self.timeout = call_timeout
+            self.restarts += 1
+            print(f"dx: MCP server {self.name!r} restarted ({len(listed)} tools)", file=sys.stderr, flush=True)
+        if tool not in {t.name for t in listed}:
+            raise McpError(f"{self.name}: restarted, and it no longer offers the tool {tool!r}")
 
     def close(self) -> None:
         self._transport.close()
@@ -226,6 +263,20 @@ class _Stdio:
         with self._cond:
             self._eof = True
             self._cond.notify_all()
+
+    def exited(self) -> bool:
+        """Has the server gone (its process ended, or its stdout closed)?"""
+        if self.proc is None:
+            return False  # never started: nothing to restart
+        with self._cond:
+            eof = self._eof
+        return eof or self.proc.poll() is not None
+
+    def exit_reason(self) -> str:
+        """How it went, for a log line: the exit code and its last stderr line."""
+        code = self.proc.poll() if self.proc is not None else None
+        last = f": {self._stderr[-1][:200]}" if self._stderr else ""
+        return f"exit code {code}{last}" if code is not None else f"its output closed{last}"
 
     def _exited(self) -> str:
         code = self.proc.poll() if self.proc is not None else None

@@ -165,33 +165,75 @@ def _generic_tools(req: Request, name: str, doc: dict[str, Any], body: dict[str,
     if ask is None:
         return False
     answer, parsed, load = ask
-    final = _final(name, openai_answer(answer, parsed), started, load, "message", now_iso())
-    if not body["stream"]:
-        req.send_json(200, final)
-        return True
-    emit = start_ndjson(req)
-    message = final["message"]
-    if message["content"] or message.get("tool_calls"):
-        emit({"model": name, "created_at": final["created_at"], "message": message, "done": False})
-    emit({**final, "message": {"role": "assistant", "content": ""}})
-    req.wfile.write(b"0\r\n\r\n")
+    _send_final(req, body, _final(name, openai_answer(answer, parsed), started, load, "message", now_iso()))
     return True
 
 
 def _with_mcp(req: Request, name: str, doc: dict[str, Any], body: dict[str, Any], num_ctx: EngineLoad | None) -> None:
-    """``dx serve --mcp``: the allowed MCP calls run in DX (``dx.server.tool_loop``), the final message is
-    answered in Ollama's shape (a stream carries it in one chunk before the final one)."""
+    """``dx serve --mcp``: the allowed MCP calls run in DX (``dx.server.tool_loop``), the answer in Ollama's shape.
+
+    A stream gets each round's content as NDJSON chunks as the engine produces it (nothing while
+    DX runs a tool), then the calls left for the client in a chunk of their own, then the final one.
+    """
     started = time.monotonic()
-    answer, load = tool_loop.run(req, name, body, generic_tool_answer, doc.get("keep_alive"), num_ctx)
-    final = _final(name, answer, started, load, "message", now_iso())
+    if not body["stream"]:
+        answer, load = tool_loop.run(req, name, body, generic_tool_answer, doc.get("keep_alive"), num_ctx)
+        _send_final(req, body, _final(name, answer, started, load, "message", now_iso()))
+        return
+    lines = _Lines(req)
+
+    def on_delta(delta: dict[str, Any], _event: dict[str, Any]) -> None:
+        msg: dict[str, Any] = {"role": "assistant", "content": delta.get("content") or ""}
+        if delta.get("reasoning_content"):
+            msg["thinking"] = delta["reasoning_content"]
+        lines({"model": name, "created_at": now_iso(), "message": msg, "done": False})
+
+    try:
+        answer, load = tool_loop.run(req, name, body, generic_tool_answer, doc.get("keep_alive"), num_ctx,
+                                     on_delta=on_delta)
+    except (HTTPError, EngineError, BadRequest) as exc:
+        if not lines.started:
+            raise  # nothing sent yet: the error in its own status and shape
+        lines({"error": getattr(exc, "message", None) or str(exc)})
+        req.wfile.write(b"0\r\n\r\n")
+        return
+    _send_final(req, body, _final(name, answer, started, load, "message", now_iso()), lines)
+
+
+class _Lines:
+    """An NDJSON answer begun at its first line: until then an error can still be a plain HTTP error."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.emit: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.emit is not None
+
+    def __call__(self, doc: dict[str, Any]) -> None:
+        if self.emit is None:
+            self.emit = start_ndjson(self.req)
+        self.emit(doc)
+
+
+def _send_final(req: Request, body: dict[str, Any], final: dict[str, Any], lines: _Lines | None = None) -> None:
+    """A chat answer made whole in DX (tools): as JSON, or as Ollama's stream ends one.
+
+    The message goes in one chunk before the final one (as Ollama sends tool calls); when its
+    content was already streamed (``lines`` started), only the calls are left for that chunk.
+    """
     if not body["stream"]:
         req.send_json(200, final)
         return
-    emit = start_ndjson(req)
     message = final["message"]
+    lines = lines or _Lines(req)
+    if lines.started:
+        message = {"role": "assistant", "content": "",
+                   **({"tool_calls": message["tool_calls"]} if message.get("tool_calls") else {})}
     if message["content"] or message.get("tool_calls"):
-        emit({"model": name, "created_at": final["created_at"], "message": message, "done": False})
-    emit({**final, "message": {"role": "assistant", "content": ""}})
+        lines({"model": final["model"], "created_at": final["created_at"], "message": message, "done": False})
+    lines({**final, "message": {"role": "assistant", "content": ""}})
     req.wfile.write(b"0\r\n\r\n")
 
 

@@ -21,7 +21,7 @@ from dx.engine.lease import EngineLoad, engine_for, open_engine
 from dx.engine.props import renders_tools
 from dx.engine.relay import engine_json, engine_request
 from dx.engine.relay import relay as relay_answer
-from dx.errors import EngineError, EngineUnavailable, ModelNotFoundError
+from dx.errors import BadRequest, EngineError, EngineUnavailable, ModelNotFoundError
 from dx.models.defaults import for_source, once_per_request
 from dx.server import anthropic_tools, tool_calls, tool_loop
 from dx.server.request_json import parse_strict
@@ -129,13 +129,67 @@ def _with_model_prefix(req: Request, model: str, doc: dict[str, Any], body: byte
 
 def _with_mcp(req: Request, doc: dict[str, Any], model: str) -> None:
     """``dx serve --mcp``: the operator's MCP tools join the request's; DX runs the allowed calls
-    (``dx.server.tool_loop``) and answers the final message, as one SSE stream when asked to stream."""
-    answer, _load = tool_loop.run(req, model, doc, generic_tool_answer)
-    if doc.get("stream") is True:
-        sse = tool_calls.openai_stream(answer, tool_loop.parsed_of(answer), include_usage=tool_calls.include_usage(doc))
-        req.send_text(200, sse.decode(), "text/event-stream")
-    else:
+    (``dx.server.tool_loop``) and answers the final message.
+
+    A stream gets each round's content as SSE chunks as the engine produces it (nothing while DX
+    runs a tool), then the calls left for the client, the finish reason, usage if asked, ``[DONE]``.
+    """
+    if doc.get("stream") is not True:
+        answer, _load = tool_loop.run(req, model, doc, generic_tool_answer)
         req.send_json(200, answer)
+        return
+    out = _Sse(req)
+    try:
+        answer, _load = tool_loop.run(req, model, doc, generic_tool_answer, on_delta=out.delta)
+    except (HTTPError, EngineError, BadRequest) as exc:
+        if not out.started:
+            raise  # nothing sent yet: the error in its own status and shape
+        error = {"message": getattr(exc, "message", None) or str(exc), "type": "server_error",
+                 "code": getattr(exc, "status", 400)}  # as dx.engine.relay ends a stream the engine broke off
+        out.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+        out.end()
+        return
+    usage = tool_calls.include_usage(doc)
+    if not out.started:  # nothing was streamed (only calls, or an empty answer): the whole answer at once
+        sse = tool_calls.openai_stream(answer, tool_loop.parsed_of(answer), include_usage=usage)
+        req.send_text(200, sse.decode(), "text/event-stream")
+        return
+    out.write(tool_calls.openai_stream({**answer, **out.base}, tool_loop.parsed_of(answer), include_usage=usage,
+                                       head=False))
+    out.end()
+
+
+class _Sse:
+    """An OpenAI chat stream DX writes itself (chunked), begun at its first delta in the engine's chunk shape."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.base: dict[str, Any] = {}
+        self.started = False
+
+    def delta(self, delta: dict[str, Any], event: dict[str, Any]) -> None:
+        if not self.started:
+            self.base = {"id": event.get("id") or "chatcmpl-dx", "object": "chat.completion.chunk",
+                         "created": event.get("created", 0), "model": event.get("model", "")}
+            if "system_fingerprint" in event:
+                self.base["system_fingerprint"] = event["system_fingerprint"]
+            self.req.send_response(200)
+            self.req.send_header("Content-Type", "text/event-stream")
+            self.req.send_header("Transfer-Encoding", "chunked")
+            self.req.end_headers()
+            self.started = True
+            self.write(self._chunk({"role": "assistant", "content": None}))
+        self.write(self._chunk(delta))
+
+    def _chunk(self, delta: dict[str, Any]) -> bytes:
+        doc = {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return b"data: " + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+    def write(self, data: bytes) -> None:
+        self.req.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def end(self) -> None:
+        self.req.wfile.write(b"0\r\n\r\n")
 
 
 def _with_tools(req: Request, doc: dict[str, Any], model: str, body: bytes) -> bytes | None:

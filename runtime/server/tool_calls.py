@@ -347,10 +347,11 @@ def openai_answer(answer: dict[str, Any], parsed: Parsed) -> dict[str, Any]:
     return out
 
 
-def openai_stream(answer: dict[str, Any], parsed: Parsed, *, include_usage: bool) -> bytes:
+def openai_stream(answer: dict[str, Any], parsed: Parsed, *, include_usage: bool, head: bool = True) -> bytes:
     """A whole answer as OpenAI's SSE chunks (role, content or calls, finish, usage, ``[DONE]``).
 
     DX's format is parsed only once the answer is complete, so the stream is synthesized from it.
+    ``head=False``: the role and the content were streamed already (``dx serve --mcp``); only the rest.
     """
     base = {"id": answer.get("id") or "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion.chunk",
             "created": answer.get("created", 0), "model": answer.get("model", "")}
@@ -362,8 +363,8 @@ def openai_stream(answer: dict[str, Any], parsed: Parsed, *, include_usage: bool
         doc = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return b"data: " + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
-    parts = [chunk({"role": "assistant", "content": None if parsed.calls else ""})]
-    if parsed.content:
+    parts = [chunk({"role": "assistant", "content": None if parsed.calls else ""})] if head else []
+    if parsed.content and head:
         parts.append(chunk({"content": parsed.content}))
     for i, call in enumerate(parsed.calls):
         fn = call["function"]

@@ -147,22 +147,57 @@ def test_hostile_big_result_and_hang(tmp_path: Path, monkeypatch: pytest.MonkeyP
         box.close()
 
 
-def test_server_that_exits_and_close_kills_the_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     peer_env: dict[str, str]) -> None:
+def test_server_that_exits_is_restarted_and_close_kills_the_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer_env: dict[str, str],
+        capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DX_HOME", str(tmp_path / "home"))
     box = Toolbox(load(tmp_path, {"peer": stdio_peer(peer_env)}), call_timeout=10).open()
-    pid = box.clients["peer"]._transport.proc.pid  # type: ignore[union-attr]
+    client = box.clients["peer"]
+    pid = client._transport.proc.pid  # type: ignore[union-attr]
     try:
         started = time.monotonic()
         out = box.run(box.tools["peer__die"], "{}", key="k", model="m")
         assert out.decision == "error" and "the server exited (code 3)" in out.text
         assert time.monotonic() - started < 5
-        again = box.run(box.tools["peer__echo"], '{"text": "x"}', key="k", model="m")
-        assert again.decision == "error" and "exited" in again.text
+        again = box.run(box.tools["peer__echo"], '{"text": "x"}', key="k", model="m")  # the next call restarts it
+        assert again.decision == "executed" and again.text == "echo: x"
+        assert client.restarts == 1 and "echo" in {t.name for t in client.tools}
+        new_pid = client._transport.proc.pid  # type: ignore[union-attr]
+        assert new_pid != pid
+        err = capfd.readouterr().err
+        assert "dx: MCP server 'peer' is gone (exit code 3" in err and "dx: MCP server 'peer' restarted (" in err
+        assert box.run(box.tools["peer__echo"], '{"text": "y"}', key="k", model="m").text == "echo: y"
+        assert client.restarts == 1  # alive: not restarted again
     finally:
         box.close()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    for gone in (pid, new_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(gone, 0)
+    assert calls(peer_env) == ["die", "echo", "echo"]
+
+
+def test_a_restart_that_fails_is_a_tool_error_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      peer_env: dict[str, str]) -> None:
+    """The server starts once; started again it exits at once: the call is an error for the model, audited."""
+    monkeypatch.setenv("DX_HOME", str(tmp_path / "home"))
+    once = tmp_path / "started"
+    script = (f'if [ -e "{once}" ]; then echo "no second start" >&2; exit 7; fi; touch "{once}"; '
+              f'exec "{sys.executable}" "{PEER}"')
+    box = Toolbox(load(tmp_path, {"peer": {"command": "sh", "args": ["-c", script], "env": peer_env}}),
+                  call_timeout=10, start_timeout=20).open()
+    try:
+        assert box.run(box.tools["peer__die"], "{}", key="k", model="m").decision == "error"
+        started = time.monotonic()
+        out = box.run(box.tools["peer__echo"], '{"text": "x"}', key="k", model="m")
+        assert time.monotonic() - started < 20
+        assert out.decision == "error" and out.is_error
+        assert out.text.startswith("error: peer: the server is gone (exit code 3")
+        assert "and did not restart: peer: the server exited (code 7)" in out.text  # + its stderr line, if read in time
+        log = [json.loads(x) for x in (tmp_path / "home" / "logs" / "tools.jsonl").read_text().splitlines()]
+        assert [(e["tool"], e["decision"]) for e in log] == [("die", "error"), ("echo", "error")]
+    finally:
+        box.close()
+    assert calls(peer_env) == ["die"]
 
 
 def test_close_ends_a_hung_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer_env: dict[str, str]) -> None:

@@ -421,6 +421,7 @@ def build_peers(which: list[str], model: str, gguf: Path, work: Path, engine: Pa
                         notes="file minus embedded model")
             # the first start unpacks (not what a user meets on the second day): untimed, it names the model
             peer.model_name = _model_name(peer, work)
+            peer.notes += f"; unpacks {files_size([home]) / 1e6:.1f} MB into its cache at first start"
             peers.append(peer)
         elif name == "llama-cpp-python":
             from support.llama_cpp_peer import llama_cpp_python
@@ -531,7 +532,8 @@ def main() -> int:
                 r["disk_model"] = r["disk"] + gguf.stat().st_size  # type: ignore[operator]
                 results[peer.name] = r
             out["models"][model] = results  # type: ignore[index]
-            tables.append(table(f"{model} ({gguf.stat().st_size / 1e6:.0f} MB)", results))
+            tables.append(table(f"{model} ({gguf.stat().st_size / 1e6:.0f} MB)", results) + "\n\ndisk: "
+                          + "; ".join(f"{n}: {r['notes']}" for n, r in results.items()))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -341,7 +341,7 @@ def measure(peer: Peer, plan: Plan, bias: dict[str, float], log: Path, echo: Cal
                                                  "max_tokens": plan.conc_tokens})
                     counts[k] += completion_tokens(doc) if status == 200 else 0
 
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+            threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(n)]
             t0 = time.perf_counter()
             for t in threads:
                 t.start()

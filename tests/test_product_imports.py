@@ -46,6 +46,15 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def _in_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    cur = node
+    while cur in parents:
+        cur = parents[cur]
+        if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return True
+    return False
+
+
 def product_imports() -> list[tuple[str, int, str, bool]]:
     """(file, line, top-level module, guarded) for every absolute import in product code."""
     dirs = _project()["tool"]["setuptools"]["package-dir"].values()
@@ -90,3 +99,38 @@ def test_the_check_sees_function_level_imports(tmp_path: Path) -> None:
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     imports = [(n.names[0].name, _guarded(n, parents)) for n in ast.walk(tree) if isinstance(n, ast.Import)]
     assert sorted(imports) == [("httpx", False), ("yaml", True)]
+
+
+def test_the_runtime_imports_nothing_its_bundle_leaves_out() -> None:
+    """A module the Nuitka bundle does not compile in (``NOFOLLOW``) is missing from every minted
+    executable: imported bare at a runtime module's top, it passes every pip-installed test and kills the
+    executable at start (``statistics`` in dx.engine.spec_auto once). At module level such an import must
+    handle ImportError; inside a function it is a feature's own import, and its callers catch ImportError
+    (``dx.models.pull._hub_or_none``, ``dx.swarm.head``'s openssl fallback)."""
+    from dxbuild.bundle.nuitka import NOFOLLOW, RUNTIME_PACKAGES
+
+    def left_out(name: str) -> bool:
+        return any(name == n or name.startswith(n + ".") for n in NOFOLLOW)
+
+    dirs = _project()["tool"]["setuptools"]["package-dir"]
+    problems = []
+    for pkg in RUNTIME_PACKAGES:
+        root = ROOT / dirs[pkg]
+        for f in sorted(root.rglob("*.py")):
+            module = ".".join((pkg, *f.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+            if left_out(module):
+                continue  # itself left out: what it imports never runs in an executable
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+            parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                else:
+                    continue
+                bad = [n for n in names if left_out(n)]
+                if bad and not _guarded(node, parents) and not _in_function(node, parents):
+                    problems.append(f"{f.relative_to(ROOT)}:{node.lineno} imports {bad[0]}, which the bundle "
+                                    "leaves out (dxbuild.bundle.nuitka.NOFOLLOW)")
+    assert not problems, "\n".join(problems)

@@ -22,9 +22,7 @@ the cost (two engine starts and a few short answers) is bounded to once per
 
 from __future__ import annotations
 
-import http.client
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -116,15 +114,21 @@ def stale(decision: Decision | None, now: float, recheck: float = RECHECK) -> bo
 
 
 def _chat(engine: Any, prompt: str, tokens: int, timeout: float) -> dict[str, Any]:
-    """One greedy chat straight to the engine (its own key); the answer's ``timings``."""
+    """One greedy chat straight to the engine (its own key); the answer's ``timings``. Any failure to get
+    them is an OSError or a ValueError (bad JSON)."""
+    import http.client  # not at start: dx serve loads it on the first engine request (dx.engine.relay)
+
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0,
                        "top_k": 1, "seed": 1, "cache_prompt": False}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     try:
         conn.request("POST", "/v1/chat/completions", body, headers={
             "Authorization": f"Bearer {engine.api_key}", "Content-Type": "application/json", "Connection": "close"})
-        resp = conn.getresponse()
-        raw = resp.read()
+        try:
+            resp = conn.getresponse()
+            raw = resp.read()
+        except http.client.HTTPException as e:
+            raise OSError(f"the engine's answer broke off: {e!r}") from e
         if resp.status != 200:
             raise OSError(f"the engine answered HTTP {resp.status}")
         timings = json.loads(raw).get("timings")
@@ -135,14 +139,21 @@ def _chat(engine: Any, prompt: str, tokens: int, timeout: float) -> dict[str, An
         conn.close()
 
 
+def _median(values: list[float]) -> float:
+    """The median (the runtime bundle leaves out ``statistics``: builder/bundle's --nofollow list)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def measure(engine: Any, *, prompts: Sequence[str] = CALIBRATION_PROMPTS, tokens: int = CALIBRATION_TOKENS,
             runs: int = CALIBRATION_RUNS, timeout: float = 300.0) -> Rates:
     """Decode ``runs`` of the calibration prompts after a short warm-up: median tokens/s, drafts summed."""
     _chat(engine, "Hi", 4, timeout)  # first-request costs (graph build, caches) out of the figures
     rows = [_chat(engine, prompts[i % len(prompts)], tokens, timeout) for i in range(max(1, runs))]
     return Rates(
-        decode_tps=statistics.median(float(r.get("predicted_per_second") or 0.0) for r in rows),
-        tokens=int(statistics.median(int(r.get("predicted_n") or 0) for r in rows)),
+        decode_tps=_median([float(r.get("predicted_per_second") or 0.0) for r in rows]),
+        tokens=int(_median([int(r.get("predicted_n") or 0) for r in rows])),
         drafted=sum(int(r.get("draft_n") or 0) for r in rows),
         accepted=sum(int(r.get("draft_n_accepted") or 0) for r in rows),
     )
@@ -172,7 +183,7 @@ class AutoSpec:
             return start(()), failed(f"the speculating engine did not start: {e.message}")
         try:
             on = measure(engine, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
-        except (OSError, ValueError, http.client.HTTPException) as e:
+        except (OSError, ValueError) as e:
             on = None
             why = f"the speculating engine could not be measured: {e}"
         finally:
@@ -182,7 +193,7 @@ class AutoSpec:
             return plain, failed(why)
         try:
             off = measure(plain, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
-        except (OSError, ValueError, http.client.HTTPException) as e:
+        except (OSError, ValueError) as e:
             return plain, failed(f"plain decoding could not be measured: {e}")
         decision = decide(on, off, margin=self.margin)
         if not decision.speculate:

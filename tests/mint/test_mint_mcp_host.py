@@ -26,7 +26,6 @@ import pty
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from support.minted_server import MintedServer, fresh_env, start_minted
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +43,6 @@ PEER = Path(__file__).resolve().parents[1] / "support" / "mcp_peer.py"
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 QUESTION = "[y]es / [n]o / [a]lways for this tool"
-
-
-def fresh_env(home: Path) -> dict[str, str]:
-    """An environment that knows nothing of this machine's DX: new HOME and TMPDIR, any free port."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DX_", "XDG_", "NUITKA_", "PYTHON", "OLLAMA_", "OPENAI_"))}
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), TMPDIR=str(home / "tmp"), DX_PORT="0")
-    return env
 
 
 def peer_files(where: Path) -> dict[str, Path]:
@@ -81,46 +72,6 @@ def audit(home: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- dx serve --mcp
-class Served:
-    """``EXE serve --mcp ...`` in a fresh HOME; the URL and key from its banner; stopped on close."""
-
-    def __init__(self, exe: Path, home: Path, *args: str) -> None:
-        self.home = home
-        self.proc = subprocess.Popen([str(exe), "serve", *args], cwd=home, env=fresh_env(home),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines: list[str] = []
-        self.url = self.key = ""
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("dx: serving ") and " on http://" in line:
-                self.url = line.split(" on ", 1)[1].strip()
-            if line.startswith("dx: API key "):
-                self.key = line.split()[3]
-                break
-        if not (self.url and self.key):
-            self.stop()
-            raise AssertionError("the executable did not start serving:\n" + "\n".join(self.lines))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return peer_files(tmp_path_factory.mktemp("serve-peer"))
@@ -128,24 +79,24 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def served(minted_smollm2: Path, tmp_path_factory: pytest.TempPathFactory,
-           peer: dict[str, Path]) -> Iterator[Served]:
+           peer: dict[str, Path]) -> Iterator[MintedServer]:
     tmp = tmp_path_factory.mktemp("mint-mcp-serve")
     cfg = write_config(tmp, peer, with_time=True)
-    server = Served(minted_smollm2, tmp / "home", "--mcp", str(cfg), "--allow-tools", "time.get_current_time",
-                    "--tool-rounds", "1", "--tool-timeout", "30", "--ctx", "2048")
+    server = start_minted(minted_smollm2, tmp / "home", "--mcp", str(cfg), "--allow-tools", "time.get_current_time",
+                          "--tool-rounds", "1", "--tool-timeout", "30", "--ctx", "2048")
     yield server
     server.stop()
     assert not [line for line in server.lines if "Traceback" in line], "\n".join(server.lines)
 
 
-def test_serve_banner_says_who_decides_each_tool(served: Served) -> None:
+def test_serve_banner_says_who_decides_each_tool(served: MintedServer) -> None:
     banner = next(line for line in served.lines if "MCP tools" in line)
     assert "time.get_current_time (dx runs)" in banner
     assert "peer.write_marker (returned to the client)" in banner
     assert "peer.echo (denied)" in banner
 
 
-def test_serve_tools_need_the_key(served: Served, peer: dict[str, Path]) -> None:
+def test_serve_tools_need_the_key(served: MintedServer, peer: dict[str, Path]) -> None:
     ask = {"model": MODEL, "messages": [{"role": "user", "content": "Write a marker."}], "stream": False}
     for path in ("/api/chat", "/v1/chat/completions"):
         r = httpx.post(served.url + path, json=ask, timeout=60)
@@ -156,14 +107,14 @@ def test_serve_tools_need_the_key(served: Served, peer: dict[str, Path]) -> None
 def test_serve_refuses_mcp_without_auth(minted_smollm2: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, peer_files(tmp_path), with_time=False)
     done = subprocess.run([str(minted_smollm2), "serve", "--no-auth", "--mcp", str(cfg)], cwd=tmp_path,
-                          env=fresh_env(tmp_path / "home"), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env={**fresh_env(tmp_path / "home"), "DX_PORT": "0"}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode != 0
     assert "--mcp with --no-auth" in done.stderr and "--allow-tools-without-auth" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_serve_allowed_call_runs_and_the_answer_carries_its_result(served: Served) -> None:
+def test_serve_allowed_call_runs_and_the_answer_carries_its_result(served: MintedServer) -> None:
     """The ollama client asks the time; DX runs time.get_current_time; the answer has today's UTC date,
     which only the tool's result could have given the model."""
     before = len(audit(served.home))
@@ -177,16 +128,16 @@ def test_serve_allowed_call_runs_and_the_answer_carries_its_result(served: Serve
     assert ran, r.message.content
     assert ran[0]["server"] == "time" and ran[0]["decision"] == "executed" and ran[0]["model"] == MODEL
     assert ran[0]["result_bytes"] > 0 and len(ran[0]["arguments_sha256"]) == 64 and ran[0]["key"] != "none"
-    assert served.key not in (served.home / ".dx" / "logs" / "tools.jsonl").read_text()
+    assert served.api_key not in (served.home / ".dx" / "logs" / "tools.jsonl").read_text()
     assert any(day in (r.message.content or "") for day in days), r.message.content
     metrics = httpx.get(f"{served.url}/metrics", headers=served.headers, timeout=60).text
     assert any(line.startswith("dx_tool_calls_total{") and 'tool="get_current_time"' in line
                and 'decision="executed"' in line for line in metrics.splitlines()), metrics
 
 
-def test_serve_call_not_allowed_goes_back_to_the_client_unrun(served: Served, peer: dict[str, Path]) -> None:
+def test_serve_call_not_allowed_goes_back_to_the_client_unrun(served: MintedServer, peer: dict[str, Path]) -> None:
     before = len(audit(served.home))
-    oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.key, max_retries=0, timeout=900)
+    oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=0, timeout=900)
     r = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Write a marker."}],
                                     tool_choice={"type": "function", "function": {"name": "peer__write_marker"}},
                                     temperature=0, seed=7, max_tokens=60)

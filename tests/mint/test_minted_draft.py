@@ -112,12 +112,15 @@ def _mapped_offsets(pid: int, path: Path) -> list[tuple[int, int]]:
 
 
 def test_serves_with_the_embedded_draft_both_mapped_in_place(two_model_dir: Path, tmp_path: Path) -> None:
-    """No arguments: the engine gets the embedded draft (FILE#offset=N) and maps both models out of the file."""
+    """``serve --spec on``: the engine gets the embedded draft (FILE#offset=N) and maps both models out of the file.
+
+    Forced: by default (``--spec auto``) DX times the draft at load and, on a CPU where it loses, serves
+    without it (tests/runtime/engine/test_spec_auto.py)."""
     import openai
 
     exe, home = copy_fresh(two_model_dir / EXE_NAME, tmp_path)
     em = trailer.read_trailer(exe)
-    with Running(exe, home) as run:
+    with Running(exe, home, "serve", "--spec", "on") as run:
         client = openai.OpenAI(base_url=run.url + "/v1", api_key=run.key, timeout=120)
         chat = client.chat.completions.create(model="smollm2", max_tokens=16, temperature=0,
                                               messages=[{"role": "user", "content": "Count to five."}])

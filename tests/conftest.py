@@ -71,16 +71,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     compared byte for byte (DX_TEST_REPRO=1); `vulkan` and `aarch64`: the vulkan engine
     run on lavapipe and the cross-built arm64 engine run under qemu (DX_TEST_VULKAN=1,
     DX_TEST_AARCH64=1; cached after the first build). All are also commands: see README.
-    (The short soak, marker `soak`, runs by default: a few minutes; `-m "not soak"` leaves it out.)
+    `soak`: the short soak-and-chaos run (DX_TEST_SOAK=1): opt-in again while it is not reliable
+    (issue #25: it passed one fresh run and failed the next on this machine).
     """
     import os
 
     gates = {"cuda": "DX_TEST_CUDA", "repro": "DX_TEST_REPRO", "vulkan": "DX_TEST_VULKAN",
-             "aarch64": "DX_TEST_AARCH64"}
+             "aarch64": "DX_TEST_AARCH64", "soak": "DX_TEST_SOAK"}
+    why = {"soak": "passed one fresh run and failed the next (issue #25)"}
     for marker, env in gates.items():
         if os.environ.get(env) == "1":
             continue
-        skip = pytest.mark.skip(reason=f"{marker}: tens of minutes on 2 cores; set {env}=1 to run")
+        skip = pytest.mark.skip(reason=f"{marker}: {why.get(marker, 'tens of minutes on 2 cores')}; set {env}=1 to run")
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
@@ -90,5 +92,5 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker, what in (("vulkan", "the vulkan tier on lavapipe (cold build: tens of minutes); DX_TEST_VULKAN=1"),
                          ("aarch64", "the arm64 cpu engine cross-built, run under qemu; DX_TEST_AARCH64=1"),
                          ("soak", "the short soak-and-chaos run (about 4 minutes; DX_SOAK_MINUTES=60 for the long "
-                                  "one); runs by default, -m 'not soak' leaves it out")):
+                                  "one); DX_TEST_SOAK=1")):
         config.addinivalue_line("markers", f"{marker}: {what}")

@@ -1,7 +1,7 @@
 """The soak-and-chaos run, short: tests/bench/soak.py for DX_SOAK_MINUTES (default 2.5: about 4-5 minutes in
 all with the start, the idle wait and the store check, on 2 cores) with every fault class.
 
-In the default suite (./test.sh), marked ``soak`` so ``-m "not soak"`` leaves it out; the long run is
+Opt-in (DX_TEST_SOAK=1, marker ``soak``) until it holds on every run (issue #25); the long run is
 ``DX_SOAK_MINUTES=60 python -m pytest tests/bench/test_soak_short.py`` or
 ``python tests/bench/soak.py --minutes 60``.
 

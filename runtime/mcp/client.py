@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from dx import __version__
 from dx.mcp import rpc
@@ -208,6 +208,7 @@ class _Stdio:
         self._cond = threading.Condition()
         self._eof = False
         self._write_lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
 
     def start(self) -> None:
         env = {**os.environ, **self.cfg.env}
@@ -217,12 +218,15 @@ class _Stdio:
                 stderr=subprocess.PIPE, env=env, cwd=self.cfg.cwd, start_new_session=True)
         except OSError as exc:
             raise McpError(f"{self.cfg.name}: cannot start {self.cfg.command!r}: {exc.strerror or exc}") from None
-        threading.Thread(target=self._read, name=f"mcp-{self.cfg.name}-out", daemon=True).start()
-        threading.Thread(target=self._drain, name=f"mcp-{self.cfg.name}-err", daemon=True).start()
+        self._readers = [threading.Thread(target=self._read, name=f"mcp-{self.cfg.name}-out", daemon=True),
+                         threading.Thread(target=self._drain, name=f"mcp-{self.cfg.name}-err", daemon=True)]
+        for t in self._readers:
+            t.start()
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        for raw in iter(lambda: self.proc.stderr.readline(8192), b""):  # type: ignore[union-attr]
+        err = self.proc.stderr
+        while raw := _readline(err, 8192):
             line = raw.decode("utf-8", "replace").strip()
             if line:
                 self._stderr.append(line)
@@ -231,12 +235,12 @@ class _Stdio:
         assert self.proc is not None and self.proc.stdout is not None
         out = self.proc.stdout
         while True:
-            line = out.readline(self.max_bytes + 1)
+            line = _readline(out, self.max_bytes + 1)
             if not line:
                 break
             if len(line) > self.max_bytes and not line.endswith(b"\n"):
                 while True:  # skip the rest of the oversized message without keeping it
-                    rest = out.readline(1 << 20)
+                    rest = _readline(out, 1 << 20)
                     if not rest or rest.endswith(b"\n"):
                         break
                 with self._cond:
@@ -339,10 +343,21 @@ class _Stdio:
                     continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything the server left behind in its group
-        for stream in (proc.stdout, proc.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                if stream is not None:
+        # The readers end at EOF now that the group is gone; a pipe is closed only once its reader
+        # has ended (closing a file another thread is reading from makes that read fail, not end).
+        for reader, stream in zip(self._readers, (proc.stdout, proc.stderr), strict=False):
+            reader.join(2.0)
+            if stream is not None and not reader.is_alive():
+                with contextlib.suppress(OSError, ValueError):
                     stream.close()
+
+
+def _readline(stream: IO[bytes], limit: int) -> bytes:
+    """One line of at most ``limit`` bytes; b"" at EOF or once the pipe is closed under the reader."""
+    try:
+        return stream.readline(limit)
+    except (OSError, ValueError):
+        return b""
 
 
 # ------------------------------------------------------------------ streamable HTTP

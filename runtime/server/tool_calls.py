@@ -227,7 +227,7 @@ def render_history(messages: list[dict[str, Any]], *, json_answers: bool = True)
 
     An assistant's calls become the JSON it would have produced; a tool's result (``role: tool``,
     found by ``tool_call_id`` or named by ``name``/Ollama's ``tool_name``) becomes a user message
-    ``{"tool_response": {"tool": ..., "content": ...}}``. With ``json_answers`` an assistant's plain
+    ``{"tool_response": {"tool": ..., "content": ...}}``, in the order of the calls. With ``json_answers`` an assistant's plain
     reply is shown as ``{"response": ...}`` too, so the history matches the format asked for.
     """
     names: dict[str, str] = {}
@@ -248,9 +248,9 @@ def render_history(messages: list[dict[str, Any]], *, json_answers: bool = True)
             out.append({"role": "assistant", "content": json.dumps({"response": msg["content"]}, ensure_ascii=False)})
         elif role in ("tool", "function"):
             name = msg.get("name") or msg.get("tool_name") or names.get(str(msg.get("tool_call_id")), "")
-            result: dict[str, Any] = {"tool": name, "content": _text(msg.get("content"))}
-            if isinstance(msg.get("tool_call_id"), str):
-                result["id"] = msg["tool_call_id"]
+            # no call id: the calls above are rendered without one (results follow them in order), and a
+            # random id in the prompt only gives the model noise to copy and makes equal chats differ
+            result = {"tool": name, "content": _text(msg.get("content"))}
             out.append({"role": "user", "content": json.dumps({"tool_response": result}, ensure_ascii=False)})
         else:
             clean = {k: v for k, v in msg.items() if k not in ("tool_calls", "tool_call_id", "tool_name")}

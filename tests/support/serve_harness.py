@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,6 +35,18 @@ def engine_binary(request: pytest.FixtureRequest) -> Path:
     if env:
         return Path(env)
     return Path(request.getfixturevalue("cpu_engine")) / "bin" / "llama-server"
+
+
+def engine_without_prompt_cache(engine: Path, where: Path) -> Path:
+    """A test-only wrapper that runs ``engine`` with ``--no-cache-prompt``, for tests that compare two
+    answers at temperature 0 made through paths that cannot send ``cache_prompt: false`` (Ollama's
+    API): a prompt served partly from a slot's cache is computed in other batch shapes, and SmolLM2's
+    greedy answer can then part from the first one a few tokens in."""
+    wrapper = where / "bin" / "llama-server"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(str(engine))} "$@" --no-cache-prompt\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 @dataclass

@@ -425,6 +425,8 @@ def speculation_summary(spec: dict[str, Any]) -> str:
     state = "on" if spec.get("speculating") else "off"
     if spec.get("mode") != "auto":
         return f"{state} (forced)"
+    if not spec.get("decode_tps_off"):  # not measured (an engine that did not start or answer): say why
+        return f"{state} (auto: {spec.get('reason') or 'not measured'}, {spec.get('measured_at', '?')})"
     acc = spec.get("acceptance")
     acc_text = f", acceptance {float(acc):.2f}" if isinstance(acc, (int, float)) else ""
     return (f"{state} (auto: {float(spec.get('ratio') or 0):.2f}x of plain decoding, "

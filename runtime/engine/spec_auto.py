@@ -22,12 +22,12 @@ the cost (two engine starts and a few short answers) is bounded to once per
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dx.errors import EngineUnavailable
 from dxverify.errors import DXError
 
 #: speculation must be this much faster than plain decoding to be kept: a tie keeps the simpler, cheaper engine
@@ -115,28 +115,23 @@ def stale(decision: Decision | None, now: float, recheck: float = RECHECK) -> bo
 
 def _chat(engine: Any, prompt: str, tokens: int, timeout: float) -> dict[str, Any]:
     """One greedy chat straight to the engine (its own key); the answer's ``timings``. Any failure to get
-    them is an OSError or a ValueError (bad JSON)."""
-    import http.client  # not at start: dx serve loads it on the first engine request (dx.engine.relay)
+    them is an OSError."""
+    from dx.engine.relay import engine_json  # not at start: http.client comes with the first engine request
 
-    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0,
-                       "top_k": 1, "seed": 1, "cache_prompt": False}).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=timeout)
     try:
-        conn.request("POST", "/v1/chat/completions", body, headers={
-            "Authorization": f"Bearer {engine.api_key}", "Content-Type": "application/json", "Connection": "close"})
-        try:
-            resp = conn.getresponse()
-            raw = resp.read()
-        except http.client.HTTPException as e:
-            raise OSError(f"the engine's answer broke off: {e!r}") from e
-        if resp.status != 200:
-            raise OSError(f"the engine answered HTTP {resp.status}")
-        timings = json.loads(raw).get("timings")
-        if not isinstance(timings, dict):
-            raise OSError("the engine's answer has no timings")
-        return timings
-    finally:
-        conn.close()
+        status, answer = engine_json(engine, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0,
+            "top_k": 1, "seed": 1, "cache_prompt": False}, timeout=timeout)
+    except EngineUnavailable as e:
+        if isinstance(e.__cause__, TimeoutError):
+            raise OSError(f"no answer within {timeout:g} s") from e
+        raise OSError(str(e)) from e
+    if status != 200:
+        raise OSError(f"the engine answered HTTP {status}")
+    timings = answer.get("timings")
+    if not isinstance(timings, dict):
+        raise OSError("the engine's answer has no timings")
+    return timings
 
 
 def _median(values: list[float]) -> float:
@@ -183,7 +178,7 @@ class AutoSpec:
             return start(()), failed(f"the speculating engine did not start: {e.message}")
         try:
             on = measure(engine, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             on = None
             why = f"the speculating engine could not be measured: {e}"
         finally:
@@ -193,7 +188,7 @@ class AutoSpec:
             return plain, failed(why)
         try:
             off = measure(plain, prompts=self.prompts, tokens=self.tokens, runs=self.runs, timeout=self.timeout)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             return plain, failed(f"plain decoding could not be measured: {e}")
         decision = decide(on, off, margin=self.margin)
         if not decision.speculate:

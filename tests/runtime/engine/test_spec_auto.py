@@ -65,6 +65,23 @@ def test_the_decision_as_ps_and_top_show_it() -> None:
     assert _accept(forced) == "on 75% of 40"
     assert _accept(ModelRow("m", 0, 1, None, None, 0.0, drafted=0.0, accepted=0.0)) == "-"
     assert failed("why", now=5.0) == Decision(False, 0.0, 0.0, None, 5.0, "why")
+    # not measured: no "0.00x ... 0.0 vs 0.0 tok/s", the reason
+    why = "the speculating engine could not be measured: no answer within 60 s"
+    assert speculation_summary(failed(why, now=0.0).as_json()) == f"off (auto: {why}, 1970-01-01T00:00:00Z)"
+
+
+def test_an_engine_that_does_not_answer_in_time_is_not_measured() -> None:
+    """A calibration answer past AutoSpec.timeout is an OSError naming the timeout (a listener that
+    accepts and never answers, on loopback, stands for an engine too loaded to answer)."""
+    import socket
+    from types import SimpleNamespace
+
+    import dx.engine.spec_auto as spec_auto
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        engine = SimpleNamespace(port=silent.getsockname()[1], api_key="k")
+        with pytest.raises(OSError, match=r"^no answer within 0.5 s$"):
+            spec_auto._chat(engine, "Hi", 4, 0.5)
 
 
 def test_auto_is_the_default_with_a_draft_and_ngram_only_when_forced() -> None:
@@ -198,6 +215,8 @@ def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRe
         out = subprocess.run([sys.executable, "-m", "dx", "ps", "--host", server.url], capture_output=True,
                              text=True, timeout=60, env=env)
         assert out.returncode == 0, out.stderr
-        assert re.search(rf"speculation +off \(auto: {spec['ratio']:.2f}x of plain decoding", out.stdout), out.stdout
+        shown = (rf"{spec['ratio']:.2f}x of plain decoding" if spec["decode_tps_off"]
+                 else re.escape(spec["reason"]))  # not measured: the reason itself
+        assert re.search(rf"speculation +off \(auto: {shown}", out.stdout), out.stdout
     finally:
         server.stop()

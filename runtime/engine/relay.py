@@ -130,11 +130,8 @@ def _await_engine(conn: http.client.HTTPConnection, client: socket.socket, timeo
     """
     if not hasattr(select, "poll") or conn.sock is None:
         return  # no poll (Windows): the engine's answer alone is waited for, as before
-    try:
-        cfd = client.fileno()
-    except OSError:
-        return
-    if cfd < 0:
+    cfd = _client_fd(client)
+    if cfd is None:
         raise ClientGone("the client closed its connection")
     poller = select.poll()
     poller.register(conn.sock, select.POLLIN)
@@ -158,16 +155,22 @@ def client_left(client: socket.socket) -> bool:
     """Has the client hung up already? One poll, no wait (a pipelined next request is not a hang-up)."""
     if not hasattr(select, "poll"):
         return False
-    try:
-        cfd = client.fileno()
-    except OSError:
-        return True
-    if cfd < 0:
+    cfd = _client_fd(client)
+    if cfd is None:
         return True
     poller = select.poll()
     poller.register(cfd, _HUNG_UP if _POLLRDHUP else _HUNG_UP | select.POLLIN)
     mask = dict(poller.poll(0)).get(cfd, 0)
     return bool(mask & _HUNG_UP or (mask and _peer_closed(client)))
+
+
+def _client_fd(client: socket.socket) -> int | None:
+    """The client socket's descriptor to poll, or None once the socket is closed."""
+    try:
+        fd = client.fileno()
+    except OSError:
+        return None
+    return fd if fd >= 0 else None
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -314,11 +317,8 @@ def _hang_up_watch(engine: socket.socket, client: socket.socket | None):  # type
     """
     if client is None or not _POLLRDHUP or not hasattr(select, "poll"):
         return None
-    try:
-        cfd = client.fileno()
-    except OSError:
-        return None
-    if cfd < 0:
+    cfd = _client_fd(client)
+    if cfd is None:
         return None
     timeout = engine.gettimeout()
     poller = select.poll()

@@ -244,7 +244,6 @@ def _venv_env(v: dict[str, Path], **extra: str) -> dict[str, str]:
 @pytest.mark.integration
 def test_dx_serve_answers_from_the_installed_wheel(wheel_venv: dict[str, Path], smollm2_gguf: Path,
                                                    tmp_path: Path) -> None:
-    import openai
     from support.serve_harness import start_dx
 
     from dx.models.catalog import Store
@@ -255,7 +254,7 @@ def test_dx_serve_answers_from_the_installed_wheel(wheel_venv: dict[str, Path], 
     dx = start_dx(tmp_path, model="smollm2-wheel", python=str(wheel_venv["python"]),
                   env=_venv_env(wheel_venv, PATH=path), timeout=120)
     try:
-        client = openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=120)
+        client = dx.openai(timeout=120)
         reply = client.chat.completions.create(model="smollm2-wheel", max_tokens=12, temperature=0,
                                                messages=[{"role": "user", "content": "Say hello."}])
         assert reply.choices[0].message.content

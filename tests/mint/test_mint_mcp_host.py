@@ -31,8 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import ollama
-import openai
 import pytest
 from support.minted_server import MintedServer, fresh_env, start_minted
 
@@ -119,7 +117,7 @@ def test_serve_allowed_call_runs_and_the_answer_carries_its_result(served: Minte
     which only the tool's result could have given the model."""
     before = len(audit(served.home))
     days = {datetime.datetime.now(datetime.timezone.utc).date().isoformat()}
-    client = ollama.Client(host=served.url, headers=served.headers, timeout=900)
+    client = served.ollama(timeout=900)
     r = client.chat(model=MODEL, messages=[{"role": "user", "content": "What time is it in UTC?"}],
                     options={"temperature": 0, "seed": 7, "num_predict": 60})
     days.add(datetime.datetime.now(datetime.timezone.utc).date().isoformat())
@@ -137,7 +135,7 @@ def test_serve_allowed_call_runs_and_the_answer_carries_its_result(served: Minte
 
 def test_serve_call_not_allowed_goes_back_to_the_client_unrun(served: MintedServer, peer: dict[str, Path]) -> None:
     before = len(audit(served.home))
-    oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=0, timeout=900)
+    oai = served.openai(timeout=900)
     r = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Write a marker."}],
                                     tool_choice={"type": "function", "function": {"name": "peer__write_marker"}},
                                     temperature=0, seed=7, max_tokens=60)

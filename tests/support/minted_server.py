@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.serve_harness import stop_process
+from support.serve_harness import Clients, stop_process
 
 # What a user types for the SmolLM2 executable's embedded model: the name `list` shows, without a tag.
 MODEL = "smollm2"
@@ -37,7 +37,7 @@ def fresh_env(home: Path) -> dict[str, str]:
 
 
 @dataclass
-class MintedServer:
+class MintedServer(Clients):
     proc: subprocess.Popen  # type: ignore[type-arg]
     url: str
     api_key: str
@@ -47,10 +47,6 @@ class MintedServer:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     def output(self) -> str:
         return "\n".join(self.lines[-60:])

@@ -18,8 +18,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import ollama
+    import openai
 
 _URL = re.compile(r"on (http://\S+)")
 _KEY = re.compile(r"API key (\S+)")
@@ -49,18 +54,37 @@ def engine_without_prompt_cache(engine: Path, where: Path) -> Path:
     return wrapper
 
 
+class Clients:
+    """The real ``openai`` and ``ollama`` clients on a server with ``url``, ``api_key`` and ``headers``."""
+
+    url: str
+    api_key: str | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def openai(self, timeout: float = 120) -> openai.OpenAI:
+        """``openai`` on this server's /v1, with its key, no retries."""
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, timeout=timeout)
+
+    def ollama(self, timeout: float | None = 120) -> ollama.Client:
+        """``ollama`` on this server, with its key."""
+        import ollama
+
+        return ollama.Client(host=self.url, headers=self.headers, timeout=timeout)
+
+
 @dataclass
-class DXServer:
+class DXServer(Clients):
     proc: subprocess.Popen
     url: str
     api_key: str | None
     home: Path
     stderr_path: Path
     lines: list[str] = field(default_factory=list)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def port(self) -> int:

@@ -13,7 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import openai
 import pytest
 from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
 from support.tools import need
@@ -138,7 +137,7 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 def load(dx: DXServer):  # type: ignore[no-untyped-def]
     """Two clients streaming answers until the test ends."""
     stop = threading.Event()
-    client = openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=300)
+    client = dx.openai(timeout=300)
 
     def stream() -> None:
         while not stop.is_set():
@@ -246,7 +245,7 @@ def test_top_shows_speculative_acceptance(request: pytest.FixtureRequest, smollm
                       engine=engine_binary(request),
                       model=MODEL, timeout=120)
     try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=300)
+        client = server.openai(timeout=300)
         done = client.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=24, temperature=0)
         assert done.usage is not None and done.usage.completion_tokens == 24
         res = subprocess.run([sys.executable, "-m", "dx", "top", "--once", "--host", server.url],

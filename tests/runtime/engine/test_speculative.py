@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import ollama
-import openai
 import pytest
 from support.serve_harness import DXServer, dx_env, engine_binary, start_dx
 
@@ -125,7 +123,7 @@ def engine_argv(home: Path) -> str:
 
 def chat(server: DXServer, prompt: str, **extra: object) -> dict:
     """One greedy chat over the OpenAI API (top_k 1 on top of temperature 0)."""
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=300)
+    client = server.openai(timeout=300)
     body = {**GREEDY, **extra}
     r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}],
                                        extra_body={"top_k": 1}, **body)  # type: ignore[call-overload]
@@ -194,7 +192,7 @@ def test_ollama_final_chunk_carries_the_acceptance_numbers(servers: dict[str, DX
     assert chunks[-1]["done"] is True and chunks[-1]["draft_n"] > 0, chunks[-1]
     # the real ollama client reads these answers; its pydantic models drop fields Ollama lacks, so it
     # sees the same text (the acceptance numbers are on the wire, for clients that read the JSON)
-    client = ollama.Client(host=server.url, headers=server.headers, timeout=300)
+    client = server.ollama(timeout=300)
     assert client.chat(**body).message.content == whole["message"]["content"]
     parts = list(client.chat(**body, stream=True))
     assert parts[-1].done and "".join(p.message.content or "" for p in parts) == whole["message"]["content"]

@@ -55,7 +55,7 @@ def _stop(why: str) -> bool:
 
 
 def _chat_works(dx: DXServer) -> None:
-    r = ollama.Client(host=dx.url, headers=dx.headers, timeout=120).chat(
+    r = dx.ollama(timeout=120).chat(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4})
     assert r.done and r.message.content
 
@@ -72,7 +72,7 @@ def test_engine_runs_with_a_secret_key_on_loopback(dx: DXServer) -> None:
 
 
 def test_engine_killed_mid_stream_ollama(dx: DXServer) -> None:
-    client = ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    client = dx.ollama(timeout=120)
     pid = _engine_pid(dx)
     stream = client.generate(model=MODEL, prompt="Tell me a very long story.", options=LONG, stream=True)
     with pytest.raises(ollama.ResponseError) as err:
@@ -85,7 +85,7 @@ def test_engine_killed_mid_stream_ollama(dx: DXServer) -> None:
 
 
 def test_engine_killed_mid_stream_openai(dx: DXServer) -> None:
-    client = openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=120)
+    client = dx.openai(timeout=120)
     pid = _engine_pid(dx)
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}], max_tokens=400,
@@ -150,7 +150,7 @@ def test_engine_dead_between_requests_is_restarted(dx: DXServer) -> None:
 
 
 def test_keep_alive_unloads_the_idle_engine(dx: DXServer) -> None:
-    client = ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    client = dx.ollama(timeout=120)
     client.generate(model=MODEL, prompt="Hi", options={"num_predict": 2}, keep_alive="1s")
     pid = _engine_pid(dx)
     running = client.ps().models
@@ -246,7 +246,7 @@ def test_embedded_model_is_served_in_place(request: pytest.FixtureRequest, smoll
         pid = _engine_pid(server)
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"-m") + 1] == f"{exe}#offset={em.offset}".encode()
-        r = ollama.Client(host=server.url, headers=server.headers, timeout=120).chat(
+        r = server.ollama(timeout=120).chat(
             model="smollm2", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4})
         assert r.done and r.message.content
         assert list(tmp_path.glob("**/*.gguf")) == []  # nothing extracted

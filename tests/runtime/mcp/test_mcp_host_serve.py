@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import ollama
 import openai
 import pytest
 from support.serve_harness import DXServer, dx_env, engine_binary, serve_model
@@ -78,7 +77,7 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 
 @pytest.fixture(scope="module")
 def oai(dx: DXServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=300)
+    return dx.openai(timeout=300)
 
 
 def audit(dx: DXServer) -> list[dict]:
@@ -162,7 +161,7 @@ def test_a_hung_tool_is_a_timeout_and_the_answer_still_comes(dx: DXServer, oai: 
 
 
 def test_ollama_client_sees_only_calls_dx_may_not_run(dx: DXServer, peer: dict[str, Path]) -> None:
-    client = ollama.Client(host=dx.url, headers=dx.headers, timeout=300)
+    client = dx.ollama(timeout=300)
     r = client.chat(model=MODEL, messages=[{"role": "user", "content": "What time is it in UTC?"}],
                     options={"temperature": 0, "seed": 7, "num_predict": 100})
     for call in r.message.tool_calls or []:

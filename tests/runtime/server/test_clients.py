@@ -35,12 +35,12 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 
 @pytest.fixture(scope="module")
 def oai(dx: DXServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=120)
+    return dx.openai(timeout=120)
 
 
 @pytest.fixture(scope="module")
 def oll(dx: DXServer) -> ollama.Client:
-    return ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    return dx.ollama(timeout=120)
 
 
 # ------------------------------------------------------------------ openai

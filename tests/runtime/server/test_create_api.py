@@ -45,7 +45,7 @@ def dx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def oll(dx: DXServer) -> ollama.Client:
-    return ollama.Client(host=dx.url, headers=dx.headers, timeout=180)
+    return dx.ollama(timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import ollama
 import pytest
 from support.serve_harness import DXServer, engine_binary, start_dx
 
@@ -41,7 +40,7 @@ def _ctx_args(dx: DXServer) -> list[int]:
 
 
 def test_num_ctx_of_a_created_model_gets_its_own_engine(dx: DXServer, smollm2_gguf: Path) -> None:
-    oll = ollama.Client(host=dx.url, headers=dx.headers, timeout=180)
+    oll = dx.ollama(timeout=180)
     digest = oll.create_blob(smollm2_gguf)
     assert oll.create(model="ctx-a", files={"SmolLM2-135M.gguf": digest}).status == "success"
     assert oll.create(model="ctx-b", from_="ctx-a", parameters={"num_ctx": SMALL}).status == "success"
@@ -59,7 +58,7 @@ def test_num_ctx_of_a_created_model_gets_its_own_engine(dx: DXServer, smollm2_gg
 
 
 def test_a_requests_num_ctx_still_reloads_the_models_own_engine(dx: DXServer) -> None:
-    oll = ollama.Client(host=dx.url, headers=dx.headers, timeout=180)
+    oll = dx.ollama(timeout=180)
     assert oll.generate(model="ctx-b", prompt="hi", options={"num_predict": 2, "num_ctx": 2048}).done
     ps = httpx.get(f"{dx.url}/api/ps", headers=dx.headers, timeout=30).json()["models"]
     assert sorted(m["context_length"] for m in ps) == [2048, DEFAULT_CTX_PER_SLOT], ps

@@ -15,8 +15,6 @@ import signal
 import time
 from pathlib import Path
 
-import ollama
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.serve_harness import DXServer, engine_binary, start_dx, wait_for
@@ -151,8 +149,8 @@ def test_metrics_needs_the_key_and_counts_refusals(dx: DXServer) -> None:
 @pytest.mark.integration
 def test_counters_move_with_real_requests(dx: DXServer) -> None:
     before = ready(dx)
-    oai = openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=120)
-    oll = ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    oai = dx.openai(timeout=120)
+    oll = dx.ollama(timeout=120)
     chunks = list(oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                               max_tokens=8, temperature=0, stream=True))
     assert chunks
@@ -225,7 +223,7 @@ def test_an_engine_that_does_not_answer_is_skipped_and_counted(dx: DXServer) -> 
 @pytest.mark.integration
 def test_unload_and_reload_counted(dx: DXServer) -> None:
     before = ready(dx)
-    oll = ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    oll = dx.ollama(timeout=120)
     oll.generate(model=MODEL, keep_alive=0)  # Ollama's unload
     assert wait_for(lambda: value(scrape(dx)[2], "dx_models_loaded") == 0, 30)
     oll.generate(model=MODEL, prompt="Hi", options={"num_predict": 2})

@@ -110,7 +110,7 @@ def world(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: 
 @pytest.fixture(scope="module")
 def oll(world: dict) -> ollama.Client:
     dx = world["one"]
-    return ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    return dx.ollama(timeout=120)
 
 
 def names(client: ollama.Client) -> set[str]:
@@ -179,7 +179,7 @@ def test_a_store_model_served_by_its_short_name_cannot_be_deleted_by_it(
     Store(root=tmp_path / "home", ollama_dir=False).import_file(smollm2_gguf, "served")
     dx = start_dx(tmp_path, "--no-preload", engine=engine_binary(request), model="served")
     try:
-        client = ollama.Client(host=dx.url, headers=dx.headers, timeout=60)
+        client = dx.ollama(timeout=60)
         for name in ("served", "served:latest"):
             with pytest.raises(ollama.ResponseError) as e:
                 client.delete(name)
@@ -215,7 +215,7 @@ def test_pull_of_what_dx_has_succeeds_without_the_network(world: dict, oll: olla
 
 def test_pull_of_a_registry_model_falls_back_to_the_copy_here_when_the_registry_is_down(world: dict) -> None:
     two: DXServer = world["two"]
-    client = ollama.Client(host=two.url, headers=two.headers, timeout=60)
+    client = two.ollama(timeout=60)
     lines = list(client.pull("regmodel", stream=True))
     assert lines[-1].status == "success"
     assert any("cannot be reached" in (ln.status or "") for ln in lines)
@@ -234,7 +234,7 @@ def test_pull_failures_are_4xx_or_502_in_ollamas_shape(world: dict) -> None:
         for bad in ("a/b/c/d/e", "../x", "/etc/passwd", "x:", "hf:not-a-file"):
             r = bodies.post(one, "/api/pull", {"model": bad, "stream": stream})
             assert r.status_code == 400, (bad, r.text)
-    client = ollama.Client(host=two.url, headers=two.headers, timeout=60)
+    client = two.ollama(timeout=60)
     with pytest.raises(ollama.ResponseError) as e:
         client.pull("nosuch")
     assert e.value.status_code == 502

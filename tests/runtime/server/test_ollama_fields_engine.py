@@ -92,7 +92,7 @@ def http(dx: DXServer):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def oll(dx: DXServer) -> ollama.Client:
-    return ollama.Client(host=dx.url, headers=dx.headers, timeout=120)
+    return dx.ollama(timeout=120)
 
 
 def _post(http: httpx.Client, path: str, **doc: Any) -> httpx.Response:

@@ -56,7 +56,7 @@ def test_push_then_a_fresh_home_pulls_it_back_byte_identical_and_it_serves(
 
     dx = start_dx(there, engine=engine_binary(request), model=name)  # auth on
     try:
-        oll = ollama.Client(host=dx.url, headers=dx.headers)
+        oll = dx.ollama(timeout=None)
         out = oll.generate(model=name, prompt="The capital of France is", raw=True,
                            options={"num_predict": 6, "temperature": 0})
         assert out.done and out.response.strip(), out
@@ -72,7 +72,7 @@ def test_api_push_with_the_ollama_client_streams_ollamas_status_lines(
     repo = f"dxtest/apipush{os.getpid()}"
     name = f"{oci_registry.host}/{repo}:v1"
     try:
-        oll = ollama.Client(host=dx.url, headers=dx.headers)
+        oll = dx.ollama(timeout=None)
         oll.copy("smol", name)  # Ollama's flow: name the model as its destination, then push it
         events = list(oll.push(name, insecure=True, stream=True))
         statuses = [e.status for e in events]

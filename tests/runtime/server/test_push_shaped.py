@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import ollama
 import pytest
 from support.oci_registry import OCIRegistry, start_registry
 from support.serve_harness import DXServer, dx_env, engine_binary, start_dx
@@ -157,7 +156,7 @@ def test_api_push_through_the_ollama_client_gives_the_same_manifest(trip: dict, 
     repo = f"dxtest/shapedapi{os.getpid()}"
     name = f"{oci_registry.host}/{repo}:v1"
     try:
-        oll = ollama.Client(host=dx.url, headers=dx.headers)
+        oll = dx.ollama(timeout=None)
         oll.copy("shaped", name)
         events = list(oll.push(name, insecure=True, stream=True))
     finally:

@@ -45,12 +45,12 @@ def dx(request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pyt
 
 @pytest.fixture(scope="module")
 def oai(dx: DXServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{dx.url}/v1", api_key=dx.api_key, max_retries=0, timeout=300)
+    return dx.openai(timeout=300)
 
 
 @pytest.fixture(scope="module")
 def oll(dx: DXServer) -> ollama.Client:
-    return ollama.Client(host=dx.url, headers=dx.headers, timeout=300)
+    return dx.ollama(timeout=300)
 
 
 def test_the_template_has_no_tool_support(dx: DXServer) -> None:

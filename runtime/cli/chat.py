@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -169,7 +169,23 @@ class LocalEngine:
         self.name = source.display_name
         s = self.speculation
         spec = prepare(source, s.mode, s.draft, s.n_max, s.n_min)
-        self.engine = Engine.start(source, ctx=self.ctx, parallel=1, extra_args=spec.engine_args())
+
+        def start(args: Sequence[str]) -> Any:
+            return Engine.start(source, ctx=self.ctx, parallel=1, extra_args=list(args))
+
+        if not (spec.auto and spec.draft is not None):
+            self.engine = start(spec.engine_args())
+            return
+        # --spec auto (the default with a draft): the serving engine is the one that measured faster
+        from dx.engine.locate import locate_engine
+        from dx.engine.spec_auto import AutoSpec, remembered
+
+        key = f"{source.key[0]}@{source.key[1]} {spec.draft.key[0]}@{spec.draft.key[1]} {locate_engine()}"
+        self.engine, decision, known = remembered(AutoSpec(), config.dx_home() / "spec-auto.json", key, start,
+                                                  spec.engine_args())
+        when = "measured before" if known else "measured now"
+        print(f"dx: --spec auto: speculation {'on' if decision.speculate else 'off'}, {decision.reason} "
+              f"({when}; --spec on/off forces it)", file=sys.stderr, flush=True)
 
     def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
         from dx.models.defaults import for_source

@@ -22,9 +22,11 @@ the cost (two engine starts and a few short answers) is bounded to once per
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from dx.errors import EngineUnavailable
@@ -195,3 +197,52 @@ class AutoSpec:
             return plain, decision
         plain.stop()
         return start(spec_args), decision
+
+
+def remembered(auto: AutoSpec, path: Path, key: str, start: Callable[[Sequence[str]], Any],
+               spec_args: Sequence[str], *, now: float | None = None) -> tuple[Any, Decision, bool]:
+    """``dx run``'s ``--spec auto``: (the engine, the decision, whether it was remembered).
+
+    A one-shot command cannot pay a calibration at every start, so the decision measured
+    for ``key`` (the pair, the engine, the machine) is kept in ``path`` and reused while it
+    is younger than ``auto.recheck``; then it is measured again. A file that cannot be read
+    or written costs a calibration, never the run.
+    """
+    at = time.time() if now is None else now
+    saved = _read(path).get(key)
+    if isinstance(saved, dict):
+        try:
+            decision = Decision(**saved)
+        except TypeError:
+            decision = None
+        if decision is not None and not stale(decision, at, auto.recheck):
+            return start(spec_args if decision.speculate else ()), decision, True
+    engine, decision = auto.calibrate(start, spec_args)
+    if decision.off_tps > 0:  # a side that could not be measured (a loaded moment) is measured next time
+        _write(path, {**_read(path), key: asdict(decision)})
+    return engine, decision, False
+
+
+def _read(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    """Whole or not at all: a temporary file renamed over the old one."""
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

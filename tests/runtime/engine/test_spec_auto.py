@@ -9,10 +9,12 @@ reports, which must agree with each other, never on a hard-coded speed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +222,45 @@ def test_a_draft_that_loses_is_measured_and_turned_off(request: pytest.FixtureRe
         assert re.search(rf"speculation +off \(auto: {shown}", out.stdout), out.stdout
     finally:
         server.stop()
+
+
+def test_dx_run_remembers_a_measured_decision_until_it_is_stale(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """dx run keeps the decision per pair and engine in a file: reused while fresh, measured again when
+    old, not kept when a side could not be measured, and a broken file only costs a calibration."""
+    import dx.engine.spec_auto as spec_auto
+
+    rates = {"on": 30.0}
+
+    def measure(engine: _Engine, **_: object) -> Rates:
+        if engine.args and rates["on"] < 0:
+            raise OSError("no answer within 60 s")
+        return Rates(rates["on"] if engine.args else 90.0)
+
+    monkeypatch.setattr(spec_auto, "measure", measure)
+    path, log = tmp_path / "home" / "spec-auto.json", []
+    auto = AutoSpec(recheck=100.0)
+
+    def remember(now: float, key: str = "pair") -> tuple[_Engine, Decision, bool]:
+        return spec_auto.remembered(auto, path, key, lambda args: _Engine(tuple(args), log), ["--spec"], now=now)
+
+    t0 = time.time()  # a calibration stamps its decision with the clock
+    engine, d, known = remember(t0)
+    assert not known and not d.speculate and engine.args == () and len(log) == 3  # measured: two starts
+    assert json.loads(path.read_text())["pair"]["off_tps"] == 90.0
+    log.clear()
+    rates["on"] = 200.0  # faster now, but the decision stands until it is stale
+    engine, d2, known = remember(t0 + 99.0)
+    assert known and d2 == d and log == ["start plain"]
+    log.clear()
+    engine, d3, known = remember(t0 + 100.5)  # stale: measured again, and now it wins
+    assert not known and d3.speculate and engine.args == ("--spec",)
+    _engine, _d, known = remember(t0, key="other pair")  # another pair is measured on its own
+    assert not known and set(json.loads(path.read_text())) == {"pair", "other pair"}
+
+    path.write_text("{not json")
+    rates["on"] = -1.0  # and this time the speculating side cannot be measured
+    engine, d4, known = remember(t0)
+    assert not known and not d4.speculate and "could not be measured" in d4.reason
+    assert path.read_text() == "{not json"  # nothing measured, nothing written
+    assert not list(path.parent.glob(".*.tmp"))

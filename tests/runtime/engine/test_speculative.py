@@ -10,6 +10,7 @@ incompatible pair is refused with one line before any engine starts.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -220,7 +221,7 @@ def test_incompatible_pair_is_refused_before_any_engine(request: pytest.FixtureR
 def test_dx_run_with_a_draft_answers_the_same(request: pytest.FixtureRequest, smollm2_gguf: Path,
                                               tmp_path: Path) -> None:
     answers = {}
-    for name, extra in {"plain": [], "draft": ["--draft", str(smollm2_gguf)]}.items():
+    for name, extra in {"plain": [], "draft": ["--draft", str(smollm2_gguf), "--spec", "on"]}.items():
         env = {**dx_env(tmp_path / name, engine_binary(request)), "DX_HOST": ""}
         ask = ["--temperature", "0", "--seed", "1", "--max-tokens", "48"]
         proc = subprocess.run([sys.executable, "-m", "dx", "run", str(smollm2_gguf), PROMPTS[0], *ask, *extra],
@@ -230,6 +231,38 @@ def test_dx_run_with_a_draft_answers_the_same(request: pytest.FixtureRequest, sm
         argv = engine_argv(tmp_path / name)
         assert ("--spec-type draft-simple --spec-draft-model " in argv) == (name == "draft"), argv
     assert answers["draft"] == answers["plain"] and answers["plain"].strip()
+
+
+@pytest.mark.integration
+def test_dx_run_with_a_draft_measures_once_then_remembers(request: pytest.FixtureRequest, smollm2_gguf: Path,
+                                                         tmp_path: Path) -> None:
+    """Without --spec a draft is --spec auto for dx run too: the first run times the engine with and
+    without it and says what it chose; the next run reuses that decision (one engine start, no timing)."""
+    home = tmp_path / "auto"
+    env = {**dx_env(home, engine_binary(request)), "DX_HOST": ""}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "dx", "run", str(smollm2_gguf), PROMPTS[0], "--temperature", "0",
+                               "--seed", "1", "--max-tokens", "24", "--draft", str(smollm2_gguf)],
+                              env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+        return proc
+
+    first = run()
+    said = re.search(r"^dx: --spec auto: speculation (on|off), (.+) \(measured now; ", first.stderr, re.MULTILINE)
+    assert said, first.stderr
+    saved = home / "spec-auto.json"
+    if "could not be measured" in said[2]:  # a moment too loaded to time both sides: plain, nothing kept
+        assert said[1] == "off" and not saved.exists()
+        return
+    (decision,) = json.loads(saved.read_text()).values()
+    assert decision["speculate"] == (said[1] == "on") and decision["on_tps"] > 0 and decision["off_tps"] > 0
+    speculating = "--spec-type draft-simple --spec-draft-model " in engine_argv(home)
+    assert speculating == decision["speculate"]  # the engine that answered is the one the decision names
+    second = run()
+    assert f"dx: --spec auto: speculation {said[1]}, {said[2]} (measured before; " in second.stderr, second.stderr
+    assert ("--spec-type draft-simple --spec-draft-model " in engine_argv(home)) == speculating
+    assert second.stdout == first.stdout
 
 
 @pytest.fixture(scope="module")

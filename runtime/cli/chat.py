@@ -159,8 +159,8 @@ class LocalEngine:
     engine: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from dx.engine.process import Engine
-        from dx.engine.speculative import prepare
+        from dx.engine.process import GENERATE, Engine
+        from dx.engine.speculative import engine_args_for, prepare
         from dx.models.embedded import resolve
 
         # The model inside a minted executable (no MODEL, or one of its names); else the store
@@ -169,20 +169,21 @@ class LocalEngine:
         self.name = source.display_name
         s = self.speculation
         spec = prepare(source, s.mode, s.draft, s.n_max, s.n_min)
+        spec_args = list(engine_args_for(source, spec)(source, GENERATE))  # --draft, the model's DRAFT, n-grams
 
         def start(args: Sequence[str]) -> Any:
             return Engine.start(source, ctx=self.ctx, parallel=1, extra_args=list(args))
 
-        if not (spec.auto and spec.draft is not None):
-            self.engine = start(spec.engine_args())
+        if not (spec.auto and spec_args):
+            self.engine = start(spec_args)
             return
         # --spec auto (the default with a draft): the serving engine is the one that measured faster
         from dx.engine.locate import locate_engine
         from dx.engine.spec_auto import AutoSpec, remembered
 
-        key = f"{source.key[0]}@{source.key[1]} {spec.draft.key[0]}@{spec.draft.key[1]} {locate_engine()}"
+        key = f"{source.key[0]}@{source.key[1]} {' '.join(spec_args)} {locate_engine()}"
         self.engine, decision, known = remembered(AutoSpec(), config.dx_home() / "spec-auto.json", key, start,
-                                                  spec.engine_args())
+                                                  spec_args)
         when = "measured before" if known else "measured now"
         print(f"dx: --spec auto: speculation {'on' if decision.speculate else 'off'}, {decision.reason} "
               f"({when}; --spec on/off forces it)", file=sys.stderr, flush=True)

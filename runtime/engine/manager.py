@@ -105,11 +105,13 @@ def slot_key(
     load option Ollama reloads its runner for), the load-time flags (``num_batch``, ``num_thread``, ...)
     and the sampling defaults (``--temp``, ``-r STOP``: the engine's defaults for requests that set none).
     So each of them is part of the key, as are the LoRA adapters' digests (a Modelfile's ``ADAPTER``; once:
-    engine_args() carries no ``--lora``, dx.models.adapters is the one path to the flags). A request's own
+    engine_args() carries no ``--lora``, dx.models.adapters is the one path to the flags) and its ``DRAFT``
+    (``draft_args()``: whether the engine speculates with it is --spec's to decide). A request's own
     options (its ``temperature``, its ``num_ctx``) are not: they go to or reload the model's engine.
     The key starts with ``ModelSource.key`` (the bytes), then the purpose: the manager matches on that.
     """
-    return (*source.key, purpose, _slot_ctx(defaults, server_ctx), *defaults.engine_args(), *adapters)
+    return (*source.key, purpose, _slot_ctx(defaults, server_ctx), *defaults.engine_args(), *defaults.draft_args(),
+            *adapters)
 
 
 class EngineCrashLoop(ToolError):

@@ -52,6 +52,9 @@ class Speculation:
     n_max: int | None = None
     n_min: int | None = None
     auto: bool = False  # measured at load (and re-checked) against no speculation; kept only where it wins
+    #: a created model's own DRAFT (Modelfile) is used for that model: by default (auto) and with ``on``;
+    #: not with off/none, nor where a kind was forced (draft, ngram)
+    model_drafts: bool = False
 
     def engine_args(self) -> list[str]:
         """The llama-server arguments for this plan (none for ``none``)."""
@@ -96,6 +99,7 @@ def plan(
         raise ConfigurationError(f"--draft-min {n_min} is larger than --draft-max {n_max}",
                                  hint="the engine drafts between --draft-min and --draft-max tokens")
     auto = mode in (None, "auto")
+    model_drafts = auto or mode == "on"
     if auto:
         mode = "draft" if draft is not None or embedded_draft is not None else "none"
     elif mode == "on":
@@ -105,17 +109,17 @@ def plan(
     if mode == "none":
         if draft is not None:
             raise ConfigurationError("--spec none and --draft contradict each other", hint="drop one of them")
-        return Speculation()
+        return Speculation(auto=auto, model_drafts=model_drafts)
     if mode == "ngram":
         if draft is not None:
             raise ConfigurationError("--spec ngram drafts from the text itself and takes no --draft",
                                      hint="drop --draft, or use --spec draft")
-        return Speculation("ngram", None, n_max, n_min)
+        return Speculation("ngram", None, n_max, n_min, model_drafts=model_drafts)
     chosen = draft or embedded_draft
     if chosen is None:
         raise ConfigurationError("--spec draft needs a draft model",
                                  hint="give --draft DRAFT: a store name, a GGUF path or hf:OWNER/REPO/FILE.gguf")
-    return Speculation("draft", chosen, n_max, n_min, auto=auto)
+    return Speculation("draft", chosen, n_max, n_min, auto=auto, model_drafts=model_drafts)
 
 
 def embedded_draft_for(target: ModelSource | None) -> ModelSource | None:
@@ -176,19 +180,24 @@ def prepare(
 
 
 def engine_args_for(target: ModelSource | None, spec: Speculation) -> Callable[[ModelSource, str], Sequence[str]]:
-    """Per-engine arguments for the EngineManager: the draft goes to ``target``'s generation engine only,
-    n-grams to every generation engine; the draft is verified again at every (re)start."""
+    """Per-engine arguments for the EngineManager (and ``dx run``'s engine): ``--draft`` goes to ``target``'s
+    generation engine only (verified again at every start); a created model's own DRAFT to that model's
+    (``spec.model_drafts``; its blob is verified with the model's other parts); n-grams to every other
+    generation engine. Under ``--spec auto`` the manager times whatever this gives before using it."""
     from dx.engine.process import GENERATE
+    from dx.models.defaults import for_source
     from dx.models.source import verify_source
 
     def args(source: ModelSource, purpose: str) -> Sequence[str]:
-        if purpose != GENERATE or spec.mode == "none":
+        if purpose != GENERATE:
             return ()
-        if spec.draft is not None:
-            if target is None or source.key != target.key:
-                return ()
+        if spec.draft is not None and target is not None and source.key == target.key:
             verify_source(spec.draft)
-        return spec.engine_args()
+            return spec.engine_args()
+        own = for_source(source).draft_args() if spec.model_drafts else []
+        if own:
+            return own
+        return spec.engine_args() if spec.mode == "ngram" else ()
 
     return args
 

@@ -106,11 +106,19 @@ class ModelDefaults:
                 (mmap, mlock)]]
         if self.params.get("numa") is True:
             args += ["--numa", "distribute"]
+        return args
+
+    def draft_args(self) -> list[str]:
+        """The engine flags of the model's own DRAFT (``draft_num_predict`` its most drafted tokens, 0: none).
+
+        Not part of :meth:`engine_args`: whether they are used is ``--spec``'s to decide
+        (``dx.engine.speculative.engine_args_for``; by default ``--spec auto`` times them first)."""
         n_max = self.params.get("draft_num_predict")
-        if self.draft and n_max != 0:
-            args += [*_DRAFT_ARGS, self.draft]
-            if isinstance(n_max, int) and not isinstance(n_max, bool):
-                args += [_DRAFT_MAX, str(n_max)]
+        if not self.draft or n_max == 0:
+            return []
+        args = [*_DRAFT_ARGS, self.draft]
+        if isinstance(n_max, int) and not isinstance(n_max, bool):
+            args += [_DRAFT_MAX, str(n_max)]
         return args
 
     def prepend_to(self, messages: list[Any]) -> bool:

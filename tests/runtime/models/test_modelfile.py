@@ -139,9 +139,10 @@ def test_record_renders_and_becomes_defaults(tmp_path: Path) -> None:
     assert args[args.index("-t"):args.index("-t") + 2] == ["-t", "2"]
     assert args[args.index("--load-mode"):args.index("--load-mode") + 2] == ["--load-mode", "none"]
     assert "--lora" not in args  # a model's adapters take one path: dx.models.adapters (test_model_adapters.py)
-    assert args[-6:] == ["--spec-type", "draft-simple", "--spec-draft-model", blob, "--spec-draft-n-max", "5"]
-    no_draft = from_modelfile({**record, "params": {"draft_num_predict": 0}}, tmp_path).engine_args()
-    assert "--spec-draft-model" not in no_draft
+    assert "--spec-draft-model" not in args  # whether the draft is used is --spec's to decide (auto: timed first)
+    assert d.draft_args() == ["--spec-type", "draft-simple", "--spec-draft-model", blob, "--spec-draft-n-max", "5"]
+    assert from_modelfile({**record, "params": {"draft_num_predict": 0}}, tmp_path).draft_args() == []
+    assert from_modelfile({**record, "draft": None}, tmp_path).draft_args() == []
 
 
 def test_prepend_system_and_messages() -> None:

@@ -243,14 +243,22 @@ def test_a_lora_adapter_changes_greedy_output(oll: ollama.Client, base: str, dx:
 
 
 def test_draft_serves(oll: ollama.Client, base: str, dx: DXServer, smollm2_gguf: Path) -> None:
+    """A created model's DRAFT gets its own engine, timed by --spec auto (the default) with and without the
+    draft at load; the engine that serves is the one the decision names, and the answer is the base's."""
     own = _digest(smollm2_gguf.read_bytes())
     r = httpx.post(f"{dx.url}/api/create", headers=dx.headers, timeout=60,
                    json={"model": "drafted", "from": base, "draft_files": {"d.gguf": own}, "stream": False})
     assert r.status_code == 200, r.text
     expected = _chat(oll, base, [{"role": "user", "content": PROMPT}])
     assert _chat(oll, "drafted", [{"role": "user", "content": PROMPT}]) == expected
+    ps = httpx.get(f"{dx.url}/api/ps", headers=dx.headers, timeout=30).json()  # ollama's client drops dx_*
+    (spec,) = [m.get("dx_speculation") for m in ps["models"] if m["name"] == "drafted:latest"]
+    assert spec["mode"] == "auto" and spec["reason"], spec  # measured (or, on a loaded moment, why not)
     cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in dx.children()]
-    assert any(b"--spec-draft-model" in c for c in cmdlines)
+    blob = str(dx.home / "models" / "blobs" / own.replace(":", "-")).encode()
+    drafting = [c for c in cmdlines if b"--spec-draft-model" in c]
+    assert len(drafting) == (1 if spec["speculating"] else 0), cmdlines
+    assert all(c[c.index(b"--spec-draft-model") + 1] == blob for c in drafting)
 
 
 @pytest.mark.parametrize(("body", "status", "words"), [

@@ -399,8 +399,10 @@ def build_peers(which: list[str], model: str, gguf: Path, work: Path, engine: Pa
             import dx as dx_pkg
 
             pkg = Path(dx_pkg.__file__).parent
+            # --no-preload: the model loads at the first request, so "idle, no model" is that (dx serve MODEL
+            # otherwise starts loading at once); start -> first token is the same either way (it asks at once)
             peer = Peer(name, lambda port, dx_bin=dx_bin: [str(dx_bin), "serve", str(gguf), "--host", "127.0.0.1",
-                                                           "--port", str(port), "--no-auth"],
+                                                           "--port", str(port), "--no-auth", "--no-preload"],
                         env, [gguf], files_size([pkg]) + eng_bytes, lazy=True, notes="dx package + engine")
             peer.model_name = _model_name(peer, work)
             peers.append(peer)
@@ -416,7 +418,7 @@ def build_peers(which: list[str], model: str, gguf: Path, work: Path, engine: Pa
             env = {**base_env, "HOME": str(home), "TMPDIR": str(home)}
             env.pop("XDG_CACHE_HOME", None)
             peer = Peer(name, lambda port, exe=exe: [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port),
-                                                     "--no-auth"],
+                                                     "--no-auth", "--no-preload"],
                         env, [exe], exe.stat().st_size - gguf.stat().st_size, lazy=True,
                         notes="file minus embedded model")
             # the first start unpacks (not what a user meets on the second day): untimed, it names the model

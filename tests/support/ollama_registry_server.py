@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 def media(kind: str) -> str:
     return f"application/vnd.ollama.image.{kind}"
+
+
+class _Quiet(ThreadingHTTPServer):
+    """A client that hangs up mid-blob (a pull killed on purpose) is not an error worth a traceback."""
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -175,7 +184,7 @@ class FakeRegistry:
                         time.sleep(reg.delay)
 
         for handler in (Registry, CDN):
-            server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            server = _Quiet(("127.0.0.1", 0), handler)
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, daemon=True).start()
             self._servers.append(server)

@@ -71,14 +71,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     compared byte for byte (DX_TEST_REPRO=1); `vulkan` and `aarch64`: the vulkan engine
     run on lavapipe and the cross-built arm64 engine run under qemu (DX_TEST_VULKAN=1,
     DX_TEST_AARCH64=1; cached after the first build). All are also commands: see README.
-    `soak`: the short soak-and-chaos run (DX_TEST_SOAK=1): opt-in again while it is not reliable
-    (issue #25: it passed one fresh run and failed the next on this machine).
+    `soak`: the short soak-and-chaos run (DX_TEST_SOAK=1): opt-in while one invariant does not hold
+    on every run (issue #25: in the 60-minute run 18 of 637 client disconnects freed their slot after
+    1.05-3.43 s, not within 1 s; a 2.5-minute run sees about 25 disconnects).
     """
     import os
 
     gates = {"cuda": "DX_TEST_CUDA", "repro": "DX_TEST_REPRO", "vulkan": "DX_TEST_VULKAN",
              "aarch64": "DX_TEST_AARCH64", "soak": "DX_TEST_SOAK"}
-    why = {"soak": "passed one fresh run and failed the next (issue #25)"}
+    why = {"soak": "slot frees within 1 s do not hold on every run yet (issue #25)"}
     for marker, env in gates.items():
         if os.environ.get(env) == "1":
             continue

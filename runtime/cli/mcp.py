@@ -78,6 +78,11 @@ def _protocol_stdout() -> tuple[object, int]:
 
 def serve_stdio(model: str | None, keep_alive: str, ctx: int | None, parallel: int) -> None:
     """The MCP server on stdin/stdout until stdin ends; the engine is started (in the background) at once."""
+    # serve_stdio's pool, imported before the preload thread forks an engine: concurrent.futures imports
+    # logging, and an import that registers at-fork hooks during another thread's fork makes CPython print
+    # "Exception ignored ... cannot release un-acquired lock"
+    import concurrent.futures  # noqa: F401
+
     from dx.engine.keep_alive import parse_keep_alive
     from dx.engine.manager import EngineManager
     from dx.mcp.server import MCPServer, ModelTools, serve_stdio_forever

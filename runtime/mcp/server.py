@@ -25,7 +25,6 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -181,6 +180,11 @@ class MCPServer:
     def serve_stdio(self, stdin: IO[bytes], stdout: IO[bytes], workers: int = 4) -> None:
         """Read messages until EOF, answer each; requests run on ``workers`` threads, so a ``ping`` is
         answered while a generation runs. A line that is no message gets its error and the loop goes on."""
+        # not at module top: concurrent.futures imports logging, whose at-fork hooks, registered by an import
+        # that runs while another thread forks an engine, make CPython print "cannot release un-acquired lock"
+        # (dx serve loads this module at its first /mcp request; dx mcp's stdio path imports it before preloading)
+        from concurrent.futures import ThreadPoolExecutor
+
         out = rpc.LineWriter(stdout)
 
         def answer(msg: rpc.Message) -> None:

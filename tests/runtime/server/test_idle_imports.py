@@ -38,6 +38,15 @@ def test_a_lazy_route_loads_its_module_when_first_asked() -> None:
     assert out.split() == ["before", "False", "after", "True", "mcp_http.post"]
 
 
+def test_the_mcp_route_loads_no_logging() -> None:
+    """dx serve imports dx.server.mcp_http at the first /mcp request, maybe while another thread forks an
+    engine: an import of logging then (its at-fork hooks registered mid-fork) made CPython print
+    "cannot release un-acquired lock" to dx's stderr (a fresh run of test_mcp_server caught it)."""
+    code = "import sys; import dx.server.mcp_http; print('logging' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+
+
 def test_http_date_is_email_utils_formatdate() -> None:
     rng = random.Random(24)
     for t in [0, 784111777, 951782400, 1700000000, 4102444799] + [rng.randrange(0, 2 ** 32) for _ in range(2000)]:

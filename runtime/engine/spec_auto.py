@@ -210,13 +210,13 @@ def remembered(auto: AutoSpec, path: Path, key: str, start: Callable[[Sequence[s
     """
     at = time.time() if now is None else now
     saved = _read(path).get(key)
-    if isinstance(saved, dict):
-        try:
-            decision = Decision(**saved)
-        except TypeError:
-            decision = None
-        if decision is not None and not stale(decision, at, auto.recheck):
-            return start(spec_args if decision.speculate else ()), decision, True
+    try:  # a hand-edited or foreign entry (missing keys, wrong types) is measured again, never a traceback
+        decision = Decision(**saved) if isinstance(saved, dict) else None
+        fresh = decision is not None and not stale(decision, at, auto.recheck) and decision.off_tps > 0
+    except (TypeError, ValueError):
+        decision, fresh = None, False
+    if decision is not None and fresh:
+        return start(spec_args if decision.speculate else ()), decision, True
     engine, decision = auto.calibrate(start, spec_args)
     if decision.off_tps > 0:  # a side that could not be measured (a loaded moment) is measured next time
         _write(path, {**_read(path), key: asdict(decision)})

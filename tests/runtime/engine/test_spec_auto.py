@@ -281,6 +281,11 @@ def test_dx_run_remembers_a_measured_decision_until_it_is_stale(monkeypatch: pyt
     _engine, _d, known = remember(t0, key="other pair")  # another pair is measured on its own
     assert not known and set(json.loads(path.read_text())) == {"pair", "other pair"}
 
+    broken = {**json.loads(path.read_text())["pair"], "at": "yesterday", "off_tps": "fast"}
+    path.write_text(json.dumps({"pair": broken}))  # readable JSON, wrong types: measured again, no traceback
+    _engine, _d, known = remember(t0)
+    assert not known and json.loads(path.read_text())["pair"]["at"] != "yesterday"
+
     path.write_text("{not json")
     rates["on"] = -1.0  # and this time the speculating side cannot be measured
     engine, d4, known = remember(t0)
